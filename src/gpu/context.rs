@@ -1,0 +1,707 @@
+//! The GPU context: adapter choice, device, limits, the kernel cache, error capture, and the
+//! device-resident tensors.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, RwLock};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::quant::PackedMask;
+
+/// Element tile of every elementwise kernel; chunks of a large tensor start on multiples of it.
+pub(crate) const CHUNK_GRANULE_ELEMS: u64 = 1 << 16;
+
+/// How large one dispatch may be. By default the device's own limits; tests lower them to drive
+/// the multi-binding and grid-stride paths with small tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchLimits {
+    /// Bytes one storage binding may cover (`max_storage_buffer_binding_size`). Tensors larger than
+    /// this are processed in several bindings.
+    pub max_binding_bytes: u64,
+    /// Workgroups one dispatch may launch along x (`max_compute_workgroups_per_dimension`). The
+    /// kernels loop over the rest.
+    pub max_workgroups: u32,
+}
+
+/// Which kernel variant a pipeline implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum KernelKey {
+    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask.
+    Forward {
+        rounding: u32,
+        per_channel: bool,
+        with_mask: bool,
+    },
+    /// Straight-through backward.
+    SteBackward,
+}
+
+/// Shader modules, layouts and the pipeline cache: built once per device, shared by every
+/// context that wraps it.
+pub(crate) struct Kernels {
+    pub(crate) elementwise_layout: wgpu::BindGroupLayout,
+    elementwise_pipeline_layout: wgpu::PipelineLayout,
+    fake_quant_module: wgpu::ShaderModule,
+    pipelines: RwLock<HashMap<KernelKey, wgpu::ComputePipeline>>,
+    /// Bound where a kernel variant does not use a binding (no mask, no parameters).
+    pub(crate) dummy_storage: wgpu::Buffer,
+}
+
+/// The WGSL source of the fake-quant kernel family, with its exact helpers prepended.
+pub fn fake_quant_shader_source() -> String {
+    [
+        include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/fake_quant.wgsl"),
+    ]
+    .join("\n")
+}
+
+struct Shared {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_info: Option<wgpu::AdapterInfo>,
+    device_limits: wgpu::Limits,
+    kernels: Kernels,
+}
+
+/// A GPU device with this library's kernels. Cheap to clone (clones share the device, the kernels
+/// and the pipeline cache); `Send + Sync`.
+#[derive(Clone)]
+pub struct GpuContext {
+    shared: Arc<Shared>,
+    limits: DispatchLimits,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field(
+                "adapter",
+                &self
+                    .shared
+                    .adapter_info
+                    .as_ref()
+                    .map(|i| (&i.name, i.backend)),
+            )
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Reads `FAKEQUANT_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`; several separated by commas).
+fn backends_from_env() -> Result<wgpu::Backends> {
+    let Ok(value) = std::env::var("FAKEQUANT_BACKEND") else {
+        return Ok(wgpu::Backends::all());
+    };
+    let mut backends = wgpu::Backends::empty();
+    for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        backends |= match name.to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "metal" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            other => {
+                return Err(Error::NoAdapter(format!(
+                    "FAKEQUANT_BACKEND={value:?}: unknown backend {other:?} (use vulkan, gl, metal or dx12)"
+                )))
+            }
+        };
+    }
+    if backends.is_empty() {
+        return Err(Error::NoAdapter(format!(
+            "FAKEQUANT_BACKEND={value:?} names no backend"
+        )));
+    }
+    Ok(backends)
+}
+
+fn preference(device_type: wgpu::DeviceType) -> u8 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    /// Every compute-capable adapter that `FAKEQUANT_BACKEND` and `FAKEQUANT_ADAPTER` (a
+    /// case-insensitive substring of the adapter's name) allow, best first (discrete, integrated,
+    /// virtual, other, CPU).
+    pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
+        let backends = backends_from_env()?;
+        let name_filter = std::env::var("FAKEQUANT_ADAPTER")
+            .ok()
+            .map(|s| s.to_lowercase());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            flags: wgpu::InstanceFlags::from_env_or_default(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters: Vec<wgpu::Adapter> =
+            pollster::block_on(instance.enumerate_adapters(backends))
+                .into_iter()
+                .filter(|a| {
+                    a.get_downlevel_capabilities()
+                        .flags
+                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+                })
+                .filter(|a| {
+                    name_filter
+                        .as_ref()
+                        .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
+                })
+                .collect();
+        adapters.sort_by_key(|a| preference(a.get_info().device_type));
+        Ok(adapters)
+    }
+
+    /// A context on the best adapter that [`GpuContext::adapters`] finds.
+    pub fn new() -> Result<Self> {
+        let adapter = Self::adapters()?.into_iter().next().ok_or_else(|| {
+            Error::NoAdapter(format!(
+                "no compute-capable adapter found (FAKEQUANT_BACKEND={:?}, FAKEQUANT_ADAPTER={:?})",
+                std::env::var("FAKEQUANT_BACKEND").ok(),
+                std::env::var("FAKEQUANT_ADAPTER").ok()
+            ))
+        })?;
+        Self::from_adapter(&adapter)
+    }
+
+    /// A context on `adapter`, with a new device that has the adapter's own limits (wgpu's defaults
+    /// would cap buffers at 256 MiB).
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("fakequant"),
+            required_features: wgpu::Features::empty(),
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        // Errors inside this library's calls are caught by error scopes and returned; anything
+        // else is reported here rather than panicking in wgpu's default handler.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            eprintln!("fakequant: uncaptured wgpu error: {e}")
+        }));
+        Self::build(device, queue, Some(adapter.get_info()))
+    }
+
+    /// A context on a device and queue that the caller already owns (a framework sharing its
+    /// device). The caller's uncaptured-error handler is left alone.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
+        Self::build(device, queue, None)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_info: Option<wgpu::AdapterInfo>,
+    ) -> Result<Self> {
+        let device_limits = device.limits();
+        let kernels = capture(&device, || Ok(Kernels::new(&device)))?;
+        let limits = DispatchLimits {
+            max_binding_bytes: device_limits
+                .max_storage_buffer_binding_size
+                .min(device_limits.max_buffer_size),
+            max_workgroups: device_limits.max_compute_workgroups_per_dimension,
+        };
+        if limits.max_binding_bytes < CHUNK_GRANULE_ELEMS * 4 {
+            return Err(Error::RequestDevice(format!(
+                "max_storage_buffer_binding_size {} is below the {} bytes this library needs",
+                limits.max_binding_bytes,
+                CHUNK_GRANULE_ELEMS * 4
+            )));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                device,
+                queue,
+                adapter_info,
+                device_limits,
+                kernels,
+            }),
+            limits,
+        })
+    }
+
+    /// The same device with lower dispatch limits (never higher than the device's). Every result is
+    /// identical; only the number of bindings and of workgroups per dispatch change.
+    pub fn with_dispatch_limits(&self, limits: DispatchLimits) -> Result<Self> {
+        let device = &self.shared.device_limits;
+        if limits.max_binding_bytes < CHUNK_GRANULE_ELEMS * 4
+            || limits.max_binding_bytes > device.max_storage_buffer_binding_size
+        {
+            return Err(Error::TooLarge {
+                what: "max_binding_bytes (must be at least 262144 and at most the device's limit)",
+                requested: limits.max_binding_bytes,
+                limit: device.max_storage_buffer_binding_size,
+            });
+        }
+        if limits.max_workgroups == 0
+            || limits.max_workgroups > device.max_compute_workgroups_per_dimension
+        {
+            return Err(Error::TooLarge {
+                what: "max_workgroups (must be at least 1 and at most the device's limit)",
+                requested: limits.max_workgroups as u64,
+                limit: device.max_compute_workgroups_per_dimension as u64,
+            });
+        }
+        Ok(Self {
+            shared: self.shared.clone(),
+            limits,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.shared.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.shared.queue
+    }
+
+    /// The adapter's description, when the context chose the adapter itself.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.shared.adapter_info.as_ref()
+    }
+
+    /// A one-line description of the adapter, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
+    pub fn adapter_name(&self) -> String {
+        match &self.shared.adapter_info {
+            Some(info) => format!("{} ({:?})", info.name, info.backend),
+            None => "caller-provided device".to_string(),
+        }
+    }
+
+    /// The limits of the device.
+    pub fn device_limits(&self) -> &wgpu::Limits {
+        &self.shared.device_limits
+    }
+
+    /// The dispatch limits in force.
+    pub fn dispatch_limits(&self) -> DispatchLimits {
+        self.limits
+    }
+
+    pub(crate) fn kernels(&self) -> &Kernels {
+        &self.shared.kernels
+    }
+
+    /// The pipeline for `key`, created on first use and cached for the context's lifetime.
+    pub(crate) fn pipeline(&self, key: KernelKey) -> Result<wgpu::ComputePipeline> {
+        let kernels = &self.shared.kernels;
+        if let Some(p) = kernels.pipelines.read().map_err(|_| poisoned())?.get(&key) {
+            return Ok(p.clone());
+        }
+        let pipeline = self.capture(|| Ok(kernels.create_pipeline(&self.shared.device, key)))?;
+        let mut cache = kernels.pipelines.write().map_err(|_| poisoned())?;
+        Ok(cache.entry(key).or_insert(pipeline).clone())
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns whatever wgpu
+    /// reported into an [`Error::Gpu`].
+    pub(crate) fn capture<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        capture(&self.shared.device, f)
+    }
+
+    /// Checks a buffer size against the device's maximum.
+    pub(crate) fn check_buffer_size(&self, what: &'static str, bytes: u64) -> Result<()> {
+        let limit = self.shared.device_limits.max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what,
+                requested: bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn storage_buffer(
+        &self,
+        label: &'static str,
+        bytes: u64,
+        contents: Option<&[u8]>,
+    ) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(label, bytes)?;
+        // A zero-sized tensor still gets a (4-byte) buffer so that it can be bound and passed around.
+        let size = bytes.max(4).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        self.capture(|| {
+            let buffer = self.shared.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: contents.is_some(),
+            });
+            if let Some(data) = contents {
+                if !data.is_empty() {
+                    buffer
+                        .get_mapped_range_mut(..data.len() as u64)
+                        .map_err(|e| Error::Gpu(e.to_string()))?
+                        .copy_from_slice(data);
+                }
+                buffer.unmap();
+            }
+            Ok(buffer)
+        })
+    }
+
+    /// Uploads a tensor's values to a new device buffer.
+    pub fn upload(&self, data: &[f32]) -> Result<GpuTensor> {
+        let buffer = self.storage_buffer(
+            "fakequant tensor",
+            (data.len() as u64) * 4,
+            Some(bytemuck::cast_slice(data)),
+        )?;
+        Ok(GpuTensor {
+            buffer,
+            len: data.len(),
+        })
+    }
+
+    /// A new device tensor of `len` elements (contents unspecified until written).
+    pub fn create_tensor(&self, len: usize) -> Result<GpuTensor> {
+        let buffer = self.storage_buffer("fakequant tensor", (len as u64) * 4, None)?;
+        Ok(GpuTensor { buffer, len })
+    }
+
+    /// A new device mask of `len` bits.
+    pub fn create_mask(&self, len: usize) -> Result<GpuMask> {
+        let buffer = self.storage_buffer(
+            "fakequant mask",
+            (PackedMask::words_for(len) as u64) * 4,
+            None,
+        )?;
+        Ok(GpuMask { buffer, len })
+    }
+
+    /// Uploads a packed mask.
+    pub fn upload_mask(&self, mask: &PackedMask) -> Result<GpuMask> {
+        let buffer = self.storage_buffer(
+            "fakequant mask",
+            (mask.words().len() as u64) * 4,
+            Some(bytemuck::cast_slice(mask.words())),
+        )?;
+        Ok(GpuMask {
+            buffer,
+            len: mask.len(),
+        })
+    }
+
+    /// Reads a device tensor back (waits for the queue).
+    pub fn read_tensor(&self, tensor: &GpuTensor) -> Result<Vec<f32>> {
+        let bytes = self.read_buffer(&tensor.buffer, 0, tensor.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Reads a device mask back (waits for the queue).
+    pub fn read_mask(&self, mask: &GpuMask) -> Result<PackedMask> {
+        let bytes =
+            self.read_buffer(&mask.buffer, 0, PackedMask::words_for(mask.len) as u64 * 4)?;
+        PackedMask::from_words(bytemuck::pod_collect_to_vec(&bytes), mask.len)
+    }
+
+    /// Copies `size` bytes at `offset` of `buffer` (which needs `COPY_SRC`) to the host.
+    pub fn read_buffer(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::InvalidBuffer {
+                what: "read-back source",
+                reason: "needs BufferUsages::COPY_SRC".into(),
+            });
+        }
+        if offset % 4 != 0
+            || size % 4 != 0
+            || offset
+                .checked_add(size)
+                .is_none_or(|end| end > buffer.size())
+        {
+            return Err(Error::InvalidBuffer {
+                what: "read-back source",
+                reason: format!(
+                    "range {offset}+{size} is not 4-byte aligned or exceeds the buffer ({} bytes)",
+                    buffer.size()
+                ),
+            });
+        }
+        let device = &self.shared.device;
+        let staging = self.capture(|| {
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fakequant read-back"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fakequant read-back"),
+            });
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+            self.shared.queue.submit([encoder.finish()]);
+            Ok(staging)
+        })?;
+        let (sender, receiver) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = sender.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        receiver
+            .recv()
+            .map_err(|_| Error::Gpu("the read-back was dropped before it completed".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping the read-back buffer failed: {e}")))?;
+        let data = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Submits `encoder` and waits until the device has finished it.
+    pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.capture(|| {
+            self.shared.queue.submit([encoder.finish()]);
+            Ok(())
+        })?;
+        self.shared
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        Ok(())
+    }
+
+    /// A new command encoder on this device.
+    pub fn create_encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.shared
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// A new uniform buffer holding `data`.
+    pub(crate) fn uniform_buffer(&self, label: &'static str, data: &[u8]) -> wgpu::Buffer {
+        self.shared
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// A new read-only storage buffer holding `data`.
+    pub(crate) fn constant_storage(
+        &self,
+        label: &'static str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(label, data.len() as u64)?;
+        self.capture(|| {
+            Ok(self
+                .shared
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: data,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                }))
+        })
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Gpu("the pipeline cache lock was poisoned by a panic in another thread".into())
+}
+
+fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let result = f();
+    // Scopes pop in reverse order of their creation.
+    let errors = [
+        pollster::block_on(internal.pop()),
+        pollster::block_on(validation.pop()),
+        pollster::block_on(out_of_memory.pop()),
+    ];
+    if let Some(e) = errors.into_iter().flatten().next() {
+        return Err(Error::Gpu(e.to_string()));
+    }
+    result
+}
+
+impl Kernels {
+    fn new(device: &wgpu::Device) -> Self {
+        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        // One layout for the elementwise family: dispatch uniform, per-channel parameters, input,
+        // output, mask. Kernels that do not use a binding get a dummy buffer there.
+        let elementwise_layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("fakequant elementwise"),
+                entries: &[
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    },
+                    storage(1, true),
+                    storage(2, true),
+                    storage(3, false),
+                    storage(4, false),
+                ],
+            });
+        let elementwise_pipeline_layout =
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("fakequant elementwise"),
+                bind_group_layouts: &[Some(&elementwise_layout)],
+                immediate_size: 0,
+            });
+        let fake_quant_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("fake_quant.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(fake_quant_shader_source().into()),
+        });
+        let dummy_storage = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fakequant unused binding"),
+            size: 256,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Self {
+            elementwise_layout,
+            elementwise_pipeline_layout,
+            fake_quant_module,
+            pipelines: RwLock::new(HashMap::new()),
+            dummy_storage,
+        }
+    }
+
+    fn create_pipeline(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
+        let (entry_point, constants): (&str, Vec<(&str, f64)>) = match key {
+            KernelKey::Forward {
+                rounding,
+                per_channel,
+                with_mask,
+            } => (
+                "forward",
+                vec![
+                    ("ROUNDING", rounding as f64),
+                    ("PER_CHANNEL", per_channel as u8 as f64),
+                    ("WITH_MASK", with_mask as u8 as f64),
+                ],
+            ),
+            KernelKey::SteBackward => ("ste_backward", vec![]),
+        };
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry_point),
+            layout: Some(&self.elementwise_pipeline_layout),
+            module: &self.fake_quant_module,
+            entry_point: Some(entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                ..Default::default()
+            },
+            cache: None,
+        })
+    }
+}
+
+/// A tensor's values in a device buffer owned by this library (`STORAGE | COPY_SRC | COPY_DST`).
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+impl GpuTensor {
+    /// The buffer, for recording into a caller's encoder.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a tensor of no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A binding of the whole tensor.
+    pub fn binding(&self) -> TensorBinding<'_> {
+        TensorBinding::from(&self.buffer)
+    }
+}
+
+/// A bit-packed mask in a device buffer owned by this library.
+#[derive(Debug, Clone)]
+pub struct GpuMask {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+impl GpuMask {
+    /// The buffer, for recording into a caller's encoder.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Number of elements (bits).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a mask of no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A binding of the whole mask.
+    pub fn binding(&self) -> TensorBinding<'_> {
+        TensorBinding::from(&self.buffer)
+    }
+}
+
+/// Where a tensor lives in a caller's buffer: the buffer and a byte offset. The buffer needs
+/// `BufferUsages::STORAGE`; the offset must be a multiple of the device's
+/// `min_storage_buffer_offset_alignment` (256 on most devices).
+#[derive(Debug, Clone, Copy)]
+pub struct TensorBinding<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of element 0.
+    pub offset: u64,
+}
+
+impl<'a> From<&'a wgpu::Buffer> for TensorBinding<'a> {
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        Self { buffer, offset: 0 }
+    }
+}

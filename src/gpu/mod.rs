@@ -1,0 +1,10 @@
+//! The GPU path: a [`GpuContext`] owns the device and the kernels; the fake-quant family is
+//! offered at three levels (host slices, device tensors, recording into a caller's encoder).
+
+mod context;
+mod fake_quant;
+
+pub use context::{
+    fake_quant_shader_source, DispatchLimits, GpuContext, GpuMask, GpuTensor, TensorBinding,
+};
+pub use fake_quant::GpuFakeQuant;

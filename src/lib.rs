@@ -1,0 +1,33 @@
+//! # fakequant
+//!
+//! Fake quantization for quantization-aware training (QAT) as WGSL compute kernels on wgpu, bit
+//! for bit identical to a CPU reference that is the executable specification.
+//!
+//! - [`quant`]: ranges, scales and zero points, validated on construction.
+//! - [`reference`]: the CPU reference (read it for the exact semantics).
+//! - [`gpu`]: the device path, at three levels: host slices ([`GpuContext::fake_quant`]), device
+//!   tensors ([`GpuFakeQuant::forward`]) and recording into a caller's command encoder
+//!   ([`GpuFakeQuant::record_forward`]).
+//!
+//! ```no_run
+//! use fakequant::{FakeQuant, GpuContext, QuantParams, QuantRange};
+//! # fn main() -> fakequant::Result<()> {
+//! let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.05, 0))?;
+//! let x = [0.1f32, -2.0, 7.0];
+//! let ctx = GpuContext::new()?;
+//! let gpu = ctx.fake_quant(&op, &x, &[3], true)?;
+//! let cpu = fakequant::reference::fake_quant(&op, &x, &[3], true)?;
+//! assert!(gpu.y.iter().zip(&cpu.y).all(|(a, b)| a.to_bits() == b.to_bits()));
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod gpu;
+pub mod quant;
+pub mod reference;
+
+pub use error::{Error, Result};
+pub use gpu::{DispatchLimits, GpuContext, GpuFakeQuant, GpuMask, GpuTensor, TensorBinding};
+pub use quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, QuantRange, Rounding};
+pub use reference::FakeQuantOutput;

@@ -1,0 +1,395 @@
+//! The quantization parameters and their validation: ranges, scales, zero points, granularity,
+//! rounding of the quotient, channel layout and the bit-packed mask.
+//!
+//! Everything here is plain data shared by the CPU reference ([`crate::reference`]) and the GPU
+//! path ([`crate::gpu`]); constructing it validates it, so both paths only ever see legal values.
+
+use crate::error::{Error, Result};
+
+/// An integer quantization range `[qmin, qmax]`, `qmin < qmax`, that fits a signed or unsigned
+/// integer of 2 to 16 bits (`-32768 <= qmin`, `qmax <= 65535`, `qmax - qmin <= 65535`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuantRange {
+    qmin: i32,
+    qmax: i32,
+}
+
+impl QuantRange {
+    /// A custom range. Fails unless `qmin < qmax` and the range fits a 16-bit integer.
+    pub fn new(qmin: i32, qmax: i32) -> Result<Self> {
+        let err = |reason| Err(Error::InvalidRange { qmin, qmax, reason });
+        if qmin >= qmax {
+            return err("qmin must be smaller than qmax");
+        }
+        if qmin < -32768 || qmax > 65535 || (qmax as i64 - qmin as i64) > 65535 {
+            return err("the range must fit a signed or unsigned integer of at most 16 bits");
+        }
+        Ok(Self { qmin, qmax })
+    }
+
+    /// The full signed range of `bits` bits, `[-2^(bits-1), 2^(bits-1) - 1]`, for 2 to 16 bits.
+    pub fn signed(bits: u32) -> Result<Self> {
+        if !(2..=16).contains(&bits) {
+            return Err(Error::InvalidRange {
+                qmin: 0,
+                qmax: 0,
+                reason: "bit width must be 2 to 16",
+            });
+        }
+        Self::new(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    }
+
+    /// The narrow (symmetric) signed range of `bits` bits, `[-(2^(bits-1) - 1), 2^(bits-1) - 1]`.
+    pub fn signed_narrow(bits: u32) -> Result<Self> {
+        let full = Self::signed(bits)?;
+        Self::new(full.qmin + 1, full.qmax)
+    }
+
+    /// The unsigned range of `bits` bits, `[0, 2^bits - 1]`, for 2 to 16 bits.
+    pub fn unsigned(bits: u32) -> Result<Self> {
+        if !(2..=16).contains(&bits) {
+            return Err(Error::InvalidRange {
+                qmin: 0,
+                qmax: 0,
+                reason: "bit width must be 2 to 16",
+            });
+        }
+        Self::new(0, (1 << bits) - 1)
+    }
+
+    /// int8, `[-128, 127]`.
+    pub const INT8: Self = Self {
+        qmin: -128,
+        qmax: 127,
+    };
+    /// Narrow int8, `[-127, 127]` (symmetric around zero).
+    pub const INT8_NARROW: Self = Self {
+        qmin: -127,
+        qmax: 127,
+    };
+    /// uint8, `[0, 255]`.
+    pub const UINT8: Self = Self { qmin: 0, qmax: 255 };
+    /// int4, `[-8, 7]`.
+    pub const INT4: Self = Self { qmin: -8, qmax: 7 };
+    /// uint4, `[0, 15]`.
+    pub const UINT4: Self = Self { qmin: 0, qmax: 15 };
+    /// int16, `[-32768, 32767]`.
+    pub const INT16: Self = Self {
+        qmin: -32768,
+        qmax: 32767,
+    };
+
+    /// Lower bound.
+    pub fn qmin(&self) -> i32 {
+        self.qmin
+    }
+
+    /// Upper bound.
+    pub fn qmax(&self) -> i32 {
+        self.qmax
+    }
+}
+
+/// How the quotient `x / scale` is formed before rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Rounding {
+    /// PyTorch's arithmetic: `round_half_even(x * (1.0f32 / scale))`, the reciprocal rounded to f32
+    /// first. This is what `torch.fake_quantize_per_*_affine` compute.
+    #[default]
+    Reciprocal,
+    /// The seed document's arithmetic: `round_half_even(x / scale)` with the correctly rounded f32
+    /// quotient. It differs from [`Rounding::Reciprocal`] on a few percent of near-tie inputs.
+    Quotient,
+}
+
+/// Per-tensor or per-channel scales and integer zero points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantParams {
+    scales: Vec<f32>,
+    zero_points: Vec<i32>,
+    axis: Option<usize>,
+}
+
+impl QuantParams {
+    /// One scale and zero point for the whole tensor.
+    pub fn per_tensor(scale: f32, zero_point: i32) -> Self {
+        Self {
+            scales: vec![scale],
+            zero_points: vec![zero_point],
+            axis: None,
+        }
+    }
+
+    /// One scale and zero point per index of `axis` (checked against the shape at call time).
+    pub fn per_channel(axis: usize, scales: Vec<f32>, zero_points: Vec<i32>) -> Self {
+        Self {
+            scales,
+            zero_points,
+            axis: Some(axis),
+        }
+    }
+
+    /// The channel axis, `None` for per-tensor parameters.
+    pub fn axis(&self) -> Option<usize> {
+        self.axis
+    }
+
+    /// The scales (one for per-tensor).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The zero points (one for per-tensor).
+    pub fn zero_points(&self) -> &[i32] {
+        &self.zero_points
+    }
+}
+
+/// Checks one scale: positive, finite and normal, with a finite normal f32 reciprocal, so that
+/// `scale` lies in `[2^-126, 2^126]`.
+pub fn validate_scale(index: usize, scale: f32) -> Result<()> {
+    let err = |reason| {
+        Err(Error::InvalidScale {
+            index,
+            scale,
+            reason,
+        })
+    };
+    if scale.is_nan() {
+        return err("is NaN");
+    }
+    if scale <= 0.0 {
+        return err("must be positive");
+    }
+    if !scale.is_finite() {
+        return err("must be finite");
+    }
+    if !scale.is_normal() {
+        return err("must be a normal number (not subnormal)");
+    }
+    if !(1.0f32 / scale).is_normal() {
+        return err("must have a normal f32 reciprocal (scale <= 2^126)");
+    }
+    Ok(())
+}
+
+/// A validated fake-quantization: range, parameters and rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuant {
+    range: QuantRange,
+    params: QuantParams,
+    rounding: Rounding,
+}
+
+impl FakeQuant {
+    /// Validates the parameters against the range: every scale legal (see [`validate_scale`]),
+    /// every zero point inside `[qmin, qmax]`, as many zero points as scales and at least one.
+    pub fn new(range: QuantRange, params: QuantParams) -> Result<Self> {
+        if params.scales.len() != params.zero_points.len() || params.scales.is_empty() {
+            return Err(Error::ParamLengthMismatch {
+                scales: params.scales.len(),
+                zero_points: params.zero_points.len(),
+            });
+        }
+        if params.axis.is_none() && params.scales.len() != 1 {
+            return Err(Error::ParamLengthMismatch {
+                scales: params.scales.len(),
+                zero_points: 1,
+            });
+        }
+        for (index, &scale) in params.scales.iter().enumerate() {
+            validate_scale(index, scale)?;
+        }
+        for (index, &zero_point) in params.zero_points.iter().enumerate() {
+            if zero_point < range.qmin || zero_point > range.qmax {
+                return Err(Error::InvalidZeroPoint {
+                    index,
+                    zero_point,
+                    qmin: range.qmin,
+                    qmax: range.qmax,
+                });
+            }
+        }
+        Ok(Self {
+            range,
+            params,
+            rounding: Rounding::default(),
+        })
+    }
+
+    /// The same fake-quantization with another [`Rounding`].
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+
+    /// The quantization range.
+    pub fn range(&self) -> QuantRange {
+        self.range
+    }
+
+    /// The scales and zero points.
+    pub fn params(&self) -> &QuantParams {
+        &self.params
+    }
+
+    /// How the quotient is formed.
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
+    }
+
+    /// Checks `shape` against the parameters and `len` against the shape, and returns how flat
+    /// indices map to channels.
+    pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
+        let numel = numel(shape)?;
+        if numel != len {
+            return Err(Error::LengthMismatch {
+                what: "data length vs product of shape",
+                expected: numel,
+                actual: len,
+            });
+        }
+        match self.params.axis {
+            None => Ok(ChannelLayout {
+                outer: numel,
+                channels: 1,
+                inner: 1,
+            }),
+            Some(axis) => {
+                let layout = ChannelLayout::new(shape, axis)?;
+                if layout.channels != self.params.scales.len() {
+                    return Err(Error::ChannelCountMismatch {
+                        axis,
+                        channels: layout.channels,
+                        params: self.params.scales.len(),
+                    });
+                }
+                Ok(layout)
+            }
+        }
+    }
+}
+
+/// The product of a shape's dimensions, or an error if it overflows `usize`.
+pub fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or(Error::TooLarge {
+            what: "product of the shape",
+            requested: u64::MAX,
+            limit: usize::MAX as u64,
+        })
+}
+
+/// How a row-major contiguous tensor splits around its channel axis: `shape = [outer..., channels,
+/// inner...]`, so the channel of flat index `i` is `(i / inner) % channels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLayout {
+    /// Product of the dimensions before the axis.
+    pub outer: usize,
+    /// Size of the channel axis.
+    pub channels: usize,
+    /// Product of the dimensions after the axis.
+    pub inner: usize,
+}
+
+impl ChannelLayout {
+    /// The layout of `shape` around `axis`.
+    pub fn new(shape: &[usize], axis: usize) -> Result<Self> {
+        if axis >= shape.len() {
+            return Err(Error::AxisOutOfRange {
+                axis,
+                rank: shape.len(),
+            });
+        }
+        Ok(Self {
+            outer: numel(&shape[..axis])?,
+            channels: shape[axis],
+            inner: numel(&shape[axis + 1..])?,
+        })
+    }
+
+    /// The channel of flat index `i`.
+    pub fn channel_of(&self, i: usize) -> usize {
+        (i / self.inner) % self.channels
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.outer * self.channels * self.inner
+    }
+}
+
+/// A boolean per element packed 32 to a `u32` word: element `i` is bit `i % 32` of word `i / 32`.
+/// Bits past `len` in the last word are zero.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PackedMask {
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl PackedMask {
+    /// Number of `u32` words that hold `len` bits.
+    pub fn words_for(len: usize) -> usize {
+        len.div_ceil(32)
+    }
+
+    /// Packs a slice of booleans.
+    pub fn from_bools(bits: &[bool]) -> Self {
+        let mut words = vec![0u32; Self::words_for(bits.len())];
+        for (i, _) in bits.iter().enumerate().filter(|(_, &b)| b) {
+            words[i / 32] |= 1 << (i % 32);
+        }
+        Self {
+            words,
+            len: bits.len(),
+        }
+    }
+
+    /// Wraps words read from a device. Fails if the word count does not match `len`, or if a bit
+    /// past `len` is set.
+    pub fn from_words(words: Vec<u32>, len: usize) -> Result<Self> {
+        if words.len() != Self::words_for(len) {
+            return Err(Error::LengthMismatch {
+                what: "mask words",
+                expected: Self::words_for(len),
+                actual: words.len(),
+            });
+        }
+        if len % 32 != 0 && words[len / 32] >> (len % 32) != 0 {
+            return Err(Error::InvalidBuffer {
+                what: "mask",
+                reason: "bits past the end are set".into(),
+            });
+        }
+        Ok(Self { words, len })
+    }
+
+    /// Number of elements (bits).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the mask covers no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packed words.
+    pub fn words(&self) -> &[u32] {
+        &self.words
+    }
+
+    /// The bit of element `i`, `None` past the end.
+    pub fn get(&self, i: usize) -> Option<bool> {
+        (i < self.len).then(|| self.words[i / 32] >> (i % 32) & 1 == 1)
+    }
+
+    /// One boolean per element.
+    pub fn to_bools(&self) -> Vec<bool> {
+        (0..self.len)
+            .map(|i| self.words[i / 32] >> (i % 32) & 1 == 1)
+            .collect()
+    }
+}
