@@ -6,8 +6,8 @@
 //   compiler could fuse it with: `x * inv` (or the integer division `div_rn_bits`), `round`, and
 //   `f32(k) * scale` with `k` an exact integer. Comparisons and clamps are on integer-valued floats.
 // - Non-finite inputs never reach float arithmetic: the input is clamped on its bits to +-`clip`
-//   (so +-inf become finite and `x * inv` cannot overflow); NaN is detected on the bits and its
-//   output selected on the bits at the end.
+//   (so `x * inv` cannot overflow); infinities are detected on the bits and sent past the range
+//   edge, NaN is detected on the bits and its output selected on the bits at the end.
 // - Subnormal inputs are not left to the device (which may flush them): their significand is
 //   converted to float exactly and multiplied by `inv * 2^-149`, a normal number whenever the
 //   product can reach 0.5 (see `ChannelParams`).
@@ -55,6 +55,9 @@ override ROUNDING: u32 = 0u;
 override PER_CHANNEL: bool = false;
 override WITH_MASK: bool = false;
 
+// Farther from zero than any qmin - zp or qmax - zp (at most 65535 in magnitude).
+const BEYOND_RANGE: f32 = 1048576.0;
+
 const WG_SIZE: u32 = 256u;
 const PER_THREAD: u32 = 4u;
 // A workgroup handles TILE consecutive elements per step; thread t takes t, t + 256, ... so that
@@ -97,7 +100,10 @@ fn fake_quant_bits(x_bits: u32, p: ChannelParams) -> Quantized {
     } else {
         r = round(bitcast<f32>(div_rn_bits(clamped, bitcast<u32>(p.scale))));
     }
-    // r is a finite integer-valued float with |r| <= 2^18 + 1.
+    // Infinities are placed beyond either edge explicitly: when 2^18 * scale overflows, clip is
+    // f32::MAX and a clamped infinity would land inside the range.
+    r = select(r, select(BEYOND_RANGE, -BEYOND_RANGE, sign != 0u), magnitude == EXP_MASK);
+    // r is a finite integer-valued float with |r| <= 2^20.
     let in_range = r >= p.lo && r <= p.hi;
     let k = i32(clamp(r, p.lo, p.hi));
     // A zero must be +0.0 (PyTorch goes through an integer). Compilers fold the float -> int ->

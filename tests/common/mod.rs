@@ -1,0 +1,289 @@
+//! Shared test support: one context per adapter, a seeded generator, the adversarial corpus and
+//! bit-exact comparison against the CPU reference.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use fakequant::{reference, FakeQuant, GpuContext, PackedMask, QuantRange};
+
+/// One context per adapter present (honouring FAKEQUANT_BACKEND / FAKEQUANT_ADAPTER). With
+/// FAKEQUANT_REQUIRE_GPU=1 a missing adapter fails the test instead of skipping the GPU part.
+pub fn contexts() -> &'static [GpuContext] {
+    static CONTEXTS: OnceLock<Vec<GpuContext>> = OnceLock::new();
+    CONTEXTS.get_or_init(|| {
+        let adapters = GpuContext::adapters().expect("adapter enumeration failed");
+        let contexts: Vec<GpuContext> = adapters
+            .iter()
+            .map(|a| GpuContext::from_adapter(a).expect("device creation failed"))
+            .collect();
+        if contexts.is_empty() {
+            if std::env::var("FAKEQUANT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("FAKEQUANT_REQUIRE_GPU=1 but no compute-capable adapter was found");
+            }
+            eprintln!("note: no GPU adapter present; GPU comparisons are skipped");
+        }
+        for c in &contexts {
+            eprintln!("testing on adapter: {}", c.adapter_name());
+        }
+        contexts
+    })
+}
+
+/// xorshift64*: deterministic and dependency-free.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.unit() * n as f64) as usize
+    }
+
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
+        (lo + (hi - lo) * self.unit()) as f32
+    }
+
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.unit().max(1e-300);
+        let u2 = self.unit();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    /// Any f32 bit pattern: NaNs, infinities, subnormals included.
+    pub fn any_bits(&mut self) -> f32 {
+        f32::from_bits(self.next_u32())
+    }
+}
+
+/// Random data of several distributions, `n` values, scaled around `scale`.
+pub fn random_data(rng: &mut Rng, n: usize, distribution: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| match distribution % 5 {
+            0 => rng.normal() * scale * 40.0,
+            1 => rng.uniform(-300.0, 300.0) * scale,
+            // heavy tail: most values small, some far outside the range
+            2 => rng.normal() * scale * 2f32.powi(rng.below(20) as i32),
+            // integers and half-integers of the scale: exact ties for power-of-two scales
+            3 => (rng.below(600) as f32 - 300.0) * 0.5 * scale,
+            _ => rng.any_bits(),
+        })
+        .collect()
+}
+
+fn ulp_neighbours(v: f32, out: &mut Vec<f32>) {
+    let bits = v.to_bits();
+    for d in 0..=2u32 {
+        out.push(f32::from_bits(bits.wrapping_add(d)));
+        out.push(f32::from_bits(bits.wrapping_sub(d)));
+    }
+}
+
+/// Inputs that hit every hard case for one channel: exact ties of `x * inv` and of `x / scale`
+/// and their +-1, 2 ulp neighbours, around zero, around both clamp edges and inside; signed
+/// zeros; subnormals; the normal boundary; FLT_MAX; infinities; quiet and signalling NaNs.
+pub fn adversarial(scale: f32, zero_point: i32, range: QuantRange) -> Vec<f32> {
+    let inv = 1.0f32 / scale;
+    let lo = (range.qmin() - zero_point) as i64;
+    let hi = (range.qmax() - zero_point) as i64;
+    let mut ks: Vec<i64> = (-4..=4).collect();
+    for edge in [lo, hi] {
+        ks.extend(edge - 3..=edge + 3);
+    }
+    ks.extend([lo / 2, hi / 2, (lo + hi) / 2]);
+    let mut out = Vec::new();
+    for &k in &ks {
+        for half in [0.0f64, 0.5, -0.5] {
+            let t = k as f64 + half;
+            // ties of x * inv, of x / scale, and exact multiples
+            for candidate in [t / inv as f64, t * scale as f64] {
+                let c = candidate as f32;
+                if c.is_finite() {
+                    ulp_neighbours(c, &mut out);
+                    ulp_neighbours(-c, &mut out);
+                }
+            }
+        }
+    }
+    let specials = [
+        0x0000_0000u32,
+        0x8000_0000, // signed zeros
+        0x0000_0001,
+        0x8000_0001,
+        0x0000_0002,
+        0x0040_0000,
+        0x807f_ffff,
+        0x007f_ffff,
+        0x0012_3456, // subnormals
+        0x0080_0000,
+        0x8080_0000,
+        0x0080_0001, // smallest normals
+        0x7f7f_ffff,
+        0xff7f_ffff,
+        0x7f7f_fffe,
+        0x7149_f2ca,
+        0xf149_f2ca, // huge finite
+        0x7f80_0000,
+        0xff80_0000, // infinities
+        0x7fc0_0000,
+        0xffc0_0000,
+        0x7fc1_2345,
+        0xffff_ffff, // quiet NaNs
+        0x7f80_0001,
+        0xff80_0001,
+        0x7fbf_ffff,
+        0x7f81_2345, // signalling NaNs
+    ];
+    out.extend(specials.iter().map(|&b| f32::from_bits(b)));
+    // Subnormals that land on ties when the scale is tiny (the subnormal path of the kernel).
+    for m in [
+        1u32, 3, 0x3f_ffff, 0x40_0000, 0x40_0001, 0x60_0000, 0x7f_ffff,
+    ] {
+        out.push(f32::from_bits(m));
+        out.push(f32::from_bits(m | 0x8000_0000));
+    }
+    out
+}
+
+/// Scales from 2^-126 (the smallest legal) through 2^-60 .. 2^60 to 2^126, and awkward ones.
+pub fn scale_sweep() -> Vec<f32> {
+    let mut s: Vec<f32> = (-6..=6).map(|e| 2f32.powi(e * 10)).collect();
+    s.extend([
+        2f32.powi(-126),
+        1.5 * 2f32.powi(-126),
+        2f32.powi(-125) * 1.25,
+        2f32.powi(-100),
+        2f32.powi(126),
+        0.1,
+        1.0 / 3.0,
+        f32::from_bits(0x3e4c_04fe), // 0.1992378 (REFERENCE.md row 1)
+        f32::from_bits(0x3ba5_a4b6), // 0.0050550355
+        f32::from_bits(0x3f79_50f9), // 0.9738918
+        f32::from_bits(0x3f7f_ffff), // 1 - ulp
+        f32::from_bits(0x3f80_0001), // 1 + ulp
+        2.533506 / 127.5,
+        7.0e-3,
+        123.456,
+    ]);
+    s
+}
+
+/// The ranges of every bit width the library documents, plus narrow and custom ones.
+pub fn ranges() -> Vec<QuantRange> {
+    let mut r = vec![
+        QuantRange::INT8,
+        QuantRange::INT8_NARROW,
+        QuantRange::UINT8,
+        QuantRange::INT4,
+        QuantRange::UINT4,
+        QuantRange::INT16,
+    ];
+    for bits in 2..=16 {
+        r.push(QuantRange::signed(bits).unwrap());
+        r.push(QuantRange::unsigned(bits).unwrap());
+    }
+    r.push(QuantRange::new(-5, 300).unwrap());
+    r
+}
+
+/// Asserts two f32 slices are identical bit for bit, reporting the first differences.
+pub fn assert_bits_eq(context: &str, x: &[f32], expected: &[f32], actual: &[f32]) {
+    assert_eq!(expected.len(), actual.len(), "{context}: length");
+    let bad: Vec<usize> = (0..expected.len())
+        .filter(|&i| expected[i].to_bits() != actual[i].to_bits())
+        .collect();
+    if !bad.is_empty() {
+        let details: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|&i| {
+                let xi = x.get(i).map_or(0, |v| v.to_bits());
+                format!(
+                    "  [{i}] x={:#010x} ({:e}) expected {:#010x} ({:e}) got {:#010x} ({:e})",
+                    xi,
+                    f32::from_bits(xi),
+                    expected[i].to_bits(),
+                    expected[i],
+                    actual[i].to_bits(),
+                    actual[i]
+                )
+            })
+            .collect();
+        panic!(
+            "{context}: {} of {} values differ:\n{}",
+            bad.len(),
+            expected.len(),
+            details.join("\n")
+        );
+    }
+}
+
+pub fn assert_mask_eq(context: &str, expected: &PackedMask, actual: &PackedMask) {
+    if expected != actual {
+        let e = expected.to_bools();
+        let a = actual.to_bools();
+        let first: Vec<usize> = (0..e.len().min(a.len()))
+            .filter(|&i| e[i] != a[i])
+            .take(8)
+            .collect();
+        panic!(
+            "{context}: masks differ (lengths {} / {}), first at {first:?}",
+            e.len(),
+            a.len()
+        );
+    }
+}
+
+/// Runs the forward (with and without mask) and the backward on `ctx` and asserts they equal the
+/// CPU reference bit for bit.
+pub fn check_on_gpu(ctx: &GpuContext, op: &FakeQuant, x: &[f32], shape: &[usize], label: &str) {
+    let context = format!("{label} on {}", ctx.adapter_name());
+    let expected = reference::fake_quant(op, x, shape, true).unwrap();
+    let got = ctx.fake_quant(op, x, shape, true).unwrap();
+    assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
+    let expected_mask = expected.mask.unwrap();
+    assert_mask_eq(
+        &format!("{context}: mask"),
+        &expected_mask,
+        got.mask.as_ref().unwrap(),
+    );
+    let got_no_mask = ctx.fake_quant(op, x, shape, false).unwrap();
+    assert!(got_no_mask.mask.is_none());
+    assert_bits_eq(
+        &format!("{context}: y without mask"),
+        x,
+        &expected.y,
+        &got_no_mask.y,
+    );
+    // The backward on a gradient that holds every kind of value.
+    let mut rng = Rng::new(x.len() as u64 ^ 0x5eed);
+    let dy: Vec<f32> = (0..x.len())
+        .map(|i| {
+            if i % 7 == 0 {
+                rng.any_bits()
+            } else {
+                rng.normal()
+            }
+        })
+        .collect();
+    let expected_dx = reference::ste_backward(&dy, &expected_mask).unwrap();
+    let got_dx = ctx.ste_backward(&dy, &expected_mask).unwrap();
+    assert_bits_eq(&format!("{context}: dx"), &dy, &expected_dx, &got_dx);
+}

@@ -1,0 +1,418 @@
+//! The GPU kernels equal the CPU reference bit for bit, on every adapter present.
+
+mod common;
+
+use common::*;
+use fakequant::{
+    reference, DispatchLimits, FakeQuant, QuantParams, QuantRange, Rounding, TensorBinding,
+};
+
+const ROUNDINGS: [Rounding; 2] = [Rounding::Reciprocal, Rounding::Quotient];
+
+#[test]
+fn random_distributions_and_seeds_per_tensor() {
+    for ctx in contexts() {
+        for seed in 0..3u64 {
+            for distribution in 0..5 {
+                let mut rng = Rng::new(seed * 31 + distribution as u64);
+                let scale = 2f32.powf(rng.uniform(-12.0, 4.0));
+                let range = QuantRange::INT8;
+                let zp = rng.below(256) as i32 - 128;
+                let n = 5000 + rng.below(3000);
+                let x = random_data(&mut rng, n, distribution, scale);
+                for rounding in ROUNDINGS {
+                    let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
+                        .unwrap()
+                        .with_rounding(rounding);
+                    check_on_gpu(
+                        ctx,
+                        &op,
+                        &x,
+                        &[x.len()],
+                        &format!("seed {seed} dist {distribution} {rounding:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every scale of the sweep, zero points at both range edges and in the middle, every range, both
+/// roundings, on the adversarial corpus: batched as one per-channel call per range and rounding
+/// (channel c has its own scale and zero point and its own corpus), plus per-tensor calls on the
+/// same corpus for one zero point.
+#[test]
+fn adversarial_corpus_every_scale_zero_point_and_width() {
+    for ctx in contexts() {
+        for range in ranges() {
+            let mut params = Vec::new();
+            for &scale in &scale_sweep() {
+                for zp in [
+                    range.qmin(),
+                    range.qmax(),
+                    (range.qmin() + range.qmax()) / 2,
+                ] {
+                    params.push((scale, zp));
+                }
+            }
+            let corpora: Vec<Vec<f32>> = params
+                .iter()
+                .map(|&(s, zp)| adversarial(s, zp, range))
+                .collect();
+            let width = corpora.iter().map(Vec::len).max().unwrap();
+            // Pad each channel's corpus with its own values so every channel has `width` inputs.
+            let x: Vec<f32> = corpora
+                .iter()
+                .flat_map(|c| c.iter().cycle().take(width).copied())
+                .collect();
+            let shape = [params.len(), width];
+            let scales: Vec<f32> = params.iter().map(|p| p.0).collect();
+            let zps: Vec<i32> = params.iter().map(|p| p.1).collect();
+            for rounding in ROUNDINGS {
+                let op = FakeQuant::new(
+                    range,
+                    QuantParams::per_channel(0, scales.clone(), zps.clone()),
+                )
+                .unwrap()
+                .with_rounding(rounding);
+                check_on_gpu(
+                    ctx,
+                    &op,
+                    &x,
+                    &shape,
+                    &format!("adversarial {range:?} {rounding:?} per-channel"),
+                );
+            }
+            let (scale, zp) = params[params.len() / 2];
+            let corpus = adversarial(scale, zp, range);
+            for rounding in ROUNDINGS {
+                let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
+                    .unwrap()
+                    .with_rounding(rounding);
+                check_on_gpu(
+                    ctx,
+                    &op,
+                    &corpus,
+                    &[corpus.len()],
+                    &format!("adversarial {range:?} {rounding:?} per-tensor"),
+                );
+            }
+        }
+    }
+}
+
+/// Every f32 bit pattern class through a random sample of 2^20 patterns at a few scales.
+#[test]
+fn random_bit_patterns() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(99);
+        let x: Vec<f32> = (0..1 << 20).map(|_| rng.any_bits()).collect();
+        for scale in [2f32.powi(-126), 1e-30, 0.01, 3.0, 1e30] {
+            for rounding in ROUNDINGS {
+                let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(scale, 3))
+                    .unwrap()
+                    .with_rounding(rounding);
+                check_on_gpu(
+                    ctx,
+                    &op,
+                    &x,
+                    &[x.len()],
+                    &format!("bit patterns scale {scale:e} {rounding:?}"),
+                );
+            }
+        }
+    }
+}
+
+/// Per-channel on every axis of ranks 1 to 4, with 1 to 1000 channels.
+#[test]
+fn per_channel_every_axis_ranks_1_to_4() {
+    let shapes: &[&[usize]] = &[
+        &[1],
+        &[7],
+        &[1000],
+        &[1000, 3],
+        &[3, 1000],
+        &[1, 5],
+        &[4, 17, 9],
+        &[1, 1000, 1],
+        &[2, 3, 5, 7],
+        &[16, 8, 3, 3],
+        &[2, 1, 1000, 2],
+    ];
+    for ctx in contexts() {
+        let mut rng = Rng::new(7);
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            for axis in 0..shape.len() {
+                let channels = shape[axis];
+                let range = if axis % 2 == 0 {
+                    QuantRange::INT8
+                } else {
+                    QuantRange::UINT4
+                };
+                let scales: Vec<f32> = (0..channels)
+                    .map(|_| 2f32.powf(rng.uniform(-10.0, 2.0)))
+                    .collect();
+                let zps: Vec<i32> = (0..channels)
+                    .map(|_| {
+                        range.qmin() + rng.below((range.qmax() - range.qmin() + 1) as usize) as i32
+                    })
+                    .collect();
+                let distribution = rng.below(5);
+                let x = random_data(&mut rng, n, distribution, 0.05);
+                for rounding in ROUNDINGS {
+                    let op = FakeQuant::new(
+                        range,
+                        QuantParams::per_channel(axis, scales.clone(), zps.clone()),
+                    )
+                    .unwrap()
+                    .with_rounding(rounding);
+                    check_on_gpu(
+                        ctx,
+                        &op,
+                        &x,
+                        shape,
+                        &format!("shape {shape:?} axis {axis} {rounding:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sizes around the mask word (32), the workgroup (256), the tile (1024) and the chunk granule.
+#[test]
+fn sizes_around_every_boundary() {
+    let mut sizes = vec![0usize, 1, 2, 3, 4, 5];
+    for b in [32usize, 256, 1024, 4096, 65536] {
+        sizes.extend([b - 1, b, b + 1]);
+    }
+    for ctx in contexts() {
+        let mut rng = Rng::new(11);
+        for &n in &sizes {
+            let x = random_data(&mut rng, n, 0, 0.1);
+            let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.1, -1)).unwrap();
+            check_on_gpu(ctx, &op, &x, &[n], &format!("size {n}"));
+            if n > 0 {
+                let op = FakeQuant::new(
+                    QuantRange::UINT8,
+                    QuantParams::per_channel(0, vec![0.05; n], vec![7; n]),
+                )
+                .unwrap();
+                check_on_gpu(ctx, &op, &x, &[n], &format!("size {n} per-channel"));
+            }
+        }
+    }
+}
+
+/// Small dispatch limits force several bindings per tensor (a chunk boundary inside a channel) and
+/// more tiles than workgroups (the grid-stride loop); the results must not change.
+#[test]
+fn multiple_bindings_and_grid_stride_loop() {
+    for ctx in contexts() {
+        let small = ctx
+            .with_dispatch_limits(DispatchLimits {
+                max_binding_bytes: 1 << 18,
+                max_workgroups: 3,
+            })
+            .unwrap();
+        let mut rng = Rng::new(5);
+        let x = random_data(&mut rng, 200_000, 1, 0.02);
+        let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.02, 5)).unwrap();
+        check_on_gpu(&small, &op, &x, &[x.len()], "small limits per-tensor");
+        let layouts: [(&[usize], usize); 5] = [
+            (&[8, 25_000], 0),
+            (&[25_000, 8], 1),
+            (&[40, 5000], 0),
+            (&[5000, 40], 1),
+            (&[2, 5000, 20], 2),
+        ];
+        for (shape, axis) in layouts {
+            let c = shape[axis];
+            let scales: Vec<f32> = (0..c).map(|i| 0.01 + i as f32 * 1e-4).collect();
+            let op = FakeQuant::new(
+                QuantRange::INT8,
+                QuantParams::per_channel(axis, scales, vec![0; c]),
+            )
+            .unwrap();
+            check_on_gpu(
+                &small,
+                &op,
+                &x,
+                &shape,
+                &format!("small limits shape {shape:?} axis {axis}"),
+            );
+        }
+    }
+}
+
+/// A tensor over 128 MiB (the storage binding limit of the software GPUs).
+#[test]
+fn tensor_larger_than_128_mib() {
+    let n = (1usize << 25) + 4099;
+    assert!(n * 4 > 128 << 20);
+    let mut rng = Rng::new(3);
+    let x: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 1000 == 0 {
+                rng.any_bits()
+            } else {
+                rng.normal() * 3.0
+            }
+        })
+        .collect();
+    let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0)).unwrap();
+    let expected = reference::fake_quant(&op, &x, &[n], true).unwrap();
+    for ctx in contexts() {
+        let got = ctx.fake_quant(&op, &x, &[n], true).unwrap();
+        assert_bits_eq(
+            &format!("128 MiB+ on {}", ctx.adapter_name()),
+            &x,
+            &expected.y,
+            &got.y,
+        );
+        assert_mask_eq(
+            "128 MiB+ mask",
+            expected.mask.as_ref().unwrap(),
+            got.mask.as_ref().unwrap(),
+        );
+        let dx = ctx
+            .ste_backward(&x, expected.mask.as_ref().unwrap())
+            .unwrap();
+        let expected_dx = reference::ste_backward(&x, expected.mask.as_ref().unwrap()).unwrap();
+        assert_bits_eq("128 MiB+ dx", &x, &expected_dx, &dx);
+    }
+}
+
+/// The recording level: several layers' fake-quant and a backward on caller-owned buffers (one
+/// suballocated at an offset) recorded into one encoder and submitted once.
+#[test]
+fn recording_many_ops_into_one_submission() {
+    for ctx in contexts() {
+        let device = ctx.device();
+        let mut rng = Rng::new(21);
+        let n = 3000usize;
+        let align = ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let offset = align.max(256) * 2;
+        let layers: Vec<(FakeQuant, Vec<f32>)> = (0..3)
+            .map(|i| {
+                let op = FakeQuant::new(
+                    QuantRange::INT8,
+                    QuantParams::per_tensor(0.01 * (i + 1) as f32, i - 1),
+                )
+                .unwrap();
+                (op, random_data(&mut rng, n, i as usize, 0.01))
+            })
+            .collect();
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let make = |bytes: u64| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        // One big input buffer holding the three layers' inputs at aligned offsets.
+        let stride = (n as u64 * 4).next_multiple_of(align.max(256));
+        let inputs = make(offset + stride * 3);
+        for (i, (_, x)) in layers.iter().enumerate() {
+            ctx.queue()
+                .write_buffer(&inputs, offset + stride * i as u64, bytemuck::cast_slice(x));
+        }
+        let outputs: Vec<wgpu::Buffer> = (0..3).map(|_| make(n as u64 * 4)).collect();
+        let mask = make(n.div_ceil(32) as u64 * 4);
+        let dy: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        let dy_buf = make(n as u64 * 4);
+        ctx.queue()
+            .write_buffer(&dy_buf, 0, bytemuck::cast_slice(&dy));
+        let dx_buf = make(n as u64 * 4);
+
+        let prepared: Vec<_> = layers
+            .iter()
+            .map(|(op, _)| ctx.prepare(op).unwrap())
+            .collect();
+        let mut encoder = ctx.create_encoder("test");
+        for (i, p) in prepared.iter().enumerate() {
+            let x = TensorBinding {
+                buffer: &inputs,
+                offset: offset + stride * i as u64,
+            };
+            let m = (i == 2).then(|| TensorBinding::from(&mask));
+            p.record_forward(&mut encoder, x, &[n], TensorBinding::from(&outputs[i]), m)
+                .unwrap();
+        }
+        ctx.record_ste_backward(
+            &mut encoder,
+            (&dy_buf).into(),
+            (&mask).into(),
+            (&dx_buf).into(),
+            n,
+        )
+        .unwrap();
+        ctx.submit_and_wait(encoder).unwrap();
+
+        for (i, (op, x)) in layers.iter().enumerate() {
+            let expected = reference::fake_quant(op, x, &[n], true).unwrap();
+            let got: Vec<f32> = bytemuck::pod_collect_to_vec(
+                &ctx.read_buffer(&outputs[i], 0, n as u64 * 4).unwrap(),
+            );
+            assert_bits_eq(&format!("recorded layer {i}"), x, &expected.y, &got);
+            if i == 2 {
+                let expected_dx =
+                    reference::ste_backward(&dy, expected.mask.as_ref().unwrap()).unwrap();
+                let dx: Vec<f32> = bytemuck::pod_collect_to_vec(
+                    &ctx.read_buffer(&dx_buf, 0, n as u64 * 4).unwrap(),
+                );
+                assert_bits_eq("recorded backward", &dy, &expected_dx, &dx);
+            }
+        }
+    }
+}
+
+/// The device level: ops chained on device tensors without a read-back in between.
+#[test]
+fn device_tensors_chain_without_read_back() {
+    for ctx in contexts() {
+        let mut rng = Rng::new(8);
+        let x = random_data(&mut rng, 10_000, 0, 0.02);
+        let first = FakeQuant::new(QuantRange::INT16, QuantParams::per_tensor(0.001, 0)).unwrap();
+        let second = FakeQuant::new(
+            QuantRange::INT4,
+            QuantParams::per_channel(0, vec![0.1, 0.2], vec![0, -3]),
+        )
+        .unwrap();
+        let (p1, p2) = (ctx.prepare(&first).unwrap(), ctx.prepare(&second).unwrap());
+        let x_dev = ctx.upload(&x).unwrap();
+        let mid = ctx.create_tensor(x.len()).unwrap();
+        let out = ctx.create_tensor(x.len()).unwrap();
+        let mask = ctx.create_mask(x.len()).unwrap();
+        p1.forward(&x_dev, &[x.len()], &mid, None).unwrap();
+        p2.forward(&mid, &[2, 5000], &out, Some(&mask)).unwrap();
+        let cpu_mid = reference::fake_quant(&first, &x, &[x.len()], false)
+            .unwrap()
+            .y;
+        let cpu = reference::fake_quant(&second, &cpu_mid, &[2, 5000], true).unwrap();
+        assert_bits_eq("chained", &x, &cpu.y, &ctx.read_tensor(&out).unwrap());
+        assert_mask_eq(
+            "chained mask",
+            cpu.mask.as_ref().unwrap(),
+            &ctx.read_mask(&mask).unwrap(),
+        );
+    }
+}
+
+/// A framework's own device: the context wraps it without creating another.
+#[test]
+fn context_on_a_caller_owned_device() {
+    for ctx in contexts() {
+        let shared =
+            fakequant::GpuContext::from_device(ctx.device().clone(), ctx.queue().clone()).unwrap();
+        let op = FakeQuant::new(QuantRange::UINT8, QuantParams::per_tensor(0.5, 128)).unwrap();
+        let x: Vec<f32> = (-300..300).map(|i| i as f32 * 0.25).collect();
+        check_on_gpu(&shared, &op, &x, &[x.len()], "caller-owned device");
+    }
+}
