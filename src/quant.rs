@@ -357,7 +357,7 @@ impl PackedMask {
                 actual: words.len(),
             });
         }
-        if len % 32 != 0 && words[len / 32] >> (len % 32) != 0 {
+        if !len.is_multiple_of(32) && words[len / 32] >> (len % 32) != 0 {
             return Err(Error::InvalidBuffer {
                 what: "mask",
                 reason: "bits past the end are set".into(),

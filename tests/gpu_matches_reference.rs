@@ -240,7 +240,7 @@ fn multiple_bindings_and_grid_stride_loop() {
                 &small,
                 &op,
                 &x,
-                &shape,
+                shape,
                 &format!("small limits shape {shape:?} axis {axis}"),
             );
         }

@@ -57,6 +57,11 @@ pub fn fake_quant_shader_source() -> String {
     .join("\n")
 }
 
+/// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.
+pub fn kernel_sources() -> Vec<(&'static str, String)> {
+    vec![("fake_quant", fake_quant_shader_source())]
+}
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -422,8 +427,8 @@ impl GpuContext {
                 reason: "needs BufferUsages::COPY_SRC".into(),
             });
         }
-        if offset % 4 != 0
-            || size % 4 != 0
+        if !offset.is_multiple_of(4)
+            || !size.is_multiple_of(4)
             || offset
                 .checked_add(size)
                 .is_none_or(|end| end > buffer.size())

@@ -196,7 +196,7 @@ impl GpuContext {
                 reason: "needs BufferUsages::STORAGE".into(),
             });
         }
-        if b.offset % align != 0 {
+        if !b.offset.is_multiple_of(align) {
             return Err(Error::InvalidBuffer {
                 what,
                 reason: format!(

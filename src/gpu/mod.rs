@@ -5,6 +5,7 @@ mod context;
 mod fake_quant;
 
 pub use context::{
-    fake_quant_shader_source, DispatchLimits, GpuContext, GpuMask, GpuTensor, TensorBinding,
+    fake_quant_shader_source, kernel_sources, DispatchLimits, GpuContext, GpuMask, GpuTensor,
+    TensorBinding,
 };
 pub use fake_quant::GpuFakeQuant;
