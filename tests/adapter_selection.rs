@@ -1,0 +1,33 @@
+//! `FAKEQUANT_BACKEND` and `FAKEQUANT_ADAPTER` steer the choice of adapter; bad values are errors.
+//! (Its own test binary: it changes the process environment.)
+
+use fakequant::{Error, GpuContext};
+
+#[test]
+fn environment_selects_and_rejects_adapters() {
+    // SAFETY-free in edition 2021; this binary has a single test, so nothing reads concurrently.
+    std::env::remove_var("FAKEQUANT_ADAPTER");
+    std::env::set_var("FAKEQUANT_BACKEND", "no-such-backend");
+    assert!(matches!(GpuContext::adapters(), Err(Error::NoAdapter(_))));
+    assert!(matches!(GpuContext::new(), Err(Error::NoAdapter(_))));
+
+    std::env::set_var("FAKEQUANT_BACKEND", "vulkan,gl");
+    let all = GpuContext::adapters().unwrap();
+    std::env::set_var("FAKEQUANT_ADAPTER", "definitely not an adapter name");
+    assert!(GpuContext::adapters().unwrap().is_empty());
+    let err = GpuContext::new().unwrap_err();
+    assert!(
+        err.to_string().contains("no compute-capable adapter"),
+        "{err}"
+    );
+    if let Some(first) = all.first() {
+        let name = first.get_info().name;
+        std::env::set_var("FAKEQUANT_ADAPTER", name.to_uppercase());
+        let chosen = GpuContext::adapters().unwrap();
+        assert!(
+            chosen.iter().all(|a| a.get_info().name == name),
+            "substring match is case-insensitive"
+        );
+        assert!(!chosen.is_empty());
+    }
+}

@@ -1,0 +1,288 @@
+//! Every invalid argument returns an error that names the problem; nothing panics.
+
+mod common;
+
+use common::contexts;
+use fakequant::{
+    reference, DispatchLimits, Error, FakeQuant, PackedMask, QuantParams, QuantRange, TensorBinding,
+};
+
+#[test]
+fn invalid_ranges_are_rejected() {
+    for (qmin, qmax) in [
+        (5, 5),
+        (10, 3),
+        (-40_000, 0),
+        (0, 70_000),
+        (-32_768, 32_768),
+    ] {
+        assert!(
+            matches!(QuantRange::new(qmin, qmax), Err(Error::InvalidRange { .. })),
+            "[{qmin}, {qmax}]"
+        );
+    }
+    for bits in [0, 1, 17, 32] {
+        assert!(
+            QuantRange::signed(bits).is_err() && QuantRange::unsigned(bits).is_err(),
+            "{bits} bits"
+        );
+        assert!(
+            QuantRange::signed_narrow(bits).is_err(),
+            "{bits} bits narrow"
+        );
+    }
+}
+
+#[test]
+fn invalid_scales_are_rejected() {
+    let bad = [
+        0.0f32,
+        -0.0,
+        -1.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        f32::MAX,
+        2f32.powi(127),
+        f32::from_bits(1),
+    ];
+    for scale in bad {
+        let r = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(scale, 0));
+        assert!(
+            matches!(r, Err(Error::InvalidScale { index: 0, .. })),
+            "scale {scale:e}: {r:?}"
+        );
+        let r = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(0, vec![1.0, scale], vec![0, 0]),
+        );
+        assert!(
+            matches!(r, Err(Error::InvalidScale { index: 1, .. })),
+            "per-channel scale {scale:e}"
+        );
+    }
+    // The extremes that are legal.
+    for scale in [2f32.powi(-126), 2f32.powi(126)] {
+        assert!(FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(scale, 0)).is_ok());
+    }
+}
+
+#[test]
+fn zero_points_outside_the_range_are_rejected() {
+    for zp in [-129, 128, i32::MIN, i32::MAX] {
+        let r = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(1.0, zp));
+        assert!(matches!(r, Err(Error::InvalidZeroPoint { .. })), "zp {zp}");
+    }
+    let r = FakeQuant::new(
+        QuantRange::UINT4,
+        QuantParams::per_channel(0, vec![1.0; 3], vec![0, 15, 16]),
+    );
+    assert!(matches!(r, Err(Error::InvalidZeroPoint { index: 2, .. })));
+}
+
+#[test]
+fn per_channel_parameter_lengths_must_agree() {
+    let r = FakeQuant::new(
+        QuantRange::INT8,
+        QuantParams::per_channel(0, vec![1.0; 3], vec![0; 2]),
+    );
+    assert!(matches!(
+        r,
+        Err(Error::ParamLengthMismatch {
+            scales: 3,
+            zero_points: 2
+        })
+    ));
+    let r = FakeQuant::new(
+        QuantRange::INT8,
+        QuantParams::per_channel(0, vec![], vec![]),
+    );
+    assert!(matches!(r, Err(Error::ParamLengthMismatch { .. })));
+}
+
+#[test]
+fn shapes_axes_and_lengths_are_checked() {
+    let op = FakeQuant::new(
+        QuantRange::INT8,
+        QuantParams::per_channel(2, vec![1.0; 4], vec![0; 4]),
+    )
+    .unwrap();
+    let x = vec![0.0f32; 24];
+    assert!(matches!(
+        reference::fake_quant(&op, &x, &[6, 4], true),
+        Err(Error::AxisOutOfRange { axis: 2, rank: 2 })
+    ));
+    assert!(reference::fake_quant(&op, &x, &[2, 3, 4], true).is_ok());
+    assert!(matches!(
+        reference::fake_quant(&op, &x, &[2, 4, 3], true),
+        Err(Error::ChannelCountMismatch {
+            axis: 2,
+            channels: 3,
+            params: 4
+        })
+    ));
+    assert!(matches!(
+        reference::fake_quant(&op, &x, &[2, 3, 5], true),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        reference::fake_quant(&op, &x, &[usize::MAX, 2, 4], true),
+        Err(Error::TooLarge { .. })
+    ));
+    let mask = PackedMask::from_bools(&[true; 5]);
+    assert!(matches!(
+        reference::ste_backward(&[0.0; 4], &mask),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        PackedMask::from_words(vec![0; 2], 5),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        PackedMask::from_words(vec![1 << 7], 5),
+        Err(Error::InvalidBuffer { .. })
+    ));
+}
+
+#[test]
+fn gpu_calls_check_their_arguments() {
+    for ctx in contexts() {
+        let op = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(0, vec![0.1; 4], vec![0; 4]),
+        )
+        .unwrap();
+        // Shape errors surface before any device work.
+        assert!(matches!(
+            ctx.fake_quant(&op, &[0.0; 12], &[3, 4], false),
+            Err(Error::ChannelCountMismatch { .. })
+        ));
+        assert!(matches!(
+            ctx.fake_quant(&op, &[0.0; 12], &[4, 4], false),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let mask = PackedMask::from_bools(&[true; 40]);
+        assert!(matches!(
+            ctx.ste_backward(&[0.0; 39], &mask),
+            Err(Error::LengthMismatch { .. })
+        ));
+
+        let prepared = ctx.prepare(&op).unwrap();
+        let x = ctx.upload(&[1.0; 16]).unwrap();
+        let y_short = ctx.create_tensor(15).unwrap();
+        assert!(matches!(
+            prepared.forward(&x, &[4, 4], &y_short, None),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let y = ctx.create_tensor(16).unwrap();
+        let short_mask = ctx.create_mask(8).unwrap();
+        assert!(matches!(
+            prepared.forward(&x, &[4, 4], &y, Some(&short_mask)),
+            Err(Error::LengthMismatch { .. })
+        ));
+        // In place is refused rather than left to wgpu's usage validation.
+        assert!(matches!(
+            prepared.forward(&x, &[4, 4], &x, None),
+            Err(Error::InvalidBuffer { what: "y", .. })
+        ));
+
+        let device = ctx.device();
+        let mut encoder = ctx.create_encoder("errors");
+        let uniform_only = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 1024,
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: false,
+        });
+        let r = prepared.record_forward(
+            &mut encoder,
+            TensorBinding::from(&uniform_only),
+            &[4, 4],
+            y.binding(),
+            None,
+        );
+        assert!(
+            matches!(r, Err(Error::InvalidBuffer { what: "x", .. })),
+            "{r:?}"
+        );
+        let misaligned = TensorBinding {
+            buffer: x.buffer(),
+            offset: 4,
+        };
+        let r = prepared.record_forward(&mut encoder, misaligned, &[4, 4], y.binding(), None);
+        assert!(
+            matches!(r, Err(Error::InvalidBuffer { what: "x", .. })),
+            "{r:?}"
+        );
+        let r = prepared.record_forward(&mut encoder, x.binding(), &[4, 8], y.binding(), None);
+        assert!(
+            matches!(
+                r,
+                Err(Error::ChannelCountMismatch { .. }) | Err(Error::InvalidBuffer { .. })
+            ),
+            "{r:?}"
+        );
+        let big_op = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(0, vec![0.1; 8], vec![0; 8]),
+        )
+        .unwrap();
+        let r = ctx.prepare(&big_op).unwrap().record_forward(
+            &mut encoder,
+            x.binding(),
+            &[8, 4],
+            y.binding(),
+            None,
+        );
+        assert!(
+            matches!(r, Err(Error::InvalidBuffer { what: "x", .. })),
+            "buffer too small: {r:?}"
+        );
+        let r = ctx.record_ste_backward(
+            &mut encoder,
+            x.binding(),
+            TensorBinding::from(&uniform_only),
+            y.binding(),
+            16,
+        );
+        assert!(
+            matches!(r, Err(Error::InvalidBuffer { what: "mask", .. })),
+            "{r:?}"
+        );
+        // Nothing invalid was recorded: the encoder still submits.
+        ctx.submit_and_wait(encoder).unwrap();
+
+        assert!(ctx.read_buffer(&uniform_only, 0, 16).is_err());
+        assert!(ctx.read_buffer(x.buffer(), 2, 16).is_err());
+        assert!(ctx.read_buffer(x.buffer(), 0, 1 << 20).is_err());
+        let limits = ctx.dispatch_limits();
+        assert!(ctx
+            .with_dispatch_limits(DispatchLimits {
+                max_workgroups: 0,
+                ..limits
+            })
+            .is_err());
+        assert!(ctx
+            .with_dispatch_limits(DispatchLimits {
+                max_binding_bytes: 1024,
+                ..limits
+            })
+            .is_err());
+        assert!(ctx
+            .with_dispatch_limits(DispatchLimits {
+                max_binding_bytes: limits.max_binding_bytes * 2,
+                ..limits
+            })
+            .is_err());
+        // A tensor larger than the device's largest buffer.
+        let too_big = ctx.device_limits().max_buffer_size / 4 + 1;
+        assert!(matches!(
+            ctx.create_tensor(too_big as usize),
+            Err(Error::TooLarge { .. })
+        ));
+        // Errors print a message that names the problem.
+        let message = ctx.create_tensor(too_big as usize).unwrap_err().to_string();
+        assert!(message.contains("too large"), "{message}");
+    }
+}
