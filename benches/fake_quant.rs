@@ -1,1 +1,92 @@
-fn main() {}
+//! Forward and backward fake-quant kernels at 64K, 1M and 16M elements, throughput in bytes moved
+//! (x read + y written + the bit-packed mask; dy read + mask read + dx written).
+//!
+//! `cargo bench --bench fake_quant` (adapter chosen as by `GpuContext::new`, steered by
+//! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on, so the
+//! figures include the submit and synchronisation cost, as a training step would see it.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fakequant::{reference, FakeQuant, GpuContext, QuantParams, QuantRange};
+
+const SIZES: [usize; 3] = [1 << 16, 1 << 20, 1 << 24];
+
+fn data(n: usize) -> Vec<f32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        })
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let ctx = match GpuContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("no GPU adapter, GPU benches skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("adapter: {}", ctx.adapter_name());
+    let per_tensor =
+        FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0)).unwrap();
+
+    let mut group = c.benchmark_group(format!("fake_quant/{}", ctx.adapter_name()));
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    for n in SIZES {
+        let x_host = data(n);
+        let x = ctx.upload(&x_host).unwrap();
+        let y = ctx.create_tensor(n).unwrap();
+        let mask = ctx.create_mask(n).unwrap();
+        let dx = ctx.create_tensor(n).unwrap();
+        let mask_bytes = n.div_ceil(32) as u64 * 4;
+        let elem_bytes = n as u64 * 4;
+
+        let per_channel = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(0, vec![0.02; 64], vec![0; 64]),
+        )
+        .unwrap();
+        for (name, op, shape) in [
+            ("per_tensor", &per_tensor, vec![n]),
+            ("per_channel_axis0_64", &per_channel, vec![64, n / 64]),
+        ] {
+            let prepared = ctx.prepare(op).unwrap();
+            group.throughput(Throughput::Bytes(2 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("forward_{name}_8B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| prepared.forward(&x, &shape, &y, None).unwrap()),
+            );
+            group.throughput(Throughput::Bytes(2 * elem_bytes + mask_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("forward_{name}_mask_8.125B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| prepared.forward(&x, &shape, &y, Some(&mask)).unwrap()),
+            );
+        }
+        group.throughput(Throughput::Bytes(2 * elem_bytes + mask_bytes));
+        group.bench_with_input(
+            BenchmarkId::new("ste_backward_8.125B_per_elem", n),
+            &n,
+            |b, _| b.iter(|| ctx.ste_backward_device(&x, &mask, &dx).unwrap()),
+        );
+        if n == 1 << 20 {
+            group.throughput(Throughput::Bytes(2 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new("cpu_reference_forward_per_tensor", n),
+                &n,
+                |b, _| b.iter(|| reference::fake_quant(&per_tensor, &x_host, &[n], false).unwrap()),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(fake_quant, benches);
+criterion_main!(fake_quant);
