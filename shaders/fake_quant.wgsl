@@ -152,16 +152,10 @@ fn forward(
 // dx = dy * mask with IEEE semantics, on the bits (see reference::ste_grad_value): a device
 // multiply by 0.0 or 1.0 would leave signalling NaNs and the NaN of 0 * inf to the device.
 fn ste_grad_bits(dy: u32, in_range: bool) -> u32 {
-    if (is_nan_bits(dy)) {
-        return dy | QUIET_BIT;
-    }
-    if (in_range) {
-        return dy;
-    }
-    if ((dy & ABS_MASK) == EXP_MASK) {
-        return DEFAULT_NAN;
-    }
-    return dy & SIGN_BIT;
+    let magnitude = dy & ABS_MASK;
+    let clipped = select(dy & SIGN_BIT, DEFAULT_NAN, magnitude == EXP_MASK);
+    let passed = select(clipped, dy, in_range);
+    return select(passed, dy | QUIET_BIT, magnitude > EXP_MASK);
 }
 
 // Backward bindings reuse the forward layout: x is dy, y is dx, mask is read.
