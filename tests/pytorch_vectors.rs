@@ -13,9 +13,11 @@
 //! - GPU vs CPU reference, on every adapter: `y`, `mask` and `dx` bit for bit on every element,
 //!   specials included. With `FAKEQUANT_REQUIRE_GPU=1` a missing adapter fails the test.
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use fakequant::{reference, FakeQuant, GpuContext, PackedMask, QuantParams, QuantRange};
+use fakequant::{reference, FakeQuant, PackedMask, QuantParams, QuantRange};
 
 const DATA: &str = include_str!("data/pytorch_fake_quant.txt");
 
@@ -473,36 +475,11 @@ fn cpu_reference_matches_pytorch() {
     assert_eq!(dx_checked, EXPECTED_ELEMENTS);
 }
 
-/// One context per adapter, or none (a note) unless `FAKEQUANT_REQUIRE_GPU=1`.
-fn gpu_contexts() -> Vec<GpuContext> {
-    let adapters = GpuContext::adapters().expect("adapter enumeration failed");
-    let contexts: Vec<GpuContext> = adapters
-        .iter()
-        .map(|a| {
-            GpuContext::from_adapter(a).unwrap_or_else(|e| {
-                panic!("device creation on {:?} failed: {e}", a.get_info().name)
-            })
-        })
-        .collect();
-    if contexts.is_empty() {
-        if std::env::var("FAKEQUANT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!(
-                "FAKEQUANT_REQUIRE_GPU=1 but no compute-capable adapter was found \
-                 (FAKEQUANT_BACKEND={:?}, FAKEQUANT_ADAPTER={:?})",
-                std::env::var("FAKEQUANT_BACKEND").ok(),
-                std::env::var("FAKEQUANT_ADAPTER").ok()
-            );
-        }
-        eprintln!("note: no GPU adapter present; the PyTorch vectors are checked on the CPU only");
-    }
-    contexts
-}
-
 #[test]
 fn gpu_matches_cpu_reference_on_pytorch_vectors() {
     let cases = cases();
-    let contexts = gpu_contexts();
-    for ctx in &contexts {
+    let contexts = common::contexts();
+    for ctx in contexts {
         let adapter = ctx.adapter_name();
         eprintln!("checking PyTorch vectors on adapter: {adapter}");
         let mut bad = Mismatches::default();
