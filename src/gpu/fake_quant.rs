@@ -158,7 +158,7 @@ impl GpuContext {
             dx.binding(),
             dy.len(),
         )?;
-        self.submit_and_wait_for_queue(encoder)
+        self.submit_and_wait(encoder)
     }
 
     /// Recording level: records `dx = dy * mask` for `len` elements into the caller's encoder.
@@ -182,10 +182,6 @@ impl GpuContext {
             inner: 1,
         };
         self.record_elementwise(encoder, KernelKey::SteBackward, bindings, layout)
-    }
-
-    fn submit_and_wait_for_queue(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        self.submit_and_wait(encoder)
     }
 
     fn check_binding(&self, what: &'static str, b: &TensorBinding<'_>, bytes: u64) -> Result<()> {
