@@ -416,3 +416,52 @@ fn context_on_a_caller_owned_device() {
         check_on_gpu(&shared, &op, &x, &[x.len()], "caller-owned device");
     }
 }
+
+/// Property test: random shapes of rank 1 to 4, a random axis or per-tensor, random ranges, scales,
+/// zero points and rounding, random data of every distribution.
+#[test]
+fn random_shapes_and_parameters() {
+    let all_ranges = ranges();
+    for ctx in contexts() {
+        let mut rng = Rng::new(2024);
+        for case in 0..40 {
+            let rank = 1 + rng.below(4);
+            let shape: Vec<usize> = (0..rank)
+                .map(|_| 1 + rng.below(if rank > 2 { 12 } else { 300 }))
+                .collect();
+            let n: usize = shape.iter().product();
+            let range = all_ranges[rng.below(all_ranges.len())];
+            let span = (range.qmax() - range.qmin() + 1) as usize;
+            let mut params = || {
+                (
+                    2f32.powf(rng.uniform(-20.0, 10.0)),
+                    range.qmin() + rng.below(span) as i32,
+                )
+            };
+            let per_channel = case % 3 != 0;
+            let quant_params = if per_channel {
+                let axis = case % rank;
+                let (scales, zps): (Vec<f32>, Vec<i32>) =
+                    (0..shape[axis]).map(|_| params()).unzip();
+                QuantParams::per_channel(axis, scales, zps)
+            } else {
+                let (s, zp) = params();
+                QuantParams::per_tensor(s, zp)
+            };
+            let rounding = ROUNDINGS[case % 2];
+            let op = FakeQuant::new(range, quant_params)
+                .unwrap()
+                .with_rounding(rounding);
+            let scale = op.params().scales()[0];
+            let distribution = rng.below(5);
+            let x = random_data(&mut rng, n, distribution, scale);
+            check_on_gpu(
+                ctx,
+                &op,
+                &x,
+                &shape,
+                &format!("random case {case}: shape {shape:?} {op:?}"),
+            );
+        }
+    }
+}
