@@ -9,6 +9,20 @@ use fakequant::{
 
 const ROUNDINGS: [Rounding; 2] = [Rounding::Reciprocal, Rounding::Quotient];
 
+/// `check_on_gpu` with each rounding of the quotient.
+fn check_both_roundings(
+    ctx: &fakequant::GpuContext,
+    op: FakeQuant,
+    x: &[f32],
+    shape: &[usize],
+    label: &str,
+) {
+    for rounding in ROUNDINGS {
+        let op = op.clone().with_rounding(rounding);
+        check_on_gpu(ctx, &op, x, shape, &format!("{label} {rounding:?}"));
+    }
+}
+
 #[test]
 fn random_distributions_and_seeds_per_tensor() {
     for ctx in contexts() {
@@ -20,18 +34,13 @@ fn random_distributions_and_seeds_per_tensor() {
                 let zp = rng.below(256) as i32 - 128;
                 let n = 5000 + rng.below(3000);
                 let x = random_data(&mut rng, n, distribution, scale);
-                for rounding in ROUNDINGS {
-                    let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
-                        .unwrap()
-                        .with_rounding(rounding);
-                    check_on_gpu(
-                        ctx,
-                        &op,
-                        &x,
-                        &[x.len()],
-                        &format!("seed {seed} dist {distribution} {rounding:?}"),
-                    );
-                }
+                check_both_roundings(
+                    ctx,
+                    FakeQuant::new(range, QuantParams::per_tensor(scale, zp)).unwrap(),
+                    &x,
+                    &[x.len()],
+                    &format!("seed {seed} dist {distribution}"),
+                );
             }
         }
     }
@@ -68,35 +77,26 @@ fn adversarial_corpus_every_scale_zero_point_and_width() {
             let shape = [params.len(), width];
             let scales: Vec<f32> = params.iter().map(|p| p.0).collect();
             let zps: Vec<i32> = params.iter().map(|p| p.1).collect();
-            for rounding in ROUNDINGS {
-                let op = FakeQuant::new(
+            check_both_roundings(
+                ctx,
+                FakeQuant::new(
                     range,
                     QuantParams::per_channel(0, scales.clone(), zps.clone()),
                 )
-                .unwrap()
-                .with_rounding(rounding);
-                check_on_gpu(
-                    ctx,
-                    &op,
-                    &x,
-                    &shape,
-                    &format!("adversarial {range:?} {rounding:?} per-channel"),
-                );
-            }
+                .unwrap(),
+                &x,
+                &shape,
+                &format!("adversarial {range:?} per-channel"),
+            );
             let (scale, zp) = params[params.len() / 2];
             let corpus = adversarial(scale, zp, range);
-            for rounding in ROUNDINGS {
-                let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
-                    .unwrap()
-                    .with_rounding(rounding);
-                check_on_gpu(
-                    ctx,
-                    &op,
-                    &corpus,
-                    &[corpus.len()],
-                    &format!("adversarial {range:?} {rounding:?} per-tensor"),
-                );
-            }
+            check_both_roundings(
+                ctx,
+                FakeQuant::new(range, QuantParams::per_tensor(scale, zp)).unwrap(),
+                &corpus,
+                &[corpus.len()],
+                &format!("adversarial {range:?} per-tensor"),
+            );
         }
     }
 }
@@ -108,18 +108,13 @@ fn random_bit_patterns() {
         let mut rng = Rng::new(99);
         let x: Vec<f32> = (0..1 << 20).map(|_| rng.any_bits()).collect();
         for scale in [2f32.powi(-126), 1e-30, 0.01, 3.0, 1e30] {
-            for rounding in ROUNDINGS {
-                let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(scale, 3))
-                    .unwrap()
-                    .with_rounding(rounding);
-                check_on_gpu(
-                    ctx,
-                    &op,
-                    &x,
-                    &[x.len()],
-                    &format!("bit patterns scale {scale:e} {rounding:?}"),
-                );
-            }
+            check_both_roundings(
+                ctx,
+                FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(scale, 3)).unwrap(),
+                &x,
+                &[x.len()],
+                &format!("bit patterns scale {scale:e}"),
+            );
         }
     }
 }
@@ -161,21 +156,17 @@ fn per_channel_every_axis_ranks_1_to_4() {
                     .collect();
                 let distribution = rng.below(5);
                 let x = random_data(&mut rng, n, distribution, 0.05);
-                for rounding in ROUNDINGS {
-                    let op = FakeQuant::new(
+                check_both_roundings(
+                    ctx,
+                    FakeQuant::new(
                         range,
                         QuantParams::per_channel(axis, scales.clone(), zps.clone()),
                     )
-                    .unwrap()
-                    .with_rounding(rounding);
-                    check_on_gpu(
-                        ctx,
-                        &op,
-                        &x,
-                        shape,
-                        &format!("shape {shape:?} axis {axis} {rounding:?}"),
-                    );
-                }
+                    .unwrap(),
+                    &x,
+                    shape,
+                    &format!("shape {shape:?} axis {axis}"),
+                );
             }
         }
     }
