@@ -1,5 +1,5 @@
 // Fused fake-quantization (forward, with an optional bit-packed mask) and its straight-through
-// backward. Prepended with exact_f32.wgsl.
+// backward. Prepended with exact_f32.wgsl and channel_params.wgsl.
 //
 // Exactness on every device follows from the design, not from the device's float behaviour:
 // - Only three float operations touch data, each correctly rounded and none followed by an add a
@@ -29,31 +29,12 @@ struct Dispatch {
     _pad: u32,
 }
 
-// Everything the kernel needs about one channel, derived exactly on the host (or a device kernel
-// that follows the same rules).
-struct ChannelParams {
-    scale: f32,
-    // 1.0f32 / scale, correctly rounded.
-    inv: f32,
-    // inv * 2^-149 when that is normal (inv >= 2^23), else 0: the factor for subnormal inputs,
-    // whose value is significand * 2^-149. When inv < 2^23 every subnormal input gives |x * inv|
-    // < 2^-103, which rounds to 0 either way.
-    inv_sub: f32,
-    // Bit pattern of min(2^18 * scale, f32::MAX): inputs are clamped to +-clip. Any |x| >= clip has
-    // |x / scale| >= 2^18 - 1 > 65535 >= |qmax - zp|, |qmin - zp|, so it clamps to the same side,
-    // and the product stays finite.
-    clip_bits: u32,
-    // qmin - zp and qmax - zp, exact integers in f32.
-    lo: f32,
-    hi: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 // 0: multiply by the reciprocal (PyTorch), 1: correctly rounded quotient.
 override ROUNDING: u32 = 0u;
 override PER_CHANNEL: bool = false;
 override WITH_MASK: bool = false;
+// y = x and every mask bit set: an observer's calibration mode, through the same chunking.
+override IDENTITY: bool = false;
 
 // Farther from zero than any qmin - zp or qmax - zp (at most 65535 in magnitude).
 const BEYOND_RANGE: f32 = 1048576.0;
@@ -132,7 +113,10 @@ fn forward(
             let offset = k * WG_SIZE + lid;
             let i = base + offset;
             if (i < dispatch.len) {
-                let q = fake_quant_bits(x[i], params[channel_of(i)]);
+                var q = Quantized(x[i], true);
+                if (!IDENTITY) {
+                    q = fake_quant_bits(q.bits, params[channel_of(i)]);
+                }
                 y[i] = q.bits;
                 if (WITH_MASK && q.in_range) {
                     atomicOr(&tile_mask[offset / 32u], 1u << (offset % 32u));

@@ -84,6 +84,9 @@ pub enum Error {
         /// The limit it exceeds.
         limit: u64,
     },
+    /// An observer configuration or state is unusable (range without zero, averaging constant
+    /// outside `(0, 1]`, a reversed or non-finite running range...).
+    InvalidObserver(String),
     /// No adapter matched the request (or none is present at all).
     NoAdapter(String),
     /// The device could not be created.
@@ -125,6 +128,7 @@ impl fmt::Display for Error {
             Error::TooLarge { what, requested, limit } => {
                 write!(f, "{what} is too large: {requested} exceeds the limit {limit}")
             }
+            Error::InvalidObserver(msg) => write!(f, "invalid observer: {msg}"),
             Error::NoAdapter(msg) => write!(f, "no GPU adapter: {msg}"),
             Error::RequestDevice(msg) => write!(f, "could not create a GPU device: {msg}"),
             Error::Gpu(msg) => write!(f, "GPU error: {msg}"),

@@ -33,8 +33,36 @@ pub(crate) enum KernelKey {
         per_channel: bool,
         with_mask: bool,
     },
+    /// `y = x` with every mask bit set (an observer's calibration mode).
+    PassThrough { with_mask: bool },
     /// Straight-through backward.
     SteBackward,
+    /// One of the observer kernels (`shaders/observer.wgsl`).
+    Observer(ObserverKernel),
+}
+
+/// The entry points of `shaders/observer.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ObserverKernel {
+    MinMaxRows,
+    MinMaxCols,
+    FinalizeBatch,
+    FinalizeBatchNarrow,
+    MergeBatch,
+    Update,
+}
+
+impl ObserverKernel {
+    pub(crate) fn entry_point(self) -> &'static str {
+        match self {
+            ObserverKernel::MinMaxRows => "minmax_rows",
+            ObserverKernel::MinMaxCols => "minmax_cols",
+            ObserverKernel::FinalizeBatch => "finalize_batch",
+            ObserverKernel::FinalizeBatchNarrow => "finalize_batch_narrow",
+            ObserverKernel::MergeBatch => "merge_batch",
+            ObserverKernel::Update => "update",
+        }
+    }
 }
 
 /// Shader modules, layouts and the pipeline cache: built once per device, shared by every
@@ -43,23 +71,42 @@ pub(crate) struct Kernels {
     pub(crate) elementwise_layout: wgpu::BindGroupLayout,
     elementwise_pipeline_layout: wgpu::PipelineLayout,
     fake_quant_module: wgpu::ShaderModule,
+    pub(crate) observer_layout: wgpu::BindGroupLayout,
+    observer_pipeline_layout: wgpu::PipelineLayout,
+    observer_module: wgpu::ShaderModule,
     pipelines: RwLock<HashMap<KernelKey, wgpu::ComputePipeline>>,
-    /// Bound where a kernel variant does not use a binding (no mask, no parameters).
-    pub(crate) dummy_storage: wgpu::Buffer,
+    /// Bound where a kernel variant does not use a read-only or a read-write binding. Two
+    /// buffers, because one buffer bound both ways in one dispatch is a usage conflict.
+    pub(crate) dummy_read: wgpu::Buffer,
+    pub(crate) dummy_write: wgpu::Buffer,
 }
 
 /// The WGSL source of the fake-quant kernel family, with its exact helpers prepended.
 pub fn fake_quant_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/channel_params.wgsl"),
         include_str!("../../shaders/fake_quant.wgsl"),
+    ]
+    .join("\n")
+}
+
+/// The WGSL source of the observer kernel family, with its exact helpers prepended.
+pub fn observer_shader_source() -> String {
+    [
+        include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/channel_params.wgsl"),
+        include_str!("../../shaders/observer.wgsl"),
     ]
     .join("\n")
 }
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.
 pub fn kernel_sources() -> Vec<(&'static str, String)> {
-    vec![("fake_quant", fake_quant_shader_source())]
+    vec![
+        ("fake_quant", fake_quant_shader_source()),
+        ("observer", observer_shader_source()),
+    ]
 }
 
 struct Shared {
@@ -559,22 +606,23 @@ impl Kernels {
             },
             count: None,
         };
+        let uniform = |binding| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
         // One layout for the elementwise family: dispatch uniform, per-channel parameters, input,
         // output, mask. Kernels that do not use a binding get a dummy buffer there.
         let elementwise_layout =
             device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                 label: Some("fakequant elementwise"),
                 entries: &[
-                    wgpu::BindGroupLayoutEntry {
-                        binding: 0,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
-                        },
-                        count: None,
-                    },
+                    uniform(0),
                     storage(1, true),
                     storage(2, true),
                     storage(3, false),
@@ -591,41 +639,94 @@ impl Kernels {
             label: Some("fake_quant.wgsl"),
             source: wgpu::ShaderSource::Wgsl(fake_quant_shader_source().into()),
         });
-        let dummy_storage = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("fakequant unused binding"),
-            size: 256,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
+        // The observer family: dispatch uniform, source (tensor or other statistics), partials,
+        // batch statistics, state, fake-quant parameters.
+        let observer_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fakequant observer"),
+            entries: &[
+                uniform(0),
+                storage(1, true),
+                storage(2, false),
+                storage(3, false),
+                storage(4, false),
+                storage(5, false),
+            ],
         });
+        let observer_pipeline_layout =
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("fakequant observer"),
+                bind_group_layouts: &[Some(&observer_layout)],
+                immediate_size: 0,
+            });
+        let observer_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("observer.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(observer_shader_source().into()),
+        });
+        let dummy = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
         Self {
             elementwise_layout,
             elementwise_pipeline_layout,
             fake_quant_module,
+            observer_layout,
+            observer_pipeline_layout,
+            observer_module,
             pipelines: RwLock::new(HashMap::new()),
-            dummy_storage,
+            dummy_read: dummy("fakequant unused read-only binding"),
+            dummy_write: dummy("fakequant unused read-write binding"),
         }
     }
 
     fn create_pipeline(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
-        let (entry_point, constants): (&str, Vec<(&str, f64)>) = match key {
+        let forward_constants =
+            |rounding: u32, per_channel: bool, with_mask: bool, identity: bool| {
+                vec![
+                    ("ROUNDING", rounding as f64),
+                    ("PER_CHANNEL", per_channel as u8 as f64),
+                    ("WITH_MASK", with_mask as u8 as f64),
+                    ("IDENTITY", identity as u8 as f64),
+                ]
+            };
+        let (entry_point, constants, module, layout): (&str, Vec<(&str, f64)>, _, _) = match key {
             KernelKey::Forward {
                 rounding,
                 per_channel,
                 with_mask,
             } => (
                 "forward",
-                vec![
-                    ("ROUNDING", rounding as f64),
-                    ("PER_CHANNEL", per_channel as u8 as f64),
-                    ("WITH_MASK", with_mask as u8 as f64),
-                ],
+                forward_constants(rounding, per_channel, with_mask, false),
+                &self.fake_quant_module,
+                &self.elementwise_pipeline_layout,
             ),
-            KernelKey::SteBackward => ("ste_backward", vec![]),
+            KernelKey::PassThrough { with_mask } => (
+                "forward",
+                forward_constants(0, false, with_mask, true),
+                &self.fake_quant_module,
+                &self.elementwise_pipeline_layout,
+            ),
+            KernelKey::SteBackward => (
+                "ste_backward",
+                vec![],
+                &self.fake_quant_module,
+                &self.elementwise_pipeline_layout,
+            ),
+            KernelKey::Observer(kernel) => (
+                kernel.entry_point(),
+                vec![],
+                &self.observer_module,
+                &self.observer_pipeline_layout,
+            ),
         };
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry_point),
-            layout: Some(&self.elementwise_pipeline_layout),
-            module: &self.fake_quant_module,
+            layout: Some(layout),
+            module,
             entry_point: Some(entry_point),
             compilation_options: wgpu::PipelineCompilationOptions {
                 constants: &constants,

@@ -31,7 +31,7 @@ struct DispatchUniform {
 /// here so that the device only multiplies, rounds and compares (see the shader's header).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
-struct ChannelParams {
+pub(crate) struct ChannelParams {
     scale: f32,
     inv: f32,
     inv_sub: f32,
@@ -42,7 +42,7 @@ struct ChannelParams {
 }
 
 impl ChannelParams {
-    fn new(scale: f32, zero_point: i32, range: QuantRange) -> Self {
+    pub(crate) fn new(scale: f32, zero_point: i32, range: QuantRange) -> Self {
         // IEEE division on the host: the correctly rounded reciprocal PyTorch uses.
         let inv = 1.0f32 / scale;
         // inv * 2^-149 is exact (a power-of-two scaling that stays normal) when inv >= 2^23; below
@@ -184,7 +184,12 @@ impl GpuContext {
         self.record_elementwise(encoder, KernelKey::SteBackward, bindings, layout)
     }
 
-    fn check_binding(&self, what: &'static str, b: &TensorBinding<'_>, bytes: u64) -> Result<()> {
+    pub(crate) fn check_binding(
+        &self,
+        what: &'static str,
+        b: &TensorBinding<'_>,
+        bytes: u64,
+    ) -> Result<()> {
         let align = self.device_limits().min_storage_buffer_offset_alignment as u64;
         if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::InvalidBuffer {
@@ -220,7 +225,7 @@ impl GpuContext {
     /// Records one elementwise kernel over a tensor of `layout.numel()` elements, split into
     /// chunks that each fit one storage binding, each dispatch looping over its tiles when it needs
     /// more workgroups than the limit.
-    fn record_elementwise(
+    pub(crate) fn record_elementwise(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         key: KernelKey,
@@ -299,9 +304,8 @@ impl GpuContext {
                             size: wgpu::BufferSize::new(bytes),
                         })
                     }
-                    let dummy = wgpu::BindingResource::Buffer(
-                        kernels.dummy_storage.as_entire_buffer_binding(),
-                    );
+                    let dummy_read = kernels.dummy_read.as_entire_binding();
+                    let dummy_write = kernels.dummy_write.as_entire_binding();
                     let mask_bytes = n.div_ceil(32) * 4;
                     self.device().create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("fakequant elementwise"),
@@ -321,7 +325,7 @@ impl GpuContext {
                                 binding: 1,
                                 resource: match b.params {
                                     Some(p) => p.as_entire_binding(),
-                                    None => dummy.clone(),
+                                    None => dummy_read,
                                 },
                             },
                             wgpu::BindGroupEntry {
@@ -336,7 +340,7 @@ impl GpuContext {
                                 binding: 4,
                                 resource: match &b.mask {
                                     Some(m) => range(m, start / 32 * 4, mask_bytes),
-                                    None => dummy,
+                                    None => dummy_write,
                                 },
                             },
                         ],
@@ -358,14 +362,14 @@ impl GpuContext {
     }
 }
 
-struct ElementwiseBindings<'a, 'b> {
-    x: TensorBinding<'a>,
-    y: TensorBinding<'a>,
-    mask: Option<TensorBinding<'a>>,
-    params: Option<&'b wgpu::Buffer>,
+pub(crate) struct ElementwiseBindings<'a, 'b> {
+    pub(crate) x: TensorBinding<'a>,
+    pub(crate) y: TensorBinding<'a>,
+    pub(crate) mask: Option<TensorBinding<'a>>,
+    pub(crate) params: Option<&'b wgpu::Buffer>,
 }
 
-fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
     if expected != actual {
         return Err(Error::LengthMismatch {
             what,

@@ -3,9 +3,11 @@
 
 mod context;
 mod fake_quant;
+mod observer;
 
 pub use context::{
-    fake_quant_shader_source, kernel_sources, DispatchLimits, GpuContext, GpuMask, GpuTensor,
-    TensorBinding,
+    fake_quant_shader_source, kernel_sources, observer_shader_source, DispatchLimits, GpuContext,
+    GpuMask, GpuTensor, TensorBinding,
 };
 pub use fake_quant::GpuFakeQuant;
+pub use observer::{GpuBatchStats, GpuObserver};

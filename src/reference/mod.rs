@@ -13,6 +13,8 @@
 //! `x * (1/s)`. The straight-through backward is `dx = dy * mask` with IEEE semantics, see
 //! [`ste_grad_value`].
 
+pub mod observer;
+
 use crate::error::{Error, Result};
 use crate::quant::{FakeQuant, PackedMask, QuantRange, Rounding};
 

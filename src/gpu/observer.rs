@@ -1,0 +1,806 @@
+//! Dispatch of the observer kernel family (`shaders/observer.wgsl`): per-channel min/max
+//! reduction, the merge of replicas' statistics, the state and qparams update, and the fused
+//! observe + fake-quantize step, with the whole state living on the device.
+
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::{GpuContext, GpuMask, GpuTensor, KernelKey, ObserverKernel, TensorBinding};
+use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
+use crate::error::{Error, Result};
+use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
+use crate::quant::{ChannelLayout, Rounding};
+use crate::reference::observer::{check_channels, observer_layout};
+use crate::reference::FakeQuantOutput;
+
+/// Threads per workgroup of every observer kernel.
+const WG_SIZE: u64 = 256;
+/// Elements one workgroup of `minmax_rows` reduces (`PIECE` in the shader).
+const PIECE: u64 = 4096;
+/// Rows at least this long are reduced row by row; shorter ones column-wise.
+const MIN_ROW_LEN: u64 = 256;
+/// Channels with at most this many partials are finalized by one invocation each.
+const NARROW_SLOTS: u64 = 64;
+/// Tensors up to 2^31 - 1 elements keep every index in a u32 on the device.
+const MAX_OBSERVED_ELEMS: u64 = (1 << 31) - 1;
+
+/// `ObserveDispatch` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, Default)]
+struct ObserveDispatch {
+    total: u32,
+    shift: u32,
+    window_base: u32,
+    channels: u32,
+    inner: u32,
+    first_unit: u32,
+    pieces_per_row: u32,
+    slots: u32,
+    width: u32,
+    block_rows: u32,
+    rows: u32,
+    col_slots: u32,
+    averaging: u32,
+    average_constant: u32,
+    scheme: u32,
+    eps: u32,
+    power_of_two: u32,
+    qmin: i32,
+    qmax: i32,
+    symmetric_zero_point: i32,
+    range_bits: u32,
+    half_range_bits: u32,
+    _pad: [u32; 2],
+}
+
+/// `ObserverChannel` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct ObserverChannel {
+    min: f32,
+    max: f32,
+    scale: f32,
+    zero_point: i32,
+}
+
+/// One batch's per-channel statistics on the device: `channels` f32 minima then `channels` f32
+/// maxima, empty channels `(+inf, -inf)`. The layout a framework all-reduces (MIN over the first
+/// half, MAX over the second) or merges with [`GpuContext::record_merge_batch_stats`].
+#[derive(Debug, Clone)]
+pub struct GpuBatchStats {
+    buffer: wgpu::Buffer,
+    channels: usize,
+}
+
+impl GpuBatchStats {
+    /// The buffer (`STORAGE | COPY_SRC | COPY_DST`), `8 * channels` bytes.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+}
+
+/// The reduction of one tensor: which kernel, how many partials per channel, and its dispatches.
+struct ReducePlan {
+    kernel: ObserverKernel,
+    /// Partial results per channel.
+    slots: u64,
+    uniform: ObserveDispatch,
+    /// Per dispatch: first unit, number of units, first and end element of its window.
+    dispatches: Vec<(u64, u64, u64, u64)>,
+    /// Workgroups along x for minmax_cols (they loop over the column blocks).
+    column_blocks: u64,
+}
+
+impl ReducePlan {
+    fn new(layout: ChannelLayout, max_elems: u64, max_workgroups: u64) -> Self {
+        let n = layout.numel() as u64;
+        let (channels, inner) = (layout.channels as u64, layout.inner as u64);
+        let mut uniform = ObserveDispatch {
+            total: n as u32,
+            channels: channels as u32,
+            inner: inner as u32,
+            ..Default::default()
+        };
+        // Column-wise: `width` a multiple of channels * inner, at least one workgroup wide.
+        let period = channels * inner;
+        let width = if period < WG_SIZE {
+            period * WG_SIZE.div_ceil(period)
+        } else {
+            period
+        };
+        let column_blocks = width.div_ceil(WG_SIZE);
+        let use_cols = inner < MIN_ROW_LEN && width <= max_elems;
+        if use_cols {
+            let rows = n.div_ceil(width);
+            let block_rows = 64.max(rows.div_ceil(256)).min(max_elems / width).min(rows);
+            let blocks = rows.div_ceil(block_rows);
+            let col_slots = width / channels;
+            uniform.width = width as u32;
+            uniform.block_rows = block_rows as u32;
+            uniform.rows = rows as u32;
+            uniform.col_slots = col_slots as u32;
+            let per_dispatch = (max_elems / (block_rows * width)).clamp(1, max_workgroups);
+            let dispatches = (0..blocks.div_ceil(per_dispatch))
+                .map(|i| {
+                    let first = i * per_dispatch;
+                    let count = per_dispatch.min(blocks - first);
+                    let start = first * block_rows * width;
+                    let end = ((first + count) * block_rows * width).min(n);
+                    (first, count, start, end)
+                })
+                .collect();
+            return Self {
+                kernel: ObserverKernel::MinMaxCols,
+                slots: blocks * col_slots,
+                uniform,
+                dispatches,
+                column_blocks: column_blocks.min(max_workgroups),
+            };
+        }
+        // Row-wise: pieces of at most PIECE elements tile memory in order, so a run of pieces
+        // is one contiguous window.
+        let pieces_per_row = inner.div_ceil(PIECE).max(1);
+        let pieces = layout.outer as u64 * channels * pieces_per_row;
+        let start_of =
+            |q: u64| ((q / pieces_per_row) * inner + (q % pieces_per_row) * PIECE).min(n);
+        uniform.pieces_per_row = pieces_per_row as u32;
+        let mut dispatches = Vec::new();
+        let mut first = 0;
+        while first < pieces {
+            let start = start_of(first);
+            // The largest run that fits the window and the workgroup limit (start_of is monotone).
+            let (mut lo, mut hi) = (first + 1, (first + max_workgroups).min(pieces));
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if start_of(mid) - start <= max_elems {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            dispatches.push((first, lo - first, start, start_of(lo)));
+            first = lo;
+        }
+        Self {
+            kernel: ObserverKernel::MinMaxRows,
+            slots: layout.outer as u64 * pieces_per_row,
+            uniform,
+            dispatches,
+            column_blocks: 1,
+        }
+    }
+}
+
+/// An observer whose running range, qparams and fake-quant parameters live on the device, so a
+/// training step reads nothing back. Create with [`GpuContext::create_observer`].
+#[derive(Debug)]
+pub struct GpuObserver {
+    ctx: GpuContext,
+    config: ObserverConfig,
+    channels: usize,
+    /// `ObserverChannel` per channel.
+    state: wgpu::Buffer,
+    /// `ChannelParams` per channel, what the fake-quant kernel reads.
+    params: wgpu::Buffer,
+    /// This step's statistics (filled by the fused step).
+    batch: GpuBatchStats,
+    /// Reduction partials, grown on demand and reused.
+    partials: Mutex<Option<wgpu::Buffer>>,
+}
+
+impl GpuContext {
+    /// An observer of `channels` channels (1 for a per-tensor config; the size of the channel axis
+    /// otherwise) that has seen nothing: empty range, scale 1, zero point 0.
+    pub fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<GpuObserver> {
+        check_channels(config, channels)?;
+        let state_bytes = channels as u64 * std::mem::size_of::<ChannelParams>() as u64;
+        if state_bytes > self.dispatch_limits().max_binding_bytes {
+            return Err(Error::TooLarge {
+                what: "observer channels (32 bytes of fake-quant parameters per channel)",
+                requested: state_bytes,
+                limit: self.dispatch_limits().max_binding_bytes,
+            });
+        }
+        let initial = ObserverState::initial(channels);
+        let state = self.storage_buffer_init(
+            "fakequant observer state",
+            bytemuck::cast_slice(&state_words(&initial)),
+        )?;
+        let params = self.storage_buffer_init(
+            "fakequant observer params",
+            bytemuck::cast_slice(&channel_params(config, &initial)),
+        )?;
+        let batch = self.upload_batch_stats(&MinMax::empty(channels))?;
+        Ok(GpuObserver {
+            ctx: self.clone(),
+            config: config.clone(),
+            channels,
+            state,
+            params,
+            batch,
+            partials: Mutex::new(None),
+        })
+    }
+
+    /// Batch statistics on the device, initialized from the host (validated like a state).
+    pub fn upload_batch_stats(&self, stats: &MinMax) -> Result<GpuBatchStats> {
+        let channels = stats.channels();
+        let stats = stats.clone().validated(channels)?;
+        let words: Vec<f32> = stats.min.iter().chain(&stats.max).copied().collect();
+        Ok(GpuBatchStats {
+            buffer: self
+                .storage_buffer_init("fakequant batch stats", bytemuck::cast_slice(&words))?,
+            channels,
+        })
+    }
+
+    /// Reads batch statistics back (waits for the queue).
+    pub fn read_batch_stats(&self, stats: &GpuBatchStats) -> Result<MinMax> {
+        let bytes = self.read_buffer(&stats.buffer, 0, stats.channels as u64 * 8)?;
+        let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let (min, max) = words.split_at(stats.channels);
+        Ok(MinMax {
+            min: min.to_vec(),
+            max: max.to_vec(),
+        })
+    }
+
+    /// Recording level: `into = merge(into, from)` on the device, min of mins and max of maxes
+    /// (see [`crate::reference::observer::merge`]): how replicas' statistics are combined so that
+    /// every replica's next update is identical.
+    pub fn record_merge_batch_stats(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        into: &GpuBatchStats,
+        from: &GpuBatchStats,
+    ) -> Result<()> {
+        check_len(
+            "channels of merged statistics",
+            into.channels,
+            from.channels,
+        )?;
+        if into.buffer == from.buffer {
+            return Err(Error::InvalidBuffer {
+                what: "from",
+                reason: "merging statistics into themselves".into(),
+            });
+        }
+        let uniform = ObserveDispatch {
+            channels: into.channels as u32,
+            ..Default::default()
+        };
+        let bindings = ObserverBindings {
+            src: Some(whole(&from.buffer)),
+            batch: Some(&into.buffer),
+            ..Default::default()
+        };
+        let groups = per_channel_groups(into.channels, self.dispatch_limits().max_workgroups);
+        self.record_observer_dispatches(
+            encoder,
+            ObserverKernel::MergeBatch,
+            &[(uniform, bindings, [groups, 1])],
+        )
+    }
+
+    /// Records one observer kernel per entry (uniform, bindings, workgroups) into one pass.
+    fn record_observer_dispatches<'a>(
+        &'a self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: ObserverKernel,
+        dispatches: &[(ObserveDispatch, ObserverBindings<'a>, [u32; 2])],
+    ) -> Result<()> {
+        let pipeline = self.pipeline(KernelKey::Observer(kernel))?;
+        let stride = (self.device_limits().min_uniform_buffer_offset_alignment as u64)
+            .max(std::mem::size_of::<ObserveDispatch>() as u64);
+        let mut uniform_bytes = vec![0u8; stride as usize * dispatches.len()];
+        for (i, (u, _, _)) in dispatches.iter().enumerate() {
+            let at = i * stride as usize;
+            uniform_bytes[at..at + std::mem::size_of::<ObserveDispatch>()]
+                .copy_from_slice(bytemuck::bytes_of(u));
+        }
+        let kernels = self.kernels();
+        self.capture(|| {
+            let uniforms = self.uniform_buffer("fakequant observer dispatch", &uniform_bytes);
+            let groups: Vec<wgpu::BindGroup> = dispatches
+                .iter()
+                .enumerate()
+                .map(|(i, (_, b, _))| {
+                    let read = match b.src.clone() {
+                        Some(r) => wgpu::BindingResource::Buffer(r),
+                        None => kernels.dummy_read.as_entire_binding(),
+                    };
+                    let write = |buffer: Option<&'a wgpu::Buffer>| {
+                        buffer.unwrap_or(&kernels.dummy_write).as_entire_binding()
+                    };
+                    let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
+                    self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some(kernel.entry_point()),
+                        layout: &kernels.observer_layout,
+                        entries: &[
+                            entry(
+                                0,
+                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &uniforms,
+                                    offset: i as u64 * stride,
+                                    size: wgpu::BufferSize::new(
+                                        std::mem::size_of::<ObserveDispatch>() as u64,
+                                    ),
+                                }),
+                            ),
+                            entry(1, read),
+                            entry(2, write(b.partials)),
+                            entry(3, write(b.batch)),
+                            entry(4, write(b.state)),
+                            entry(5, write(b.params)),
+                        ],
+                    })
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.entry_point()),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            for (group, (_, _, [x, y])) in groups.iter().zip(dispatches) {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+            Ok(())
+        })
+    }
+
+    fn storage_buffer_init(&self, label: &'static str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(label, data.len() as u64)?;
+        self.capture(|| {
+            Ok(wgpu::util::DeviceExt::create_buffer_init(
+                self.device(),
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: data,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                },
+            ))
+        })
+    }
+}
+
+/// Which buffers an observer dispatch binds; the rest get dummies.
+#[derive(Default)]
+struct ObserverBindings<'a> {
+    src: Option<wgpu::BufferBinding<'a>>,
+    partials: Option<&'a wgpu::Buffer>,
+    batch: Option<&'a wgpu::Buffer>,
+    state: Option<&'a wgpu::Buffer>,
+    params: Option<&'a wgpu::Buffer>,
+}
+
+fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: None,
+    }
+}
+
+/// Workgroups for a kernel with one invocation per channel (it loops over the rest).
+fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
+    (channels as u64)
+        .div_ceil(WG_SIZE)
+        .clamp(1, max_workgroups as u64) as u32
+}
+
+fn state_words(state: &ObserverState) -> Vec<ObserverChannel> {
+    (0..state.channels())
+        .map(|c| ObserverChannel {
+            min: state.running.min[c],
+            max: state.running.max[c],
+            scale: state.scales[c],
+            zero_point: state.zero_points[c],
+        })
+        .collect()
+}
+
+fn channel_params(config: &ObserverConfig, state: &ObserverState) -> Vec<ChannelParams> {
+    state
+        .scales
+        .iter()
+        .zip(&state.zero_points)
+        .map(|(&s, &zp)| ChannelParams::new(s, zp, config.range()))
+        .collect()
+}
+
+impl GpuObserver {
+    /// The configuration.
+    pub fn config(&self) -> &ObserverConfig {
+        &self.config
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The context it lives on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The statistics of the last observed step (what [`GpuObserver::record_step`] reduced).
+    pub fn batch_stats(&self) -> &GpuBatchStats {
+        &self.batch
+    }
+
+    /// New batch statistics sized for this observer, empty.
+    pub fn create_batch_stats(&self) -> Result<GpuBatchStats> {
+        self.ctx.upload_batch_stats(&MinMax::empty(self.channels))
+    }
+
+    /// Reads the running range and qparams back (waits for the queue).
+    pub fn read_state(&self) -> Result<ObserverState> {
+        let bytes = self
+            .ctx
+            .read_buffer(&self.state, 0, self.channels as u64 * 16)?;
+        let words: Vec<ObserverChannel> = bytemuck::pod_collect_to_vec(&bytes);
+        Ok(ObserverState {
+            running: MinMax {
+                min: words.iter().map(|w| w.min).collect(),
+                max: words.iter().map(|w| w.max).collect(),
+            },
+            scales: words.iter().map(|w| w.scale).collect(),
+            zero_points: words.iter().map(|w| w.zero_point).collect(),
+        })
+    }
+
+    /// Loads a state (for example calibrated values read from another observer or a file):
+    /// validated first, written with `queue.write_buffer`, so it takes effect before the next
+    /// submission. The fake-quant parameters are derived on the host exactly as the device would.
+    pub fn load_state(&self, state: &ObserverState) -> Result<()> {
+        let state = state.clone().validated(&self.config, self.channels)?;
+        self.ctx.capture(|| {
+            let queue = self.ctx.queue();
+            queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&state_words(&state)));
+            queue.write_buffer(
+                &self.params,
+                0,
+                bytemuck::cast_slice(&channel_params(&self.config, &state)),
+            );
+            Ok(())
+        })
+    }
+
+    /// Forgets everything observed: back to the initial state.
+    pub fn reset(&self) -> Result<()> {
+        self.load_state(&ObserverState::initial(self.channels))
+    }
+
+    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+        let n = crate::quant::numel(shape)?;
+        let layout = observer_layout(&self.config, shape, n)?;
+        if layout.channels != self.channels {
+            return Err(Error::ChannelCountMismatch {
+                axis: self.config.axis().unwrap_or(0),
+                channels: layout.channels,
+                params: self.channels,
+            });
+        }
+        Ok(layout)
+    }
+
+    /// Recording level: reduces `x` (of `shape`) to per-channel statistics in `stats`, without
+    /// touching the state: what a data-parallel step all-reduces before [`Self::record_update`].
+    pub fn record_batch_min_max(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        shape: &[usize],
+        stats: &GpuBatchStats,
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        check_len("channels of the statistics", self.channels, stats.channels)?;
+        let n = layout.numel() as u64;
+        if n > MAX_OBSERVED_ELEMS {
+            return Err(Error::TooLarge {
+                what: "observed tensor (elements)",
+                requested: n,
+                limit: MAX_OBSERVED_ELEMS,
+            });
+        }
+        self.ctx.check_binding("x", &x, n * 4)?;
+        let limits = self.ctx.dispatch_limits();
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        // Elements a window may cover once its start is aligned down.
+        let max_elems = (limits.max_binding_bytes - align) / 4;
+        // Per-tensor: one row of n elements.
+        let layout = match self.config.axis() {
+            None => ChannelLayout {
+                outer: 1,
+                channels: 1,
+                inner: layout.numel(),
+            },
+            Some(_) => layout,
+        };
+        let plan = if n == 0 {
+            None
+        } else {
+            Some(ReducePlan::new(
+                layout,
+                max_elems,
+                limits.max_workgroups as u64,
+            ))
+        };
+        let slots = plan.as_ref().map_or(0, |p| p.slots);
+        let partial_bytes = self.channels as u64 * slots * 8;
+        if partial_bytes > limits.max_binding_bytes {
+            return Err(Error::TooLarge {
+                what: "min/max partial results (8 bytes per partial)",
+                requested: partial_bytes,
+                limit: limits.max_binding_bytes,
+            });
+        }
+        let partials = self.partials_buffer(partial_bytes)?;
+        if let Some(plan) = &plan {
+            let mut uniform = plan.uniform;
+            uniform.slots = slots as u32;
+            let dispatches: Vec<_> = plan
+                .dispatches
+                .iter()
+                .map(|&(first, units, start, end)| {
+                    let aligned = (x.offset + start * 4) / align * align;
+                    let shift = (x.offset + start * 4 - aligned) / 4;
+                    let mut u = uniform;
+                    u.first_unit = first as u32;
+                    u.window_base = start as u32;
+                    u.shift = shift as u32;
+                    let bindings = ObserverBindings {
+                        src: Some(wgpu::BufferBinding {
+                            buffer: x.buffer,
+                            offset: aligned,
+                            size: wgpu::BufferSize::new((end - start + shift) * 4),
+                        }),
+                        partials: Some(&partials),
+                        ..Default::default()
+                    };
+                    let grid = match plan.kernel {
+                        ObserverKernel::MinMaxCols => [plan.column_blocks as u32, units as u32],
+                        _ => [units as u32, 1],
+                    };
+                    (u, bindings, grid)
+                })
+                .collect();
+            self.ctx
+                .record_observer_dispatches(encoder, plan.kernel, &dispatches)?;
+        }
+        let finalize = ObserveDispatch {
+            channels: self.channels as u32,
+            slots: slots as u32,
+            ..Default::default()
+        };
+        let (kernel, groups) = if slots <= NARROW_SLOTS {
+            (
+                ObserverKernel::FinalizeBatchNarrow,
+                per_channel_groups(self.channels, limits.max_workgroups),
+            )
+        } else {
+            (
+                ObserverKernel::FinalizeBatch,
+                (self.channels as u32).min(limits.max_workgroups),
+            )
+        };
+        let bindings = ObserverBindings {
+            partials: Some(&partials),
+            batch: Some(&stats.buffer),
+            ..Default::default()
+        };
+        self.ctx
+            .record_observer_dispatches(encoder, kernel, &[(finalize, bindings, [groups, 1])])
+    }
+
+    fn partials_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut cached = self
+            .partials
+            .lock()
+            .map_err(|_| Error::Gpu("the partials lock was poisoned".into()))?;
+        if let Some(buffer) = cached.as_ref().filter(|b| b.size() >= bytes.max(8)) {
+            return Ok(buffer.clone());
+        }
+        let buffer = self.ctx.capture(|| {
+            Ok(self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("fakequant observer partials"),
+                size: bytes.max(8).next_multiple_of(256),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        *cached = Some(buffer.clone());
+        Ok(buffer)
+    }
+
+    /// Recording level: folds `stats` into the running range and recomputes the qparams and the
+    /// fake-quant parameters, on the device.
+    pub fn record_update(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        stats: &GpuBatchStats,
+    ) -> Result<()> {
+        check_len("channels of the statistics", self.channels, stats.channels)?;
+        let config = &self.config;
+        let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
+        let uniform = ObserveDispatch {
+            channels: self.channels as u32,
+            averaging: match config.averaging() {
+                Averaging::MinMax => 0,
+                Averaging::MovingAverage(_) => 1,
+            },
+            average_constant: match config.averaging() {
+                Averaging::MinMax => 0,
+                Averaging::MovingAverage(c) => c.to_bits(),
+            },
+            scheme: match config.scheme() {
+                QScheme::Symmetric => 0,
+                QScheme::Affine => 1,
+            },
+            eps: config.eps().to_bits(),
+            power_of_two: config.power_of_two() as u32,
+            qmin,
+            qmax,
+            symmetric_zero_point: config.symmetric_zero_point(),
+            range_bits: ((qmax - qmin) as f32).to_bits(),
+            half_range_bits: ((qmax - qmin) as f32 / 2.0).to_bits(),
+            ..Default::default()
+        };
+        let bindings = ObserverBindings {
+            batch: Some(&stats.buffer),
+            state: Some(&self.state),
+            params: Some(&self.params),
+            ..Default::default()
+        };
+        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
+        self.ctx.record_observer_dispatches(
+            encoder,
+            ObserverKernel::Update,
+            &[(uniform, bindings, [groups, 1])],
+        )
+    }
+
+    /// Recording level: fake-quantizes `x` into `y` (and the mask) with the qparams in force,
+    /// without observing (frozen).
+    pub fn record_fake_quant(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        shape: &[usize],
+        y: TensorBinding<'_>,
+        mask: Option<TensorBinding<'_>>,
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        let key = KernelKey::Forward {
+            rounding: match self.config.rounding() {
+                Rounding::Reciprocal => 0,
+                Rounding::Quotient => 1,
+            },
+            per_channel: self.config.axis().is_some(),
+            with_mask: mask.is_some(),
+        };
+        let bindings = ElementwiseBindings {
+            x,
+            y,
+            mask,
+            params: Some(&self.params),
+        };
+        self.ctx.record_elementwise(encoder, key, bindings, layout)
+    }
+
+    /// Recording level: the fused step, in one encoder (see [`Mode`]). Passes over `x`:
+    /// calibration reads it twice (reduce, copy), QAT twice (reduce, fake-quant: the scale of this
+    /// step depends on this step's min/max), frozen once.
+    pub fn record_step(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        shape: &[usize],
+        y: TensorBinding<'_>,
+        mask: Option<TensorBinding<'_>>,
+        mode: Mode,
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        if mode != Mode::Frozen {
+            self.record_batch_min_max(encoder, x, shape, &self.batch)?;
+            self.record_update(encoder, &self.batch)?;
+        }
+        match mode {
+            Mode::Calibrate => {
+                let bindings = ElementwiseBindings {
+                    x,
+                    y,
+                    mask,
+                    params: None,
+                };
+                let key = KernelKey::PassThrough {
+                    with_mask: bindings.mask.is_some(),
+                };
+                self.ctx.record_elementwise(encoder, key, bindings, layout)
+            }
+            Mode::Qat | Mode::Frozen => self.record_fake_quant(encoder, x, shape, y, mask),
+        }
+    }
+
+    /// Device level: the fused step on device tensors, submitted at once.
+    pub fn step(
+        &self,
+        x: &GpuTensor,
+        shape: &[usize],
+        y: &GpuTensor,
+        mask: Option<&GpuMask>,
+        mode: Mode,
+    ) -> Result<()> {
+        check_len("y vs x", x.len(), y.len())?;
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        if let Some(m) = mask {
+            check_len("mask vs x", x.len(), m.len())?;
+        }
+        let mut encoder = self.ctx.create_encoder("fakequant observer step");
+        self.record_step(
+            &mut encoder,
+            x.binding(),
+            shape,
+            y.binding(),
+            mask.map(GpuMask::binding),
+            mode,
+        )?;
+        self.ctx.submit_and_wait(encoder)
+    }
+
+    /// Convenience level: the fused step on host data, results read back.
+    pub fn run(
+        &self,
+        x: &[f32],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput> {
+        self.layout(shape)?;
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        let x_dev = self.ctx.upload(x)?;
+        let y_dev = self.ctx.create_tensor(x.len())?;
+        let mask_dev = with_mask
+            .then(|| self.ctx.create_mask(x.len()))
+            .transpose()?;
+        self.step(&x_dev, shape, &y_dev, mask_dev.as_ref(), mode)?;
+        Ok(FakeQuantOutput {
+            y: self.ctx.read_tensor(&y_dev)?,
+            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        })
+    }
+
+    /// Device level: reduces host-visible `x` to statistics without touching the state, and reads
+    /// them back (a convenience for tests and calibration scripts).
+    pub fn batch_min_max(&self, x: &[f32], shape: &[usize]) -> Result<MinMax> {
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        let x_dev = self.ctx.upload(x)?;
+        let stats = self.create_batch_stats()?;
+        let mut encoder = self.ctx.create_encoder("fakequant batch min/max");
+        self.record_batch_min_max(&mut encoder, x_dev.binding(), shape, &stats)?;
+        self.ctx.submit_and_wait(encoder)?;
+        self.ctx.read_batch_stats(&stats)
+    }
+}
