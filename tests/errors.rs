@@ -286,3 +286,180 @@ fn gpu_calls_check_their_arguments() {
         assert!(message.contains("too large"), "{message}");
     }
 }
+
+#[test]
+fn invalid_observer_configs_are_rejected() {
+    use fakequant::{Averaging, ObserverConfig, QScheme};
+    let sym = QScheme::Symmetric;
+    let ok = Averaging::default();
+    let no_zero = QuantRange::new(1, 10).unwrap();
+    assert!(matches!(
+        ObserverConfig::new(no_zero, sym, ok, None),
+        Err(Error::InvalidObserver(_))
+    ));
+    for c in [0.0f32, -0.5, 1.5, f32::NAN, f32::INFINITY] {
+        let r = ObserverConfig::new(QuantRange::INT8, sym, Averaging::MovingAverage(c), None);
+        assert!(
+            matches!(r, Err(Error::InvalidObserver(_))),
+            "c = {c}: {r:?}"
+        );
+    }
+    for eps in [
+        0.0f32,
+        -1.0,
+        f32::from_bits(1),
+        f32::MAX,
+        f32::NAN,
+        f32::INFINITY,
+    ] {
+        let r = ObserverConfig::qat_activation_int8().with_eps(eps);
+        assert!(
+            matches!(r, Err(Error::InvalidObserver(_))),
+            "eps = {eps:e}: {r:?}"
+        );
+    }
+    let weights = ObserverConfig::qat_weight_int8();
+    let acts = ObserverConfig::qat_activation_int8();
+    assert!(reference::observer::Observer::new(acts.clone(), 2).is_err());
+    assert!(reference::observer::Observer::new(weights.clone(), 0).is_err());
+    for ctx in contexts() {
+        assert!(matches!(
+            ctx.create_observer(&acts, 3),
+            Err(Error::InvalidObserver(_))
+        ));
+        assert!(matches!(
+            ctx.create_observer(&weights, 0),
+            Err(Error::InvalidObserver(_))
+        ));
+    }
+}
+
+#[test]
+fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
+    use fakequant::{MinMax, Mode, ObserverConfig, ObserverState};
+    let weights = ObserverConfig::qat_weight_int8();
+    let mut cpu = reference::observer::Observer::new(weights.clone(), 4).unwrap();
+    assert!(matches!(
+        cpu.step(&[0.0; 12], &[3, 4], Mode::Qat, false),
+        Err(Error::ChannelCountMismatch { .. })
+    ));
+    assert!(matches!(
+        cpu.step(&[0.0; 12], &[4, 4], Mode::Qat, false),
+        Err(Error::LengthMismatch { .. })
+    ));
+    let bad_states = [
+        // A reversed range, a NaN, a half-empty range.
+        (
+            vec![1.0, 0.0, 0.0, 0.0],
+            vec![0.0, 1.0, 1.0, 1.0],
+            vec![1.0; 4],
+            vec![0; 4],
+        ),
+        (
+            vec![f32::NAN, 0.0, 0.0, 0.0],
+            vec![1.0; 4],
+            vec![1.0; 4],
+            vec![0; 4],
+        ),
+        (
+            vec![f32::INFINITY, 0.0, 0.0, 0.0],
+            vec![1.0; 4],
+            vec![1.0; 4],
+            vec![0; 4],
+        ),
+        // Bad qparams.
+        (
+            vec![0.0; 4],
+            vec![1.0; 4],
+            vec![1.0, 0.0, 1.0, 1.0],
+            vec![0; 4],
+        ),
+        (vec![0.0; 4], vec![1.0; 4], vec![1.0; 4], vec![0, 0, 200, 0]),
+        (vec![0.0; 3], vec![1.0; 3], vec![1.0; 3], vec![0; 3]),
+    ];
+    for ctx in contexts() {
+        let gpu = ctx.create_observer(&weights, 4).unwrap();
+        assert!(matches!(
+            gpu.run(&[0.0; 12], &[3, 4], Mode::Qat, false),
+            Err(Error::ChannelCountMismatch { .. })
+        ));
+        assert!(matches!(
+            gpu.run(&[0.0; 12], &[4, 4], Mode::Qat, false),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let scalar_axis = ObserverConfig::new(
+            QuantRange::INT8,
+            fakequant::QScheme::Symmetric,
+            fakequant::Averaging::MinMax,
+            Some(2),
+        )
+        .unwrap();
+        let on_axis_2 = ctx.create_observer(&scalar_axis, 4).unwrap();
+        assert!(matches!(
+            on_axis_2.run(&[0.0; 16], &[4, 4], Mode::Calibrate, false),
+            Err(Error::AxisOutOfRange { .. })
+        ));
+        for (min, max, scales, zero_points) in &bad_states {
+            let state = ObserverState {
+                running: MinMax {
+                    min: min.clone(),
+                    max: max.clone(),
+                },
+                scales: scales.clone(),
+                zero_points: zero_points.clone(),
+            };
+            assert!(gpu.load_state(&state).is_err(), "{state:?}");
+            assert!(cpu.load_state(state.clone()).is_err(), "{state:?}");
+        }
+        // The state is untouched by the rejected loads.
+        assert_eq!(gpu.read_state().unwrap(), ObserverState::initial(4));
+
+        let stats = gpu.create_batch_stats().unwrap();
+        let mut encoder = ctx.create_encoder("errors");
+        assert!(matches!(
+            ctx.record_merge_batch_stats(&mut encoder, &stats, &stats),
+            Err(Error::InvalidBuffer { .. })
+        ));
+        let other = ctx
+            .create_observer(&weights, 5)
+            .unwrap()
+            .create_batch_stats()
+            .unwrap();
+        assert!(matches!(
+            ctx.record_merge_batch_stats(&mut encoder, &stats, &other),
+            Err(Error::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            gpu.record_update(&mut encoder, &other),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let not_storage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 64,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        assert!(matches!(
+            gpu.record_batch_min_max(
+                &mut encoder,
+                TensorBinding::from(&not_storage),
+                &[4, 4],
+                &stats
+            ),
+            Err(Error::InvalidBuffer { .. })
+        ));
+        let x = ctx.upload(&[0.0; 8]).unwrap();
+        assert!(matches!(
+            gpu.record_step(
+                &mut encoder,
+                x.binding(),
+                &[4, 4],
+                x.binding(),
+                None,
+                Mode::Qat
+            ),
+            Err(Error::InvalidBuffer { .. })
+        ));
+        ctx.submit_and_wait(encoder).unwrap();
+    }
+}

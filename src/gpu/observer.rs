@@ -10,7 +10,7 @@ use super::context::{GpuContext, GpuMask, GpuTensor, KernelKey, ObserverKernel, 
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{ChannelLayout, Rounding};
+use crate::quant::{ChannelLayout, PackedMask, Rounding};
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -711,6 +711,21 @@ impl GpuObserver {
         mode: Mode,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
+        // Everything is checked before anything is recorded, so a failed call leaves the encoder
+        // (and the state it would update) untouched.
+        let n = layout.numel() as u64;
+        self.ctx.check_binding("x", &x, n * 4)?;
+        self.ctx.check_binding("y", &y, n * 4)?;
+        if let Some(m) = &mask {
+            self.ctx
+                .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
+        }
+        if x.buffer == y.buffer {
+            return Err(Error::InvalidBuffer {
+                what: "y",
+                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
+            });
+        }
         if mode != Mode::Frozen {
             self.record_batch_min_max(encoder, x, shape, &self.batch)?;
             self.record_update(encoder, &self.batch)?;

@@ -1,0 +1,98 @@
+//! Observer kernels at 1M and 16M elements: the min/max reduction alone and the fused
+//! observe + update + fake-quantize step, per-tensor and per-channel on the first and the last
+//! axis, throughput in the bytes each must move:
+//! - reduction: x read once, 4 bytes per element;
+//! - fused QAT step: x read twice (the scale depends on this step's min/max, so the fake-quant
+//!   pass cannot start before the reduction ends) and y written, 12 bytes per element;
+//! - frozen step (the plain fake-quant with device-resident qparams), for comparison: 8 bytes.
+//!
+//! `cargo bench --bench observers` (adapter chosen as by `GpuContext::new`, steered by
+//! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fakequant::{GpuContext, Mode, ObserverConfig};
+
+const SIZES: [usize; 2] = [1 << 20, 1 << 24];
+
+fn data(n: usize) -> Vec<f32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        })
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let ctx = match GpuContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("no GPU adapter, GPU benches skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("adapter: {}", ctx.adapter_name());
+    let mut group = c.benchmark_group(format!("observers/{}", ctx.adapter_name()));
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    for n in SIZES {
+        let x = ctx.upload(&data(n)).unwrap();
+        let y = ctx.create_tensor(n).unwrap();
+        let elem_bytes = n as u64 * 4;
+        let last_axis = ObserverConfig::new(
+            fakequant::QuantRange::INT8,
+            fakequant::QScheme::Symmetric,
+            fakequant::Averaging::default(),
+            Some(1),
+        )
+        .unwrap();
+        for (name, config, shape) in [
+            ("per_tensor", ObserverConfig::qat_activation_int8(), vec![n]),
+            (
+                "per_channel_axis0_64",
+                ObserverConfig::qat_weight_int8(),
+                vec![64, n / 64],
+            ),
+            ("per_channel_last_axis_64", last_axis, vec![n / 64, 64]),
+        ] {
+            let observer = ctx
+                .create_observer(&config, config.channels_for(&shape).unwrap())
+                .unwrap();
+            let stats = observer.create_batch_stats().unwrap();
+            group.throughput(Throughput::Bytes(elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("min_max_{name}_4B_per_elem"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let mut encoder = ctx.create_encoder("bench");
+                        observer
+                            .record_batch_min_max(&mut encoder, x.binding(), &shape, &stats)
+                            .unwrap();
+                        ctx.submit_and_wait(encoder).unwrap();
+                    })
+                },
+            );
+            group.throughput(Throughput::Bytes(3 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("fused_qat_{name}_12B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| observer.step(&x, &shape, &y, None, Mode::Qat).unwrap()),
+            );
+            group.throughput(Throughput::Bytes(2 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("frozen_{name}_8B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| observer.step(&x, &shape, &y, None, Mode::Frozen).unwrap()),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(observers, benches);
+criterion_main!(observers);
