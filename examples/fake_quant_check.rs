@@ -1,9 +1,10 @@
-//! Fake-quantizes a tensor on the GPU, per-tensor and per-channel, and checks every output bit and
-//! mask bit against the CPU reference. Exits non-zero on any difference.
+//! Fake-quantizes a tensor on the GPU, per-tensor and per-channel, and runs observers through
+//! calibration, QAT and frozen steps, checking every output bit, mask bit and state bit against the
+//! CPU reference. Exits non-zero on any difference.
 //!
 //! `cargo run --release --example fake_quant_check`
 
-use fakequant::{reference, FakeQuant, GpuContext, QuantParams, QuantRange};
+use fakequant::{reference, FakeQuant, GpuContext, Mode, ObserverConfig, QuantParams, QuantRange};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = GpuContext::new()?;
@@ -54,6 +55,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         mismatches += bad + usize::from(!mask_equal);
     }
+
+    // The statistics recipe: observers calibrate for a few steps, then QAT steps observe and
+    // fake-quantize in one fused call; the state stays on the device between steps.
+    let weights_shape = [64usize, 3, 4, 4];
+    for (name, config, shape) in [
+        (
+            "observer per-tensor int8 (activations)",
+            ObserverConfig::qat_activation_int8(),
+            &shape[..],
+        ),
+        (
+            "observer per-channel int8 axis 0 (weights)",
+            ObserverConfig::qat_weight_int8(),
+            &weights_shape[..],
+        ),
+    ] {
+        let len: usize = shape.iter().product();
+        let channels = config.channels_for(shape)?;
+        let gpu = ctx.create_observer(&config, channels)?;
+        let mut cpu = reference::observer::Observer::new(config, channels)?;
+        let mut bad = 0usize;
+        for (step, mode) in [
+            Mode::Calibrate,
+            Mode::Calibrate,
+            Mode::Qat,
+            Mode::Qat,
+            Mode::Frozen,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let xs: Vec<f32> = x[..len]
+                .iter()
+                .map(|v| v * (1.0 + step as f32 * 0.25))
+                .collect();
+            let g = gpu.run(&xs, shape, mode, true)?;
+            let c = cpu.step(&xs, shape, mode, true)?;
+            bad +=
+                g.y.iter()
+                    .zip(&c.y)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+            bad += usize::from(g.mask != c.mask);
+            bad += usize::from(gpu.read_state()? != *cpu.state());
+        }
+        let state = cpu.state();
+        println!(
+            "{name}: 5 steps (calibrate x2, QAT x2, frozen), {bad} mismatches in outputs, masks and state; scale[0] = {:e}, zero point[0] = {}",
+            state.scales[0], state.zero_points[0]
+        );
+        mismatches += bad;
+    }
+
     if mismatches > 0 {
         return Err(
             format!("{mismatches} differences between the GPU and the CPU reference").into(),
