@@ -71,7 +71,7 @@ struct ObserverChannel {
 
 const WG_SIZE: u32 = 256u;
 // Elements one workgroup of minmax_rows reduces.
-const PIECE: u32 = 4096u;
+const PIECE: u32 = 16384u;
 const POS_INF: u32 = 0x7f800000u;
 const NEG_INF: u32 = 0xff800000u;
 const MAX_FINITE: u32 = 0x7f7fffffu;
@@ -125,7 +125,7 @@ fn load_keys(global: u32) -> vec2<u32> {
     return observe_keys(src[global - d.window_base + d.shift]);
 }
 
-// Channel axis not innermost with long rows (inner >= 1024): one workgroup per piece of PIECE
+// Channel axis not innermost, rows of at least 256 elements: one workgroup per piece of PIECE
 // contiguous elements of one (outer, channel) row.
 @compute @workgroup_size(256)
 fn minmax_rows(
@@ -155,7 +155,7 @@ fn minmax_rows(
     }
 }
 
-// Short rows or per-tensor: the tensor as rows of `width` columns; thread = column, looping down
+// Per-tensor, or rows shorter than 256 elements: the tensor as rows of `width` columns; thread = column, looping down
 // `block_rows` rows, so consecutive threads read consecutive addresses (coalesced) whatever the
 // channel axis. Every column stays in one channel.
 @compute @workgroup_size(256)

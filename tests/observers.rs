@@ -732,3 +732,27 @@ fn random_observer_property_test() {
         }
     }
 }
+
+#[test]
+fn reduction_over_a_tensor_larger_than_128_mib() {
+    // Over the software GPUs' 128 MiB binding limit with the device's own limits: several windows.
+    let n = (1usize << 25) + 12_345;
+    let mut rng = Rng::new(11);
+    let mut x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    // Extremes planted past the first window, where a reduction of one binding would miss them.
+    x[n - 3] = 1.0e6;
+    x[(1 << 25) + 7] = -2.5e6;
+    for ctx in contexts() {
+        for (shape, axis) in [
+            (vec![n], None),
+            (vec![5, n / 5], Some(0)),
+            (vec![n / 5, 5], Some(1)),
+        ] {
+            let x = &x[..shape.iter().product::<usize>()];
+            let config =
+                ObserverConfig::new(QuantRange::INT8, QScheme::Affine, Averaging::MinMax, axis)
+                    .unwrap();
+            check_batch_on_gpu(ctx, &config, x, &shape);
+        }
+    }
+}

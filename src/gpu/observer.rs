@@ -17,7 +17,7 @@ use crate::reference::FakeQuantOutput;
 /// Threads per workgroup of every observer kernel.
 const WG_SIZE: u64 = 256;
 /// Elements one workgroup of `minmax_rows` reduces (`PIECE` in the shader).
-const PIECE: u64 = 4096;
+const PIECE: u64 = 16384;
 /// Rows at least this long are reduced row by row; shorter ones column-wise.
 const MIN_ROW_LEN: u64 = 256;
 /// Channels with at most this many partials are finalized by one invocation each.
@@ -518,15 +518,6 @@ impl GpuObserver {
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         // Elements a window may cover once its start is aligned down.
         let max_elems = (limits.max_binding_bytes - align) / 4;
-        // Per-tensor: one row of n elements.
-        let layout = match self.config.axis() {
-            None => ChannelLayout {
-                outer: 1,
-                channels: 1,
-                inner: layout.numel(),
-            },
-            Some(_) => layout,
-        };
         let plan = if n == 0 {
             None
         } else {
