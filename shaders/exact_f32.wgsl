@@ -15,6 +15,19 @@ fn is_nan_bits(bits: u32) -> bool {
     return (bits & ABS_MASK) > EXP_MASK;
 }
 
+// Maps f32 bits to a u32 that orders like the float (-0 just below +0).
+fn order_key(bits: u32) -> u32 {
+    return select(bits ^ SIGN_BIT, ~bits, (bits & SIGN_BIT) != 0u);
+}
+
+fn from_key(key: u32) -> u32 {
+    return select(~key, key ^ SIGN_BIT, (key & SIGN_BIT) != 0u);
+}
+
+fn is_finite_bits(bits: u32) -> bool {
+    return (bits & EXP_MASK) != EXP_MASK;
+}
+
 // Correctly rounded (to nearest, ties to even) f32 division `a / b` on bit patterns, for finite `a`
 // (zero and subnormals included) and positive, normal, finite `b`. Device division is only
 // required to be within 2.5 ULP and `1/x` is no better, so exact paths divide here, in integers:
@@ -203,4 +216,62 @@ fn round_half_even_clamp_i32(a: u32, lo: i32, hi: i32) -> i32 {
         }
     }
     return clamp(select(i32(n), -i32(n), (a & SIGN_BIT) != 0u), lo, hi);
+}
+
+// IEEE addition for any operands: specials handled here, finite ones by add_rn_bits. Every NaN
+// result is the canonical DEFAULT_NAN, so results do not depend on NaN propagation rules.
+fn add_ieee_bits(a: u32, b: u32) -> u32 {
+    if (is_nan_bits(a) || is_nan_bits(b)) {
+        return DEFAULT_NAN;
+    }
+    let a_inf = (a & ABS_MASK) == EXP_MASK;
+    let b_inf = (b & ABS_MASK) == EXP_MASK;
+    if (a_inf && b_inf) {
+        return select(DEFAULT_NAN, a, a == b);
+    }
+    if (a_inf) {
+        return a;
+    }
+    if (b_inf) {
+        return b;
+    }
+    return add_rn_bits(a, b);
+}
+
+// IEEE multiplication for any operands (canonical NaN, 0 * inf is NaN).
+fn mul_ieee_bits(a: u32, b: u32) -> u32 {
+    if (is_nan_bits(a) || is_nan_bits(b)) {
+        return DEFAULT_NAN;
+    }
+    let a_inf = (a & ABS_MASK) == EXP_MASK;
+    let b_inf = (b & ABS_MASK) == EXP_MASK;
+    if (a_inf || b_inf) {
+        if ((a & ABS_MASK) == 0u || (b & ABS_MASK) == 0u) {
+            return DEFAULT_NAN;
+        }
+        return ((a ^ b) & SIGN_BIT) | EXP_MASK;
+    }
+    return mul_rn_bits(a, b);
+}
+
+// u32 -> f32 rounded to nearest even. WGSL lets a conversion pick either neighbour.
+fn u32_to_f32_rn_bits(n: u32) -> u32 {
+    if (n == 0u) {
+        return 0u;
+    }
+    let lz = countLeadingZeros(n);
+    // Bit 31 - lz is the leading one: value = n * 2^0, exponent 31 - lz.
+    let exponent = 31u - lz;
+    if (exponent <= 23u) {
+        return ((exponent + 127u) << 23u) | ((n << (23u - exponent)) & 0x007fffffu);
+    }
+    let drop = exponent - 23u;
+    var m = n >> drop;
+    let low = n & ((1u << drop) - 1u);
+    let half = 1u << (drop - 1u);
+    if (low > half || (low == half && (m & 1u) == 1u)) {
+        m = m + 1u;
+    }
+    // A carry to 2^24 moves to the next exponent, same encoding arithmetic.
+    return ((exponent + 127u) << 23u) + (m - 0x00800000u);
 }

@@ -1,6 +1,6 @@
 // Observers: per-channel min/max reduction, the merge of replicas' statistics, and the update of
 // the running state, qparams and fake-quant parameters, all on the device. Prepended with
-// exact_f32.wgsl and channel_params.wgsl.
+// exact_f32.wgsl and quantize.wgsl.
 //
 // Exactness on every device follows from the design:
 // - Min and max never touch float arithmetic. Each finite input is mapped to an order-preserving
@@ -78,19 +78,6 @@ const MAX_FINITE: u32 = 0x7f7fffffu;
 // Keys of +inf and -inf: the identities of min and max over finite keys.
 const EMPTY_MIN_KEY: u32 = 0xff800000u;
 const EMPTY_MAX_KEY: u32 = 0x007fffffu;
-
-// Maps f32 bits to a u32 that orders like the float (-0 just below +0).
-fn order_key(bits: u32) -> u32 {
-    return select(bits ^ SIGN_BIT, ~bits, (bits & SIGN_BIT) != 0u);
-}
-
-fn from_key(key: u32) -> u32 {
-    return select(~key, key ^ SIGN_BIT, (key & SIGN_BIT) != 0u);
-}
-
-fn is_finite_bits(bits: u32) -> bool {
-    return (bits & EXP_MASK) != EXP_MASK;
-}
 
 // -0.0 becomes +0.0: observers count both zeros as +0.0.
 fn plus_zero(bits: u32) -> u32 {
@@ -212,6 +199,8 @@ fn finalize_batch(
         if (lid == 0u) {
             store_batch(c, r);
         }
+        // Invocation 0 reads the tree's result before the lanes are reused.
+        workgroupBarrier();
     }
 }
 

@@ -87,6 +87,8 @@ pub enum Error {
     /// An observer configuration or state is unusable (range without zero, averaging constant
     /// outside `(0, 1]`, a reversed or non-finite running range...).
     InvalidObserver(String),
+    /// An LSQ configuration or its parameters are unusable.
+    InvalidLsq(String),
     /// No adapter matched the request (or none is present at all).
     NoAdapter(String),
     /// The device could not be created.
@@ -129,6 +131,7 @@ impl fmt::Display for Error {
                 write!(f, "{what} is too large: {requested} exceeds the limit {limit}")
             }
             Error::InvalidObserver(msg) => write!(f, "invalid observer: {msg}"),
+            Error::InvalidLsq(msg) => write!(f, "invalid LSQ quantizer: {msg}"),
             Error::NoAdapter(msg) => write!(f, "no GPU adapter: {msg}"),
             Error::RequestDevice(msg) => write!(f, "could not create a GPU device: {msg}"),
             Error::Gpu(msg) => write!(f, "GPU error: {msg}"),

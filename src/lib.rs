@@ -24,12 +24,14 @@
 
 pub mod error;
 pub mod gpu;
+pub mod lsq;
 pub mod observer;
 pub mod quant;
 pub mod reference;
 
 pub use error::{Error, Result};
 pub use gpu::{DispatchLimits, GpuContext, GpuFakeQuant, GpuMask, GpuTensor, TensorBinding};
+pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
 pub use quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, QuantRange, Rounding};
 pub use reference::FakeQuantOutput;

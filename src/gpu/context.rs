@@ -39,6 +39,37 @@ pub(crate) enum KernelKey {
     SteBackward,
     /// One of the observer kernels (`shaders/observer.wgsl`).
     Observer(ObserverKernel),
+    /// One of the LSQ kernels (`shaders/lsq.wgsl`).
+    Lsq(LsqKernel),
+}
+
+/// The entry points of `shaders/lsq.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LsqKernel {
+    Params,
+    Backward,
+    InitTerms,
+    /// One level of the tree; `counts` when the second word is an integer count.
+    Sum {
+        counts: bool,
+    },
+    Finish,
+    InitFinish,
+    FromObserver,
+}
+
+impl LsqKernel {
+    pub(crate) fn entry_point(self) -> &'static str {
+        match self {
+            LsqKernel::Params => "lsq_params",
+            LsqKernel::Backward => "lsq_backward",
+            LsqKernel::InitTerms => "lsq_init_terms",
+            LsqKernel::Sum { .. } => "lsq_sum",
+            LsqKernel::Finish => "lsq_finish",
+            LsqKernel::InitFinish => "lsq_init_finish",
+            LsqKernel::FromObserver => "lsq_from_observer",
+        }
+    }
 }
 
 /// The entry points of `shaders/observer.wgsl`.
@@ -74,6 +105,9 @@ pub(crate) struct Kernels {
     pub(crate) observer_layout: wgpu::BindGroupLayout,
     observer_pipeline_layout: wgpu::PipelineLayout,
     observer_module: wgpu::ShaderModule,
+    pub(crate) lsq_layout: wgpu::BindGroupLayout,
+    lsq_pipeline_layout: wgpu::PipelineLayout,
+    lsq_module: wgpu::ShaderModule,
     pipelines: RwLock<HashMap<KernelKey, wgpu::ComputePipeline>>,
     /// Bound where a kernel variant does not use a read-only or a read-write binding. Two
     /// buffers, because one buffer bound both ways in one dispatch is a usage conflict.
@@ -85,7 +119,7 @@ pub(crate) struct Kernels {
 pub fn fake_quant_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
-        include_str!("../../shaders/channel_params.wgsl"),
+        include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/fake_quant.wgsl"),
     ]
     .join("\n")
@@ -95,8 +129,18 @@ pub fn fake_quant_shader_source() -> String {
 pub fn observer_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
-        include_str!("../../shaders/channel_params.wgsl"),
+        include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/observer.wgsl"),
+    ]
+    .join("\n")
+}
+
+/// The WGSL source of the LSQ kernel family, with its exact helpers prepended.
+pub fn lsq_shader_source() -> String {
+    [
+        include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/quantize.wgsl"),
+        include_str!("../../shaders/lsq.wgsl"),
     ]
     .join("\n")
 }
@@ -106,6 +150,7 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
         ("fake_quant", fake_quant_shader_source()),
         ("observer", observer_shader_source()),
+        ("lsq", lsq_shader_source()),
     ]
 }
 
@@ -374,6 +419,77 @@ impl GpuContext {
             });
         }
         Ok(())
+    }
+
+    /// Records one compute pass of `key`'s pipeline: per dispatch a uniform value (bound at 0),
+    /// the buffers of bindings 1.. (`None` binds a dummy, read-only or read-write as `read_only`
+    /// says) and the workgroup grid. The uniforms share one buffer at aligned offsets.
+    pub(crate) fn record_dispatches<U: bytemuck::Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        key: KernelKey,
+        layout: &wgpu::BindGroupLayout,
+        read_only: &[bool],
+        dispatches: &[Dispatch<'_, U>],
+    ) -> Result<()> {
+        let pipeline = self.pipeline(key)?;
+        let size = std::mem::size_of::<U>();
+        let stride = (self
+            .shared
+            .device_limits
+            .min_uniform_buffer_offset_alignment as usize)
+            .max(size);
+        let mut uniform_bytes = vec![0u8; stride * dispatches.len()];
+        for (i, d) in dispatches.iter().enumerate() {
+            uniform_bytes[i * stride..i * stride + size]
+                .copy_from_slice(bytemuck::bytes_of(&d.uniform));
+        }
+        let kernels = &self.shared.kernels;
+        self.capture(|| {
+            let uniforms = self.uniform_buffer("fakequant dispatch", &uniform_bytes);
+            let groups: Vec<wgpu::BindGroup> = dispatches
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniforms,
+                            offset: (i * stride) as u64,
+                            size: wgpu::BufferSize::new(size as u64),
+                        }),
+                    }];
+                    for (slot, &ro) in read_only.iter().enumerate() {
+                        let resource = match d.buffers.get(slot).cloned().flatten() {
+                            Some(b) => wgpu::BindingResource::Buffer(b),
+                            None if ro => kernels.dummy_read.as_entire_binding(),
+                            None => kernels.dummy_write.as_entire_binding(),
+                        };
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: slot as u32 + 1,
+                            resource,
+                        });
+                    }
+                    self.shared
+                        .device
+                        .create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("fakequant dispatch"),
+                            layout,
+                            entries: &entries,
+                        })
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fakequant"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            for (group, d) in groups.iter().zip(dispatches) {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(d.grid[0], d.grid[1], 1);
+            }
+            Ok(())
+        })
     }
 
     fn storage_buffer(
@@ -662,6 +778,31 @@ impl Kernels {
             label: Some("observer.wgsl"),
             source: wgpu::ShaderSource::Wgsl(observer_shader_source().into()),
         });
+        // The LSQ family: dispatch uniform, x, dy, dx, fake-quant parameters, partials, scale,
+        // zero point, reduced gradients (8 storage buffers: WebGPU's default per-stage limit).
+        let lsq_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("fakequant lsq"),
+            entries: &[
+                uniform(0),
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+                storage(4, false),
+                storage(5, false),
+                storage(6, false),
+                storage(7, false),
+                storage(8, false),
+            ],
+        });
+        let lsq_pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("fakequant lsq"),
+            bind_group_layouts: &[Some(&lsq_layout)],
+            immediate_size: 0,
+        });
+        let lsq_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("lsq.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(lsq_shader_source().into()),
+        });
         let dummy = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -677,6 +818,9 @@ impl Kernels {
             observer_layout,
             observer_pipeline_layout,
             observer_module,
+            lsq_layout,
+            lsq_pipeline_layout,
+            lsq_module,
             pipelines: RwLock::new(HashMap::new()),
             dummy_read: dummy("fakequant unused read-only binding"),
             dummy_write: dummy("fakequant unused read-write binding"),
@@ -722,6 +866,15 @@ impl Kernels {
                 &self.observer_module,
                 &self.observer_pipeline_layout,
             ),
+            KernelKey::Lsq(kernel) => (
+                kernel.entry_point(),
+                match kernel {
+                    LsqKernel::Sum { counts } => vec![("COUNTS", counts as u8 as f64)],
+                    _ => vec![],
+                },
+                &self.lsq_module,
+                &self.lsq_pipeline_layout,
+            ),
         };
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry_point),
@@ -734,6 +887,23 @@ impl Kernels {
             },
             cache: None,
         })
+    }
+}
+
+/// One dispatch of [`GpuContext::record_dispatches`].
+pub(crate) struct Dispatch<'a, U> {
+    pub(crate) uniform: U,
+    /// Bindings 1.. in order; `None` for a dummy.
+    pub(crate) buffers: Vec<Option<wgpu::BufferBinding<'a>>>,
+    pub(crate) grid: [u32; 2],
+}
+
+/// A whole buffer as a binding.
+pub(crate) fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
+    wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: None,
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::context::{GpuContext, GpuMask, GpuTensor, KernelKey, ObserverKernel, TensorBinding};
+use super::context::{
+    whole, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, ObserverKernel, TensorBinding,
+};
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
@@ -289,73 +291,40 @@ impl GpuContext {
     }
 
     /// Records one observer kernel per entry (uniform, bindings, workgroups) into one pass.
-    fn record_observer_dispatches<'a>(
-        &'a self,
+    fn record_observer_dispatches(
+        &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: ObserverKernel,
-        dispatches: &[(ObserveDispatch, ObserverBindings<'a>, [u32; 2])],
+        dispatches: &[(ObserveDispatch, ObserverBindings<'_>, [u32; 2])],
     ) -> Result<()> {
-        let pipeline = self.pipeline(KernelKey::Observer(kernel))?;
-        let stride = (self.device_limits().min_uniform_buffer_offset_alignment as u64)
-            .max(std::mem::size_of::<ObserveDispatch>() as u64);
-        let mut uniform_bytes = vec![0u8; stride as usize * dispatches.len()];
-        for (i, (u, _, _)) in dispatches.iter().enumerate() {
-            let at = i * stride as usize;
-            uniform_bytes[at..at + std::mem::size_of::<ObserveDispatch>()]
-                .copy_from_slice(bytemuck::bytes_of(u));
-        }
-        let kernels = self.kernels();
-        self.capture(|| {
-            let uniforms = self.uniform_buffer("fakequant observer dispatch", &uniform_bytes);
-            let groups: Vec<wgpu::BindGroup> = dispatches
-                .iter()
-                .enumerate()
-                .map(|(i, (_, b, _))| {
-                    let read = match b.src.clone() {
-                        Some(r) => wgpu::BindingResource::Buffer(r),
-                        None => kernels.dummy_read.as_entire_binding(),
-                    };
-                    let write = |buffer: Option<&'a wgpu::Buffer>| {
-                        buffer.unwrap_or(&kernels.dummy_write).as_entire_binding()
-                    };
-                    let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
-                    self.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some(kernel.entry_point()),
-                        layout: &kernels.observer_layout,
-                        entries: &[
-                            entry(
-                                0,
-                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &uniforms,
-                                    offset: i as u64 * stride,
-                                    size: wgpu::BufferSize::new(
-                                        std::mem::size_of::<ObserveDispatch>() as u64,
-                                    ),
-                                }),
-                            ),
-                            entry(1, read),
-                            entry(2, write(b.partials)),
-                            entry(3, write(b.batch)),
-                            entry(4, write(b.state)),
-                            entry(5, write(b.params)),
-                        ],
-                    })
-                })
-                .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.entry_point()),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            for (group, (_, _, [x, y])) in groups.iter().zip(dispatches) {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
-            }
-            Ok(())
-        })
+        let dispatches: Vec<Dispatch<'_, ObserveDispatch>> = dispatches
+            .iter()
+            .map(|(uniform, b, grid)| Dispatch {
+                uniform: *uniform,
+                buffers: vec![
+                    b.src.clone(),
+                    b.partials.map(whole),
+                    b.batch.map(whole),
+                    b.state.map(whole),
+                    b.params.map(whole),
+                ],
+                grid: *grid,
+            })
+            .collect();
+        self.record_dispatches(
+            encoder,
+            KernelKey::Observer(kernel),
+            &self.kernels().observer_layout,
+            &[true, false, false, false, false],
+            &dispatches,
+        )
     }
 
-    fn storage_buffer_init(&self, label: &'static str, data: &[u8]) -> Result<wgpu::Buffer> {
+    pub(crate) fn storage_buffer_init(
+        &self,
+        label: &'static str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer> {
         self.check_buffer_size(label, data.len() as u64)?;
         self.capture(|| {
             Ok(wgpu::util::DeviceExt::create_buffer_init(
@@ -382,16 +351,8 @@ struct ObserverBindings<'a> {
     params: Option<&'a wgpu::Buffer>,
 }
 
-fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
-    wgpu::BufferBinding {
-        buffer,
-        offset: 0,
-        size: None,
-    }
-}
-
 /// Workgroups for a kernel with one invocation per channel (it loops over the rest).
-fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
+pub(crate) fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
     (channels as u64)
         .div_ceil(WG_SIZE)
         .clamp(1, max_workgroups as u64) as u32
@@ -431,6 +392,11 @@ impl GpuObserver {
     /// The context it lives on.
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// The state buffer (`ObserverChannel` per channel: min, max, scale bits, zero point).
+    pub(crate) fn state_buffer(&self) -> &wgpu::Buffer {
+        &self.state
     }
 
     /// The statistics of the last observed step (what [`GpuObserver::record_step`] reduced).

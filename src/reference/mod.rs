@@ -13,6 +13,7 @@
 //! `x * (1/s)`. The straight-through backward is `dx = dy * mask` with IEEE semantics, see
 //! [`ste_grad_value`].
 
+pub mod lsq;
 pub mod observer;
 
 use crate::error::{Error, Result};

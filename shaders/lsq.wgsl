@@ -1,0 +1,301 @@
+// LSQ / LSQ+: effective parameters from the learnable scale and zero point, the one-pass backward
+// (dx, and dscale / dzero_point reduced in a fixed order), the initialization from data or from an
+// observer. Prepended with exact_f32.wgsl and quantize.wgsl; the forward is fake_quant.wgsl's,
+// reading the parameters `lsq_params` derives.
+//
+// Exactness on every device follows from the design:
+// - The per-element gradient terms and every addition of the reductions are integer soft-float
+//   operations (sub_rn_bits, mul_rn_bits, mul_ieee_bits, add_ieee_bits): each is one correctly
+//   rounded IEEE operation, so there is no float multiply and add a compiler could fuse, and no
+//   subnormal it could flush. The only float operations are the fake-quant's own (quantize.wgsl).
+// - The order of every sum is the reference's `tree_sum`: blocks of 1024 terms of one channel in
+//   flat order, lane t of 256 adding terms t, t + 256, t + 512, t + 768 to +0, then a halving tree
+//   over the lanes; the blocks' sums go through the same steps (lsq_sum) until one is left. The
+//   order depends on the shape only, never on the adapter, the binding size or the grid.
+
+struct LsqDispatch {
+    // The tensor seen as [outer, channels, inner]; element j of channel c (in flat order) is at
+    // flat index ((j / inner) * channels + c) * inner + j % inner. Global flat index
+    // `window_base` is element `shift` of this dispatch's bindings of x, dy and dx.
+    total: u32,
+    shift: u32,
+    window_base: u32,
+    channels: u32,
+    inner: u32,
+    // Elements per channel (outer * inner).
+    per_channel: u32,
+    // Blocks per channel produced by this dispatch (backward, init, lsq_sum).
+    blocks: u32,
+    // Contiguous channels (outer == 1): unit = first_unit + workgroup x is (c, b) = (unit / blocks,
+    // unit % blocks). Otherwise workgroup x is block first_unit + x and channels loop along y.
+    contiguous: u32,
+    first_unit: u32,
+    // lsq_sum / finish: partials per channel in the source level.
+    src_blocks: u32,
+    qmin: i32,
+    qmax: i32,
+    eps: u32,
+    grad_factor: u32,
+    sqrt_qmax: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> d: LsqDispatch;
+// x (or an observer's state, 4 words per channel).
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+// dy (or the source level of partials).
+@group(0) @binding(2) var<storage, read> dy: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dx: array<u32>;
+@group(0) @binding(4) var<storage, read_write> params: array<ChannelParams>;
+// Pairs per (channel, block): (dscale, dzero_point) sums, or (sum |x|, finite count) for init.
+@group(0) @binding(5) var<storage, read_write> partials: array<u32>;
+// The learnable parameters, f32 bits per channel.
+@group(0) @binding(6) var<storage, read_write> scale: array<u32>;
+@group(0) @binding(7) var<storage, read_write> zero_point: array<u32>;
+// Reduced gradients: `channels` dscale then `channels` dzero_point.
+@group(0) @binding(8) var<storage, read_write> grads: array<u32>;
+
+const WG_SIZE: u32 = 256u;
+const BLOCK: u32 = 1024u;
+const MAX_SCALE: u32 = 0x7e800000u;
+
+fn effective_scale_bits(s: u32) -> u32 {
+    if (is_nan_bits(s) || order_key(s) < order_key(d.eps)) {
+        return d.eps;
+    }
+    return select(s, MAX_SCALE, order_key(s) > order_key(MAX_SCALE));
+}
+
+fn effective_zero_point(z: u32) -> i32 {
+    if (is_nan_bits(z)) {
+        return clamp(0, d.qmin, d.qmax);
+    }
+    if ((z & ABS_MASK) == EXP_MASK) {
+        return select(d.qmax, d.qmin, (z & SIGN_BIT) != 0u);
+    }
+    return round_half_even_clamp_i32(z, d.qmin, d.qmax);
+}
+
+// The fake-quant parameters of the learnable ones, one invocation per channel.
+@compute @workgroup_size(256)
+fn lsq_params(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
+        let s = effective_scale_bits(scale[c]);
+        params[c] = channel_params(s, effective_zero_point(zero_point[c]), d.qmin, d.qmax);
+    }
+}
+
+var<workgroup> lane_a: array<u32, 256>;
+var<workgroup> lane_b: array<u32, 256>;
+
+// The reference's halving tree over the 256 lanes; the result is valid in invocation 0.
+fn halving_tree(lid: u32, a: u32, b: u32, counts: bool) -> vec2<u32> {
+    lane_a[lid] = a;
+    lane_b[lid] = b;
+    workgroupBarrier();
+    for (var w = WG_SIZE / 2u; w > 0u; w = w >> 1u) {
+        if (lid < w) {
+            lane_a[lid] = add_ieee_bits(lane_a[lid], lane_a[lid + w]);
+            if (counts) {
+                lane_b[lid] = lane_b[lid] + lane_b[lid + w];
+            } else {
+                lane_b[lid] = add_ieee_bits(lane_b[lid], lane_b[lid + w]);
+            }
+        }
+        workgroupBarrier();
+    }
+    return vec2<u32>(lane_a[0], lane_b[0]);
+}
+
+fn flat_index(c: u32, j: u32) -> u32 {
+    return ((j / d.inner) * d.channels + c) * d.inner + j % d.inner;
+}
+
+// Adding +0 leaves any sum unchanged here (a lane starts at +0 and never becomes -0), so zero
+// terms are skipped.
+fn accumulate(acc: u32, term: u32) -> u32 {
+    return select(add_ieee_bits(acc, term), acc, term == 0u);
+}
+
+// Block b of channel c: per element dx (backward) and the gradient terms, or |x| and the finite
+// count (init); then the block's sums.
+fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
+    let p = params[c];
+    let inv = bitcast<u32>(p.inv);
+    var sum_a = 0u;
+    var sum_b = 0u;
+    for (var k = 0u; k < BLOCK / WG_SIZE; k = k + 1u) {
+        let j = b * BLOCK + k * WG_SIZE + lid;
+        if (j < d.per_channel) {
+            let at = flat_index(c, j) - d.window_base + d.shift;
+            let xb = x[at];
+            if (init) {
+                let finite = is_finite_bits(xb);
+                sum_a = accumulate(sum_a, select(0u, xb & ABS_MASK, finite));
+                sum_b = sum_b + select(0u, 1u, finite);
+            } else {
+                let g = dy[at];
+                let q = fake_quant_bits(xb, p);
+                dx[at] = ste_grad_bits(g, q.in_range);
+                var ts = DEFAULT_NAN;
+                var tz = DEFAULT_NAN;
+                if (!is_nan_bits(xb)) {
+                    if (q.in_range) {
+                        ts = mul_ieee_bits(g, mul_rn_bits(sub_rn_bits(q.bits, xb), inv));
+                        tz = 0u;
+                    } else {
+                        let edge = select(p.hi, p.lo, q.below);
+                        ts = mul_ieee_bits(g, bitcast<u32>(edge));
+                        tz = mul_ieee_bits(g ^ SIGN_BIT, bitcast<u32>(p.scale));
+                    }
+                }
+                sum_a = accumulate(sum_a, ts);
+                sum_b = accumulate(sum_b, tz);
+            }
+        }
+    }
+    let r = halving_tree(lid, sum_a, sum_b, init);
+    if (lid == 0u) {
+        let out = 2u * (c * d.blocks + b);
+        partials[out] = r.x;
+        partials[out + 1u] = r.y;
+    }
+}
+
+fn blocks_of_dispatch(
+    wg: vec3<u32>,
+    num_wg: vec3<u32>,
+    lid: u32,
+    init: bool,
+) {
+    if (d.contiguous != 0u) {
+        let unit = d.first_unit + wg.x;
+        reduce_block(unit / d.blocks, unit % d.blocks, lid, init);
+    } else {
+        for (var c = wg.y; c < d.channels; c = c + num_wg.y) {
+            reduce_block(c, d.first_unit + wg.x, lid, init);
+            // Invocation 0 reads the tree's result before the lanes are reused.
+            workgroupBarrier();
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn lsq_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    blocks_of_dispatch(wg, num_wg, lid, false);
+}
+
+@compute @workgroup_size(256)
+fn lsq_init_terms(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    blocks_of_dispatch(wg, num_wg, lid, true);
+}
+
+// The second word of each pair is a count (init) instead of a float sum.
+override COUNTS: bool = false;
+
+// One level of the tree over the blocks' sums: source pairs in `dy`, src_blocks per channel;
+// `blocks` pairs per channel out.
+@compute @workgroup_size(256)
+fn lsq_sum(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var unit = wg.x; unit < d.channels * d.blocks; unit = unit + num_wg.x) {
+        let c = unit / d.blocks;
+        let b = unit % d.blocks;
+        var sum_a = 0u;
+        var sum_b = 0u;
+        for (var k = 0u; k < BLOCK / WG_SIZE; k = k + 1u) {
+            let j = b * BLOCK + k * WG_SIZE + lid;
+            if (j < d.src_blocks) {
+                let at = 2u * (c * d.src_blocks + j);
+                // Block sums are added even when zero, exactly as the reference adds them.
+                sum_a = add_ieee_bits(sum_a, dy[at]);
+                if (COUNTS) {
+                    sum_b = sum_b + dy[at + 1u];
+                } else {
+                    sum_b = add_ieee_bits(sum_b, dy[at + 1u]);
+                }
+            }
+        }
+        let r = halving_tree(lid, sum_a, sum_b, COUNTS);
+        if (lid == 0u) {
+            partials[2u * unit] = r.x;
+            partials[2u * unit + 1u] = r.y;
+        }
+        // Invocation 0 reads the tree's result before the lanes are reused.
+        workgroupBarrier();
+    }
+}
+
+// The last level (one pair per channel, or none for an empty tensor) times grad_factor.
+@compute @workgroup_size(256)
+fn lsq_finish(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
+        var sums = vec2<u32>(0u, 0u);
+        if (d.src_blocks != 0u) {
+            sums = vec2<u32>(dy[2u * c], dy[2u * c + 1u]);
+        }
+        grads[c] = mul_ieee_bits(sums.x, d.grad_factor);
+        grads[d.channels + c] = mul_ieee_bits(sums.y, d.grad_factor);
+    }
+}
+
+// s = (2 * (sum / count)) / sqrt(qmax) per channel; 1 without a finite element.
+@compute @workgroup_size(256)
+fn lsq_init_finish(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
+        var s = 0x3f800000u;
+        if (d.src_blocks != 0u && dy[2u * c + 1u] != 0u) {
+            let sum = dy[2u * c];
+            var mean = POS_INF_BITS;
+            if (is_finite_bits(sum)) {
+                mean = div_rn_bits(sum, u32_to_f32_rn_bits(dy[2u * c + 1u]));
+            }
+            let twice = mul_ieee_bits(0x40000000u, mean);
+            s = POS_INF_BITS;
+            if (is_finite_bits(twice)) {
+                s = div_rn_bits(twice, d.sqrt_qmax);
+            }
+        }
+        scale[c] = s;
+    }
+}
+
+const POS_INF_BITS: u32 = 0x7f800000u;
+
+// The learnable parameters from an observer's calibrated state (4 words per channel: min, max,
+// scale, zero point).
+@compute @workgroup_size(256)
+fn lsq_from_observer(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
+        scale[c] = x[4u * c + 2u];
+        // An integer of at most 16 bits: exact in f32 on every device.
+        zero_point[c] = bitcast<u32>(f32(bitcast<i32>(x[4u * c + 3u])));
+    }
+}

@@ -1,0 +1,728 @@
+//! Dispatch of the LSQ kernel family (`shaders/lsq.wgsl`): the learnable scale and zero point
+//! live in device buffers (a framework's optimizer updates them in place); the forward reuses the
+//! fake-quant kernel; the backward writes `dx` and reduces `dscale` / `dzero_point` in one pass over
+//! `x` and `dy`, then a few tiny passes over the partial sums, in the reference's fixed order.
+
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::context::{
+    whole, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, LsqKernel, TensorBinding,
+};
+use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
+use super::observer::{per_channel_groups, GpuObserver};
+use crate::error::{Error, Result};
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::quant::{numel, ChannelLayout, PackedMask};
+use crate::reference::lsq::{lsq_layout, BLOCK};
+use crate::reference::FakeQuantOutput;
+
+/// Tensors up to 2^31 - 1 elements keep every index in a u32 on the device.
+const MAX_ELEMS: u64 = (1 << 31) - 1;
+
+/// `LsqDispatch` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable, Default)]
+struct LsqDispatch {
+    total: u32,
+    shift: u32,
+    window_base: u32,
+    channels: u32,
+    inner: u32,
+    per_channel: u32,
+    blocks: u32,
+    contiguous: u32,
+    first_unit: u32,
+    src_blocks: u32,
+    qmin: i32,
+    qmax: i32,
+    eps: u32,
+    grad_factor: u32,
+    sqrt_qmax: u32,
+    _pad: u32,
+}
+
+/// Which binding of the LSQ layout (after the uniform) is read-only.
+const READ_ONLY: [bool; 8] = [true, true, false, false, false, false, false, false];
+
+/// The reduced gradients of an LSQ backward on the device: `channels` f32 `dscale` values, then
+/// `channels` f32 `dzero_point` values.
+#[derive(Debug, Clone)]
+pub struct GpuLsqGrads {
+    buffer: wgpu::Buffer,
+    channels: usize,
+}
+
+impl GpuLsqGrads {
+    /// The buffer (`STORAGE | COPY_SRC | COPY_DST`), `8 * channels` bytes.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+}
+
+/// An LSQ quantizer whose learnable parameters live on the device. Create with
+/// [`GpuContext::create_lsq`].
+#[derive(Debug)]
+pub struct GpuLsq {
+    ctx: GpuContext,
+    config: LsqConfig,
+    channels: usize,
+    /// f32 per channel: the learnable scale and zero point.
+    scale: wgpu::Buffer,
+    zero_point: wgpu::Buffer,
+    /// `ChannelParams` per channel, derived from them before each forward and backward.
+    params: wgpu::Buffer,
+    /// Two partial-sum buffers, ping-ponged between the levels of the tree, grown on demand.
+    partials: Mutex<[Option<wgpu::Buffer>; 2]>,
+}
+
+impl GpuContext {
+    /// An LSQ quantizer with initial learnable parameters (one scale and zero point per channel,
+    /// one for per-tensor). Any values are accepted: the effective ones are clamped (see
+    /// [`crate::lsq`]).
+    pub fn create_lsq(
+        &self,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<GpuLsq> {
+        let channels = scales.len();
+        if channels == 0
+            || zero_points.len() != channels
+            || (config.axis().is_none() && channels != 1)
+        {
+            return Err(Error::ParamLengthMismatch {
+                scales: channels,
+                zero_points: zero_points.len(),
+            });
+        }
+        let param_bytes = channels as u64 * std::mem::size_of::<ChannelParams>() as u64;
+        if param_bytes > self.dispatch_limits().max_binding_bytes {
+            return Err(Error::TooLarge {
+                what: "LSQ channels (32 bytes of fake-quant parameters per channel)",
+                requested: param_bytes,
+                limit: self.dispatch_limits().max_binding_bytes,
+            });
+        }
+        let params = vec![ChannelParams::new(1.0, 0, config.range()); channels];
+        Ok(GpuLsq {
+            ctx: self.clone(),
+            config: config.clone(),
+            channels,
+            scale: self.storage_buffer_init("fakequant lsq scale", bytemuck::cast_slice(scales))?,
+            zero_point: self.storage_buffer_init(
+                "fakequant lsq zero point",
+                bytemuck::cast_slice(zero_points),
+            )?,
+            params: self
+                .storage_buffer_init("fakequant lsq params", bytemuck::cast_slice(&params))?,
+            partials: Mutex::new([None, None]),
+        })
+    }
+
+    /// Reads reduced gradients back: `(dscale, dzero_point)`.
+    pub fn read_lsq_grads(&self, grads: &GpuLsqGrads) -> Result<(Vec<f32>, Vec<f32>)> {
+        let bytes = self.read_buffer(&grads.buffer, 0, grads.channels as u64 * 8)?;
+        let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        let (dscale, dzero_point) = words.split_at(grads.channels);
+        Ok((dscale.to_vec(), dzero_point.to_vec()))
+    }
+}
+
+/// How the tensor's blocks are dispatched: the first pass over `x` (and `dy`).
+struct BlockPlan {
+    uniform: LsqDispatch,
+    /// Per dispatch: first unit, units, window start and end (flat elements), grid.
+    dispatches: Vec<(u64, u64, u64, u64, [u32; 2])>,
+    /// Blocks per channel.
+    blocks: u64,
+}
+
+impl GpuLsq {
+    /// The configuration.
+    pub fn config(&self) -> &LsqConfig {
+        &self.config
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The learnable scales, f32 per channel (`STORAGE | COPY_SRC | COPY_DST`): an optimizer on
+    /// the device updates them in place.
+    pub fn scale_buffer(&self) -> &wgpu::Buffer {
+        &self.scale
+    }
+
+    /// The learnable zero points, f32 per channel.
+    pub fn zero_point_buffer(&self) -> &wgpu::Buffer {
+        &self.zero_point
+    }
+
+    /// New gradient outputs sized for this quantizer.
+    pub fn create_grads(&self) -> Result<GpuLsqGrads> {
+        Ok(GpuLsqGrads {
+            buffer: self
+                .ctx
+                .storage_buffer_init("fakequant lsq grads", &vec![0u8; self.channels * 8])?,
+            channels: self.channels,
+        })
+    }
+
+    /// Reads the learnable parameters back: `(scales, zero_points)`.
+    pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let bytes = self.channels as u64 * 4;
+        let scales = self.ctx.read_buffer(&self.scale, 0, bytes)?;
+        let zero_points = self.ctx.read_buffer(&self.zero_point, 0, bytes)?;
+        Ok((
+            bytemuck::pod_collect_to_vec(&scales),
+            bytemuck::pod_collect_to_vec(&zero_points),
+        ))
+    }
+
+    /// Writes the learnable parameters (takes effect before the next submission).
+    pub fn load_params(&self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        check_len("scales", self.channels, scales.len())?;
+        check_len("zero points", self.channels, zero_points.len())?;
+        self.ctx.capture(|| {
+            let queue = self.ctx.queue();
+            queue.write_buffer(&self.scale, 0, bytemuck::cast_slice(scales));
+            queue.write_buffer(&self.zero_point, 0, bytemuck::cast_slice(zero_points));
+            Ok(())
+        })
+    }
+
+    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+        let n = numel(shape)?;
+        let layout = lsq_layout(&self.config, shape, n)?;
+        if layout.channels != self.channels {
+            return Err(Error::ChannelCountMismatch {
+                axis: self.config.axis().unwrap_or(0),
+                channels: layout.channels,
+                params: self.channels,
+            });
+        }
+        if n as u64 > MAX_ELEMS {
+            return Err(Error::TooLarge {
+                what: "LSQ tensor (elements)",
+                requested: n as u64,
+                limit: MAX_ELEMS,
+            });
+        }
+        // Per-tensor: one channel of contiguous elements.
+        Ok(match self.config.axis() {
+            None => ChannelLayout {
+                outer: 1,
+                channels: 1,
+                inner: n,
+            },
+            Some(_) => layout,
+        })
+    }
+
+    fn base_uniform(&self, layout: ChannelLayout) -> LsqDispatch {
+        let range = self.config.range();
+        LsqDispatch {
+            total: layout.numel() as u32,
+            channels: layout.channels as u32,
+            inner: layout.inner as u32,
+            per_channel: (layout.outer * layout.inner) as u32,
+            qmin: range.qmin(),
+            qmax: range.qmax(),
+            eps: self.config.eps().to_bits(),
+            sqrt_qmax: (range.qmax() as f32).sqrt().to_bits(),
+            ..Default::default()
+        }
+    }
+
+    /// Records `lsq_params`: the fake-quant parameters of the current learnable ones.
+    fn record_params(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let uniform = LsqDispatch {
+            channels: self.channels as u32,
+            qmin: self.config.range().qmin(),
+            qmax: self.config.range().qmax(),
+            eps: self.config.eps().to_bits(),
+            ..Default::default()
+        };
+        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
+        self.dispatch(
+            encoder,
+            LsqKernel::Params,
+            &[Dispatch {
+                uniform,
+                buffers: slots(&[
+                    (3, whole(&self.params)),
+                    (5, whole(&self.scale)),
+                    (6, whole(&self.zero_point)),
+                ]),
+                grid: [groups, 1],
+            }],
+        )
+    }
+
+    fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: LsqKernel,
+        dispatches: &[Dispatch<'_, LsqDispatch>],
+    ) -> Result<()> {
+        self.ctx.record_dispatches(
+            encoder,
+            KernelKey::Lsq(kernel),
+            &self.ctx.kernels().lsq_layout,
+            &READ_ONLY,
+            dispatches,
+        )
+    }
+
+    /// Recording level: the LSQ forward (fake-quant with the effective parameters of the current
+    /// learnable ones) of `x` into `y`, with the mask when given.
+    pub fn record_forward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        shape: &[usize],
+        y: TensorBinding<'_>,
+        mask: Option<TensorBinding<'_>>,
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        let n = layout.numel() as u64;
+        self.ctx.check_binding("x", &x, n * 4)?;
+        self.ctx.check_binding("y", &y, n * 4)?;
+        if let Some(m) = &mask {
+            self.ctx
+                .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
+        }
+        self.record_params(encoder)?;
+        let key = KernelKey::Forward {
+            rounding: 0,
+            per_channel: self.config.axis().is_some(),
+            with_mask: mask.is_some(),
+        };
+        let bindings = ElementwiseBindings {
+            x,
+            y,
+            mask,
+            params: Some(&self.params),
+        };
+        self.ctx.record_elementwise(encoder, key, bindings, layout)
+    }
+
+    /// The dispatches of the first pass over the tensor: blocks of 1024 elements of one channel.
+    fn block_plan(&self, layout: ChannelLayout, align: u64) -> Result<BlockPlan> {
+        let limits = self.ctx.dispatch_limits();
+        let max_elems = (limits.max_binding_bytes - align) / 4;
+        let max_wg = limits.max_workgroups as u64;
+        let (channels, inner) = (layout.channels as u64, layout.inner as u64);
+        let per_channel = layout.outer as u64 * inner;
+        let blocks = per_channel.div_ceil(BLOCK as u64);
+        let mut uniform = self.base_uniform(layout);
+        uniform.blocks = blocks as u32;
+        let mut dispatches = Vec::new();
+        if layout.outer == 1 {
+            // Unit u = (channel u / blocks, block u % blocks): consecutive units are consecutive
+            // memory, so a run of them is one window.
+            uniform.contiguous = 1;
+            let units = channels * blocks;
+            let start_of = |u: u64| {
+                if u >= units {
+                    layout.numel() as u64
+                } else {
+                    (u / blocks) * inner + (u % blocks) * BLOCK as u64
+                }
+            };
+            let mut first = 0;
+            while first < units {
+                let start = start_of(first);
+                let (mut lo, mut hi) = (first + 1, (first + max_wg).min(units));
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    if start_of(mid) - start <= max_elems {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                dispatches.push((
+                    first,
+                    lo - first,
+                    start,
+                    start_of(lo),
+                    [(lo - first) as u32, 1],
+                ));
+                first = lo;
+            }
+        } else {
+            // Block b of every channel: channels along y; the window spans from channel 0's first
+            // element of the first block to channel C-1's last element of the last block.
+            let flat = |c: u64, j: u64| ((j / inner) * channels + c) * inner + j % inner;
+            let window = |b0: u64, b1: u64| {
+                let last = (b1 * BLOCK as u64).min(per_channel) - 1;
+                (flat(0, b0 * BLOCK as u64), flat(channels - 1, last) + 1)
+            };
+            let grid_y = channels.min(max_wg) as u32;
+            let mut first = 0;
+            while first < blocks {
+                let mut count = 0;
+                while first + count < blocks && count < max_wg {
+                    let (s, e) = window(first, first + count + 1);
+                    if e - s > max_elems {
+                        break;
+                    }
+                    count += 1;
+                }
+                if count == 0 {
+                    return Err(Error::TooLarge {
+                        what: "span of one block of 1024 elements per channel across all channels (elements)",
+                        requested: {
+                            let (s, e) = window(first, first + 1);
+                            e - s
+                        },
+                        limit: max_elems,
+                    });
+                }
+                let (s, e) = window(first, first + count);
+                dispatches.push((first, count, s, e, [count as u32, grid_y]));
+                first += count;
+            }
+        }
+        Ok(BlockPlan {
+            uniform,
+            dispatches,
+            blocks,
+        })
+    }
+
+    /// Two partial-sum buffers of at least `bytes` each.
+    fn partial_buffers(&self, bytes: u64) -> Result<[wgpu::Buffer; 2]> {
+        let limit = self.ctx.dispatch_limits().max_binding_bytes;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: "LSQ partial sums (8 bytes per block of 1024 elements)",
+                requested: bytes,
+                limit,
+            });
+        }
+        let mut cached = self
+            .partials
+            .lock()
+            .map_err(|_| Error::Gpu("the partials lock was poisoned".into()))?;
+        let mut out = Vec::with_capacity(2);
+        for slot in cached.iter_mut() {
+            if let Some(b) = slot.as_ref().filter(|b| b.size() >= bytes.max(8)) {
+                out.push(b.clone());
+                continue;
+            }
+            let b = self.ctx.capture(|| {
+                Ok(self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fakequant lsq partials"),
+                    size: bytes.max(8).next_multiple_of(256),
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                }))
+            })?;
+            *slot = Some(b.clone());
+            out.push(b);
+        }
+        Ok([out[0].clone(), out[1].clone()])
+    }
+
+    /// Records the first pass (backward or init terms) and the tree levels; returns the buffer
+    /// holding the final level (one pair per channel) and whether there is one (an empty tensor
+    /// has none).
+    #[allow(clippy::too_many_arguments)]
+    fn record_reduction<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        layout: ChannelLayout,
+        init: bool,
+        x: TensorBinding<'a>,
+        dy: Option<TensorBinding<'a>>,
+        dx: Option<TensorBinding<'a>>,
+    ) -> Result<Option<wgpu::Buffer>> {
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let plan = self.block_plan(layout, align)?;
+        if plan.blocks == 0 {
+            return Ok(None);
+        }
+        let [mut src, mut dst] = self.partial_buffers(self.channels as u64 * plan.blocks * 8)?;
+        let window = |t: &TensorBinding<'a>, start, end| window_binding(t, start, end, align);
+        let dispatches: Vec<Dispatch<'_, LsqDispatch>> = plan
+            .dispatches
+            .iter()
+            .map(|&(first, _, start, end, grid)| {
+                let (xb, shift) = window(&x, start, end);
+                let mut uniform = plan.uniform;
+                uniform.first_unit = first as u32;
+                uniform.window_base = start as u32;
+                uniform.shift = shift as u32;
+                let mut buffers = slots(&[(0, xb), (3, whole(&self.params)), (4, whole(&src))]);
+                if let Some(dy) = &dy {
+                    buffers[1] = Some(window(dy, start, end).0);
+                }
+                if let Some(dx) = &dx {
+                    buffers[2] = Some(window(dx, start, end).0);
+                }
+                Dispatch {
+                    uniform,
+                    buffers,
+                    grid,
+                }
+            })
+            .collect();
+        let first = if init {
+            LsqKernel::InitTerms
+        } else {
+            LsqKernel::Backward
+        };
+        self.dispatch(encoder, first, &dispatches)?;
+        // The tree over the blocks' sums, 1024 to 1 per level.
+        let mut level = plan.blocks;
+        while level > 1 {
+            let next = level.div_ceil(BLOCK as u64);
+            let uniform = LsqDispatch {
+                channels: self.channels as u32,
+                blocks: next as u32,
+                src_blocks: level as u32,
+                ..Default::default()
+            };
+            let units =
+                (self.channels as u64 * next).min(self.ctx.dispatch_limits().max_workgroups as u64);
+            std::mem::swap(&mut src, &mut dst);
+            self.dispatch(
+                encoder,
+                LsqKernel::Sum { counts: init },
+                &[Dispatch {
+                    uniform,
+                    buffers: slots(&[(1, whole(&dst)), (4, whole(&src))]),
+                    grid: [units as u32, 1],
+                }],
+            )?;
+            level = next;
+        }
+        Ok(Some(src))
+    }
+
+    /// Recording level: the LSQ backward in one pass over `x` and `dy` (of `shape`): `dx`, and the
+    /// reduced `dscale` / `dzero_point` into `grads`, in the reference's order, times the
+    /// configured gradient factor.
+    pub fn record_backward(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        dy: TensorBinding<'_>,
+        shape: &[usize],
+        dx: TensorBinding<'_>,
+        grads: &GpuLsqGrads,
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        check_len("channels of the gradients", self.channels, grads.channels)?;
+        let n = layout.numel() as u64;
+        self.ctx.check_binding("x", &x, n * 4)?;
+        self.ctx.check_binding("dy", &dy, n * 4)?;
+        self.ctx.check_binding("dx", &dx, n * 4)?;
+        if dx.buffer == x.buffer || dx.buffer == dy.buffer {
+            return Err(Error::InvalidBuffer {
+                what: "dx",
+                reason: "the output must be a different buffer from x and dy".into(),
+            });
+        }
+        self.record_params(encoder)?;
+        let last = self.record_reduction(encoder, layout, false, x, Some(dy), Some(dx))?;
+        let mut uniform = self.base_uniform(layout);
+        uniform.grad_factor = self.config.grad_factor(layout.numel()).to_bits();
+        uniform.src_blocks = last.is_some() as u32;
+        let mut buffers = slots(&[(7, whole(&grads.buffer))]);
+        if let Some(last) = &last {
+            buffers[1] = Some(whole(last));
+        }
+        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
+        self.dispatch(
+            encoder,
+            LsqKernel::Finish,
+            &[Dispatch {
+                uniform,
+                buffers,
+                grid: [groups, 1],
+            }],
+        )
+    }
+
+    /// Recording level: LSQ's initialization from data, `s = 2 * mean(|x|) / sqrt(qmax)` per
+    /// channel (see [`crate::lsq`]), written to the learnable scales; zero points are left alone.
+    pub fn record_init_from_data(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: TensorBinding<'_>,
+        shape: &[usize],
+    ) -> Result<()> {
+        let layout = self.layout(shape)?;
+        self.ctx.check_binding("x", &x, layout.numel() as u64 * 4)?;
+        let last = self.record_reduction(encoder, layout, true, x, None, None)?;
+        let mut uniform = self.base_uniform(layout);
+        uniform.src_blocks = last.is_some() as u32;
+        let mut buffers = slots(&[(5, whole(&self.scale))]);
+        if let Some(last) = &last {
+            buffers[1] = Some(whole(last));
+        }
+        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
+        self.dispatch(
+            encoder,
+            LsqKernel::InitFinish,
+            &[Dispatch {
+                uniform,
+                buffers,
+                grid: [groups, 1],
+            }],
+        )
+    }
+
+    /// Recording level: the learnable parameters from an observer's calibrated qparams (the
+    /// seed's "load the pseudo-quantization parameters obtained from calibration"), on the device.
+    pub fn record_init_from_observer(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        observer: &GpuObserver,
+    ) -> Result<()> {
+        check_len("observer channels", self.channels, observer.channels())?;
+        let uniform = LsqDispatch {
+            channels: self.channels as u32,
+            ..Default::default()
+        };
+        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
+        self.dispatch(
+            encoder,
+            LsqKernel::FromObserver,
+            &[Dispatch {
+                uniform,
+                buffers: slots(&[
+                    (0, whole(observer.state_buffer())),
+                    (5, whole(&self.scale)),
+                    (6, whole(&self.zero_point)),
+                ]),
+                grid: [groups, 1],
+            }],
+        )
+    }
+
+    /// Convenience level: the forward on host data.
+    pub fn forward(&self, x: &[f32], shape: &[usize], with_mask: bool) -> Result<FakeQuantOutput> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        let x_dev = self.ctx.upload(x)?;
+        let y_dev = self.ctx.create_tensor(x.len())?;
+        let mask_dev = with_mask
+            .then(|| self.ctx.create_mask(x.len()))
+            .transpose()?;
+        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        Ok(FakeQuantOutput {
+            y: self.ctx.read_tensor(&y_dev)?,
+            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        })
+    }
+
+    /// Device level: the forward on device tensors, submitted at once.
+    pub fn forward_device(
+        &self,
+        x: &GpuTensor,
+        shape: &[usize],
+        y: &GpuTensor,
+        mask: Option<&GpuMask>,
+    ) -> Result<()> {
+        check_len("y vs x", x.len(), y.len())?;
+        let mut encoder = self.ctx.create_encoder("fakequant lsq forward");
+        self.record_forward(
+            &mut encoder,
+            x.binding(),
+            shape,
+            y.binding(),
+            mask.map(GpuMask::binding),
+        )?;
+        self.ctx.submit_and_wait(encoder)
+    }
+
+    /// Device level: the backward on device tensors, submitted at once.
+    pub fn backward_device(
+        &self,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+        shape: &[usize],
+        dx: &GpuTensor,
+        grads: &GpuLsqGrads,
+    ) -> Result<()> {
+        check_len("dy vs x", x.len(), dy.len())?;
+        check_len("dx vs x", x.len(), dx.len())?;
+        let mut encoder = self.ctx.create_encoder("fakequant lsq backward");
+        self.record_backward(
+            &mut encoder,
+            x.binding(),
+            dy.binding(),
+            shape,
+            dx.binding(),
+            grads,
+        )?;
+        self.ctx.submit_and_wait(encoder)
+    }
+
+    /// Convenience level: the backward on host data.
+    pub fn backward(&self, x: &[f32], dy: &[f32], shape: &[usize]) -> Result<LsqGrads> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        check_len("dy vs x", x.len(), dy.len())?;
+        let x_dev = self.ctx.upload(x)?;
+        let dy_dev = self.ctx.upload(dy)?;
+        let dx_dev = self.ctx.create_tensor(x.len())?;
+        let grads = self.create_grads()?;
+        self.backward_device(&x_dev, &dy_dev, shape, &dx_dev, &grads)?;
+        let (dscale, dzero_point) = self.ctx.read_lsq_grads(&grads)?;
+        Ok(LsqGrads {
+            dx: self.ctx.read_tensor(&dx_dev)?,
+            dscale,
+            dzero_point,
+        })
+    }
+
+    /// Convenience level: initializes the scales from host data and returns them.
+    pub fn init_from_data(&self, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        let x_dev = self.ctx.upload(x)?;
+        let mut encoder = self.ctx.create_encoder("fakequant lsq init");
+        self.record_init_from_data(&mut encoder, x_dev.binding(), shape)?;
+        self.ctx.submit_and_wait(encoder)?;
+        Ok(self.read_params()?.0)
+    }
+}
+
+/// Bindings 1..=8 with the given (binding - 1, buffer) pairs set.
+fn slots<'a>(set: &[(usize, wgpu::BufferBinding<'a>)]) -> Vec<Option<wgpu::BufferBinding<'a>>> {
+    let mut out = vec![None; READ_ONLY.len()];
+    for (i, b) in set {
+        out[*i] = Some(b.clone());
+    }
+    out
+}
+
+/// Binds elements `[start, end)` of a tensor: the binding starts aligned down, and the returned
+/// shift is where `start` lies in it.
+fn window_binding<'a>(
+    t: &TensorBinding<'a>,
+    start: u64,
+    end: u64,
+    align: u64,
+) -> (wgpu::BufferBinding<'a>, u64) {
+    let aligned = (t.offset + start * 4) / align * align;
+    let shift = (t.offset + start * 4 - aligned) / 4;
+    (
+        wgpu::BufferBinding {
+            buffer: t.buffer,
+            offset: aligned,
+            size: wgpu::BufferSize::new((end - start + shift) * 4),
+        },
+        shift,
+    )
+}

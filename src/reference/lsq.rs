@@ -1,0 +1,254 @@
+//! CPU reference for LSQ / LSQ+ (semantics listed in [`crate::lsq`]): effective parameters, the
+//! forward, per-element gradients, the fixed-order reduction and the initialization from data.
+
+use crate::error::{Error, Result};
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::MAX_OBSERVED_SCALE;
+use crate::quant::{numel, ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
+use crate::reference::{fake_quant, fake_quant_value, ste_grad_value, FakeQuantOutput};
+
+/// The NaN every LSQ gradient reports: one canonical pattern, so that results do not depend on
+/// how a processor propagates NaN payloads.
+pub const CANONICAL_NAN: f32 = f32::from_bits(0x7fc0_0000);
+
+fn canonical(v: f32) -> f32 {
+    if v.is_nan() {
+        CANONICAL_NAN
+    } else {
+        v
+    }
+}
+
+/// IEEE f32 addition with a canonical NaN.
+pub fn add(a: f32, b: f32) -> f32 {
+    canonical(a + b)
+}
+
+/// IEEE f32 multiplication with a canonical NaN.
+pub fn mul(a: f32, b: f32) -> f32 {
+    canonical(a * b)
+}
+
+/// Elements per block of the reduction.
+pub const BLOCK: usize = 1024;
+/// Lanes per block (each adds every 256th element of the block).
+pub const LANES: usize = 256;
+
+/// The sum of at most [`BLOCK`] terms: lane `t` adds terms `t, t + 256, t + 512, t + 768` (those
+/// present) to `+0`, then lanes `t` and `t + w` are added for `w = 128, 64, .., 1`.
+pub fn block_sum(terms: &[f32]) -> f32 {
+    debug_assert!(terms.len() <= BLOCK);
+    let mut lanes = [0.0f32; LANES];
+    for (t, lane) in lanes.iter_mut().enumerate() {
+        for k in 0..BLOCK / LANES {
+            if let Some(&v) = terms.get(t + LANES * k) {
+                *lane = add(*lane, v);
+            }
+        }
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for t in 0..width {
+            lanes[t] = add(lanes[t], lanes[t + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+/// The fixed-order sum every LSQ reduction uses: [`block_sum`] over blocks of [`BLOCK`]
+/// consecutive terms, then the same over the blocks' sums, until one value is left (`+0` for no
+/// term).
+pub fn tree_sum(terms: &[f32]) -> f32 {
+    if terms.len() <= BLOCK {
+        return block_sum(terms);
+    }
+    let partials: Vec<f32> = terms.chunks(BLOCK).map(block_sum).collect();
+    tree_sum(&partials)
+}
+
+/// The scale used in forward and backward: `s` clamped to `[eps, 2^126]`, NaN to `eps`.
+pub fn effective_scale(config: &LsqConfig, s: f32) -> f32 {
+    if s.is_nan() || s < config.eps() {
+        config.eps()
+    } else if s > MAX_OBSERVED_SCALE {
+        MAX_OBSERVED_SCALE
+    } else {
+        s
+    }
+}
+
+/// The zero point used in forward and backward: `z` rounded half to even, clamped to the range;
+/// NaN counts as 0.
+pub fn effective_zero_point(config: &LsqConfig, z: f32) -> i32 {
+    let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
+    if z.is_nan() {
+        return 0.clamp(qmin, qmax);
+    }
+    z.round_ties_even().clamp(qmin as f32, qmax as f32) as i32
+}
+
+/// How flat indices of a tensor of `shape` map to the quantizer's channels.
+pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<ChannelLayout> {
+    let n = numel(shape)?;
+    if n != len {
+        return Err(Error::LengthMismatch {
+            what: "data length vs product of shape",
+            expected: n,
+            actual: len,
+        });
+    }
+    match config.axis() {
+        None => Ok(ChannelLayout {
+            outer: n,
+            channels: 1,
+            inner: 1,
+        }),
+        Some(axis) => ChannelLayout::new(shape, axis),
+    }
+}
+
+fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+    if scales.len() != layout.channels || zero_points.len() != layout.channels {
+        return Err(Error::ParamLengthMismatch {
+            scales: scales.len(),
+            zero_points: zero_points.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The fake-quantization that the learnable parameters define right now (effective parameters).
+pub fn effective_op(config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> Result<FakeQuant> {
+    let s: Vec<f32> = scales.iter().map(|&s| effective_scale(config, s)).collect();
+    let z: Vec<i32> = zero_points
+        .iter()
+        .map(|&z| effective_zero_point(config, z))
+        .collect();
+    let params = match config.axis() {
+        None if s.len() == 1 => QuantParams::per_tensor(s[0], z[0]),
+        None => {
+            return Err(Error::ParamLengthMismatch {
+                scales: s.len(),
+                zero_points: z.len(),
+            })
+        }
+        Some(axis) => QuantParams::per_channel(axis, s, z),
+    };
+    Ok(FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal))
+}
+
+/// The LSQ forward: the core fake-quant with the effective parameters.
+pub fn forward(
+    config: &LsqConfig,
+    x: &[f32],
+    shape: &[usize],
+    scales: &[f32],
+    zero_points: &[f32],
+    with_mask: bool,
+) -> Result<FakeQuantOutput> {
+    let layout = lsq_layout(config, shape, x.len())?;
+    check_params(&layout, scales, zero_points)?;
+    fake_quant(
+        &effective_op(config, scales, zero_points)?,
+        x,
+        shape,
+        with_mask,
+    )
+}
+
+/// Per-element gradients `(dx, dscale term, dzero_point term)` for effective scale `s` and zero
+/// point `zp` (see [`crate::lsq`]).
+pub fn element_grads(x: f32, dy: f32, s: f32, zp: i32, range: QuantRange) -> (f32, f32, f32) {
+    let (y, in_range) = fake_quant_value(x, s, zp, range, Rounding::Reciprocal);
+    let dx = ste_grad_value(dy, in_range);
+    if x.is_nan() {
+        return (dx, CANONICAL_NAN, CANONICAL_NAN);
+    }
+    let inv = 1.0f32 / s;
+    if in_range {
+        return (dx, mul(dy, (y - x) * inv), 0.0);
+    }
+    // The quotient as the forward forms it; +-inf lands on its side.
+    let q = (x * inv).round_ties_even() as f64 + zp as f64;
+    let edge = if q < range.qmin() as f64 {
+        range.qmin() - zp
+    } else {
+        range.qmax() - zp
+    };
+    (dx, mul(dy, edge as f32), mul(-dy, s))
+}
+
+/// The LSQ backward: `dx` per element and the reduced `dscale`, `dzero_point` per channel, each
+/// `tree_sum` of the channel's terms in flat order times `grad_factor`.
+pub fn backward(
+    config: &LsqConfig,
+    x: &[f32],
+    dy: &[f32],
+    shape: &[usize],
+    scales: &[f32],
+    zero_points: &[f32],
+) -> Result<LsqGrads> {
+    let layout = lsq_layout(config, shape, x.len())?;
+    check_params(&layout, scales, zero_points)?;
+    if dy.len() != x.len() {
+        return Err(Error::LengthMismatch {
+            what: "dy vs x",
+            expected: x.len(),
+            actual: dy.len(),
+        });
+    }
+    let s: Vec<f32> = scales.iter().map(|&v| effective_scale(config, v)).collect();
+    let z: Vec<i32> = zero_points
+        .iter()
+        .map(|&v| effective_zero_point(config, v))
+        .collect();
+    let mut dx = Vec::with_capacity(x.len());
+    let mut scale_terms = vec![Vec::new(); layout.channels];
+    let mut zero_point_terms = vec![Vec::new(); layout.channels];
+    for (i, (&xi, &gi)) in x.iter().zip(dy).enumerate() {
+        let c = layout.channel_of(i);
+        let (d, ts, tz) = element_grads(xi, gi, s[c], z[c], config.range());
+        dx.push(d);
+        scale_terms[c].push(ts);
+        zero_point_terms[c].push(tz);
+    }
+    let g = config.grad_factor(x.len());
+    Ok(LsqGrads {
+        dx,
+        dscale: scale_terms.iter().map(|t| mul(tree_sum(t), g)).collect(),
+        dzero_point: zero_point_terms
+            .iter()
+            .map(|t| mul(tree_sum(t), g))
+            .collect(),
+    })
+}
+
+/// LSQ's initialization from data, per channel: `(2 * (sum(|x|) / count)) / sqrt(qmax)` over the
+/// finite elements (see [`crate::lsq`]); 1 for a channel without a finite element.
+pub fn init_scales(config: &LsqConfig, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+    let layout = lsq_layout(config, shape, x.len())?;
+    let mut terms = vec![Vec::new(); layout.channels];
+    let mut counts = vec![0u64; layout.channels];
+    for (i, &v) in x.iter().enumerate() {
+        let c = layout.channel_of(i);
+        if v.is_finite() {
+            terms[c].push(v.abs());
+            counts[c] += 1;
+        } else {
+            terms[c].push(0.0);
+        }
+    }
+    let sqrt_qmax = (config.range().qmax() as f32).sqrt();
+    Ok(terms
+        .iter()
+        .zip(&counts)
+        .map(|(t, &count)| {
+            if count == 0 {
+                return 1.0;
+            }
+            let mean = tree_sum(t) / count as f32;
+            (2.0 * mean) / sqrt_qmax
+        })
+        .collect())
+}
