@@ -898,6 +898,56 @@ pub(crate) struct Dispatch<'a, U> {
     pub(crate) grid: [u32; 2],
 }
 
+/// Binds elements `[start, end)` of an f32 tensor: the binding starts at the offset aligned down to
+/// `align`, and the returned shift is the index of `start` in it. Every tensor offset is a multiple
+/// of `align`, so tensors bound over the same elements share the shift.
+pub(crate) fn window_binding<'a>(
+    t: &TensorBinding<'a>,
+    start: u64,
+    end: u64,
+    align: u64,
+) -> (wgpu::BufferBinding<'a>, u64) {
+    let aligned = (t.offset + start * 4) / align * align;
+    let shift = (t.offset + start * 4 - aligned) / 4;
+    (
+        wgpu::BufferBinding {
+            buffer: t.buffer,
+            offset: aligned,
+            size: wgpu::BufferSize::new((end - start + shift) * 4),
+        },
+        shift,
+    )
+}
+
+/// Splits `units` work units that tile memory in order (unit `u` starts at element `start_of(u)`,
+/// `start_of(units)` is the end) into runs of at most `max_units` whose elements span at most
+/// `max_elems`: `(first unit, units, first element, end element)` per run. One unit must fit.
+pub(crate) fn contiguous_runs(
+    units: u64,
+    start_of: impl Fn(u64) -> u64,
+    max_elems: u64,
+    max_units: u64,
+) -> Vec<(u64, u64, u64, u64)> {
+    let mut runs = Vec::new();
+    let mut first = 0;
+    while first < units {
+        let start = start_of(first);
+        // The longest run that fits (start_of is monotone).
+        let (mut lo, mut hi) = (first + 1, (first + max_units).min(units));
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if start_of(mid) - start <= max_elems {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        runs.push((first, lo - first, start, start_of(lo)));
+        first = lo;
+    }
+    runs
+}
+
 /// A whole buffer as a binding.
 pub(crate) fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
     wgpu::BufferBinding {

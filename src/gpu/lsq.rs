@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    whole, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, LsqKernel, TensorBinding,
+    contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
+    LsqKernel, TensorBinding,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use super::observer::{per_channel_groups, GpuObserver};
@@ -338,27 +339,10 @@ impl GpuLsq {
                     (u / blocks) * inner + (u % blocks) * BLOCK as u64
                 }
             };
-            let mut first = 0;
-            while first < units {
-                let start = start_of(first);
-                let (mut lo, mut hi) = (first + 1, (first + max_wg).min(units));
-                while lo < hi {
-                    let mid = (lo + hi).div_ceil(2);
-                    if start_of(mid) - start <= max_elems {
-                        lo = mid;
-                    } else {
-                        hi = mid - 1;
-                    }
-                }
-                dispatches.push((
-                    first,
-                    lo - first,
-                    start,
-                    start_of(lo),
-                    [(lo - first) as u32, 1],
-                ));
-                first = lo;
-            }
+            dispatches = contiguous_runs(units, start_of, max_elems, max_wg)
+                .into_iter()
+                .map(|(first, count, start, end)| (first, count, start, end, [count as u32, 1]))
+                .collect();
         } else {
             // Block b of every channel: channels along y; the window spans from channel 0's first
             // element of the first block to channel C-1's last element of the last block.
@@ -705,24 +689,4 @@ fn slots<'a>(set: &[(usize, wgpu::BufferBinding<'a>)]) -> Vec<Option<wgpu::Buffe
         out[*i] = Some(b.clone());
     }
     out
-}
-
-/// Binds elements `[start, end)` of a tensor: the binding starts aligned down, and the returned
-/// shift is where `start` lies in it.
-fn window_binding<'a>(
-    t: &TensorBinding<'a>,
-    start: u64,
-    end: u64,
-    align: u64,
-) -> (wgpu::BufferBinding<'a>, u64) {
-    let aligned = (t.offset + start * 4) / align * align;
-    let shift = (t.offset + start * 4 - aligned) / 4;
-    (
-        wgpu::BufferBinding {
-            buffer: t.buffer,
-            offset: aligned,
-            size: wgpu::BufferSize::new((end - start + shift) * 4),
-        },
-        shift,
-    )
 }

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    whole, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, ObserverKernel, TensorBinding,
+    contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
+    ObserverKernel, TensorBinding,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use crate::error::{Error, Result};
@@ -152,23 +153,7 @@ impl ReducePlan {
         let start_of =
             |q: u64| ((q / pieces_per_row) * inner + (q % pieces_per_row) * PIECE).min(n);
         uniform.pieces_per_row = pieces_per_row as u32;
-        let mut dispatches = Vec::new();
-        let mut first = 0;
-        while first < pieces {
-            let start = start_of(first);
-            // The largest run that fits the window and the workgroup limit (start_of is monotone).
-            let (mut lo, mut hi) = (first + 1, (first + max_workgroups).min(pieces));
-            while lo < hi {
-                let mid = (lo + hi).div_ceil(2);
-                if start_of(mid) - start <= max_elems {
-                    lo = mid;
-                } else {
-                    hi = mid - 1;
-                }
-            }
-            dispatches.push((first, lo - first, start, start_of(lo)));
-            first = lo;
-        }
+        let dispatches = contiguous_runs(pieces, start_of, max_elems, max_workgroups);
         Self {
             kernel: ObserverKernel::MinMaxRows,
             slots: layout.outer as u64 * pieces_per_row,
@@ -510,18 +495,13 @@ impl GpuObserver {
                 .dispatches
                 .iter()
                 .map(|&(first, units, start, end)| {
-                    let aligned = (x.offset + start * 4) / align * align;
-                    let shift = (x.offset + start * 4 - aligned) / 4;
+                    let (window, shift) = window_binding(&x, start, end, align);
                     let mut u = uniform;
                     u.first_unit = first as u32;
                     u.window_base = start as u32;
                     u.shift = shift as u32;
                     let bindings = ObserverBindings {
-                        src: Some(wgpu::BufferBinding {
-                            buffer: x.buffer,
-                            offset: aligned,
-                            size: wgpu::BufferSize::new((end - start + shift) * 4),
-                        }),
+                        src: Some(window),
                         partials: Some(&partials),
                         ..Default::default()
                     };
