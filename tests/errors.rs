@@ -463,3 +463,117 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
         ctx.submit_and_wait(encoder).unwrap();
     }
 }
+
+#[test]
+fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
+    use fakequant::{GradScale, LsqConfig, ObserverConfig};
+    for (qmin, qmax) in [(1, 10), (-10, 0)] {
+        let r = LsqConfig::new(QuantRange::new(qmin, qmax).unwrap(), None);
+        assert!(
+            matches!(r, Err(Error::InvalidLsq(_))),
+            "[{qmin}, {qmax}]: {r:?}"
+        );
+    }
+    for eps in [0.0f32, -1.0, f32::from_bits(1), f32::MAX, f32::NAN] {
+        assert!(matches!(
+            LsqConfig::activation_int8().with_eps(eps),
+            Err(Error::InvalidLsq(_))
+        ));
+    }
+    for g in [f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            LsqConfig::activation_int8().with_grad_scale(GradScale::Custom(g)),
+            Err(Error::InvalidLsq(_))
+        ));
+    }
+    let weights = LsqConfig::weight_int8();
+    let acts = LsqConfig::activation_int8();
+    let r = reference::lsq::backward(
+        &weights,
+        &[0.0; 6],
+        &[0.0; 5],
+        &[2, 3],
+        &[1.0; 2],
+        &[0.0; 2],
+    );
+    assert!(matches!(r, Err(Error::LengthMismatch { .. })), "{r:?}");
+    let r = reference::lsq::forward(&weights, &[0.0; 6], &[2, 3], &[1.0; 3], &[0.0; 3], false);
+    assert!(matches!(r, Err(Error::ParamLengthMismatch { .. })), "{r:?}");
+    for ctx in contexts() {
+        for (s, z) in [(vec![], vec![]), (vec![1.0, 1.0], vec![0.0])] {
+            assert!(matches!(
+                ctx.create_lsq(&weights, &s, &z),
+                Err(Error::ParamLengthMismatch { .. })
+            ));
+        }
+        assert!(matches!(
+            ctx.create_lsq(&acts, &[1.0, 1.0], &[0.0, 0.0]),
+            Err(Error::ParamLengthMismatch { .. })
+        ));
+        let lsq = ctx.create_lsq(&weights, &[0.1; 2], &[0.0; 2]).unwrap();
+        assert!(matches!(
+            lsq.forward(&[0.0; 6], &[3, 2], false),
+            Err(Error::ChannelCountMismatch { .. })
+        ));
+        assert!(matches!(
+            lsq.backward(&[0.0; 6], &[0.0; 5], &[2, 3]),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let x = ctx.upload(&[0.0; 6]).unwrap();
+        let grads = lsq.create_grads().unwrap();
+        let mut encoder = ctx.create_encoder("errors");
+        assert!(matches!(
+            lsq.record_backward(
+                &mut encoder,
+                x.binding(),
+                x.binding(),
+                &[2, 3],
+                x.binding(),
+                &grads
+            ),
+            Err(Error::InvalidBuffer { .. })
+        ));
+        let other = ctx
+            .create_lsq(&weights, &[0.1; 3], &[0.0; 3])
+            .unwrap()
+            .create_grads()
+            .unwrap();
+        let dx = ctx.create_tensor(6).unwrap();
+        assert!(matches!(
+            lsq.record_backward(
+                &mut encoder,
+                x.binding(),
+                x.binding(),
+                &[2, 3],
+                dx.binding(),
+                &other
+            ),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let observer = ctx
+            .create_observer(&ObserverConfig::qat_weight_int8(), 3)
+            .unwrap();
+        assert!(matches!(
+            lsq.record_init_from_observer(&mut encoder, &observer),
+            Err(Error::LengthMismatch { .. })
+        ));
+        ctx.submit_and_wait(encoder).unwrap();
+        // One block of 1024 elements of a channel spans 1024 rows of 301 channels: more than a
+        // lowered binding can hold, which is reported, not mis-computed.
+        let small = ctx
+            .with_dispatch_limits(DispatchLimits {
+                max_binding_bytes: 1 << 18,
+                max_workgroups: 65535,
+            })
+            .unwrap();
+        let last_axis = LsqConfig::new(QuantRange::INT8, Some(1)).unwrap();
+        let wide = small
+            .create_lsq(&last_axis, &[0.1; 301], &[0.0; 301])
+            .unwrap();
+        let n = 1000 * 301;
+        assert!(matches!(
+            wide.backward(&vec![0.0; n], &vec![0.0; n], &[1000, 301]),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}

@@ -301,6 +301,13 @@ impl GpuLsq {
             self.ctx
                 .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
         }
+        // Checked here too so that a failed call records nothing.
+        if x.buffer == y.buffer {
+            return Err(Error::InvalidBuffer {
+                what: "y",
+                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
+            });
+        }
         self.record_params(encoder)?;
         let key = KernelKey::Forward {
             rounding: 0,

@@ -1,0 +1,100 @@
+//! LSQ kernels at 1M and 16M elements, per-tensor and per-channel (axis 0, 64 channels),
+//! throughput in the bytes each must move:
+//! - forward: x read, y written, 8 bytes per element;
+//! - backward: x and dy read, dx written (the reduced gradients are a few bytes per channel),
+//!   12 bytes per element;
+//! - forward + backward (one training step's worth, one submission): 20 bytes per element.
+//!
+//! `cargo bench --bench lsq` (adapter chosen as by `GpuContext::new`, steered by
+//! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fakequant::{GpuContext, LsqConfig};
+
+const SIZES: [usize; 2] = [1 << 20, 1 << 24];
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64 ^ seed;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        })
+        .collect()
+}
+
+fn benches(c: &mut Criterion) {
+    let ctx = match GpuContext::new() {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("no GPU adapter, GPU benches skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("adapter: {}", ctx.adapter_name());
+    let mut group = c.benchmark_group(format!("lsq/{}", ctx.adapter_name()));
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    for n in SIZES {
+        let x = ctx.upload(&data(n, 1)).unwrap();
+        let dy = ctx.upload(&data(n, 2)).unwrap();
+        let y = ctx.create_tensor(n).unwrap();
+        let dx = ctx.create_tensor(n).unwrap();
+        let elem_bytes = n as u64 * 4;
+        for (name, config, shape, channels) in [
+            ("per_tensor", LsqConfig::activation_int8(), vec![n], 1),
+            (
+                "per_channel_axis0_64",
+                LsqConfig::weight_int8(),
+                vec![64, n / 64],
+                64,
+            ),
+        ] {
+            let lsq = ctx
+                .create_lsq(&config, &vec![0.03; channels], &vec![0.0; channels])
+                .unwrap();
+            let grads = lsq.create_grads().unwrap();
+            group.throughput(Throughput::Bytes(2 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("forward_{name}_8B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| lsq.forward_device(&x, &shape, &y, None).unwrap()),
+            );
+            group.throughput(Throughput::Bytes(3 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("backward_{name}_12B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| lsq.backward_device(&x, &dy, &shape, &dx, &grads).unwrap()),
+            );
+            group.throughput(Throughput::Bytes(5 * elem_bytes));
+            group.bench_with_input(
+                BenchmarkId::new(format!("forward_backward_{name}_20B_per_elem"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        let mut encoder = ctx.create_encoder("bench");
+                        lsq.record_forward(&mut encoder, x.binding(), &shape, y.binding(), None)
+                            .unwrap();
+                        lsq.record_backward(
+                            &mut encoder,
+                            x.binding(),
+                            dy.binding(),
+                            &shape,
+                            dx.binding(),
+                            &grads,
+                        )
+                        .unwrap();
+                        ctx.submit_and_wait(encoder).unwrap();
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(lsq, benches);
+criterion_main!(lsq);
