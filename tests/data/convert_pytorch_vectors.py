@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Convert PyTorch's reference vectors to the line formats read by tests/pytorch_vectors.rs and
-tests/pytorch_observers.rs.
+"""Convert PyTorch's reference vectors to the line formats read by tests/pytorch_vectors.rs,
+tests/pytorch_observers.rs and tests/pytorch_lsq.rs.
 
 Usage:
-    python3 tests/data/convert_pytorch_vectors.py PATH/TO/vectors.json [OUTPUT [OBSERVERS_OUTPUT]]
+    python3 tests/data/convert_pytorch_vectors.py PATH/TO/vectors.json
+        [OUTPUT [OBSERVERS_OUTPUT [LSQ_OUTPUT]]]
 
-Reads the shared `vectors.json` (see its README.md) and writes, in one run, two files:
-`tests/data/pytorch_fake_quant.txt` (or OUTPUT) and `tests/data/pytorch_observers.txt` (or
-OBSERVERS_OUTPUT; by default next to OUTPUT when OUTPUT is given). Standard library only.
+Reads the shared `vectors.json` (see its README.md) and writes, in one run, three files:
+`tests/data/pytorch_fake_quant.txt` (or OUTPUT), `tests/data/pytorch_observers.txt` (or
+OBSERVERS_OUTPUT) and `tests/data/pytorch_lsq.txt` (or LSQ_OUTPUT); the last two by default next to
+OUTPUT when OUTPUT is given. Standard library only.
 
 The fake-quant file. Only the `fake_quantize_per_tensor_affine` cases and the
 `fake_quantize_per_channel_affine` cases with an integer zero point are kept; the float zero point
@@ -56,6 +58,39 @@ tensors of one shape; the state is the one recorded AFTER each step. Format:
   A step with observe=0 leaves the running state unchanged.
 - The fused op's scale and zero point are not kept: they come from fbgemm's
   ChooseQuantizationParams, a different formula from the observers' (see the file's header).
+
+The LSQ file holds the learnable fake-quant cases: `_fake_quantize_learnable_per_tensor_affine`
+(kind `per_tensor`), `_fake_quantize_learnable_per_channel_affine` (kind `per_channel`), each one
+forward and one backward, and the `_LearnableFakeQuantize` module (kind `module`: one forward and
+backward per step, with the scale and zero point its observer gave it at that step). Format:
+
+    # comment
+    case <name> <op> <tags,comma,separated> kind=<per_tensor|per_channel|module> qmin=<int>
+         qmax=<int> axis=<int|none> channels=<int> grad_scale=<custom|lsq>
+         grad_factor=<f32 bits, 8 hex digits> steps=<int> shape=<d0xd1x..>   (all on one line)
+    step <index>
+    scale <hex bits> ...                      (the learnable scale tensor, one per channel)
+    zp <hex bits> ...                         (the learnable FLOAT zero point, one per channel)
+    x <hex bits> ...                          (row-major, flattened)
+    dy <hex bits> ...
+    y <hex bits> ...
+    dx <hex bits> ...
+    dscale <hex bits> ...                     (reduced gradient of the scale, one per channel)
+    dzp <hex bits> ...                        (reduced gradient of the zero point, one per channel)
+    ...                                       (`step` blocks for every step, in order)
+    end
+
+- grad_factor: the factor PyTorch's kernels multiply every per-element scale / zero point
+  gradient by, as the f32 the kernel takes (its C++ parameter is a float). grad_scale=custom: the
+  op's `grad_factor` argument; grad_scale=lsq: the module's use_grad_scaling factor
+  `1 / sqrt(numel * quant_max)` (numel of one step's tensor), computed here as the module does,
+  in double, then rounded to f32.
+- The module case's quant range is not among its recorded parameters: it is _LearnableFakeQuantize's
+  default [0, 255] (the case is named `_u8_`, its zero point 137 is the affine zero point of its
+  observer over [0, 255]); the test checks every forward output against it bit for bit.
+- Every scale must be a normal f32 of at least 2^-23 (f32 machine epsilon): none of these cases
+  relies on a clamp of the scale (the ops take the scale as given; the module would clamp it to
+  its eps of 2^-23, a no-op here).
 """
 
 import json
@@ -82,6 +117,41 @@ OBSERVER_OPS = (
     "MovingAveragePerChannelMinMaxObserver",
 )
 FUSED_OP = "fused_moving_avg_obs_fake_quant"
+
+LSQ_KINDS = {
+    "_fake_quantize_learnable_per_tensor_affine": "per_tensor",
+    "_fake_quantize_learnable_per_channel_affine": "per_channel",
+    "_LearnableFakeQuantize": "module",
+}
+# _LearnableFakeQuantize's default quant range (its recorded parameters do not list one).
+MODULE_RANGE = (0, 255)
+F32_EPS_BITS = 0x34000000  # 2^-23
+
+LSQ_HEADER = """\
+# PyTorch reference vectors for the learnable (LSQ) fake quantization:
+# torch._fake_quantize_learnable_per_tensor_affine and
+# torch._fake_quantize_learnable_per_channel_affine (forward and autograd backward) and the module
+# torch.ao.quantization._LearnableFakeQuantize (use_grad_scaling=True, one step per observed batch).
+# Source: outputs of PyTorch {torch} CPU ({cpu} kernels), seed {seed}, generated with PyTorch's own
+# functions and module. PyTorch is distributed under the BSD-3-Clause licence; these are its
+# outputs, converted by tests/data/convert_pytorch_vectors.py from the shared vectors.json.
+# How tests/pytorch_lsq.rs compares them (see REFERENCE.md section 1 and the vectors' README):
+# - y: bit for bit on every finite input (PyTorch's forward rounds the zero point half to even
+#   and clamps it, as the library does). NaN inputs: PyTorch maps them to the qmin side, the
+#   library keeps NaN; +-inf are compared too.
+# - dx: bit for bit on every element, except where PyTorch's backward decides "in range"
+#   differently from its own forward: its per-tensor backward rounds the zero point as
+#   trunc(clamp(zp + 0.5)) (2.5 -> 3, -1.7 -> -1, 0.5 -> 1) and both backward kernels round
+#   zp + x * inv in one FMA; each such element is identified and counted.
+# - dscale, dzp: sums in PyTorch's own order, compared within the bound of f32 summation after
+#   accounting exactly for the elements where PyTorch's per-element terms differ by design
+#   (backward zero point and rounding of zp + x * inv, NaN/+inf/overflow taken as below qmin),
+#   and for the order of operations of each term (PyTorch's build also contracts
+#   `(q - zp) * scale - x` into one FMA where the library subtracts x from its rounded output).
+# Format: see the converter's docstring. f32 values are IEEE-754 bit patterns in hex.
+# Cases: {cases} ({per_tensor} per_tensor, {per_channel} per_channel, {module} module),
+# steps: {steps}, elements: {elements}.
+"""
 
 OBSERVERS_HEADER = """\
 # PyTorch reference vectors for the observers MovingAverageMinMaxObserver,
@@ -343,8 +413,144 @@ def write_observers(source, out_path):
     )
 
 
+def convert_lsq_case(case):
+    name = case["name"]
+    params = case["params"]
+    arrays = case["arrays"]
+    kind = LSQ_KINDS[case["op"]]
+    for role, array in arrays.items():
+        if array["dtype"] != "f32_bits":
+            raise ValueError(f"{name}: {role} has dtype {array['dtype']}, expected f32_bits")
+    x_shape = arrays["x"]["shape"]
+    if kind == "module":
+        if not truthy(params.get("use_grad_scaling")):
+            raise ValueError(f"{name}: only use_grad_scaling=True is supported")
+        steps, shape = x_shape[0], x_shape[1:]
+        qmin, qmax = MODULE_RANGE
+        axis = None
+        channels = 1
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        grad_scale = "lsq"
+        grad_factor = f32_bits_of(1.0 / (numel * qmax) ** 0.5)
+    else:
+        steps, shape = 1, x_shape
+        qmin, qmax = int(params["quant_min"]), int(params["quant_max"])
+        grad_scale = "custom"
+        grad_factor = f32_bits_of(float(params["grad_factor"]))
+        if kind == "per_tensor":
+            axis = None
+            channels = 1
+            if flatten(arrays["scale"]["data"]) != [f32_bits_of(params["scale"])]:
+                raise ValueError(f"{name}: scale array and params disagree")
+            if flatten(arrays["zero_point"]["data"]) != [
+                f32_bits_of(params["zero_point_float"])
+            ]:
+                raise ValueError(f"{name}: zero_point array and params disagree")
+        else:
+            axis = int(params["axis"])
+            if not 0 <= axis < len(shape):
+                raise ValueError(f"{name}: axis {axis} out of range for shape {shape}")
+            channels = shape[axis]
+    per_step_roles = ("x", "dy", "y", "dx")
+    channel_roles = ("scale", "zero_point", "dscale", "dzero_point")
+    for role in per_step_roles:
+        if arrays[role]["shape"] != x_shape:
+            raise ValueError(f"{name}: {role} shape {arrays[role]['shape']} differs from x")
+    data = {}
+    for role in per_step_roles + channel_roles:
+        if kind == "module":
+            data[role] = steps_of(arrays[role], steps, name, role)
+        else:
+            data[role] = [flatten(arrays[role]["data"])]
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    for k in range(steps):
+        for role in per_step_roles:
+            if len(data[role][k]) != numel:
+                raise ValueError(f"{name}: step {k}: {role} length")
+        for role in channel_roles:
+            if len(data[role][k]) != channels:
+                raise ValueError(f"{name}: step {k}: {role} has {len(data[role][k])} values")
+        for bits in data["scale"][k]:
+            if bits & 0x80000000 or not F32_EPS_BITS <= bits < 0x7F800000:
+                raise ValueError(f"{name}: step {k}: scale {bits:08x} below 2^-23 or not finite")
+    lines = [
+        (
+            "case {name} {op} {tags} kind={kind} qmin={qmin} qmax={qmax} axis={axis} "
+            "channels={channels} grad_scale={grad_scale} grad_factor={grad_factor:08x} "
+            "steps={steps} shape={shape}"
+        ).format(
+            name=name,
+            op=case["op"],
+            tags=",".join(case["tags"]) or "-",
+            kind=kind,
+            qmin=qmin,
+            qmax=qmax,
+            axis="none" if axis is None else axis,
+            channels=channels,
+            grad_scale=grad_scale,
+            grad_factor=grad_factor,
+            steps=steps,
+            shape="x".join(str(d) for d in shape),
+        )
+    ]
+    for k in range(steps):
+        lines.append(f"step {k}")
+        for role, label in (
+            ("scale", "scale"),
+            ("zero_point", "zp"),
+            ("x", "x"),
+            ("dy", "dy"),
+            ("y", "y"),
+            ("dx", "dx"),
+            ("dscale", "dscale"),
+            ("dzero_point", "dzp"),
+        ):
+            lines.append(label + " " + f32_hex(data[role][k]))
+    lines.append("end")
+    return lines, kind, steps, steps * numel
+
+
+def write_lsq(source, out_path):
+    body = []
+    counts = {"per_tensor": 0, "per_channel": 0, "module": 0}
+    steps = 0
+    elements = 0
+    for case in source["cases"]:
+        if case["op"] not in LSQ_KINDS:
+            continue
+        lines, kind, case_steps, numel = convert_lsq_case(case)
+        body.extend(lines)
+        counts[kind] += 1
+        steps += case_steps
+        elements += numel
+    env = source.get("environment", {})
+    header = LSQ_HEADER.format(
+        torch=env.get("torch", "?"),
+        cpu=env.get("cpu_capability", "?"),
+        seed=env.get("seed", "?"),
+        cases=sum(counts.values()),
+        per_tensor=counts["per_tensor"],
+        per_channel=counts["per_channel"],
+        module=counts["module"],
+        steps=steps,
+        elements=elements,
+    )
+    with open(out_path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(header)
+        f.write("\n".join(body))
+        f.write("\n")
+    print(
+        f"wrote {out_path}: {counts['per_tensor']} per_tensor, {counts['per_channel']} "
+        f"per_channel and {counts['module']} module cases, {steps} steps, {elements} elements"
+    )
+
+
 def main():
-    if len(sys.argv) not in (2, 3, 4):
+    if len(sys.argv) not in (2, 3, 4, 5):
         sys.exit(__doc__)
     with open(sys.argv[1], encoding="utf-8") as f:
         source = json.load(f)
@@ -355,8 +561,13 @@ def main():
     )
     observers_path = (
         sys.argv[3]
-        if len(sys.argv) == 4
+        if len(sys.argv) >= 4
         else os.path.join(os.path.dirname(os.path.abspath(out_path)), "pytorch_observers.txt")
+    )
+    lsq_path = (
+        sys.argv[4]
+        if len(sys.argv) == 5
+        else os.path.join(os.path.dirname(os.path.abspath(out_path)), "pytorch_lsq.txt")
     )
     body = []
     cases = 0
@@ -384,6 +595,7 @@ def main():
         f.write("\n")
     print(f"wrote {out_path}: {cases} cases, {elements} elements")
     write_observers(source, observers_path)
+    write_lsq(source, lsq_path)
 
 
 if __name__ == "__main__":
