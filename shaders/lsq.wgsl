@@ -8,10 +8,12 @@
 //   operations (sub_rn_bits, mul_rn_bits, mul_ieee_bits, add_ieee_bits): each is one correctly
 //   rounded IEEE operation, so there is no float multiply and add a compiler could fuse, and no
 //   subnormal it could flush. The only float operations are the fake-quant's own (quantize.wgsl).
-// - The order of every sum is the reference's `tree_sum`: blocks of 1024 terms of one channel in
-//   flat order, lane t of 256 adding terms t, t + 256, t + 512, t + 768 to +0, then a halving tree
-//   over the lanes; the blocks' sums go through the same steps (lsq_sum) until one is left. The
-//   order depends on the shape only, never on the adapter, the binding size or the grid.
+// - The order of every sum is the reference's `tree_sum`: blocks of 4096 terms of one channel in
+//   flat order; lane t of 256 adds terms t, t + 256, .., t + 15 * 256 to +0; 16 groups of 16 lanes
+//   add their lanes; the block adds its 16 groups (each step sequential from +0: two workgroup
+//   barriers per block, which matters on CPU-emulated GPUs where a barrier switches every
+//   invocation); the blocks' sums go through the same steps (lsq_sum) until one is left. The order
+//   depends on the shape only, never on the adapter, the binding size or the grid.
 
 struct LsqDispatch {
     // The tensor seen as [outer, channels, inner]; element j of channel c (in flat order) is at
@@ -56,7 +58,8 @@ struct LsqDispatch {
 @group(0) @binding(8) var<storage, read_write> grads: array<u32>;
 
 const WG_SIZE: u32 = 256u;
-const BLOCK: u32 = 1024u;
+const BLOCK: u32 = 4096u;
+const GROUP: u32 = 16u;
 const MAX_SCALE: u32 = 0x7e800000u;
 
 fn effective_scale_bits(s: u32) -> u32 {
@@ -92,23 +95,43 @@ fn lsq_params(
 var<workgroup> lane_a: array<u32, 256>;
 var<workgroup> lane_b: array<u32, 256>;
 
-// The reference's halving tree over the 256 lanes; the result is valid in invocation 0.
-fn halving_tree(lid: u32, a: u32, b: u32, counts: bool) -> vec2<u32> {
+var<workgroup> group_a: array<u32, 16>;
+var<workgroup> group_b: array<u32, 16>;
+
+// The reference's second and third steps over the 256 lanes: 16 groups of 16 lanes, then the 16
+// groups, each summed in order from +0. The result is valid in invocation 0.
+fn block_tree(lid: u32, a: u32, b: u32, counts: bool) -> vec2<u32> {
     lane_a[lid] = a;
     lane_b[lid] = b;
     workgroupBarrier();
-    for (var w = WG_SIZE / 2u; w > 0u; w = w >> 1u) {
-        if (lid < w) {
-            lane_a[lid] = add_ieee_bits(lane_a[lid], lane_a[lid + w]);
+    if (lid < GROUP) {
+        var ga = 0u;
+        var gb = 0u;
+        for (var i = 0u; i < GROUP; i = i + 1u) {
+            ga = add_ieee_bits(ga, lane_a[lid * GROUP + i]);
             if (counts) {
-                lane_b[lid] = lane_b[lid] + lane_b[lid + w];
+                gb = gb + lane_b[lid * GROUP + i];
             } else {
-                lane_b[lid] = add_ieee_bits(lane_b[lid], lane_b[lid + w]);
+                gb = add_ieee_bits(gb, lane_b[lid * GROUP + i]);
             }
         }
-        workgroupBarrier();
+        group_a[lid] = ga;
+        group_b[lid] = gb;
     }
-    return vec2<u32>(lane_a[0], lane_b[0]);
+    workgroupBarrier();
+    var ra = 0u;
+    var rb = 0u;
+    if (lid == 0u) {
+        for (var i = 0u; i < GROUP; i = i + 1u) {
+            ra = add_ieee_bits(ra, group_a[i]);
+            if (counts) {
+                rb = rb + group_b[i];
+            } else {
+                rb = add_ieee_bits(rb, group_b[i]);
+            }
+        }
+    }
+    return vec2<u32>(ra, rb);
 }
 
 fn flat_index(c: u32, j: u32) -> u32 {
@@ -158,7 +181,7 @@ fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
             }
         }
     }
-    let r = halving_tree(lid, sum_a, sum_b, init);
+    let r = block_tree(lid, sum_a, sum_b, init);
     if (lid == 0u) {
         let out = 2u * (c * d.blocks + b);
         partials[out] = r.x;
@@ -178,7 +201,7 @@ fn blocks_of_dispatch(
     } else {
         for (var c = wg.y; c < d.channels; c = c + num_wg.y) {
             reduce_block(c, d.first_unit + wg.x, lid, init);
-            // Invocation 0 reads the tree's result before the lanes are reused.
+            // The lanes and groups are reused by the next block.
             workgroupBarrier();
         }
     }
@@ -231,12 +254,12 @@ fn lsq_sum(
                 }
             }
         }
-        let r = halving_tree(lid, sum_a, sum_b, COUNTS);
+        let r = block_tree(lid, sum_a, sum_b, COUNTS);
         if (lid == 0u) {
             partials[2u * unit] = r.x;
             partials[2u * unit + 1u] = r.y;
         }
-        // Invocation 0 reads the tree's result before the lanes are reused.
+        // The lanes and groups are reused by the next block.
         workgroupBarrier();
     }
 }

@@ -18,9 +18,10 @@
 //!   Every operation is one IEEE f32 operation (never fused); any NaN result is the canonical
 //!   `0x7fc00000`.
 //! - **Reduced gradients**: per channel, the terms of the channel's elements, in flat order, are
-//!   summed by [`crate::reference::lsq::tree_sum`] (blocks of 1024: lane `t` of 256 adds elements
-//!   `t, t + 256, t + 512, t + 768` to `+0`, then a halving tree over the lanes; blocks' sums are
-//!   summed the same way until one value is left), then multiplied by `grad_factor`.
+//!   summed by [`crate::reference::lsq::tree_sum`] (blocks of 4096: lane `t` of 256 adds terms
+//!   `t, t + 256, .., t + 15 * 256`, 16 groups of 16 lanes add their lanes, the block adds its
+//!   groups, each sum sequential from `+0`; blocks' sums are summed the same way until one value
+//!   is left), then multiplied by `grad_factor`.
 //! - **Initialization from data**: `s = (2 * (sum(|x|) / count)) / sqrt(qmax)` over the finite
 //!   elements of the channel (the sum by `tree_sum`, non-finite elements counting as `+0` and not
 //!   counted; `count` and `sqrt(qmax)` rounded to f32); a channel without a finite element gets 1.

@@ -72,7 +72,7 @@ fn gradients(rng: &mut Rng, n: usize) -> Vec<f32> {
 fn per_tensor_random_with_and_without_gradient_scaling() {
     let mut rng = Rng::new(1);
     for ctx in contexts() {
-        for (k, n) in [1usize, 5, 1000, 1024, 1025, 4096, 70_001, 1_100_000]
+        for (k, n) in [1usize, 5, 1000, 4095, 4096, 4097, 70_001, 1_100_000]
             .into_iter()
             .enumerate()
         {
@@ -218,8 +218,8 @@ fn over_binding_and_workgroup_limits() {
             for (shape, axis) in [
                 (vec![300_001], None),
                 (vec![3, 100_003], Some(0)),
-                (vec![1000, 61], Some(1)),
-                (vec![7, 20, 1030], Some(1)),
+                (vec![1000, 13], Some(1)),
+                (vec![7, 5, 1030], Some(1)),
                 (vec![1031, 5], Some(1)),
             ] {
                 let n: usize = shape.iter().product();
@@ -319,11 +319,11 @@ fn reduced_gradients_agree_with_a_float64_sum_within_the_f32_bound() {
                 (ts, tz)
             })
             .collect();
-        // Each term is rounded once more than the exact product chain (<= 3 roundings); the tree
-        // adds at most 4 + 8 roundings per level; the factor one more.
-        let levels = (n as f64).log(1024.0).ceil().max(1.0);
+        // Each term carries at most 3 roundings; each level of the tree adds at most 16 + 16 + 16
+        // sequential roundings (lane, group, block); the factor one more.
+        let levels = (n as f64).log(4096.0).ceil().max(1.0);
         let u = 2f64.powi(-24);
-        let depth = 12.0 * levels + 4.0;
+        let depth = 48.0 * levels + 4.0;
         for (which, got) in [(0, grads.dscale[0]), (1, grads.dzero_point[0])] {
             let pick = |t: &(f32, f32)| if which == 0 { t.0 } else { t.1 } as f64;
             let exact: f64 = terms.iter().map(pick).sum::<f64>() * g;

@@ -323,7 +323,7 @@ impl GpuLsq {
         self.ctx.record_elementwise(encoder, key, bindings, layout)
     }
 
-    /// The dispatches of the first pass over the tensor: blocks of 1024 elements of one channel.
+    /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.
     fn block_plan(&self, layout: ChannelLayout, align: u64) -> Result<BlockPlan> {
         let limits = self.ctx.dispatch_limits();
         let max_elems = (limits.max_binding_bytes - align) / 4;
@@ -371,7 +371,7 @@ impl GpuLsq {
                 }
                 if count == 0 {
                     return Err(Error::TooLarge {
-                        what: "span of one block of 1024 elements per channel across all channels (elements)",
+                        what: "span of one block of 4096 elements per channel across all channels (elements)",
                         requested: {
                             let (s, e) = window(first, first + 1);
                             e - s
@@ -396,7 +396,7 @@ impl GpuLsq {
         let limit = self.ctx.dispatch_limits().max_binding_bytes;
         if bytes > limit {
             return Err(Error::TooLarge {
-                what: "LSQ partial sums (8 bytes per block of 1024 elements)",
+                what: "LSQ partial sums (8 bytes per block of 4096 elements)",
                 requested: bytes,
                 limit,
             });
@@ -474,7 +474,7 @@ impl GpuLsq {
             LsqKernel::Backward
         };
         self.dispatch(encoder, first, &dispatches)?;
-        // The tree over the blocks' sums, 1024 to 1 per level.
+        // The tree over the blocks' sums, 4096 to 1 per level.
         let mut level = plan.blocks;
         while level > 1 {
             let next = level.div_ceil(BLOCK as u64);

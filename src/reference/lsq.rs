@@ -29,31 +29,32 @@ pub fn mul(a: f32, b: f32) -> f32 {
     canonical(a * b)
 }
 
-/// Elements per block of the reduction.
-pub const BLOCK: usize = 1024;
-/// Lanes per block (each adds every 256th element of the block).
+/// Terms per block of the reduction.
+pub const BLOCK: usize = 4096;
+/// Lanes per block (each adds every 256th term of the block).
 pub const LANES: usize = 256;
+/// Lanes per group of the second step (16 groups of 16 lanes).
+pub const GROUP: usize = 16;
 
-/// The sum of at most [`BLOCK`] terms: lane `t` adds terms `t, t + 256, t + 512, t + 768` (those
-/// present) to `+0`, then lanes `t` and `t + w` are added for `w = 128, 64, .., 1`.
+/// The sum of at most [`BLOCK`] terms, in three sequential steps, each starting from `+0`:
+/// lane `t` (of 256) adds terms `t, t + 256, .., t + 15 * 256` (those present); group `g` (of 16)
+/// adds lanes `16 g .. 16 g + 15`; the block adds groups `0 .. 15`. (Two synchronisations of a
+/// 256-thread workgroup per 4096 terms on the device.)
 pub fn block_sum(terms: &[f32]) -> f32 {
     debug_assert!(terms.len() <= BLOCK);
-    let mut lanes = [0.0f32; LANES];
-    for (t, lane) in lanes.iter_mut().enumerate() {
-        for k in 0..BLOCK / LANES {
-            if let Some(&v) = terms.get(t + LANES * k) {
-                *lane = add(*lane, v);
-            }
-        }
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for t in 0..width {
-            lanes[t] = add(lanes[t], lanes[t + width]);
-        }
-        width /= 2;
-    }
-    lanes[0]
+    let lanes: Vec<f32> = (0..LANES)
+        .map(|t| {
+            terms
+                .iter()
+                .skip(t)
+                .step_by(LANES)
+                .fold(0.0, |acc, &v| add(acc, v))
+        })
+        .collect();
+    lanes
+        .chunks(GROUP)
+        .map(|group| group.iter().fold(0.0, |acc, &v| add(acc, v)))
+        .fold(0.0, add)
 }
 
 /// The fixed-order sum every LSQ reduction uses: [`block_sum`] over blocks of [`BLOCK`]
