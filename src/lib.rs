@@ -30,7 +30,10 @@ pub mod quant;
 pub mod reference;
 
 pub use error::{Error, Result};
-pub use gpu::{DispatchLimits, GpuContext, GpuFakeQuant, GpuMask, GpuTensor, TensorBinding};
+pub use gpu::{
+    DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,
+    GpuObserver, GpuTensor, TensorBinding,
+};
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
 pub use quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, QuantRange, Rounding};

@@ -1,0 +1,38 @@
+//! The end-to-end QAT example (`examples/qat_digits`) on a shortened schedule: the GPU run and the
+//! CPU-reference run must end with bit-identical weights and scales and identical tables, because
+//! every library operation in it is bit-exact.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/qat_digits/qat.rs"]
+mod qat;
+
+#[test]
+fn gpu_and_reference_training_runs_agree_bit_for_bit() {
+    let run = |ops: &mut dyn qat::QuantOps| -> Vec<qat::Report> {
+        [8, 3]
+            .into_iter()
+            .map(|bits| qat::run(&qat::Options::short(bits), ops, &mut |_| {}).unwrap())
+            .collect()
+    };
+    let reference = run(&mut qat::ReferenceOps::default());
+    // The schedule is short, but training happened: the reports hold real accuracies.
+    assert!(
+        reference[0].float_accuracy > 0.5,
+        "{}",
+        qat::table(&reference)
+    );
+    for ctx in common::contexts() {
+        let gpu = run(&mut qat::GpuOps::new(ctx.clone()));
+        assert_eq!(
+            qat::digest(&gpu),
+            qat::digest(&reference),
+            "weight digests differ on {}",
+            ctx.adapter_name()
+        );
+        // Every weight, scale and accuracy, compared exactly.
+        assert_eq!(gpu, reference, "reports differ on {}", ctx.adapter_name());
+        assert_eq!(qat::table(&gpu), qat::table(&reference));
+    }
+}
