@@ -119,6 +119,7 @@ pub(crate) struct Kernels {
 pub fn fake_quant_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/fake_quant.wgsl"),
     ]
@@ -129,6 +130,7 @@ pub fn fake_quant_shader_source() -> String {
 pub fn observer_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/observer.wgsl"),
     ]
@@ -139,6 +141,7 @@ pub fn observer_shader_source() -> String {
 pub fn lsq_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/lsq.wgsl"),
     ]
