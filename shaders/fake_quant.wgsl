@@ -1,35 +1,6 @@
-// Fused fake-quantization (forward, with an optional bit-packed mask) and its straight-through
-// backward. Prepended with exact_f32.wgsl and quantize.wgsl.
-//
-// The per-element arithmetic, and why it is exact on every device, is in quantize.wgsl.
-
-struct Dispatch {
-    // Elements in this chunk (one binding each of x and y).
-    len: u32,
-    // Tiles of TILE elements in this chunk; the grid strides over them.
-    num_tiles: u32,
-    // Per-channel layout: the channel of chunk-local index i is
-    // (channel_start + (inner_start + i) / inner) % channels.
-    channels: u32,
-    inner: u32,
-    channel_start: u32,
-    inner_start: u32,
-    // Mask words in this chunk.
-    mask_words: u32,
-    _pad: u32,
-}
-
-override PER_CHANNEL: bool = false;
-override WITH_MASK: bool = false;
-// y = x and every mask bit set: an observer's calibration mode, through the same chunking.
-override IDENTITY: bool = false;
-
-const WG_SIZE: u32 = 256u;
-const PER_THREAD: u32 = 4u;
-// A workgroup handles TILE consecutive elements per step; thread t takes t, t + 256, ... so that
-// every load and store of a warp (or of llvmpipe's SIMD lanes) is contiguous.
-const TILE: u32 = 1024u;
-const TILE_WORDS: u32 = 32u;
+// The f32 element family of the elementwise kernels (forward, straight-through backward): the
+// bindings and element access; the entry points are elementwise.wgsl's. Prepended with
+// exact_f32.wgsl, half.wgsl and quantize.wgsl.
 
 @group(0) @binding(0) var<uniform> dispatch: Dispatch;
 @group(0) @binding(1) var<storage, read> params: array<ChannelParams>;
@@ -37,68 +8,14 @@ const TILE_WORDS: u32 = 32u;
 @group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<storage, read_write> mask: array<u32>;
 
-var<workgroup> tile_mask: array<atomic<u32>, 32>;
-
-fn channel_of(i: u32) -> u32 {
-    if (!PER_CHANNEL) {
-        return 0u;
-    }
-    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
+fn load_x(i: u32) -> u32 {
+    return x[i + dispatch.x_shift];
 }
 
-@compute @workgroup_size(256)
-fn forward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) num_wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
-        if (WITH_MASK) {
-            if (lid < TILE_WORDS) {
-                atomicStore(&tile_mask[lid], 0u);
-            }
-            workgroupBarrier();
-        }
-        let base = tile * TILE;
-        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
-            let offset = k * WG_SIZE + lid;
-            let i = base + offset;
-            if (i < dispatch.len) {
-                var q = Quantized(x[i], true, false);
-                if (!IDENTITY) {
-                    q = fake_quant_bits(q.bits, params[channel_of(i)]);
-                }
-                y[i] = q.bits;
-                if (WITH_MASK && q.in_range) {
-                    atomicOr(&tile_mask[offset / 32u], 1u << (offset % 32u));
-                }
-            }
-        }
-        if (WITH_MASK) {
-            workgroupBarrier();
-            let w = tile * TILE_WORDS + lid;
-            if (lid < TILE_WORDS && w < dispatch.mask_words) {
-                mask[w] = atomicLoad(&tile_mask[lid]);
-            }
-        }
-    }
+fn store_y(i: u32, bits: u32) {
+    y[i + dispatch.y_shift] = bits;
 }
 
-// Backward bindings reuse the forward layout: x is dy, y is dx, mask is read.
-@compute @workgroup_size(256)
-fn ste_backward(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) num_wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
-        let base = tile * TILE;
-        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
-            let i = base + k * WG_SIZE + lid;
-            if (i < dispatch.len) {
-                let in_range = ((mask[i / 32u] >> (i % 32u)) & 1u) == 1u;
-                y[i] = ste_grad_bits(x[i], in_range);
-            }
-        }
-    }
+fn copy_x_to_y(i: u32) {
+    y[i + dispatch.y_shift] = x[i + dispatch.x_shift];
 }

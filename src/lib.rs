@@ -22,6 +22,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod dtype;
 pub mod error;
 pub mod gpu;
 pub mod lsq;
@@ -29,6 +30,7 @@ pub mod observer;
 pub mod quant;
 pub mod reference;
 
+pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{
     DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,

@@ -206,10 +206,7 @@ fn gpu_calls_check_their_arguments() {
             matches!(r, Err(Error::InvalidBuffer { what: "x", .. })),
             "{r:?}"
         );
-        let misaligned = TensorBinding {
-            buffer: x.buffer(),
-            offset: 4,
-        };
+        let misaligned = TensorBinding::new(x.buffer(), 4);
         let r = prepared.record_forward(&mut encoder, misaligned, &[4, 4], y.binding(), None);
         assert!(
             matches!(r, Err(Error::InvalidBuffer { what: "x", .. })),

@@ -328,10 +328,7 @@ fn recording_many_ops_into_one_submission() {
             .collect();
         let mut encoder = ctx.create_encoder("test");
         for (i, p) in prepared.iter().enumerate() {
-            let x = TensorBinding {
-                buffer: &inputs,
-                offset: offset + stride * i as u64,
-            };
+            let x = TensorBinding::new(&inputs, offset + stride * i as u64);
             let m = (i == 2).then(|| TensorBinding::from(&mask));
             p.record_forward(&mut encoder, x, &[n], TensorBinding::from(&outputs[i]), m)
                 .unwrap();

@@ -6,6 +6,7 @@ use std::sync::{mpsc, Arc, RwLock};
 
 use wgpu::util::DeviceExt;
 
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::PackedMask;
 
@@ -27,16 +28,17 @@ pub struct DispatchLimits {
 /// Which kernel variant a pipeline implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum KernelKey {
-    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask.
+    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask, element type.
     Forward {
         rounding: u32,
         per_channel: bool,
         with_mask: bool,
+        dtype: DType,
     },
     /// `y = x` with every mask bit set (an observer's calibration mode).
-    PassThrough { with_mask: bool },
+    PassThrough { with_mask: bool, dtype: DType },
     /// Straight-through backward.
-    SteBackward,
+    SteBackward { dtype: DType },
     /// One of the observer kernels (`shaders/observer.wgsl`).
     Observer(ObserverKernel),
     /// One of the LSQ kernels (`shaders/lsq.wgsl`).
@@ -102,6 +104,7 @@ pub(crate) struct Kernels {
     pub(crate) elementwise_layout: wgpu::BindGroupLayout,
     elementwise_pipeline_layout: wgpu::PipelineLayout,
     fake_quant_module: wgpu::ShaderModule,
+    fake_quant_half_module: wgpu::ShaderModule,
     pub(crate) observer_layout: wgpu::BindGroupLayout,
     observer_pipeline_layout: wgpu::PipelineLayout,
     observer_module: wgpu::ShaderModule,
@@ -115,13 +118,26 @@ pub(crate) struct Kernels {
     pub(crate) dummy_write: wgpu::Buffer,
 }
 
-/// The WGSL source of the fake-quant kernel family, with its exact helpers prepended.
+/// The WGSL source of the fake-quant kernel family (f32 elements), with its exact helpers.
 pub fn fake_quant_shader_source() -> String {
     [
         include_str!("../../shaders/exact_f32.wgsl"),
         include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/fake_quant.wgsl"),
+        include_str!("../../shaders/elementwise.wgsl"),
+    ]
+    .join("\n")
+}
+
+/// The WGSL source of the fake-quant kernel family for 16-bit elements (f16, bf16).
+pub fn fake_quant_half_shader_source() -> String {
+    [
+        include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/half.wgsl"),
+        include_str!("../../shaders/quantize.wgsl"),
+        include_str!("../../shaders/fake_quant_half.wgsl"),
+        include_str!("../../shaders/elementwise.wgsl"),
     ]
     .join("\n")
 }
@@ -152,6 +168,7 @@ pub fn lsq_shader_source() -> String {
 pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
         ("fake_quant", fake_quant_shader_source()),
+        ("fake_quant_half", fake_quant_half_shader_source()),
         ("observer", observer_shader_source()),
         ("lsq", lsq_shader_source()),
     ]
@@ -437,11 +454,11 @@ impl GpuContext {
     ) -> Result<()> {
         let pipeline = self.pipeline(key)?;
         let size = std::mem::size_of::<U>();
-        let stride = (self
+        let alignment = self
             .shared
             .device_limits
-            .min_uniform_buffer_offset_alignment as usize)
-            .max(size);
+            .min_uniform_buffer_offset_alignment as usize;
+        let stride = size.next_multiple_of(alignment);
         let mut uniform_bytes = vec![0u8; stride * dispatches.len()];
         for (i, d) in dispatches.iter().enumerate() {
             uniform_bytes[i * stride..i * stride + size]
@@ -529,21 +546,33 @@ impl GpuContext {
 
     /// Uploads a tensor's values to a new device buffer.
     pub fn upload(&self, data: &[f32]) -> Result<GpuTensor> {
+        self.upload_typed(data)
+    }
+
+    /// Uploads a tensor of any element type (`f32`, `half::f16`, `half::bf16`).
+    pub fn upload_typed<T: Element>(&self, data: &[T]) -> Result<GpuTensor> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.storage_buffer(
             "fakequant tensor",
-            (data.len() as u64) * 4,
-            Some(bytemuck::cast_slice(data)),
+            T::DTYPE.bytes_for(data.len()),
+            Some(bytes),
         )?;
         Ok(GpuTensor {
             buffer,
             len: data.len(),
+            dtype: T::DTYPE,
         })
     }
 
-    /// A new device tensor of `len` elements (contents unspecified until written).
+    /// A new f32 device tensor of `len` elements (contents unspecified until written).
     pub fn create_tensor(&self, len: usize) -> Result<GpuTensor> {
-        let buffer = self.storage_buffer("fakequant tensor", (len as u64) * 4, None)?;
-        Ok(GpuTensor { buffer, len })
+        self.create_tensor_typed(len, DType::F32)
+    }
+
+    /// A new device tensor of `len` elements of `dtype`.
+    pub fn create_tensor_typed(&self, len: usize, dtype: DType) -> Result<GpuTensor> {
+        let buffer = self.storage_buffer("fakequant tensor", dtype.bytes_for(len), None)?;
+        Ok(GpuTensor { buffer, len, dtype })
     }
 
     /// A new device mask of `len` bits.
@@ -569,10 +598,18 @@ impl GpuContext {
         })
     }
 
-    /// Reads a device tensor back (waits for the queue).
+    /// Reads an f32 device tensor back (waits for the queue).
     pub fn read_tensor(&self, tensor: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = self.read_buffer(&tensor.buffer, 0, tensor.len as u64 * 4)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        self.read_tensor_typed(tensor)
+    }
+
+    /// Reads a device tensor of element type `T` back (waits for the queue).
+    pub fn read_tensor_typed<T: Element>(&self, tensor: &GpuTensor) -> Result<Vec<T>> {
+        T::DTYPE.check_same("read-back type", tensor.dtype)?;
+        let bytes = self.read_buffer(&tensor.buffer, 0, tensor.dtype.bytes_for(tensor.len))?;
+        let mut values: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
+        values.truncate(tensor.len);
+        Ok(values)
     }
 
     /// Reads a device mask back (waits for the queue).
@@ -758,6 +795,10 @@ impl Kernels {
             label: Some("fake_quant.wgsl"),
             source: wgpu::ShaderSource::Wgsl(fake_quant_shader_source().into()),
         });
+        let fake_quant_half_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("fake_quant_half.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(fake_quant_half_shader_source().into()),
+        });
         // The observer family: dispatch uniform, source (tensor or other statistics), partials,
         // batch statistics, state, fake-quant parameters.
         let observer_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -818,6 +859,7 @@ impl Kernels {
             elementwise_layout,
             elementwise_pipeline_layout,
             fake_quant_module,
+            fake_quant_half_module,
             observer_layout,
             observer_pipeline_layout,
             observer_module,
@@ -831,6 +873,22 @@ impl Kernels {
     }
 
     fn create_pipeline(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
+        // The element family's module, and its DTYPE constant for the 16-bit one.
+        let elementwise =
+            |entry: &'static str, dtype: DType, mut constants: Vec<(&'static str, f64)>| {
+                let module = match dtype {
+                    DType::F32 => &self.fake_quant_module,
+                    DType::F16 => {
+                        constants.push(("DTYPE", 1.0));
+                        &self.fake_quant_half_module
+                    }
+                    DType::Bf16 => {
+                        constants.push(("DTYPE", 2.0));
+                        &self.fake_quant_half_module
+                    }
+                };
+                (entry, constants, module, &self.elementwise_pipeline_layout)
+            };
         let forward_constants =
             |rounding: u32, per_channel: bool, with_mask: bool, identity: bool| {
                 vec![
@@ -845,24 +903,18 @@ impl Kernels {
                 rounding,
                 per_channel,
                 with_mask,
-            } => (
+                dtype,
+            } => elementwise(
                 "forward",
+                dtype,
                 forward_constants(rounding, per_channel, with_mask, false),
-                &self.fake_quant_module,
-                &self.elementwise_pipeline_layout,
             ),
-            KernelKey::PassThrough { with_mask } => (
+            KernelKey::PassThrough { with_mask, dtype } => elementwise(
                 "forward",
+                dtype,
                 forward_constants(0, false, with_mask, true),
-                &self.fake_quant_module,
-                &self.elementwise_pipeline_layout,
             ),
-            KernelKey::SteBackward => (
-                "ste_backward",
-                vec![],
-                &self.fake_quant_module,
-                &self.elementwise_pipeline_layout,
-            ),
+            KernelKey::SteBackward { dtype } => elementwise("ste_backward", dtype, vec![]),
             KernelKey::Observer(kernel) => (
                 kernel.entry_point(),
                 vec![],
@@ -901,22 +953,25 @@ pub(crate) struct Dispatch<'a, U> {
     pub(crate) grid: [u32; 2],
 }
 
-/// Binds elements `[start, end)` of an f32 tensor: the binding starts at the offset aligned down to
-/// `align`, and the returned shift is the index of `start` in it. Every tensor offset is a multiple
-/// of `align`, so tensors bound over the same elements share the shift.
+/// Binds elements `[start, end)` of a tensor: the binding starts at the byte offset aligned down to
+/// `align`, ends on a whole word, and the returned shift is the index of `start` in it (in
+/// elements). f32 tensors sit at aligned offsets, so f32 tensors bound over the same elements share
+/// the shift.
 pub(crate) fn window_binding<'a>(
     t: &TensorBinding<'a>,
     start: u64,
     end: u64,
     align: u64,
 ) -> (wgpu::BufferBinding<'a>, u64) {
-    let aligned = (t.offset + start * 4) / align * align;
-    let shift = (t.offset + start * 4 - aligned) / 4;
+    let size = t.dtype.size();
+    let first = t.offset + start * size;
+    let aligned = first / align * align;
+    let shift = (first - aligned) / size;
     (
         wgpu::BufferBinding {
             buffer: t.buffer,
             offset: aligned,
-            size: wgpu::BufferSize::new((end - start + shift) * 4),
+            size: wgpu::BufferSize::new(((end - start + shift) * size).next_multiple_of(4)),
         },
         shift,
     )
@@ -951,6 +1006,20 @@ pub(crate) fn contiguous_runs(
     runs
 }
 
+/// Observers and LSQ take f32 tensors; the 16-bit types go through the elementwise ops for now.
+pub(crate) fn require_f32(what: &'static str, b: &TensorBinding<'_>) -> Result<()> {
+    if b.dtype != DType::F32 {
+        return Err(Error::InvalidBuffer {
+            what,
+            reason: format!(
+                "observers and LSQ take f32 tensors; {:?} is supported by the fake-quant and straight-through ops",
+                b.dtype
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A whole buffer as a binding.
 pub(crate) fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
     wgpu::BufferBinding {
@@ -965,6 +1034,7 @@ pub(crate) fn whole(buffer: &wgpu::Buffer) -> wgpu::BufferBinding<'_> {
 pub struct GpuTensor {
     buffer: wgpu::Buffer,
     len: usize,
+    dtype: DType,
 }
 
 impl GpuTensor {
@@ -983,9 +1053,14 @@ impl GpuTensor {
         self.len == 0
     }
 
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// A binding of the whole tensor.
     pub fn binding(&self) -> TensorBinding<'_> {
-        TensorBinding::from(&self.buffer)
+        TensorBinding::from(&self.buffer).with_dtype(self.dtype)
     }
 }
 
@@ -1018,19 +1093,39 @@ impl GpuMask {
     }
 }
 
-/// Where a tensor lives in a caller's buffer: the buffer and a byte offset. The buffer needs
-/// `BufferUsages::STORAGE`; the offset must be a multiple of the device's
-/// `min_storage_buffer_offset_alignment` (256 on most devices).
+/// Where a tensor lives in a caller's buffer: the buffer, a byte offset and the element type. The
+/// buffer needs `BufferUsages::STORAGE`. The offset of an f32 tensor (and of a mask) must be a
+/// multiple of the device's `min_storage_buffer_offset_alignment` (256 on most devices); a 16-bit
+/// tensor may start at any even byte offset in the elementwise ops (fake-quant, straight-through).
 #[derive(Debug, Clone, Copy)]
 pub struct TensorBinding<'a> {
     /// The buffer.
     pub buffer: &'a wgpu::Buffer,
     /// Byte offset of element 0.
     pub offset: u64,
+    /// Element type.
+    pub dtype: DType,
+}
+
+impl<'a> TensorBinding<'a> {
+    /// An f32 tensor at `offset` bytes into `buffer`.
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64) -> Self {
+        Self {
+            buffer,
+            offset,
+            dtype: DType::F32,
+        }
+    }
+
+    /// The same place, holding `dtype` elements.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
 }
 
 impl<'a> From<&'a wgpu::Buffer> for TensorBinding<'a> {
     fn from(buffer: &'a wgpu::Buffer) -> Self {
-        Self { buffer, offset: 0 }
+        Self::new(buffer, 0)
     }
 }

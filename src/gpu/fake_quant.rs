@@ -4,8 +4,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    GpuContext, GpuMask, GpuTensor, KernelKey, TensorBinding, CHUNK_GRANULE_ELEMS,
+    whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, TensorBinding,
+    CHUNK_GRANULE_ELEMS,
 };
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
 use crate::reference::FakeQuantOutput;
@@ -24,7 +26,9 @@ struct DispatchUniform {
     channel_start: u32,
     inner_start: u32,
     mask_words: u32,
-    _pad: u32,
+    x_shift: u32,
+    y_shift: u32,
+    _pad: [u32; 3],
 }
 
 /// `ChannelParams` in the shader: everything the kernel needs about one channel, derived exactly
@@ -125,6 +129,36 @@ impl GpuContext {
         Ok(FakeQuantOutput { y, mask })
     }
 
+    /// Convenience level for any element type (`f32`, `half::f16`, `half::bf16`): returns `y` in
+    /// the same type and the mask when asked for.
+    pub fn fake_quant_typed<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<(Vec<T>, Option<PackedMask>)> {
+        op.layout(shape, x.len())?;
+        let prepared = self.prepare(op)?;
+        let x_dev = self.upload_typed(x)?;
+        let y_dev = self.create_tensor_typed(x.len(), T::DTYPE)?;
+        let mask_dev = with_mask.then(|| self.create_mask(x.len())).transpose()?;
+        prepared.forward(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        let y = self.read_tensor_typed(&y_dev)?;
+        let mask = mask_dev.map(|m| self.read_mask(&m)).transpose()?;
+        Ok((y, mask))
+    }
+
+    /// Convenience level for any element type: `dx = dy * mask`, `dx` in the type of `dy`.
+    pub fn ste_backward_typed<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+        check_len("dy vs mask", mask.len(), dy.len())?;
+        let dy_dev = self.upload_typed(dy)?;
+        let mask_dev = self.upload_mask(mask)?;
+        let dx_dev = self.create_tensor_typed(dy.len(), T::DTYPE)?;
+        self.ste_backward_device(&dy_dev, &mask_dev, &dx_dev)?;
+        self.read_tensor_typed(&dx_dev)
+    }
+
     /// Convenience level: the straight-through backward `dx = dy * mask` on the device.
     pub fn ste_backward(&self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
         if dy.len() != mask.len() {
@@ -181,7 +215,44 @@ impl GpuContext {
             channels: 1,
             inner: 1,
         };
-        self.record_elementwise(encoder, KernelKey::SteBackward, bindings, layout)
+        let key = KernelKey::SteBackward { dtype: dy.dtype };
+        self.record_elementwise(encoder, key, bindings, layout)
+    }
+
+    /// Checks a tensor binding of `len` elements: f32 tensors as [`Self::check_binding`]; 16-bit
+    /// ones at an even offset, with the words that hold them inside the buffer.
+    pub(crate) fn check_tensor(
+        &self,
+        what: &'static str,
+        b: &TensorBinding<'_>,
+        len: usize,
+    ) -> Result<()> {
+        if b.dtype == DType::F32 {
+            return self.check_binding(what, b, len as u64 * 4);
+        }
+        if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::InvalidBuffer {
+                what,
+                reason: "needs BufferUsages::STORAGE".into(),
+            });
+        }
+        if !b.offset.is_multiple_of(2) {
+            return Err(Error::InvalidBuffer {
+                what,
+                reason: format!("offset {} of a 16-bit tensor is not even", b.offset),
+            });
+        }
+        let end = (b.offset + len as u64 * 2).next_multiple_of(4);
+        if end > b.buffer.size() {
+            return Err(Error::InvalidBuffer {
+                what,
+                reason: format!(
+                    "needs the words up to byte {end} but the buffer has {}",
+                    b.buffer.size()
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn check_binding(
@@ -233,11 +304,12 @@ impl GpuContext {
         layout: ChannelLayout,
     ) -> Result<()> {
         let len = layout.numel() as u64;
-        let data_bytes = len * 4;
-        let mask_bytes = PackedMask::words_for(layout.numel()) as u64 * 4;
-        self.check_binding("x", &b.x, data_bytes)?;
-        self.check_binding("y", &b.y, data_bytes)?;
+        let dtype = b.x.dtype;
+        dtype.check_same("y", b.y.dtype)?;
+        self.check_tensor("x", &b.x, layout.numel())?;
+        self.check_tensor("y", &b.y, layout.numel())?;
         if let Some(m) = &b.mask {
+            let mask_bytes = PackedMask::words_for(layout.numel()) as u64 * 4;
             self.check_binding("mask", m, mask_bytes)?;
         }
         if b.x.buffer == b.y.buffer {
@@ -259,106 +331,53 @@ impl GpuContext {
         }
 
         let limits = self.dispatch_limits();
-        let chunk =
-            (limits.max_binding_bytes / 4 / CHUNK_GRANULE_ELEMS * CHUNK_GRANULE_ELEMS).min(1 << 30);
-        let uniform_stride = (self.device_limits().min_uniform_buffer_offset_alignment as u64)
-            .max(std::mem::size_of::<DispatchUniform>() as u64);
-        let chunks: Vec<(u64, u64)> = (0..len.div_ceil(chunk))
-            .map(|c| (c * chunk, chunk.min(len - c * chunk)))
+        let align = self.device_limits().min_storage_buffer_offset_alignment as u64;
+        // Chunks start on multiples of the granule (so their mask words are whole and aligned).
+        // f32 tensors sit at aligned offsets; a 16-bit tensor's window may start up to `align`
+        // bytes before its first element, which the chunk leaves room for.
+        let slack = if dtype == DType::F32 { 0 } else { align };
+        let chunk = ((limits.max_binding_bytes - slack) / dtype.size() / CHUNK_GRANULE_ELEMS
+            * CHUNK_GRANULE_ELEMS)
+            .clamp(CHUNK_GRANULE_ELEMS, 1 << 30);
+        let inner = layout.inner as u64;
+        let dispatches: Vec<Dispatch<'_, DispatchUniform>> = (0..len.div_ceil(chunk))
+            .map(|c| {
+                let (start, n) = (c * chunk, chunk.min(len - c * chunk));
+                let (x_window, x_shift) = window_binding(&b.x, start, start + n, align);
+                let (y_window, y_shift) = window_binding(&b.y, start, start + n, align);
+                let mask = b.mask.map(|m| wgpu::BufferBinding {
+                    buffer: m.buffer,
+                    offset: m.offset + start / 32 * 4,
+                    size: wgpu::BufferSize::new(n.div_ceil(32) * 4),
+                });
+                Dispatch {
+                    uniform: DispatchUniform {
+                        len: n as u32,
+                        num_tiles: n.div_ceil(TILE_ELEMS) as u32,
+                        channels: layout.channels as u32,
+                        inner: layout.inner as u32,
+                        channel_start: ((start / inner) % layout.channels as u64) as u32,
+                        inner_start: (start % inner) as u32,
+                        mask_words: n.div_ceil(32) as u32,
+                        x_shift: x_shift as u32,
+                        y_shift: y_shift as u32,
+                        _pad: [0; 3],
+                    },
+                    buffers: vec![b.params.map(whole), Some(x_window), Some(y_window), mask],
+                    grid: [
+                        n.div_ceil(TILE_ELEMS).min(limits.max_workgroups as u64) as u32,
+                        1,
+                    ],
+                }
+            })
             .collect();
-
-        let mut uniform_bytes = vec![0u8; (uniform_stride as usize) * chunks.len()];
-        for (i, &(start, n)) in chunks.iter().enumerate() {
-            let inner = layout.inner as u64;
-            let u = DispatchUniform {
-                len: n as u32,
-                num_tiles: n.div_ceil(TILE_ELEMS) as u32,
-                channels: layout.channels as u32,
-                inner: layout.inner as u32,
-                channel_start: ((start / inner) % layout.channels as u64) as u32,
-                inner_start: (start % inner) as u32,
-                mask_words: n.div_ceil(32) as u32,
-                _pad: 0,
-            };
-            let at = i * uniform_stride as usize;
-            uniform_bytes[at..at + std::mem::size_of::<DispatchUniform>()]
-                .copy_from_slice(bytemuck::bytes_of(&u));
-        }
-
-        let pipeline = self.pipeline(key)?;
-        let kernels = self.kernels();
-        self.capture(|| {
-            let uniforms = self.uniform_buffer("fakequant dispatch", &uniform_bytes);
-            let bind_groups: Vec<wgpu::BindGroup> = chunks
-                .iter()
-                .enumerate()
-                .map(|(i, &(start, n))| {
-                    fn range<'r>(
-                        t: &TensorBinding<'r>,
-                        offset: u64,
-                        bytes: u64,
-                    ) -> wgpu::BindingResource<'r> {
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: t.buffer,
-                            offset: t.offset + offset,
-                            size: wgpu::BufferSize::new(bytes),
-                        })
-                    }
-                    let dummy_read = kernels.dummy_read.as_entire_binding();
-                    let dummy_write = kernels.dummy_write.as_entire_binding();
-                    let mask_bytes = n.div_ceil(32) * 4;
-                    self.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("fakequant elementwise"),
-                        layout: &kernels.elementwise_layout,
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &uniforms,
-                                    offset: i as u64 * uniform_stride,
-                                    size: wgpu::BufferSize::new(
-                                        std::mem::size_of::<DispatchUniform>() as u64,
-                                    ),
-                                }),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: match b.params {
-                                    Some(p) => p.as_entire_binding(),
-                                    None => dummy_read,
-                                },
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 2,
-                                resource: range(&b.x, start * 4, n * 4),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 3,
-                                resource: range(&b.y, start * 4, n * 4),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 4,
-                                resource: match &b.mask {
-                                    Some(m) => range(m, start / 32 * 4, mask_bytes),
-                                    None => dummy_write,
-                                },
-                            },
-                        ],
-                    })
-                })
-                .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("fakequant elementwise"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            for (bind_group, &(_, n)) in bind_groups.iter().zip(&chunks) {
-                let workgroups = n.div_ceil(TILE_ELEMS).min(limits.max_workgroups as u64) as u32;
-                pass.set_bind_group(0, bind_group, &[]);
-                pass.dispatch_workgroups(workgroups, 1, 1);
-            }
-            Ok(())
-        })
+        self.record_dispatches(
+            encoder,
+            key,
+            &self.kernels().elementwise_layout,
+            &[true, true, false, false],
+            &dispatches,
+        )
     }
 }
 
@@ -435,6 +454,7 @@ impl GpuFakeQuant {
             },
             per_channel: self.op.params().axis().is_some(),
             with_mask: mask.is_some(),
+            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::context::require_f32;
 use super::context::{
     contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
     LsqKernel, TensorBinding,
@@ -295,6 +296,7 @@ impl GpuLsq {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         let n = layout.numel() as u64;
+        require_f32("x", &x)?;
         self.ctx.check_binding("x", &x, n * 4)?;
         self.ctx.check_binding("y", &y, n * 4)?;
         if let Some(m) = &mask {
@@ -313,6 +315,7 @@ impl GpuLsq {
             rounding: 0,
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
+            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,
@@ -516,7 +519,10 @@ impl GpuLsq {
         let layout = self.layout(shape)?;
         check_len("channels of the gradients", self.channels, grads.channels)?;
         let n = layout.numel() as u64;
+        require_f32("x", &x)?;
         self.ctx.check_binding("x", &x, n * 4)?;
+        require_f32("dy", &dy)?;
+        require_f32("dx", &dx)?;
         self.ctx.check_binding("dy", &dy, n * 4)?;
         self.ctx.check_binding("dx", &dx, n * 4)?;
         if dx.buffer == x.buffer || dx.buffer == dy.buffer {
@@ -555,6 +561,7 @@ impl GpuLsq {
         shape: &[usize],
     ) -> Result<()> {
         let layout = self.layout(shape)?;
+        require_f32("x", &x)?;
         self.ctx.check_binding("x", &x, layout.numel() as u64 * 4)?;
         let last = self.record_reduction(encoder, layout, true, x, None, None)?;
         let mut uniform = self.base_uniform(layout);

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::context::require_f32;
 use super::context::{
     contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
     ObserverKernel, TensorBinding,
@@ -464,6 +465,7 @@ impl GpuObserver {
                 limit: MAX_OBSERVED_ELEMS,
             });
         }
+        require_f32("x", &x)?;
         self.ctx.check_binding("x", &x, n * 4)?;
         let limits = self.ctx.dispatch_limits();
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
@@ -625,6 +627,7 @@ impl GpuObserver {
             },
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
+            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,
@@ -651,6 +654,7 @@ impl GpuObserver {
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
         let n = layout.numel() as u64;
+        require_f32("x", &x)?;
         self.ctx.check_binding("x", &x, n * 4)?;
         self.ctx.check_binding("y", &y, n * 4)?;
         if let Some(m) = &mask {
@@ -677,6 +681,7 @@ impl GpuObserver {
                 };
                 let key = KernelKey::PassThrough {
                     with_mask: bindings.mask.is_some(),
+                    dtype: x.dtype,
                 };
                 self.ctx.record_elementwise(encoder, key, bindings, layout)
             }

@@ -16,6 +16,7 @@
 pub mod lsq;
 pub mod observer;
 
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::quant::{FakeQuant, PackedMask, QuantRange, Rounding};
 
@@ -120,5 +121,27 @@ pub fn ste_backward(dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
         .iter()
         .zip(mask.to_bools())
         .map(|(&g, m)| ste_grad_value(g, m))
+        .collect())
+}
+
+/// [`fake_quant`] for any element type: each input is widened to f32 exactly, fake-quantized as
+/// f32, and the output rounded to `T` to nearest even (see [`crate::dtype`]).
+pub fn fake_quant_typed<T: Element>(
+    op: &FakeQuant,
+    x: &[T],
+    shape: &[usize],
+    with_mask: bool,
+) -> Result<(Vec<T>, Option<PackedMask>)> {
+    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let out = fake_quant(op, &wide, shape, with_mask)?;
+    Ok((out.y.into_iter().map(T::from_f32).collect(), out.mask))
+}
+
+/// [`ste_backward`] for any element type: `dy` widened exactly, `dx` rounded to `T`.
+pub fn ste_backward_typed<T: Element>(dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+    let wide: Vec<f32> = dy.iter().map(|v| v.to_f32()).collect();
+    Ok(ste_backward(&wide, mask)?
+        .into_iter()
+        .map(T::from_f32)
         .collect())
 }

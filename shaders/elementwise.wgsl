@@ -1,0 +1,107 @@
+// The elementwise entry points (fused forward with an optional bit-packed mask, straight-through
+// backward), shared by the element-type families: fake_quant.wgsl (f32) and fake_quant_half.wgsl
+// (f16, bf16) declare the bindings and `load_x`, `store_y`, `copy_x_to_y`; this file is appended
+// after them. The per-element arithmetic, and why it is exact on every device, is in quantize.wgsl.
+
+struct Dispatch {
+    // Elements in this chunk.
+    len: u32,
+    // Tiles of TILE elements in this chunk; the grid strides over them.
+    num_tiles: u32,
+    // Per-channel layout: the channel of chunk-local index i is
+    // (channel_start + (inner_start + i) / inner) % channels.
+    channels: u32,
+    inner: u32,
+    channel_start: u32,
+    inner_start: u32,
+    // Mask words in this chunk.
+    mask_words: u32,
+    // Element i of the chunk is element i + x_shift (y_shift) of the x (y) binding, whose start is
+    // aligned down to the device's offset alignment.
+    x_shift: u32,
+    y_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override PER_CHANNEL: bool = false;
+override WITH_MASK: bool = false;
+// y = x and every mask bit set: an observer's calibration mode, through the same chunking.
+override IDENTITY: bool = false;
+
+const WG_SIZE: u32 = 256u;
+const PER_THREAD: u32 = 4u;
+// A workgroup handles TILE consecutive elements per step; thread t takes t, t + 256, ... so that
+// every load and store of a warp (or of llvmpipe's SIMD lanes) is contiguous.
+const TILE: u32 = 1024u;
+const TILE_WORDS: u32 = 32u;
+
+var<workgroup> tile_mask: array<atomic<u32>, 32>;
+
+fn channel_of(i: u32) -> u32 {
+    if (!PER_CHANNEL) {
+        return 0u;
+    }
+    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
+}
+
+@compute @workgroup_size(256)
+fn forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        if (WITH_MASK) {
+            if (lid < TILE_WORDS) {
+                atomicStore(&tile_mask[lid], 0u);
+            }
+            workgroupBarrier();
+        }
+        let base = tile * TILE;
+        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+            let offset = k * WG_SIZE + lid;
+            let i = base + offset;
+            if (i < dispatch.len) {
+                var in_range = true;
+                if (IDENTITY) {
+                    copy_x_to_y(i);
+                } else {
+                    let q = fake_quant_bits(load_x(i), params[channel_of(i)]);
+                    store_y(i, q.bits);
+                    in_range = q.in_range;
+                }
+                if (WITH_MASK && in_range) {
+                    atomicOr(&tile_mask[offset / 32u], 1u << (offset % 32u));
+                }
+            }
+        }
+        if (WITH_MASK) {
+            workgroupBarrier();
+            let w = tile * TILE_WORDS + lid;
+            if (lid < TILE_WORDS && w < dispatch.mask_words) {
+                mask[w] = atomicLoad(&tile_mask[lid]);
+            }
+        }
+    }
+}
+
+// Backward bindings reuse the forward layout: x is dy, y is dx, mask is read.
+@compute @workgroup_size(256)
+fn ste_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let base = tile * TILE;
+        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+            let i = base + k * WG_SIZE + lid;
+            if (i < dispatch.len) {
+                let in_range = ((mask[i / 32u] >> (i % 32u)) & 1u) == 1u;
+                store_y(i, ste_grad_bits(load_x(i), in_range));
+            }
+        }
+    }
+}
