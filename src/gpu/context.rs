@@ -533,10 +533,21 @@ impl GpuContext {
             });
             if let Some(data) = contents {
                 if !data.is_empty() {
+                    // Mapped ranges are whole words; an odd number of 16-bit elements leaves the
+                    // last two bytes zero.
+                    let mapped = data.len().next_multiple_of(4);
+                    let mut padded;
+                    let whole = if mapped == data.len() {
+                        data
+                    } else {
+                        padded = data.to_vec();
+                        padded.resize(mapped, 0);
+                        &padded
+                    };
                     buffer
-                        .get_mapped_range_mut(..data.len() as u64)
+                        .get_mapped_range_mut(..mapped as u64)
                         .map_err(|e| Error::Gpu(e.to_string()))?
-                        .copy_from_slice(data);
+                        .copy_from_slice(whole);
                 }
                 buffer.unmap();
             }
