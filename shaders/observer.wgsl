@@ -108,8 +108,16 @@ fn reduce_workgroup(lid: u32, lo: u32, hi: u32) -> vec2<u32> {
     return vec2<u32>(wg_min[0], wg_max[0]);
 }
 
+// 0: f32 elements, 1: f16, 2: bf16 (two per word, widened exactly by half.wgsl).
+override DTYPE: u32 = 0u;
+
 fn load_keys(global: u32) -> vec2<u32> {
-    return observe_keys(src[global - d.window_base + d.shift]);
+    let at = global - d.window_base + d.shift;
+    if (DTYPE == 0u) {
+        return observe_keys(src[at]);
+    }
+    let half = (src[at >> 1u] >> ((at & 1u) * 16u)) & 0xffffu;
+    return observe_keys(select(bf16_to_f32_bits(half), f16_to_f32_bits(half), DTYPE == 1u));
 }
 
 // Channel axis not innermost, rows of at least 256 elements: one workgroup per piece of PIECE

@@ -270,3 +270,66 @@ fn mixed_element_types_and_misaligned_offsets_are_rejected() {
         ctx.submit_and_wait(encoder).unwrap();
     }
 }
+
+#[test]
+fn observers_on_16_bit_tensors() {
+    use fakequant::reference::observer::{batch_min_max_typed, Observer};
+    use fakequant::{Averaging, Mode, ObserverConfig, QScheme};
+    let (h, b) = (all_f16(), all_bf16());
+    for ctx in contexts() {
+        for axis in [None, Some(0), Some(1)] {
+            let config = ObserverConfig::new(
+                QuantRange::INT8,
+                QScheme::Affine,
+                Averaging::default(),
+                axis,
+            )
+            .unwrap();
+            let shape = [256usize, 256];
+            let channels = config.channels_for(&shape).unwrap();
+            let gpu = ctx.create_observer(&config, channels).unwrap();
+            for (name, got, expected) in [
+                (
+                    "f16",
+                    gpu.batch_min_max(&h, &shape).unwrap(),
+                    batch_min_max_typed(&config, &h, &shape).unwrap(),
+                ),
+                (
+                    "bf16",
+                    gpu.batch_min_max(&b, &shape).unwrap(),
+                    batch_min_max_typed(&config, &b, &shape).unwrap(),
+                ),
+            ] {
+                let context = format!("{name} batch axis {axis:?}");
+                common::assert_bits_eq(&context, &[], &expected.min, &got.min);
+                common::assert_bits_eq(&context, &[], &expected.max, &got.max);
+            }
+            // A sequence of fused steps on realistic data, in both types.
+            let mut rng = Rng::new(4);
+            let gpu16 = ctx.create_observer(&config, channels).unwrap();
+            let gpub = ctx.create_observer(&config, channels).unwrap();
+            let mut cpu16 = Observer::new(config.clone(), channels).unwrap();
+            let mut cpub = Observer::new(config.clone(), channels).unwrap();
+            for (step, mode) in [Mode::Calibrate, Mode::Qat, Mode::Frozen, Mode::Qat]
+                .into_iter()
+                .enumerate()
+            {
+                let x: Vec<f32> = (0..65536)
+                    .map(|_| rng.normal() * (step + 1) as f32)
+                    .collect();
+                let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                let (ey, em) = cpu16.step_typed(&xh, &shape, mode, true).unwrap();
+                let (gy, gm) = gpu16.run_typed(&xh, &shape, mode, true).unwrap();
+                assert_elems_eq(&format!("f16 step {step} {mode:?}"), &xh, &ey, &gy);
+                assert_mask_eq("f16 step mask", &em.unwrap(), &gm.unwrap());
+                assert_eq!(cpu16.state(), &gpu16.read_state().unwrap());
+                let (ey, em) = cpub.step_typed(&xb, &shape, mode, true).unwrap();
+                let (gy, gm) = gpub.run_typed(&xb, &shape, mode, true).unwrap();
+                assert_elems_eq(&format!("bf16 step {step} {mode:?}"), &xb, &ey, &gy);
+                assert_mask_eq("bf16 step mask", &em.unwrap(), &gm.unwrap());
+                assert_eq!(cpub.state(), &gpub.read_state().unwrap());
+            }
+        }
+    }
+}

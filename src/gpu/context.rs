@@ -39,8 +39,8 @@ pub(crate) enum KernelKey {
     PassThrough { with_mask: bool, dtype: DType },
     /// Straight-through backward.
     SteBackward { dtype: DType },
-    /// One of the observer kernels (`shaders/observer.wgsl`).
-    Observer(ObserverKernel),
+    /// One of the observer kernels (`shaders/observer.wgsl`), for tensors of an element type.
+    Observer(ObserverKernel, DType),
     /// One of the LSQ kernels (`shaders/lsq.wgsl`).
     Lsq(LsqKernel),
 }
@@ -926,9 +926,9 @@ impl Kernels {
                 forward_constants(0, false, with_mask, true),
             ),
             KernelKey::SteBackward { dtype } => elementwise("ste_backward", dtype, vec![]),
-            KernelKey::Observer(kernel) => (
+            KernelKey::Observer(kernel, dtype) => (
                 kernel.entry_point(),
-                vec![],
+                vec![("DTYPE", dtype_constant(dtype))],
                 &self.observer_module,
                 &self.observer_pipeline_layout,
             ),
@@ -1029,6 +1029,15 @@ pub(crate) fn require_f32(what: &'static str, b: &TensorBinding<'_>) -> Result<(
         });
     }
     Ok(())
+}
+
+/// The `DTYPE` override of the kernels that read 16-bit elements: 0 f32, 1 f16, 2 bf16.
+pub(crate) fn dtype_constant(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 0.0,
+        DType::F16 => 1.0,
+        DType::Bf16 => 2.0,
+    }
 }
 
 /// A whole buffer as a binding.

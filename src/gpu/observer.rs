@@ -6,12 +6,12 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::context::require_f32;
 use super::context::{
     contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
     ObserverKernel, TensorBinding,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
 use crate::quant::{ChannelLayout, PackedMask, Rounding};
@@ -272,6 +272,7 @@ impl GpuContext {
         self.record_observer_dispatches(
             encoder,
             ObserverKernel::MergeBatch,
+            DType::F32,
             &[(uniform, bindings, [groups, 1])],
         )
     }
@@ -281,6 +282,7 @@ impl GpuContext {
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: ObserverKernel,
+        dtype: DType,
         dispatches: &[(ObserveDispatch, ObserverBindings<'_>, [u32; 2])],
     ) -> Result<()> {
         let dispatches: Vec<Dispatch<'_, ObserveDispatch>> = dispatches
@@ -299,7 +301,7 @@ impl GpuContext {
             .collect();
         self.record_dispatches(
             encoder,
-            KernelKey::Observer(kernel),
+            KernelKey::Observer(kernel, dtype),
             &self.kernels().observer_layout,
             &[true, false, false, false, false],
             &dispatches,
@@ -465,12 +467,11 @@ impl GpuObserver {
                 limit: MAX_OBSERVED_ELEMS,
             });
         }
-        require_f32("x", &x)?;
-        self.ctx.check_binding("x", &x, n * 4)?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
         let limits = self.ctx.dispatch_limits();
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         // Elements a window may cover once its start is aligned down.
-        let max_elems = (limits.max_binding_bytes - align) / 4;
+        let max_elems = (limits.max_binding_bytes - align) / x.dtype.size();
         let plan = if n == 0 {
             None
         } else {
@@ -515,7 +516,7 @@ impl GpuObserver {
                 })
                 .collect();
             self.ctx
-                .record_observer_dispatches(encoder, plan.kernel, &dispatches)?;
+                .record_observer_dispatches(encoder, plan.kernel, x.dtype, &dispatches)?;
         }
         let finalize = ObserveDispatch {
             channels: self.channels as u32,
@@ -538,8 +539,12 @@ impl GpuObserver {
             batch: Some(&stats.buffer),
             ..Default::default()
         };
-        self.ctx
-            .record_observer_dispatches(encoder, kernel, &[(finalize, bindings, [groups, 1])])
+        self.ctx.record_observer_dispatches(
+            encoder,
+            kernel,
+            DType::F32,
+            &[(finalize, bindings, [groups, 1])],
+        )
     }
 
     fn partials_buffer(&self, bytes: u64) -> Result<wgpu::Buffer> {
@@ -605,6 +610,7 @@ impl GpuObserver {
         self.ctx.record_observer_dispatches(
             encoder,
             ObserverKernel::Update,
+            DType::F32,
             &[(uniform, bindings, [groups, 1])],
         )
     }
@@ -653,10 +659,9 @@ impl GpuObserver {
         let layout = self.layout(shape)?;
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
-        let n = layout.numel() as u64;
-        require_f32("x", &x)?;
-        self.ctx.check_binding("x", &x, n * 4)?;
-        self.ctx.check_binding("y", &y, n * 4)?;
+        x.dtype.check_same("y", y.dtype)?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
+        self.ctx.check_tensor("y", &y, layout.numel())?;
         if let Some(m) = &mask {
             self.ctx
                 .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
@@ -727,33 +732,45 @@ impl GpuObserver {
         mode: Mode,
         with_mask: bool,
     ) -> Result<FakeQuantOutput> {
+        let (y, mask) = self.run_typed(x, shape, mode, with_mask)?;
+        Ok(FakeQuantOutput { y, mask })
+    }
+
+    /// Convenience level for any element type (`f32`, `half::f16`, `half::bf16`).
+    pub fn run_typed<T: Element>(
+        &self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<(Vec<T>, Option<PackedMask>)> {
         self.layout(shape)?;
         check_len(
             "data length vs product of shape",
             crate::quant::numel(shape)?,
             x.len(),
         )?;
-        let x_dev = self.ctx.upload(x)?;
-        let y_dev = self.ctx.create_tensor(x.len())?;
+        let x_dev = self.ctx.upload_typed(x)?;
+        let y_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
         let mask_dev = with_mask
             .then(|| self.ctx.create_mask(x.len()))
             .transpose()?;
         self.step(&x_dev, shape, &y_dev, mask_dev.as_ref(), mode)?;
-        Ok(FakeQuantOutput {
-            y: self.ctx.read_tensor(&y_dev)?,
-            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
-        })
+        Ok((
+            self.ctx.read_tensor_typed(&y_dev)?,
+            mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        ))
     }
 
     /// Device level: reduces host-visible `x` to statistics without touching the state, and reads
     /// them back (a convenience for tests and calibration scripts).
-    pub fn batch_min_max(&self, x: &[f32], shape: &[usize]) -> Result<MinMax> {
+    pub fn batch_min_max<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<MinMax> {
         check_len(
             "data length vs product of shape",
             crate::quant::numel(shape)?,
             x.len(),
         )?;
-        let x_dev = self.ctx.upload(x)?;
+        let x_dev = self.ctx.upload_typed(x)?;
         let stats = self.create_batch_stats()?;
         let mut encoder = self.ctx.create_encoder("fakequant batch min/max");
         self.record_batch_min_max(&mut encoder, x_dev.binding(), shape, &stats)?;

@@ -3,6 +3,7 @@
 //! are their definition, in plain f32 arithmetic (Rust neither fuses nor flushes, so each
 //! operation below is one correctly rounded IEEE operation).
 
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::observer::{
     Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme, MAX_OBSERVED_SCALE,
@@ -53,6 +54,17 @@ pub fn batch_min_max(config: &ObserverConfig, x: &[f32], shape: &[usize]) -> Res
         }
     }
     Ok(batch)
+}
+
+/// [`batch_min_max`] of a tensor of any element type (widening is exact, so the statistics are
+/// those of the stored values).
+pub fn batch_min_max_typed<T: Element>(
+    config: &ObserverConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<MinMax> {
+    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    batch_min_max(config, &wide, shape)
 }
 
 /// Channel `c` of `m` as a range, zeros as `+0.0`; `None` when it is not a finite range (see
@@ -253,6 +265,34 @@ impl Observer {
             });
         }
         fake_quant(&self.state.fake_quant(&self.config)?, x, shape, with_mask)
+    }
+}
+
+impl Observer {
+    /// [`Observer::step`] for any element type: the statistics of the widened values, the
+    /// fake-quant of [`crate::reference::fake_quant_typed`]; calibration returns `x` itself.
+    pub fn step_typed<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<(Vec<T>, Option<PackedMask>)> {
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        if mode == Mode::Calibrate {
+            let out = self.step(&wide, shape, mode, with_mask)?;
+            return Ok((x.to_vec(), out.mask));
+        }
+        // Observe (QAT) or only validate (frozen) through the f32 step, then fake-quantize the
+        // stored type.
+        let f32_mode = if mode == Mode::Qat {
+            Mode::Calibrate
+        } else {
+            Mode::Frozen
+        };
+        self.step(&wide, shape, f32_mode, false)?;
+        let op = self.state.fake_quant(&self.config)?;
+        crate::reference::fake_quant_typed(&op, x, shape, with_mask)
     }
 }
 
