@@ -18,9 +18,10 @@
 struct LsqDispatch {
     // The tensor seen as [outer, channels, inner]; element j of channel c (in flat order) is at
     // flat index ((j / inner) * channels + c) * inner + j % inner. Global flat index
-    // `window_base` is element `shift` of this dispatch's bindings of x, dy and dx.
+    // `window_base` is element `x_shift` of this dispatch's binding of x (`dy_shift`, `dx_shift`
+    // of dy and dx).
     total: u32,
-    shift: u32,
+    x_shift: u32,
     window_base: u32,
     channels: u32,
     inner: u32,
@@ -39,7 +40,12 @@ struct LsqDispatch {
     eps: u32,
     grad_factor: u32,
     sqrt_qmax: u32,
-    _pad: u32,
+    // Where the window's first element sits in the dy and dx bindings (x: x_shift).
+    dy_shift: u32,
+    dx_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> d: LsqDispatch;
@@ -47,7 +53,9 @@ struct LsqDispatch {
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 // dy (or the source level of partials).
 @group(0) @binding(2) var<storage, read> dy: array<u32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<u32>;
+// Atomic so that 16-bit elements, two to a word, can be stored by different invocations (see
+// store_dx); f32 elements are plain atomicStores.
+@group(0) @binding(3) var<storage, read_write> dx: array<atomic<u32>>;
 @group(0) @binding(4) var<storage, read_write> params: array<ChannelParams>;
 // Pairs per (channel, block): (dscale, dzero_point) sums, or (sum |x|, finite count) for init.
 @group(0) @binding(5) var<storage, read_write> partials: array<u32>;
@@ -56,6 +64,43 @@ struct LsqDispatch {
 @group(0) @binding(7) var<storage, read_write> zero_point: array<u32>;
 // Reduced gradients: `channels` dscale then `channels` dzero_point.
 @group(0) @binding(8) var<storage, read_write> grads: array<u32>;
+
+// 0: f32 tensors, 1: f16, 2: bf16 (two per word; widened and rounded by half.wgsl, exactly).
+override DTYPE: u32 = 0u;
+
+fn widen(half: u32) -> u32 {
+    return select(bf16_to_f32_bits(half), f16_to_f32_bits(half), DTYPE == 1u);
+}
+
+fn load_x(at: u32) -> u32 {
+    let i = at + d.x_shift;
+    if (DTYPE == 0u) {
+        return x[i];
+    }
+    return widen((x[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);
+}
+
+fn load_dy(at: u32) -> u32 {
+    let i = at + d.dy_shift;
+    if (DTYPE == 0u) {
+        return dy[i];
+    }
+    return widen((dy[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu);
+}
+
+// A 16-bit element is cleared and set with two atomics on its own 16 bits, so the neighbour in
+// the same word (another invocation's, or another tensor's) is never disturbed.
+fn store_dx(at: u32, bits: u32) {
+    let i = at + d.dx_shift;
+    if (DTYPE == 0u) {
+        atomicStore(&dx[i], bits);
+        return;
+    }
+    let half = select(f32_to_bf16_bits(bits), f32_to_f16_bits(bits), DTYPE == 1u);
+    let shift = (i & 1u) * 16u;
+    atomicAnd(&dx[i >> 1u], ~(0xffffu << shift));
+    atomicOr(&dx[i >> 1u], half << shift);
+}
 
 const WG_SIZE: u32 = 256u;
 const BLOCK: u32 = 4096u;
@@ -154,16 +199,16 @@ fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
     for (var k = 0u; k < BLOCK / WG_SIZE; k = k + 1u) {
         let j = b * BLOCK + k * WG_SIZE + lid;
         if (j < d.per_channel) {
-            let at = flat_index(c, j) - d.window_base + d.shift;
-            let xb = x[at];
+            let at = flat_index(c, j) - d.window_base;
+            let xb = load_x(at);
             if (init) {
                 let finite = is_finite_bits(xb);
                 sum_a = accumulate(sum_a, select(0u, xb & ABS_MASK, finite));
                 sum_b = sum_b + select(0u, 1u, finite);
             } else {
-                let g = dy[at];
+                let g = load_dy(at);
                 let q = fake_quant_bits(xb, p);
-                dx[at] = ste_grad_bits(g, q.in_range);
+                store_dx(at, ste_grad_bits(g, q.in_range));
                 var ts = DEFAULT_NAN;
                 var tz = DEFAULT_NAN;
                 if (!is_nan_bits(xb)) {

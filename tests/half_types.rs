@@ -333,3 +333,53 @@ fn observers_on_16_bit_tensors() {
         }
     }
 }
+
+#[test]
+fn lsq_on_16_bit_tensors() {
+    use fakequant::reference::lsq as lsq_ref;
+    use fakequant::LsqConfig;
+    let (h, b) = (all_f16(), all_bf16());
+    let mut rng = Rng::new(5);
+    for ctx in contexts() {
+        for (axis, shape) in [
+            (None, [256usize, 256]),
+            (Some(1), [4096, 16]),
+            (Some(0), [16, 4096]),
+        ] {
+            let config = LsqConfig::new(QuantRange::INT8, axis).unwrap();
+            let channels = config.channels_for(&shape).unwrap();
+            let scales: Vec<f32> = (0..channels).map(|c| 0.01 + c as f32 * 0.002).collect();
+            let zps: Vec<f32> = (0..channels).map(|c| c as f32 - 3.5).collect();
+            let lsq = ctx.create_lsq(&config, &scales, &zps).unwrap();
+            let dy: Vec<f32> = (0..65536).map(|_| rng.normal()).collect();
+            // Every pattern as x, realistic gradients; then every pattern as dy.
+            macro_rules! check_type {
+                ($x:expr, $ty:ty) => {{
+                    let x = $x;
+                    let dy: Vec<$ty> = dy.iter().map(|&v| <$ty>::from_f32(v)).collect();
+                    let label = format!("{} axis {axis:?}", stringify!($ty));
+                    let (ey, em) =
+                        lsq_ref::forward_typed(&config, &x, &shape, &scales, &zps, true).unwrap();
+                    let (gy, gm) = lsq.forward_typed(&x, &shape, true).unwrap();
+                    assert_elems_eq(&format!("{label}: y"), &x, &ey, &gy);
+                    assert_mask_eq(&format!("{label}: mask"), &em.unwrap(), &gm.unwrap());
+                    for (xs, dys) in [(&x, &dy), (&dy, &x)] {
+                        let (edx, eds, edz) =
+                            lsq_ref::backward_typed(&config, xs, dys, &shape, &scales, &zps)
+                                .unwrap();
+                        let (gdx, gds, gdz) = lsq.backward_typed(xs, dys, &shape).unwrap();
+                        assert_elems_eq(&format!("{label}: dx"), xs, &edx, &gdx);
+                        common::assert_bits_eq(&format!("{label}: dscale"), &[], &eds, &gds);
+                        common::assert_bits_eq(&format!("{label}: dzero_point"), &[], &edz, &gdz);
+                    }
+                    let expected = lsq_ref::init_scales_typed(&config, &x, &shape).unwrap();
+                    let init = ctx.create_lsq(&config, &scales, &zps).unwrap();
+                    let got = init.init_from_data(&x, &shape).unwrap();
+                    common::assert_bits_eq(&format!("{label}: init"), &[], &expected, &got);
+                }};
+            }
+            check_type!(h.clone(), f16);
+            check_type!(b.clone(), bf16);
+        }
+    }
+}

@@ -374,7 +374,10 @@ fn initialization_from_an_observer_and_from_data() {
         assert_eq!(expected[1], 1.0);
         assert_eq!(expected[2], 0.0);
         let empty = ctx.create_lsq(&config, &[1.0; 4], &[0.0; 4]).unwrap();
-        assert_eq!(empty.init_from_data(&[], &[4, 0]).unwrap(), vec![1.0; 4]);
+        assert_eq!(
+            empty.init_from_data::<f32>(&[], &[4, 0]).unwrap(),
+            vec![1.0; 4]
+        );
     }
 }
 

@@ -41,8 +41,8 @@ pub(crate) enum KernelKey {
     SteBackward { dtype: DType },
     /// One of the observer kernels (`shaders/observer.wgsl`), for tensors of an element type.
     Observer(ObserverKernel, DType),
-    /// One of the LSQ kernels (`shaders/lsq.wgsl`).
-    Lsq(LsqKernel),
+    /// One of the LSQ kernels (`shaders/lsq.wgsl`), for tensors of an element type.
+    Lsq(LsqKernel, DType),
 }
 
 /// The entry points of `shaders/lsq.wgsl`.
@@ -932,15 +932,18 @@ impl Kernels {
                 &self.observer_module,
                 &self.observer_pipeline_layout,
             ),
-            KernelKey::Lsq(kernel) => (
-                kernel.entry_point(),
-                match kernel {
-                    LsqKernel::Sum { counts } => vec![("COUNTS", counts as u8 as f64)],
-                    _ => vec![],
-                },
-                &self.lsq_module,
-                &self.lsq_pipeline_layout,
-            ),
+            KernelKey::Lsq(kernel, dtype) => {
+                let mut constants = vec![("DTYPE", dtype_constant(dtype))];
+                if let LsqKernel::Sum { counts } = kernel {
+                    constants.push(("COUNTS", counts as u8 as f64));
+                }
+                (
+                    kernel.entry_point(),
+                    constants,
+                    &self.lsq_module,
+                    &self.lsq_pipeline_layout,
+                )
+            }
         };
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry_point),
@@ -1015,20 +1018,6 @@ pub(crate) fn contiguous_runs(
         first = lo;
     }
     runs
-}
-
-/// Observers and LSQ take f32 tensors; the 16-bit types go through the elementwise ops for now.
-pub(crate) fn require_f32(what: &'static str, b: &TensorBinding<'_>) -> Result<()> {
-    if b.dtype != DType::F32 {
-        return Err(Error::InvalidBuffer {
-            what,
-            reason: format!(
-                "observers and LSQ take f32 tensors; {:?} is supported by the fake-quant and straight-through ops",
-                b.dtype
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// The `DTYPE` override of the kernels that read 16-bit elements: 0 f32, 1 f16, 2 bf16.

@@ -7,13 +7,13 @@ use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::context::require_f32;
 use super::context::{
     contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
     LsqKernel, TensorBinding,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use super::observer::{per_channel_groups, GpuObserver};
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::quant::{numel, ChannelLayout, PackedMask};
@@ -28,7 +28,7 @@ const MAX_ELEMS: u64 = (1 << 31) - 1;
 #[derive(Debug, Clone, Copy, Pod, Zeroable, Default)]
 struct LsqDispatch {
     total: u32,
-    shift: u32,
+    x_shift: u32,
     window_base: u32,
     channels: u32,
     inner: u32,
@@ -42,7 +42,9 @@ struct LsqDispatch {
     eps: u32,
     grad_factor: u32,
     sqrt_qmax: u32,
-    _pad: u32,
+    dy_shift: u32,
+    dx_shift: u32,
+    _pad: [u32; 3],
 }
 
 /// Which binding of the LSQ layout (after the uniform) is read-only.
@@ -275,9 +277,20 @@ impl GpuLsq {
         kernel: LsqKernel,
         dispatches: &[Dispatch<'_, LsqDispatch>],
     ) -> Result<()> {
+        self.dispatch_typed(encoder, kernel, DType::F32, dispatches)
+    }
+
+    /// A kernel that reads or writes tensors of `dtype`.
+    fn dispatch_typed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: LsqKernel,
+        dtype: DType,
+        dispatches: &[Dispatch<'_, LsqDispatch>],
+    ) -> Result<()> {
         self.ctx.record_dispatches(
             encoder,
-            KernelKey::Lsq(kernel),
+            KernelKey::Lsq(kernel, dtype),
             &self.ctx.kernels().lsq_layout,
             &READ_ONLY,
             dispatches,
@@ -295,10 +308,9 @@ impl GpuLsq {
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
-        let n = layout.numel() as u64;
-        require_f32("x", &x)?;
-        self.ctx.check_binding("x", &x, n * 4)?;
-        self.ctx.check_binding("y", &y, n * 4)?;
+        x.dtype.check_same("y", y.dtype)?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
+        self.ctx.check_tensor("y", &y, layout.numel())?;
         if let Some(m) = &mask {
             self.ctx
                 .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
@@ -327,9 +339,9 @@ impl GpuLsq {
     }
 
     /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.
-    fn block_plan(&self, layout: ChannelLayout, align: u64) -> Result<BlockPlan> {
+    fn block_plan(&self, layout: ChannelLayout, align: u64, dtype: DType) -> Result<BlockPlan> {
         let limits = self.ctx.dispatch_limits();
-        let max_elems = (limits.max_binding_bytes - align) / 4;
+        let max_elems = (limits.max_binding_bytes - align) / dtype.size();
         let max_wg = limits.max_workgroups as u64;
         let (channels, inner) = (layout.channels as u64, layout.inner as u64);
         let per_channel = layout.outer as u64 * inner;
@@ -442,7 +454,7 @@ impl GpuLsq {
         dx: Option<TensorBinding<'a>>,
     ) -> Result<Option<wgpu::Buffer>> {
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
-        let plan = self.block_plan(layout, align)?;
+        let plan = self.block_plan(layout, align, x.dtype)?;
         if plan.blocks == 0 {
             return Ok(None);
         }
@@ -456,13 +468,17 @@ impl GpuLsq {
                 let mut uniform = plan.uniform;
                 uniform.first_unit = first as u32;
                 uniform.window_base = start as u32;
-                uniform.shift = shift as u32;
+                uniform.x_shift = shift as u32;
                 let mut buffers = slots(&[(0, xb), (3, whole(&self.params)), (4, whole(&src))]);
                 if let Some(dy) = &dy {
-                    buffers[1] = Some(window(dy, start, end).0);
+                    let (b, shift) = window(dy, start, end);
+                    buffers[1] = Some(b);
+                    uniform.dy_shift = shift as u32;
                 }
                 if let Some(dx) = &dx {
-                    buffers[2] = Some(window(dx, start, end).0);
+                    let (b, shift) = window(dx, start, end);
+                    buffers[2] = Some(b);
+                    uniform.dx_shift = shift as u32;
                 }
                 Dispatch {
                     uniform,
@@ -476,7 +492,7 @@ impl GpuLsq {
         } else {
             LsqKernel::Backward
         };
-        self.dispatch(encoder, first, &dispatches)?;
+        self.dispatch_typed(encoder, first, x.dtype, &dispatches)?;
         // The tree over the blocks' sums, 4096 to 1 per level.
         let mut level = plan.blocks;
         while level > 1 {
@@ -518,13 +534,11 @@ impl GpuLsq {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         check_len("channels of the gradients", self.channels, grads.channels)?;
-        let n = layout.numel() as u64;
-        require_f32("x", &x)?;
-        self.ctx.check_binding("x", &x, n * 4)?;
-        require_f32("dy", &dy)?;
-        require_f32("dx", &dx)?;
-        self.ctx.check_binding("dy", &dy, n * 4)?;
-        self.ctx.check_binding("dx", &dx, n * 4)?;
+        x.dtype.check_same("dy", dy.dtype)?;
+        x.dtype.check_same("dx", dx.dtype)?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
+        self.ctx.check_tensor("dy", &dy, layout.numel())?;
+        self.ctx.check_tensor("dx", &dx, layout.numel())?;
         if dx.buffer == x.buffer || dx.buffer == dy.buffer {
             return Err(Error::InvalidBuffer {
                 what: "dx",
@@ -561,8 +575,7 @@ impl GpuLsq {
         shape: &[usize],
     ) -> Result<()> {
         let layout = self.layout(shape)?;
-        require_f32("x", &x)?;
-        self.ctx.check_binding("x", &x, layout.numel() as u64 * 4)?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
         let last = self.record_reduction(encoder, layout, true, x, None, None)?;
         let mut uniform = self.base_uniform(layout);
         uniform.src_blocks = last.is_some() as u32;
@@ -685,10 +698,49 @@ impl GpuLsq {
         })
     }
 
-    /// Convenience level: initializes the scales from host data and returns them.
-    pub fn init_from_data(&self, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+    /// Convenience level for any element type: the forward, `y` in the type of `x`.
+    pub fn forward_typed<T: Element>(
+        &self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<(Vec<T>, Option<PackedMask>)> {
         check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload(x)?;
+        let x_dev = self.ctx.upload_typed(x)?;
+        let y_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
+        let mask_dev = with_mask
+            .then(|| self.ctx.create_mask(x.len()))
+            .transpose()?;
+        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        Ok((
+            self.ctx.read_tensor_typed(&y_dev)?,
+            mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        ))
+    }
+
+    /// Convenience level for any element type: `(dx, dscale, dzero_point)`, `dx` in the type of
+    /// `x` and `dy`, the reduced gradients f32.
+    pub fn backward_typed<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        shape: &[usize],
+    ) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        check_len("dy vs x", x.len(), dy.len())?;
+        let x_dev = self.ctx.upload_typed(x)?;
+        let dy_dev = self.ctx.upload_typed(dy)?;
+        let dx_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
+        let grads = self.create_grads()?;
+        self.backward_device(&x_dev, &dy_dev, shape, &dx_dev, &grads)?;
+        let (dscale, dzero_point) = self.ctx.read_lsq_grads(&grads)?;
+        Ok((self.ctx.read_tensor_typed(&dx_dev)?, dscale, dzero_point))
+    }
+
+    /// Convenience level: initializes the scales from host data and returns them.
+    pub fn init_from_data<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        let x_dev = self.ctx.upload_typed(x)?;
         let mut encoder = self.ctx.create_encoder("fakequant lsq init");
         self.record_init_from_data(&mut encoder, x_dev.binding(), shape)?;
         self.ctx.submit_and_wait(encoder)?;

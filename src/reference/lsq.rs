@@ -1,6 +1,7 @@
 //! CPU reference for LSQ / LSQ+ (semantics listed in [`crate::lsq`]): effective parameters, the
 //! forward, per-element gradients, the fixed-order reduction and the initialization from data.
 
+use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::MAX_OBSERVED_SCALE;
@@ -252,4 +253,47 @@ pub fn init_scales(config: &LsqConfig, x: &[f32], shape: &[usize]) -> Result<Vec
             (2.0 * mean) / sqrt_qmax
         })
         .collect())
+}
+
+/// [`forward`] for any element type: `x` widened exactly, `y` rounded to `T`.
+pub fn forward_typed<T: Element>(
+    config: &LsqConfig,
+    x: &[T],
+    shape: &[usize],
+    scales: &[f32],
+    zero_points: &[f32],
+    with_mask: bool,
+) -> Result<(Vec<T>, Option<crate::quant::PackedMask>)> {
+    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let out = forward(config, &wide, shape, scales, zero_points, with_mask)?;
+    Ok((out.y.into_iter().map(T::from_f32).collect(), out.mask))
+}
+
+/// [`backward`] for any element type: `x` and `dy` widened exactly, `dx` rounded to `T`, the
+/// reduced gradients f32.
+pub fn backward_typed<T: Element>(
+    config: &LsqConfig,
+    x: &[T],
+    dy: &[T],
+    shape: &[usize],
+    scales: &[f32],
+    zero_points: &[f32],
+) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
+    let widen = |v: &[T]| -> Vec<f32> { v.iter().map(|e| e.to_f32()).collect() };
+    let grads = backward(config, &widen(x), &widen(dy), shape, scales, zero_points)?;
+    Ok((
+        grads.dx.into_iter().map(T::from_f32).collect(),
+        grads.dscale,
+        grads.dzero_point,
+    ))
+}
+
+/// [`init_scales`] for any element type (widening is exact).
+pub fn init_scales_typed<T: Element>(
+    config: &LsqConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    init_scales(config, &wide, shape)
 }
