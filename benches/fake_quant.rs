@@ -6,7 +6,7 @@
 //! figures include the submit and synchronisation cost, as a training step would see it.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fakequant::{reference, FakeQuant, GpuContext, QuantParams, QuantRange};
+use fakequant::{reference, DType, FakeQuant, GpuContext, QuantParams, QuantRange};
 
 const SIZES: [usize; 3] = [1 << 16, 1 << 20, 1 << 24];
 
@@ -68,6 +68,32 @@ fn benches(c: &mut Criterion) {
                 BenchmarkId::new(format!("forward_{name}_mask_8.125B_per_elem"), n),
                 &n,
                 |b, _| b.iter(|| prepared.forward(&x, &shape, &y, Some(&mask)).unwrap()),
+            );
+        }
+        // 16-bit elements: half the bytes, so compare bytes per second, not elements.
+        for dtype in [DType::F16, DType::Bf16] {
+            let x16 = match dtype {
+                DType::F16 => ctx.upload_typed(
+                    &x_host
+                        .iter()
+                        .map(|&v| half::f16::from_f32(v))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => ctx.upload_typed(
+                    &x_host
+                        .iter()
+                        .map(|&v| half::bf16::from_f32(v))
+                        .collect::<Vec<_>>(),
+                ),
+            }
+            .unwrap();
+            let y16 = ctx.create_tensor_typed(n, dtype).unwrap();
+            let prepared = ctx.prepare(&per_tensor).unwrap();
+            group.throughput(Throughput::Bytes(n as u64 * 4));
+            group.bench_with_input(
+                BenchmarkId::new(format!("forward_per_tensor_{dtype:?}_4B_per_elem"), n),
+                &n,
+                |b, _| b.iter(|| prepared.forward(&x16, &[n], &y16, None).unwrap()),
             );
         }
         group.throughput(Throughput::Bytes(2 * elem_bytes + mask_bytes));

@@ -383,3 +383,66 @@ fn lsq_on_16_bit_tensors() {
         }
     }
 }
+
+#[test]
+fn observers_and_lsq_read_and_write_16_bit_tensors_at_odd_offsets() {
+    use fakequant::reference::{lsq as lsq_ref, observer::batch_min_max_typed};
+    use fakequant::{LsqConfig, ObserverConfig};
+    let mut rng = Rng::new(6);
+    let n = 3000usize;
+    let shape = [3usize, 1000];
+    let x: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.normal())).collect();
+    let dy: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.normal())).collect();
+    // Places a tensor at half index `at` of a zero-filled f16 buffer with room around it.
+    let place = |ctx: &GpuContext, v: &[f16], at: usize| {
+        let mut all = vec![f16::ZERO; n + 300];
+        all[at..at + n].copy_from_slice(v);
+        ctx.upload_typed(&all).unwrap()
+    };
+    fn bind(t: &fakequant::GpuTensor, at: usize) -> TensorBinding<'_> {
+        TensorBinding::new(t.buffer(), at as u64 * 2).with_dtype(DType::F16)
+    }
+    for ctx in contexts() {
+        let (x_at, dy_at, dx_at) = (1usize, 131, 3);
+        let (xb, dyb) = (place(ctx, &x, x_at), place(ctx, &dy, dy_at));
+        let dxb = place(ctx, &vec![f16::from_f32(7.0); n], dx_at);
+
+        let config = ObserverConfig::qat_weight_int8();
+        let observer = ctx.create_observer(&config, 3).unwrap();
+        let stats = observer.create_batch_stats().unwrap();
+        let lsq_config = LsqConfig::weight_int8();
+        let (scales, zps) = ([0.01f32, 0.02, 0.03], [0.0f32, 1.0, -1.0]);
+        let lsq = ctx.create_lsq(&lsq_config, &scales, &zps).unwrap();
+        let grads = lsq.create_grads().unwrap();
+        let mut encoder = ctx.create_encoder("odd offsets");
+        observer
+            .record_batch_min_max(&mut encoder, bind(&xb, x_at), &shape, &stats)
+            .unwrap();
+        lsq.record_backward(
+            &mut encoder,
+            bind(&xb, x_at),
+            bind(&dyb, dy_at),
+            &shape,
+            bind(&dxb, dx_at),
+            &grads,
+        )
+        .unwrap();
+        ctx.submit_and_wait(encoder).unwrap();
+
+        let expected = batch_min_max_typed(&config, &x, &shape).unwrap();
+        let got = ctx.read_batch_stats(&stats).unwrap();
+        common::assert_bits_eq("odd-offset min", &[], &expected.min, &got.min);
+        common::assert_bits_eq("odd-offset max", &[], &expected.max, &got.max);
+        let (edx, eds, edz) =
+            lsq_ref::backward_typed(&lsq_config, &x, &dy, &shape, &scales, &zps).unwrap();
+        let all: Vec<f16> = ctx.read_tensor_typed(&dxb).unwrap();
+        assert_elems_eq("odd-offset dx", &x, &edx, &all[dx_at..dx_at + n]);
+        assert!(all[..dx_at]
+            .iter()
+            .chain(&all[dx_at + n..])
+            .all(|v| *v == f16::ZERO));
+        let (gds, gdz) = ctx.read_lsq_grads(&grads).unwrap();
+        common::assert_bits_eq("odd-offset dscale", &[], &eds, &gds);
+        common::assert_bits_eq("odd-offset dzero_point", &[], &edz, &gdz);
+    }
+}
