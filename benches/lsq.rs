@@ -93,6 +93,55 @@ fn benches(c: &mut Criterion) {
             );
         }
     }
+    // 16-bit tensors: forward + backward on f16 and bf16 (10 bytes per element), per-tensor at 16M.
+    let n = SIZES[SIZES.len() - 1];
+    let (x32, dy32) = (data(n, 1), data(n, 2));
+    for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
+        let upload = |v: &[f32]| match dtype {
+            fakequant::DType::F16 => ctx.upload_typed(
+                &v.iter()
+                    .map(|&e| half::f16::from_f32(e))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => ctx.upload_typed(
+                &v.iter()
+                    .map(|&e| half::bf16::from_f32(e))
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        let (x, dy) = (upload(&x32).unwrap(), upload(&dy32).unwrap());
+        let y = ctx.create_tensor_typed(n, dtype).unwrap();
+        let dx = ctx.create_tensor_typed(n, dtype).unwrap();
+        let lsq = ctx
+            .create_lsq(&LsqConfig::activation_int8(), &[0.03], &[0.0])
+            .unwrap();
+        let grads = lsq.create_grads().unwrap();
+        group.throughput(Throughput::Bytes(n as u64 * 10));
+        group.bench_with_input(
+            BenchmarkId::new(
+                format!("forward_backward_per_tensor_{dtype:?}_10B_per_elem"),
+                n,
+            ),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let mut encoder = ctx.create_encoder("bench");
+                    lsq.record_forward(&mut encoder, x.binding(), &[n], y.binding(), None)
+                        .unwrap();
+                    lsq.record_backward(
+                        &mut encoder,
+                        x.binding(),
+                        dy.binding(),
+                        &[n],
+                        dx.binding(),
+                        &grads,
+                    )
+                    .unwrap();
+                    ctx.submit_and_wait(encoder).unwrap();
+                })
+            },
+        );
+    }
     group.finish();
 }
 

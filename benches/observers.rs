@@ -91,6 +91,35 @@ fn benches(c: &mut Criterion) {
             );
         }
     }
+    // 16-bit activations: the fused QAT step on f16 and bf16 (x read twice, y written: 6 bytes per
+    // element), per-tensor at 16M.
+    let n = SIZES[SIZES.len() - 1];
+    let x32 = data(n);
+    for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
+        let x = match dtype {
+            fakequant::DType::F16 => ctx.upload_typed(
+                &x32.iter()
+                    .map(|&v| half::f16::from_f32(v))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => ctx.upload_typed(
+                &x32.iter()
+                    .map(|&v| half::bf16::from_f32(v))
+                    .collect::<Vec<_>>(),
+            ),
+        }
+        .unwrap();
+        let y = ctx.create_tensor_typed(n, dtype).unwrap();
+        let observer = ctx
+            .create_observer(&ObserverConfig::qat_activation_int8(), 1)
+            .unwrap();
+        group.throughput(Throughput::Bytes(n as u64 * 6));
+        group.bench_with_input(
+            BenchmarkId::new(format!("fused_qat_per_tensor_{dtype:?}_6B_per_elem"), n),
+            &n,
+            |b, _| b.iter(|| observer.step(&x, &[n], &y, None, Mode::Qat).unwrap()),
+        );
+    }
     group.finish();
 }
 
