@@ -329,13 +329,13 @@ impl CopyKernel {
         let total = n as u64 * 4;
         let chunk = ctx.dispatch_limits().max_binding_bytes / 256 * 256;
         let layout = self.pipeline.get_bind_group_layout(0);
-        let bind = |t: &fakequant::GpuTensor, offset: u64, size: u64| {
+        fn bind(t: &fakequant::GpuTensor, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: t.buffer(),
                 offset,
                 size: wgpu::BufferSize::new(size),
             })
-        };
+        }
         let groups: Vec<(wgpu::BindGroup, u64)> = (0..total.div_ceil(chunk))
             .map(|c| {
                 let (offset, size) = (c * chunk, chunk.min(total - c * chunk));
