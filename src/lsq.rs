@@ -28,7 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::observer::{DEFAULT_EPS, MAX_OBSERVED_SCALE};
-use crate::quant::QuantRange;
+use crate::quant::{ChannelLayout, QuantRange};
 
 /// How the reduced gradients are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -139,13 +139,7 @@ impl LsqConfig {
 
     /// The number of channels for a tensor of `shape` (1 per-tensor).
     pub fn channels_for(&self, shape: &[usize]) -> Result<usize> {
-        match self.axis {
-            None => Ok(1),
-            Some(axis) => shape.get(axis).copied().ok_or(Error::AxisOutOfRange {
-                axis,
-                rank: shape.len(),
-            }),
-        }
+        ChannelLayout::channels_along(shape, self.axis)
     }
 }
 

@@ -23,7 +23,7 @@
 //!   `scale = eps`. A state never observed gives `scale = 1.0`, zero point 0.
 
 use crate::error::{Error, Result};
-use crate::quant::{FakeQuant, QuantParams, QuantRange, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
 
 /// How the scale and zero point follow from the observed range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -210,13 +210,7 @@ impl ObserverConfig {
 
     /// The number of channels this observer keeps for a tensor of `shape` (1 per-tensor).
     pub fn channels_for(&self, shape: &[usize]) -> Result<usize> {
-        match self.axis {
-            None => Ok(1),
-            Some(axis) => shape.get(axis).copied().ok_or(Error::AxisOutOfRange {
-                axis,
-                rank: shape.len(),
-            }),
-        }
+        ChannelLayout::channels_along(shape, self.axis)
     }
 }
 

@@ -241,32 +241,15 @@ impl FakeQuant {
     /// Checks `shape` against the parameters and `len` against the shape, and returns how flat
     /// indices map to channels.
     pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-        let numel = numel(shape)?;
-        if numel != len {
-            return Err(Error::LengthMismatch {
-                what: "data length vs product of shape",
-                expected: numel,
-                actual: len,
+        let layout = ChannelLayout::of(shape, len, self.params.axis)?;
+        if layout.channels != self.params.scales.len() {
+            return Err(Error::ChannelCountMismatch {
+                axis: self.params.axis.unwrap_or(0),
+                channels: layout.channels,
+                params: self.params.scales.len(),
             });
         }
-        match self.params.axis {
-            None => Ok(ChannelLayout {
-                outer: numel,
-                channels: 1,
-                inner: 1,
-            }),
-            Some(axis) => {
-                let layout = ChannelLayout::new(shape, axis)?;
-                if layout.channels != self.params.scales.len() {
-                    return Err(Error::ChannelCountMismatch {
-                        axis,
-                        channels: layout.channels,
-                        params: self.params.scales.len(),
-                    });
-                }
-                Ok(layout)
-            }
-        }
+        Ok(layout)
     }
 }
 
@@ -308,6 +291,38 @@ impl ChannelLayout {
             channels: shape[axis],
             inner: numel(&shape[axis + 1..])?,
         })
+    }
+
+    /// The layout of a tensor of `shape` holding `len` values (checked against the shape),
+    /// per-tensor (`axis == None`: one channel) or per-channel along `axis`.
+    pub fn of(shape: &[usize], len: usize, axis: Option<usize>) -> Result<Self> {
+        let n = numel(shape)?;
+        if n != len {
+            return Err(Error::LengthMismatch {
+                what: "data length vs product of shape",
+                expected: n,
+                actual: len,
+            });
+        }
+        match axis {
+            None => Ok(Self {
+                outer: n,
+                channels: 1,
+                inner: 1,
+            }),
+            Some(axis) => Self::new(shape, axis),
+        }
+    }
+
+    /// The number of channels along `axis` of `shape` (1 per-tensor).
+    pub fn channels_along(shape: &[usize], axis: Option<usize>) -> Result<usize> {
+        match axis {
+            None => Ok(1),
+            Some(axis) => shape.get(axis).copied().ok_or(Error::AxisOutOfRange {
+                axis,
+                rank: shape.len(),
+            }),
+        }
     }
 
     /// The channel of flat index `i`.

@@ -98,18 +98,67 @@ impl ObserverKernel {
     }
 }
 
+/// Bindings 1.. of each kernel family (binding 0 is the dispatch uniform): `true` read-only.
+/// Elementwise: parameters, x (or dy), y (or dx), mask.
+const ELEMENTWISE_BINDINGS: [bool; 4] = [true, true, false, false];
+/// Observers: source (tensor or other statistics), partials, batch statistics, state, parameters.
+const OBSERVER_BINDINGS: [bool; 5] = [true, false, false, false, false];
+/// LSQ: x, dy, dx, parameters, partials, scale, zero point, reduced gradients (8 storage buffers:
+/// WebGPU's default per-stage limit).
+pub(crate) const LSQ_BINDINGS: [bool; 8] = [true, true, false, false, false, false, false, false];
+
+/// One bind group layout shared by a kernel family's pipelines; kernels that do not use a binding
+/// get a dummy buffer there.
+pub(crate) struct Family {
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    read_only: &'static [bool],
+}
+
+impl Family {
+    fn new(device: &wgpu::Device, label: &'static str, read_only: &'static [bool]) -> Self {
+        let buffer = |binding, ty| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> =
+            std::iter::once(buffer(0, wgpu::BufferBindingType::Uniform))
+                .chain(read_only.iter().enumerate().map(|(i, &read_only)| {
+                    buffer(i as u32 + 1, wgpu::BufferBindingType::Storage { read_only })
+                }))
+                .collect();
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        Self {
+            layout,
+            pipeline_layout,
+            read_only,
+        }
+    }
+}
+
 /// Shader modules, layouts and the pipeline cache: built once per device, shared by every
 /// context that wraps it.
 pub(crate) struct Kernels {
-    pub(crate) elementwise_layout: wgpu::BindGroupLayout,
-    elementwise_pipeline_layout: wgpu::PipelineLayout,
+    elementwise: Family,
     fake_quant_module: wgpu::ShaderModule,
     fake_quant_half_module: wgpu::ShaderModule,
-    pub(crate) observer_layout: wgpu::BindGroupLayout,
-    observer_pipeline_layout: wgpu::PipelineLayout,
+    observer: Family,
     observer_module: wgpu::ShaderModule,
-    pub(crate) lsq_layout: wgpu::BindGroupLayout,
-    lsq_pipeline_layout: wgpu::PipelineLayout,
+    lsq: Family,
     lsq_module: wgpu::ShaderModule,
     pipelines: RwLock<HashMap<KernelKey, wgpu::ComputePipeline>>,
     /// Bound where a kernel variant does not use a read-only or a read-write binding. Two
@@ -407,10 +456,6 @@ impl GpuContext {
         self.limits
     }
 
-    pub(crate) fn kernels(&self) -> &Kernels {
-        &self.shared.kernels
-    }
-
     /// The pipeline for `key`, created on first use and cached for the context's lifetime.
     pub(crate) fn pipeline(&self, key: KernelKey) -> Result<wgpu::ComputePipeline> {
         let kernels = &self.shared.kernels;
@@ -442,17 +487,18 @@ impl GpuContext {
     }
 
     /// Records one compute pass of `key`'s pipeline: per dispatch a uniform value (bound at 0),
-    /// the buffers of bindings 1.. (`None` binds a dummy, read-only or read-write as `read_only`
-    /// says) and the workgroup grid. The uniforms share one buffer at aligned offsets.
+    /// the buffers of bindings 1.. (`None` binds a dummy, read-only or read-write as the kernel
+    /// family's layout says) and the workgroup grid. The uniforms share one buffer at aligned
+    /// offsets.
     pub(crate) fn record_dispatches<U: bytemuck::Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         key: KernelKey,
-        layout: &wgpu::BindGroupLayout,
-        read_only: &[bool],
         dispatches: &[Dispatch<'_, U>],
     ) -> Result<()> {
         let pipeline = self.pipeline(key)?;
+        let family = self.shared.kernels.family(key);
+        let (layout, read_only) = (&family.layout, family.read_only);
         let size = std::mem::size_of::<U>();
         let alignment = self
             .shared
@@ -510,6 +556,15 @@ impl GpuContext {
             }
             Ok(())
         })
+    }
+
+    /// A new storage buffer (`STORAGE | COPY_SRC | COPY_DST`) holding `data`.
+    pub(crate) fn storage_buffer_init(
+        &self,
+        label: &'static str,
+        data: &[u8],
+    ) -> Result<wgpu::Buffer> {
+        self.storage_buffer(label, data.len() as u64, Some(data))
     }
 
     fn storage_buffer(
@@ -762,46 +817,20 @@ fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> Result<T>) -> Result<T>
 }
 
 impl Kernels {
+    fn family(&self, key: KernelKey) -> &Family {
+        match key {
+            KernelKey::Forward { .. }
+            | KernelKey::PassThrough { .. }
+            | KernelKey::SteBackward { .. } => &self.elementwise,
+            KernelKey::Observer(..) => &self.observer,
+            KernelKey::Lsq(..) => &self.lsq,
+        }
+    }
+
     fn new(device: &wgpu::Device) -> Self {
-        let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let uniform = |binding| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        // One layout for the elementwise family: dispatch uniform, per-channel parameters, input,
-        // output, mask. Kernels that do not use a binding get a dummy buffer there.
-        let elementwise_layout =
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("fakequant elementwise"),
-                entries: &[
-                    uniform(0),
-                    storage(1, true),
-                    storage(2, true),
-                    storage(3, false),
-                    storage(4, false),
-                ],
-            });
-        let elementwise_pipeline_layout =
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("fakequant elementwise"),
-                bind_group_layouts: &[Some(&elementwise_layout)],
-                immediate_size: 0,
-            });
+        let elementwise = Family::new(device, "fakequant elementwise", &ELEMENTWISE_BINDINGS);
+        let observer = Family::new(device, "fakequant observer", &OBSERVER_BINDINGS);
+        let lsq = Family::new(device, "fakequant lsq", &LSQ_BINDINGS);
         let fake_quant_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("fake_quant.wgsl"),
             source: wgpu::ShaderSource::Wgsl(fake_quant_shader_source().into()),
@@ -810,49 +839,9 @@ impl Kernels {
             label: Some("fake_quant_half.wgsl"),
             source: wgpu::ShaderSource::Wgsl(fake_quant_half_shader_source().into()),
         });
-        // The observer family: dispatch uniform, source (tensor or other statistics), partials,
-        // batch statistics, state, fake-quant parameters.
-        let observer_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("fakequant observer"),
-            entries: &[
-                uniform(0),
-                storage(1, true),
-                storage(2, false),
-                storage(3, false),
-                storage(4, false),
-                storage(5, false),
-            ],
-        });
-        let observer_pipeline_layout =
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("fakequant observer"),
-                bind_group_layouts: &[Some(&observer_layout)],
-                immediate_size: 0,
-            });
         let observer_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("observer.wgsl"),
             source: wgpu::ShaderSource::Wgsl(observer_shader_source().into()),
-        });
-        // The LSQ family: dispatch uniform, x, dy, dx, fake-quant parameters, partials, scale,
-        // zero point, reduced gradients (8 storage buffers: WebGPU's default per-stage limit).
-        let lsq_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("fakequant lsq"),
-            entries: &[
-                uniform(0),
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-                storage(4, false),
-                storage(5, false),
-                storage(6, false),
-                storage(7, false),
-                storage(8, false),
-            ],
-        });
-        let lsq_pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("fakequant lsq"),
-            bind_group_layouts: &[Some(&lsq_layout)],
-            immediate_size: 0,
         });
         let lsq_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("lsq.wgsl"),
@@ -867,15 +856,12 @@ impl Kernels {
             })
         };
         Self {
-            elementwise_layout,
-            elementwise_pipeline_layout,
+            elementwise,
             fake_quant_module,
             fake_quant_half_module,
-            observer_layout,
-            observer_pipeline_layout,
+            observer,
             observer_module,
-            lsq_layout,
-            lsq_pipeline_layout,
+            lsq,
             lsq_module,
             pipelines: RwLock::new(HashMap::new()),
             dummy_read: dummy("fakequant unused read-only binding"),
@@ -898,7 +884,7 @@ impl Kernels {
                         &self.fake_quant_half_module
                     }
                 };
-                (entry, constants, module, &self.elementwise_pipeline_layout)
+                (entry, constants, module, &self.elementwise.pipeline_layout)
             };
         let forward_constants =
             |rounding: u32, per_channel: bool, with_mask: bool, identity: bool| {
@@ -930,7 +916,7 @@ impl Kernels {
                 kernel.entry_point(),
                 vec![("DTYPE", dtype_constant(dtype))],
                 &self.observer_module,
-                &self.observer_pipeline_layout,
+                &self.observer.pipeline_layout,
             ),
             KernelKey::Lsq(kernel, dtype) => {
                 let mut constants = vec![("DTYPE", dtype_constant(dtype))];
@@ -941,7 +927,7 @@ impl Kernels {
                     kernel.entry_point(),
                     constants,
                     &self.lsq_module,
-                    &self.lsq_pipeline_layout,
+                    &self.lsq.pipeline_layout,
                 )
             }
         };

@@ -114,18 +114,7 @@ impl GpuContext {
         shape: &[usize],
         with_mask: bool,
     ) -> Result<FakeQuantOutput> {
-        op.layout(shape, x.len())?;
-        let prepared = self.prepare(op)?;
-        let x_dev = self.upload(x)?;
-        let y_dev = self.create_tensor(x.len())?;
-        let mask_dev = if with_mask {
-            Some(self.create_mask(x.len())?)
-        } else {
-            None
-        };
-        prepared.forward(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
-        let y = self.read_tensor(&y_dev)?;
-        let mask = mask_dev.map(|m| self.read_mask(&m)).transpose()?;
+        let (y, mask) = self.fake_quant_typed(op, x, shape, with_mask)?;
         Ok(FakeQuantOutput { y, mask })
     }
 
@@ -161,18 +150,7 @@ impl GpuContext {
 
     /// Convenience level: the straight-through backward `dx = dy * mask` on the device.
     pub fn ste_backward(&self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
-        if dy.len() != mask.len() {
-            return Err(Error::LengthMismatch {
-                what: "dy vs mask",
-                expected: mask.len(),
-                actual: dy.len(),
-            });
-        }
-        let dy_dev = self.upload(dy)?;
-        let mask_dev = self.upload_mask(mask)?;
-        let dx_dev = self.create_tensor(dy.len())?;
-        self.ste_backward_device(&dy_dev, &mask_dev, &dx_dev)?;
-        self.read_tensor(&dx_dev)
+        self.ste_backward_typed(dy, mask)
     }
 
     /// Device level: `dx = dy * mask` on device tensors, submitted at once (no read-back).
@@ -255,6 +233,31 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Checks the bindings of an elementwise op on `len` elements: `x` and `y` of one element
+    /// type and usable, the mask (when given) large enough, `y` not the buffer of `x`. Callers that
+    /// record other work first check here before recording anything.
+    pub(crate) fn check_elementwise(
+        &self,
+        x: &TensorBinding<'_>,
+        y: &TensorBinding<'_>,
+        mask: Option<&TensorBinding<'_>>,
+        len: usize,
+    ) -> Result<()> {
+        x.dtype.check_same("y", y.dtype)?;
+        self.check_tensor("x", x, len)?;
+        self.check_tensor("y", y, len)?;
+        if let Some(m) = mask {
+            self.check_binding("mask", m, PackedMask::words_for(len) as u64 * 4)?;
+        }
+        if x.buffer == y.buffer {
+            return Err(Error::InvalidBuffer {
+                what: "y",
+                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_binding(
         &self,
         what: &'static str,
@@ -305,19 +308,7 @@ impl GpuContext {
     ) -> Result<()> {
         let len = layout.numel() as u64;
         let dtype = b.x.dtype;
-        dtype.check_same("y", b.y.dtype)?;
-        self.check_tensor("x", &b.x, layout.numel())?;
-        self.check_tensor("y", &b.y, layout.numel())?;
-        if let Some(m) = &b.mask {
-            let mask_bytes = PackedMask::words_for(layout.numel()) as u64 * 4;
-            self.check_binding("mask", m, mask_bytes)?;
-        }
-        if b.x.buffer == b.y.buffer {
-            return Err(Error::InvalidBuffer {
-                what: "y",
-                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
-            });
-        }
+        self.check_elementwise(&b.x, &b.y, b.mask.as_ref(), layout.numel())?;
         if len == 0 {
             return Ok(());
         }
@@ -371,13 +362,7 @@ impl GpuContext {
                 }
             })
             .collect();
-        self.record_dispatches(
-            encoder,
-            key,
-            &self.kernels().elementwise_layout,
-            &[true, true, false, false],
-            &dispatches,
-        )
+        self.record_dispatches(encoder, key, &dispatches)
     }
 }
 

@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::{
     contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
-    LsqKernel, TensorBinding,
+    LsqKernel, TensorBinding, LSQ_BINDINGS,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use super::observer::{per_channel_groups, GpuObserver};
@@ -46,9 +46,6 @@ struct LsqDispatch {
     dx_shift: u32,
     _pad: [u32; 3],
 }
-
-/// Which binding of the LSQ layout (after the uniform) is read-only.
-const READ_ONLY: [bool; 8] = [true, true, false, false, false, false, false, false];
 
 /// The reduced gradients of an LSQ backward on the device: `channels` f32 `dscale` values, then
 /// `channels` f32 `dzero_point` values.
@@ -288,13 +285,8 @@ impl GpuLsq {
         dtype: DType,
         dispatches: &[Dispatch<'_, LsqDispatch>],
     ) -> Result<()> {
-        self.ctx.record_dispatches(
-            encoder,
-            KernelKey::Lsq(kernel, dtype),
-            &self.ctx.kernels().lsq_layout,
-            &READ_ONLY,
-            dispatches,
-        )
+        self.ctx
+            .record_dispatches(encoder, KernelKey::Lsq(kernel, dtype), dispatches)
     }
 
     /// Recording level: the LSQ forward (fake-quant with the effective parameters of the current
@@ -308,20 +300,9 @@ impl GpuLsq {
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
-        x.dtype.check_same("y", y.dtype)?;
-        self.ctx.check_tensor("x", &x, layout.numel())?;
-        self.ctx.check_tensor("y", &y, layout.numel())?;
-        if let Some(m) = &mask {
-            self.ctx
-                .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
-        }
-        // Checked here too so that a failed call records nothing.
-        if x.buffer == y.buffer {
-            return Err(Error::InvalidBuffer {
-                what: "y",
-                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
-            });
-        }
+        // Checked before the parameters are recorded, so that a failed call records nothing.
+        self.ctx
+            .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
         self.record_params(encoder)?;
         let key = KernelKey::Forward {
             rounding: 0,
@@ -625,17 +606,8 @@ impl GpuLsq {
 
     /// Convenience level: the forward on host data.
     pub fn forward(&self, x: &[f32], shape: &[usize], with_mask: bool) -> Result<FakeQuantOutput> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload(x)?;
-        let y_dev = self.ctx.create_tensor(x.len())?;
-        let mask_dev = with_mask
-            .then(|| self.ctx.create_mask(x.len()))
-            .transpose()?;
-        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
-        Ok(FakeQuantOutput {
-            y: self.ctx.read_tensor(&y_dev)?,
-            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
-        })
+        let (y, mask) = self.forward_typed(x, shape, with_mask)?;
+        Ok(FakeQuantOutput { y, mask })
     }
 
     /// Device level: the forward on device tensors, submitted at once.
@@ -683,16 +655,9 @@ impl GpuLsq {
 
     /// Convenience level: the backward on host data.
     pub fn backward(&self, x: &[f32], dy: &[f32], shape: &[usize]) -> Result<LsqGrads> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        check_len("dy vs x", x.len(), dy.len())?;
-        let x_dev = self.ctx.upload(x)?;
-        let dy_dev = self.ctx.upload(dy)?;
-        let dx_dev = self.ctx.create_tensor(x.len())?;
-        let grads = self.create_grads()?;
-        self.backward_device(&x_dev, &dy_dev, shape, &dx_dev, &grads)?;
-        let (dscale, dzero_point) = self.ctx.read_lsq_grads(&grads)?;
+        let (dx, dscale, dzero_point) = self.backward_typed(x, dy, shape)?;
         Ok(LsqGrads {
-            dx: self.ctx.read_tensor(&dx_dev)?,
+            dx,
             dscale,
             dzero_point,
         })
@@ -750,7 +715,7 @@ impl GpuLsq {
 
 /// Bindings 1..=8 with the given (binding - 1, buffer) pairs set.
 fn slots<'a>(set: &[(usize, wgpu::BufferBinding<'a>)]) -> Vec<Option<wgpu::BufferBinding<'a>>> {
-    let mut out = vec![None; READ_ONLY.len()];
+    let mut out = vec![None; LSQ_BINDINGS.len()];
     for (i, b) in set {
         out[*i] = Some(b.clone());
     }

@@ -299,33 +299,7 @@ impl GpuContext {
                 grid: *grid,
             })
             .collect();
-        self.record_dispatches(
-            encoder,
-            KernelKey::Observer(kernel, dtype),
-            &self.kernels().observer_layout,
-            &[true, false, false, false, false],
-            &dispatches,
-        )
-    }
-
-    pub(crate) fn storage_buffer_init(
-        &self,
-        label: &'static str,
-        data: &[u8],
-    ) -> Result<wgpu::Buffer> {
-        self.check_buffer_size(label, data.len() as u64)?;
-        self.capture(|| {
-            Ok(wgpu::util::DeviceExt::create_buffer_init(
-                self.device(),
-                &wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: data,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                },
-            ))
-        })
+        self.record_dispatches(encoder, KernelKey::Observer(kernel, dtype), &dispatches)
     }
 }
 
@@ -659,19 +633,8 @@ impl GpuObserver {
         let layout = self.layout(shape)?;
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
-        x.dtype.check_same("y", y.dtype)?;
-        self.ctx.check_tensor("x", &x, layout.numel())?;
-        self.ctx.check_tensor("y", &y, layout.numel())?;
-        if let Some(m) = &mask {
-            self.ctx
-                .check_binding("mask", m, PackedMask::words_for(layout.numel()) as u64 * 4)?;
-        }
-        if x.buffer == y.buffer {
-            return Err(Error::InvalidBuffer {
-                what: "y",
-                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
-            });
-        }
+        self.ctx
+            .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
         if mode != Mode::Frozen {
             self.record_batch_min_max(encoder, x, shape, &self.batch)?;
             self.record_update(encoder, &self.batch)?;

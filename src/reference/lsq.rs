@@ -5,7 +5,7 @@ use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::MAX_OBSERVED_SCALE;
-use crate::quant::{numel, ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
 use crate::reference::{fake_quant, fake_quant_value, ste_grad_value, FakeQuantOutput};
 
 /// The NaN every LSQ gradient reports: one canonical pattern, so that results do not depend on
@@ -92,22 +92,7 @@ pub fn effective_zero_point(config: &LsqConfig, z: f32) -> i32 {
 
 /// How flat indices of a tensor of `shape` map to the quantizer's channels.
 pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-    let n = numel(shape)?;
-    if n != len {
-        return Err(Error::LengthMismatch {
-            what: "data length vs product of shape",
-            expected: n,
-            actual: len,
-        });
-    }
-    match config.axis() {
-        None => Ok(ChannelLayout {
-            outer: n,
-            channels: 1,
-            inner: 1,
-        }),
-        Some(axis) => ChannelLayout::new(shape, axis),
-    }
+    ChannelLayout::of(shape, len, config.axis())
 }
 
 fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> Result<()> {

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::observer::{
     Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme, MAX_OBSERVED_SCALE,
 };
-use crate::quant::{numel, ChannelLayout, PackedMask};
+use crate::quant::{ChannelLayout, PackedMask};
 use crate::reference::{fake_quant, FakeQuantOutput};
 
 /// How flat indices of a tensor of `shape` map to the observer's channels.
@@ -17,22 +17,7 @@ pub fn observer_layout(
     shape: &[usize],
     len: usize,
 ) -> Result<ChannelLayout> {
-    let n = numel(shape)?;
-    if n != len {
-        return Err(Error::LengthMismatch {
-            what: "data length vs product of shape",
-            expected: n,
-            actual: len,
-        });
-    }
-    match config.axis() {
-        None => Ok(ChannelLayout {
-            outer: n,
-            channels: 1,
-            inner: 1,
-        }),
-        Some(axis) => ChannelLayout::new(shape, axis),
-    }
+    ChannelLayout::of(shape, len, config.axis())
 }
 
 /// Min and max of the finite values of each channel; both zeros count as `+0.0`; a channel with no
