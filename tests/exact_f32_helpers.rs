@@ -8,17 +8,12 @@ mod common;
 
 use common::*;
 use fakequant::GpuContext;
-use wgpu::util::DeviceExt;
 
 const HELPERS: &str = include_str!("../shaders/exact_f32.wgsl");
-const WORKGROUP: u32 = 64;
-const MAX_GROUPS_X: u32 = 32768;
-
 /// Runs `expr` (WGSL over `a`, `b`, `c`: the words of item `i`, `stride` words per item) for every
 /// item of `input` in a test kernel built on the helpers, and returns one u32 per item.
 fn run_kernel(ctx: &GpuContext, expr: &str, stride: usize, input: &[u32]) -> Vec<u32> {
     assert!((1..=3).contains(&stride) && input.len().is_multiple_of(stride));
-    let n = input.len() / stride;
     let load = |k: usize| {
         if k < stride {
             format!("input[{stride}u * i + {k}u]")
@@ -26,81 +21,13 @@ fn run_kernel(ctx: &GpuContext, expr: &str, stride: usize, input: &[u32]) -> Vec
             "0u".to_string()
         }
     };
-    let source = format!(
-        "{HELPERS}
-@group(0) @binding(0) var<storage, read> input: array<u32>;
-@group(0) @binding(1) var<storage, read_write> output: array<u32>;
-
-@compute @workgroup_size({WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
-    let i = gid.x + gid.y * {MAX_GROUPS_X}u * {WORKGROUP}u;
-    if (i >= arrayLength(&output)) {{
-        return;
-    }}
-    let a = {};
-    let b = {};
-    let c = {};
-    output[i] = {expr};
-}}
-",
+    let prelude = format!(
+        "let a = {}; let b = {}; let c = {};",
         load(0),
         load(1),
         load(2)
     );
-    let device = ctx.device();
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("exact_f32 helper test"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("exact_f32 helper test"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let usage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let input_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("helper test input"),
-        contents: bytemuck::cast_slice(input),
-        usage,
-    });
-    let output_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("helper test output"),
-        size: n as u64 * 4,
-        usage,
-        mapped_at_creation: false,
-    });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("helper test"),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: input_buffer.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: output_buffer.as_entire_binding(),
-            },
-        ],
-    });
-    let groups = (n as u32).div_ceil(WORKGROUP);
-    let mut encoder = ctx.create_encoder("helper test");
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("helper test"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1);
-    }
-    ctx.submit_and_wait(encoder).unwrap();
-    let bytes = ctx.read_buffer(&output_buffer, 0, n as u64 * 4).unwrap();
-    bytemuck::pod_collect_to_vec(&bytes)
+    run_test_kernel(ctx, HELPERS, &prelude, expr, input, input.len() / stride)
 }
 
 fn show(bits: u32) -> String {

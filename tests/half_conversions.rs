@@ -15,89 +15,15 @@ mod common;
 use common::*;
 use fakequant::GpuContext;
 use half::{bf16, f16};
-use wgpu::util::DeviceExt;
 
 const HELPERS: &str = concat!(
     include_str!("../shaders/exact_f32.wgsl"),
     include_str!("../shaders/half.wgsl")
 );
-const WORKGROUP: u32 = 64;
-const MAX_GROUPS_X: u32 = 32768;
-
 /// Runs `expr` (WGSL over `a`, the input word of item `i`) for every input word in a test kernel
 /// built on the helpers, and returns one u32 per word.
 fn run_kernel(ctx: &GpuContext, expr: &str, input: &[u32]) -> Vec<u32> {
-    let n = input.len();
-    let source = format!(
-        "{HELPERS}
-@group(0) @binding(0) var<storage, read> input: array<u32>;
-@group(0) @binding(1) var<storage, read_write> output: array<u32>;
-
-@compute @workgroup_size({WORKGROUP})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
-    let i = gid.x + gid.y * {MAX_GROUPS_X}u * {WORKGROUP}u;
-    if (i >= arrayLength(&output)) {{
-        return;
-    }}
-    let a = input[i];
-    output[i] = {expr};
-}}
-"
-    );
-    let device = ctx.device();
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("half conversion test"),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("half conversion test"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
-    let usage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let input_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("half conversion test input"),
-        contents: bytemuck::cast_slice(input),
-        usage,
-    });
-    let output_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("half conversion test output"),
-        size: n as u64 * 4,
-        usage,
-        mapped_at_creation: false,
-    });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("half conversion test"),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: input_buffer.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: output_buffer.as_entire_binding(),
-            },
-        ],
-    });
-    let groups = (n as u32).div_ceil(WORKGROUP);
-    let mut encoder = ctx.create_encoder("half conversion test");
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("half conversion test"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1);
-    }
-    ctx.submit_and_wait(encoder).unwrap();
-    let bytes = ctx.read_buffer(&output_buffer, 0, n as u64 * 4).unwrap();
-    bytemuck::pod_collect_to_vec(&bytes)
+    run_test_kernel(ctx, HELPERS, "let a = input[i];", expr, input, input.len())
 }
 
 fn show32(bits: u32) -> String {

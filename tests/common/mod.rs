@@ -287,3 +287,91 @@ pub fn check_on_gpu(ctx: &GpuContext, op: &FakeQuant, x: &[f32], shape: &[usize]
     let got_dx = ctx.ste_backward(&dy, &expected_mask).unwrap();
     assert_bits_eq(&format!("{context}: dx"), &dy, &expected_dx, &got_dx);
 }
+
+/// Runs a test kernel over `items` items: the WGSL `helpers`, then an entry point that, for item
+/// `i`, runs `prelude` (which reads `input` and defines the operands) and stores `output[i] =
+/// expr`. Returns one u32 per item. For testing the shaders' integer helpers directly.
+pub fn run_test_kernel(
+    ctx: &GpuContext,
+    helpers: &str,
+    prelude: &str,
+    expr: &str,
+    input: &[u32],
+    items: usize,
+) -> Vec<u32> {
+    use wgpu::util::DeviceExt;
+    const WORKGROUP: u32 = 64;
+    const MAX_GROUPS_X: u32 = 32768;
+    let source = format!(
+        "{helpers}
+@group(0) @binding(0) var<storage, read> input: array<u32>;
+@group(0) @binding(1) var<storage, read_write> output: array<u32>;
+
+@compute @workgroup_size({WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
+    let i = gid.x + gid.y * {MAX_GROUPS_X}u * {WORKGROUP}u;
+    if (i >= arrayLength(&output)) {{
+        return;
+    }}
+    {prelude}
+    output[i] = {expr};
+}}
+"
+    );
+    let device = ctx.device();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("helper test"),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("helper test"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let input_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("helper test input"),
+        contents: bytemuck::cast_slice(input),
+        usage,
+    });
+    let output_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("helper test output"),
+        size: items as u64 * 4,
+        usage,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("helper test"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: input_buffer.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: output_buffer.as_entire_binding(),
+            },
+        ],
+    });
+    let groups = (items as u32).div_ceil(WORKGROUP);
+    let mut encoder = ctx.create_encoder("helper test");
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("helper test"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1);
+    }
+    ctx.submit_and_wait(encoder).unwrap();
+    let bytes = ctx
+        .read_buffer(&output_buffer, 0, items as u64 * 4)
+        .unwrap();
+    bytemuck::pod_collect_to_vec(&bytes)
+}
