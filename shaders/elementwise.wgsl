@@ -16,11 +16,12 @@ struct Dispatch {
     inner_start: u32,
     // Mask words in this chunk.
     mask_words: u32,
-    // Element i of the chunk is element i + x_shift (y_shift) of the x (y) binding, whose start is
-    // aligned down to the device's offset alignment.
+    // Element i of the chunk is element i + x_shift (y_shift) of the x (y) binding, and mask word
+    // w is word w + mask_shift of the mask binding: bindings start at offsets aligned down to the
+    // device's offset alignment.
     x_shift: u32,
     y_shift: u32,
-    _pad0: u32,
+    mask_shift: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -81,7 +82,7 @@ fn forward(
             workgroupBarrier();
             let w = tile * TILE_WORDS + lid;
             if (lid < TILE_WORDS && w < dispatch.mask_words) {
-                mask[w] = atomicLoad(&tile_mask[lid]);
+                mask[w + dispatch.mask_shift] = atomicLoad(&tile_mask[lid]);
             }
         }
     }
@@ -99,7 +100,7 @@ fn ste_backward(
         for (var k = 0u; k < PER_THREAD; k = k + 1u) {
             let i = base + k * WG_SIZE + lid;
             if (i < dispatch.len) {
-                let in_range = ((mask[i / 32u] >> (i % 32u)) & 1u) == 1u;
+                let in_range = ((mask[i / 32u + dispatch.mask_shift] >> (i % 32u)) & 1u) == 1u;
                 store_y(i, ste_grad_bits(load_x(i), in_range));
             }
         }

@@ -28,21 +28,32 @@ pub struct DispatchLimits {
 /// Which kernel variant a pipeline implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum KernelKey {
-    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask, element type.
-    Forward {
-        rounding: u32,
-        per_channel: bool,
-        with_mask: bool,
+    /// One of the elementwise kernels over tensors of `dtype`; `wide` for the vec4 variant
+    /// (`shaders/elementwise_wide.wgsl`), else the scalar one (`shaders/elementwise.wgsl`).
+    Elementwise {
+        op: ElementwiseOp,
         dtype: DType,
+        wide: bool,
     },
-    /// `y = x` with every mask bit set (an observer's calibration mode).
-    PassThrough { with_mask: bool, dtype: DType },
-    /// Straight-through backward.
-    SteBackward { dtype: DType },
     /// One of the observer kernels (`shaders/observer.wgsl`), for tensors of an element type.
     Observer(ObserverKernel, DType),
     /// One of the LSQ kernels (`shaders/lsq.wgsl`), for tensors of an element type.
     Lsq(LsqKernel, DType),
+}
+
+/// What an elementwise kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ElementwiseOp {
+    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask.
+    Forward {
+        rounding: u32,
+        per_channel: bool,
+        with_mask: bool,
+    },
+    /// `y = x` with every mask bit set (an observer's calibration mode).
+    PassThrough { with_mask: bool },
+    /// Straight-through backward.
+    SteBackward,
 }
 
 /// The entry points of `shaders/lsq.wgsl`.
@@ -156,6 +167,7 @@ pub(crate) struct Kernels {
     elementwise: Family,
     fake_quant_module: wgpu::ShaderModule,
     fake_quant_half_module: wgpu::ShaderModule,
+    wide_module: wgpu::ShaderModule,
     observer: Family,
     observer_module: wgpu::ShaderModule,
     lsq: Family,
@@ -191,6 +203,17 @@ pub fn fake_quant_half_shader_source() -> String {
     .join("\n")
 }
 
+/// The WGSL source of the wide elementwise kernels (one vec4 of any element type per invocation).
+pub fn wide_shader_source() -> String {
+    [
+        include_str!("../../shaders/exact_f32.wgsl"),
+        include_str!("../../shaders/half.wgsl"),
+        include_str!("../../shaders/quantize.wgsl"),
+        include_str!("../../shaders/elementwise_wide.wgsl"),
+    ]
+    .join("\n")
+}
+
 /// The WGSL source of the observer kernel family, with its exact helpers prepended.
 pub fn observer_shader_source() -> String {
     [
@@ -218,6 +241,7 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
         ("fake_quant", fake_quant_shader_source()),
         ("fake_quant_half", fake_quant_half_shader_source()),
+        ("elementwise_wide", wide_shader_source()),
         ("observer", observer_shader_source()),
         ("lsq", lsq_shader_source()),
     ]
@@ -341,7 +365,11 @@ impl GpuContext {
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("fakequant"),
-            required_features: wgpu::Features::empty(),
+            // Optional, enabled where the adapter has them so that callers (and bench_report)
+            // can time GPU work; no kernel needs them.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS),
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -819,9 +847,7 @@ fn capture<T>(device: &wgpu::Device, f: impl FnOnce() -> Result<T>) -> Result<T>
 impl Kernels {
     fn family(&self, key: KernelKey) -> &Family {
         match key {
-            KernelKey::Forward { .. }
-            | KernelKey::PassThrough { .. }
-            | KernelKey::SteBackward { .. } => &self.elementwise,
+            KernelKey::Elementwise { .. } => &self.elementwise,
             KernelKey::Observer(..) => &self.observer,
             KernelKey::Lsq(..) => &self.lsq,
         }
@@ -838,6 +864,10 @@ impl Kernels {
         let fake_quant_half_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("fake_quant_half.wgsl"),
             source: wgpu::ShaderSource::Wgsl(fake_quant_half_shader_source().into()),
+        });
+        let wide_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("elementwise_wide.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(wide_shader_source().into()),
         });
         let observer_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("observer.wgsl"),
@@ -859,6 +889,7 @@ impl Kernels {
             elementwise,
             fake_quant_module,
             fake_quant_half_module,
+            wide_module,
             observer,
             observer_module,
             lsq,
@@ -870,48 +901,38 @@ impl Kernels {
     }
 
     fn create_pipeline(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
-        // The element family's module, and its DTYPE constant for the 16-bit one.
-        let elementwise =
-            |entry: &'static str, dtype: DType, mut constants: Vec<(&'static str, f64)>| {
-                let module = match dtype {
-                    DType::F32 => &self.fake_quant_module,
-                    DType::F16 => {
-                        constants.push(("DTYPE", 1.0));
-                        &self.fake_quant_half_module
-                    }
-                    DType::Bf16 => {
-                        constants.push(("DTYPE", 2.0));
-                        &self.fake_quant_half_module
-                    }
-                };
-                (entry, constants, module, &self.elementwise.pipeline_layout)
-            };
-        let forward_constants =
-            |rounding: u32, per_channel: bool, with_mask: bool, identity: bool| {
-                vec![
-                    ("ROUNDING", rounding as f64),
-                    ("PER_CHANNEL", per_channel as u8 as f64),
-                    ("WITH_MASK", with_mask as u8 as f64),
-                    ("IDENTITY", identity as u8 as f64),
-                ]
-            };
         let (entry_point, constants, module, layout): (&str, Vec<(&str, f64)>, _, _) = match key {
-            KernelKey::Forward {
-                rounding,
-                per_channel,
-                with_mask,
-                dtype,
-            } => elementwise(
-                "forward",
-                dtype,
-                forward_constants(rounding, per_channel, with_mask, false),
-            ),
-            KernelKey::PassThrough { with_mask, dtype } => elementwise(
-                "forward",
-                dtype,
-                forward_constants(0, false, with_mask, true),
-            ),
-            KernelKey::SteBackward { dtype } => elementwise("ste_backward", dtype, vec![]),
+            KernelKey::Elementwise { op, dtype, wide } => {
+                let (entry, mut constants) = match op {
+                    ElementwiseOp::Forward {
+                        rounding,
+                        per_channel,
+                        with_mask,
+                    } => (
+                        "forward",
+                        vec![
+                            ("ROUNDING", rounding as f64),
+                            ("PER_CHANNEL", per_channel as u8 as f64),
+                            ("WITH_MASK", with_mask as u8 as f64),
+                        ],
+                    ),
+                    ElementwiseOp::PassThrough { with_mask } => (
+                        "forward",
+                        vec![("WITH_MASK", with_mask as u8 as f64), ("IDENTITY", 1.0)],
+                    ),
+                    ElementwiseOp::SteBackward => ("ste_backward", vec![]),
+                };
+                // The wide module serves every element type; the scalar ones are per family.
+                let module = match (wide, dtype) {
+                    (true, _) => &self.wide_module,
+                    (false, DType::F32) => &self.fake_quant_module,
+                    (false, _) => &self.fake_quant_half_module,
+                };
+                if wide || dtype != DType::F32 {
+                    constants.push(("DTYPE", dtype_constant(dtype)));
+                }
+                (entry, constants, module, &self.elementwise.pipeline_layout)
+            }
             KernelKey::Observer(kernel, dtype) => (
                 kernel.entry_point(),
                 vec![("DTYPE", dtype_constant(dtype))],

@@ -4,16 +4,20 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey, TensorBinding,
-    CHUNK_GRANULE_ELEMS,
+    whole, window_binding, Dispatch, DispatchLimits, ElementwiseOp, GpuContext, GpuMask, GpuTensor,
+    KernelKey, TensorBinding, CHUNK_GRANULE_ELEMS,
 };
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
 use crate::reference::FakeQuantOutput;
 
-/// Elements a workgroup covers per step of its loop (`TILE` in the shader).
+/// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
+/// elementwise.wgsl).
 const TILE_ELEMS: u64 = 1024;
+/// Groups (vec4s) a workgroup of the wide kernels covers per step (`TILE_GROUPS` in
+/// elementwise_wide.wgsl).
+const WIDE_TILE_GROUPS: u64 = 512;
 
 /// `Dispatch` in the shader: one per binding-sized chunk of the tensor.
 #[repr(C)]
@@ -28,7 +32,8 @@ struct DispatchUniform {
     mask_words: u32,
     x_shift: u32,
     y_shift: u32,
-    _pad: [u32; 3],
+    mask_shift: u32,
+    _pad: [u32; 2],
 }
 
 /// `ChannelParams` in the shader: everything the kernel needs about one channel, derived exactly
@@ -193,8 +198,7 @@ impl GpuContext {
             channels: 1,
             inner: 1,
         };
-        let key = KernelKey::SteBackward { dtype: dy.dtype };
-        self.record_elementwise(encoder, key, bindings, layout)
+        self.record_elementwise(encoder, ElementwiseOp::SteBackward, bindings, layout)
     }
 
     /// Checks a tensor binding of `len` elements: f32 tensors as [`Self::check_binding`]; 16-bit
@@ -302,7 +306,7 @@ impl GpuContext {
     pub(crate) fn record_elementwise(
         &self,
         encoder: &mut wgpu::CommandEncoder,
-        key: KernelKey,
+        op: ElementwiseOp,
         b: ElementwiseBindings<'_, '_>,
         layout: ChannelLayout,
     ) -> Result<()> {
@@ -330,40 +334,112 @@ impl GpuContext {
         let chunk = ((limits.max_binding_bytes - slack) / dtype.size() / CHUNK_GRANULE_ELEMS
             * CHUNK_GRANULE_ELEMS)
             .clamp(CHUNK_GRANULE_ELEMS, 1 << 30);
-        let inner = layout.inner as u64;
-        let dispatches: Vec<Dispatch<'_, DispatchUniform>> = (0..len.div_ceil(chunk))
-            .map(|c| {
-                let (start, n) = (c * chunk, chunk.min(len - c * chunk));
-                let (x_window, x_shift) = window_binding(&b.x, start, start + n, align);
-                let (y_window, y_shift) = window_binding(&b.y, start, start + n, align);
-                let mask = b.mask.map(|m| wgpu::BufferBinding {
-                    buffer: m.buffer,
-                    offset: m.offset + start / 32 * 4,
-                    size: wgpu::BufferSize::new(n.div_ceil(32) * 4),
-                });
-                Dispatch {
-                    uniform: DispatchUniform {
-                        len: n as u32,
-                        num_tiles: n.div_ceil(TILE_ELEMS) as u32,
-                        channels: layout.channels as u32,
-                        inner: layout.inner as u32,
-                        channel_start: ((start / inner) % layout.channels as u64) as u32,
-                        inner_start: (start % inner) as u32,
-                        mask_words: n.div_ceil(32) as u32,
-                        x_shift: x_shift as u32,
-                        y_shift: y_shift as u32,
-                        _pad: [0; 3],
-                    },
-                    buffers: vec![b.params.map(whole), Some(x_window), Some(y_window), mask],
-                    grid: [
-                        n.div_ceil(TILE_ELEMS).min(limits.max_workgroups as u64) as u32,
-                        1,
-                    ],
-                }
-            })
-            .collect();
-        self.record_dispatches(encoder, key, &dispatches)
+        // The wide kernels load and store whole vec4s: x and y must start 16 bytes into their
+        // windows (always for f32; 16-bit tensors at 16-byte offsets). Chunk starts are multiples
+        // of the granule, so every chunk shares the first one's shifts.
+        let group = 16 / dtype.size();
+        let vec4_aligned = |t: &TensorBinding<'_>| window_binding(t, 0, 1, align).1 % group == 0;
+        let wide = vec4_aligned(&b.x) && vec4_aligned(&b.y);
+        let (mut wide_dispatches, mut scalar_dispatches) = (Vec::new(), Vec::new());
+        for c in 0..len.div_ceil(chunk) {
+            let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
+            // The body covers whole mask words; under 32 elements are left to the scalar kernel.
+            let body_end = if wide {
+                start + (end - start) / 32 * 32
+            } else {
+                start
+            };
+            if body_end > start {
+                wide_dispatches.push(elementwise_dispatch(
+                    &b, layout, start, body_end, group, align, &limits,
+                ));
+            }
+            if end > body_end {
+                scalar_dispatches.push(elementwise_dispatch(
+                    &b, layout, body_end, end, 1, align, &limits,
+                ));
+            }
+        }
+        for (dispatches, wide) in [(wide_dispatches, true), (scalar_dispatches, false)] {
+            if !dispatches.is_empty() {
+                let key = KernelKey::Elementwise { op, dtype, wide };
+                self.record_dispatches(encoder, key, &dispatches)?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// The dispatch of elements `[start, end)` (`start` a multiple of 32) with `group` elements per
+/// invocation: 1 for the scalar kernels, a vec4's worth for the wide ones (whose shifts and lengths
+/// count groups).
+fn elementwise_dispatch<'a>(
+    b: &ElementwiseBindings<'a, 'a>,
+    layout: ChannelLayout,
+    start: u64,
+    end: u64,
+    group: u64,
+    align: u64,
+    limits: &DispatchLimits,
+) -> Dispatch<'a, DispatchUniform> {
+    let n = end - start;
+    let tile = if group == 1 {
+        TILE_ELEMS
+    } else {
+        WIDE_TILE_GROUPS
+    };
+    let units = n.div_ceil(group);
+    let (x_window, x_shift) = window_binding(&b.x, start, end, align);
+    let (y_window, y_shift) = window_binding(&b.y, start, end, align);
+    let (mask, mask_shift) = match b.mask {
+        Some(m) => {
+            let (window, shift) = mask_window(&m, start / 32, n.div_ceil(32), align);
+            (Some(window), shift)
+        }
+        None => (None, 0),
+    };
+    let inner = layout.inner as u64;
+    Dispatch {
+        uniform: DispatchUniform {
+            len: units as u32,
+            num_tiles: units.div_ceil(tile) as u32,
+            channels: layout.channels as u32,
+            inner: layout.inner as u32,
+            channel_start: ((start / inner) % layout.channels as u64) as u32,
+            inner_start: (start % inner) as u32,
+            mask_words: n.div_ceil(32) as u32,
+            x_shift: (x_shift / group) as u32,
+            y_shift: (y_shift / group) as u32,
+            mask_shift: mask_shift as u32,
+            _pad: [0; 2],
+        },
+        buffers: vec![b.params.map(whole), Some(x_window), Some(y_window), mask],
+        grid: [
+            units.div_ceil(tile).min(limits.max_workgroups as u64) as u32,
+            1,
+        ],
+    }
+}
+
+/// Binds mask words `[first, first + count)`: the binding starts at the offset aligned down to
+/// `align`; the returned shift is the index of word `first` in it.
+fn mask_window<'a>(
+    m: &TensorBinding<'a>,
+    first: u64,
+    count: u64,
+    align: u64,
+) -> (wgpu::BufferBinding<'a>, u64) {
+    let byte = m.offset + first * 4;
+    let aligned = byte / align * align;
+    let shift = (byte - aligned) / 4;
+    (
+        wgpu::BufferBinding {
+            buffer: m.buffer,
+            offset: aligned,
+            size: wgpu::BufferSize::new((count + shift) * 4),
+        },
+        shift,
+    )
 }
 
 pub(crate) struct ElementwiseBindings<'a, 'b> {
@@ -432,14 +508,13 @@ impl GpuFakeQuant {
     ) -> Result<()> {
         let numel = crate::quant::numel(shape)?;
         let layout = self.op.layout(shape, numel)?;
-        let key = KernelKey::Forward {
+        let op = ElementwiseOp::Forward {
             rounding: match self.op.rounding() {
                 Rounding::Reciprocal => 0,
                 Rounding::Quotient => 1,
             },
             per_channel: self.op.params().axis().is_some(),
             with_mask: mask.is_some(),
-            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,
@@ -447,6 +522,6 @@ impl GpuFakeQuant {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, key, bindings, layout)
+        self.ctx.record_elementwise(encoder, op, bindings, layout)
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
-    LsqKernel, TensorBinding, LSQ_BINDINGS,
+    contiguous_runs, whole, window_binding, Dispatch, ElementwiseOp, GpuContext, GpuMask,
+    GpuTensor, KernelKey, LsqKernel, TensorBinding, LSQ_BINDINGS,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use super::observer::{per_channel_groups, GpuObserver};
@@ -304,11 +304,10 @@ impl GpuLsq {
         self.ctx
             .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
         self.record_params(encoder)?;
-        let key = KernelKey::Forward {
+        let op = ElementwiseOp::Forward {
             rounding: 0,
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
-            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,
@@ -316,7 +315,7 @@ impl GpuLsq {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, key, bindings, layout)
+        self.ctx.record_elementwise(encoder, op, bindings, layout)
     }
 
     /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.

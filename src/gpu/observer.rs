@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::context::{
-    contiguous_runs, whole, window_binding, Dispatch, GpuContext, GpuMask, GpuTensor, KernelKey,
-    ObserverKernel, TensorBinding,
+    contiguous_runs, whole, window_binding, Dispatch, ElementwiseOp, GpuContext, GpuMask,
+    GpuTensor, KernelKey, ObserverKernel, TensorBinding,
 };
 use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use crate::dtype::{DType, Element};
@@ -600,14 +600,13 @@ impl GpuObserver {
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
-        let key = KernelKey::Forward {
+        let op = ElementwiseOp::Forward {
             rounding: match self.config.rounding() {
                 Rounding::Reciprocal => 0,
                 Rounding::Quotient => 1,
             },
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
-            dtype: x.dtype,
         };
         let bindings = ElementwiseBindings {
             x,
@@ -615,7 +614,7 @@ impl GpuObserver {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, key, bindings, layout)
+        self.ctx.record_elementwise(encoder, op, bindings, layout)
     }
 
     /// Recording level: the fused step, in one encoder (see [`Mode`]). Passes over `x`:
@@ -647,11 +646,10 @@ impl GpuObserver {
                     mask,
                     params: None,
                 };
-                let key = KernelKey::PassThrough {
+                let op = ElementwiseOp::PassThrough {
                     with_mask: bindings.mask.is_some(),
-                    dtype: x.dtype,
                 };
-                self.ctx.record_elementwise(encoder, key, bindings, layout)
+                self.ctx.record_elementwise(encoder, op, bindings, layout)
             }
             Mode::Qat | Mode::Frozen => self.record_fake_quant(encoder, x, shape, y, mask),
         }

@@ -1,0 +1,210 @@
+// The wide elementwise kernels: the fused forward (optional bit-packed mask), the pass-through and
+// the straight-through backward with one vec4<u32> load and store per group, a group being 4 f32
+// or 8 packed 16-bit elements. Prepended with exact_f32.wgsl, half.wgsl and quantize.wgsl; the
+// per-element arithmetic (and why it is exact on every device) is quantize.wgsl's, the same calls
+// as the scalar kernels in elementwise.wgsl, so both give the same bits.
+//
+// The host sends a chunk's body here: a whole number of 32-element mask words, with x and y
+// 16-byte aligned (f32 tensors always are; 16-bit ones at 16-byte offsets). An invocation owns
+// whole words of y, so 16-bit outputs need no atomics. The rest (under 32 elements at the end, or
+// 16-bit tensors at other offsets) goes to the scalar kernels.
+
+// The same layout as elementwise.wgsl's `Dispatch` (one Rust struct fills both); lengths and
+// shifts count groups, not elements.
+struct Dispatch {
+    // Groups in this dispatch.
+    len: u32,
+    // Tiles of TILE_GROUPS groups; the grid strides over them.
+    num_tiles: u32,
+    // Per-channel layout: the channel of dispatch-local element e is
+    // (channel_start + (inner_start + e) / inner) % channels.
+    channels: u32,
+    inner: u32,
+    channel_start: u32,
+    inner_start: u32,
+    // Mask words in this dispatch.
+    mask_words: u32,
+    // Group g is group g + x_shift (y_shift) of the x (y) binding, and mask word w is word
+    // w + mask_shift of the mask binding (the bindings start at aligned offsets).
+    x_shift: u32,
+    y_shift: u32,
+    mask_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> dispatch: Dispatch;
+@group(0) @binding(1) var<storage, read> params: array<ChannelParams>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> y: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> mask: array<u32>;
+
+// 0: f32, 1: f16, 2: bf16.
+override DTYPE: u32 = 0u;
+override PER_CHANNEL: bool = false;
+override WITH_MASK: bool = false;
+// y = x and every mask bit set: an observer's calibration mode.
+override IDENTITY: bool = false;
+
+const WG_SIZE: u32 = 256u;
+const PER_THREAD: u32 = 2u;
+// A workgroup handles TILE_GROUPS consecutive groups per step; thread t takes t and t + 256, so
+// that the vec4 accesses of a warp (or of llvmpipe's SIMD lanes) are contiguous.
+const TILE_GROUPS: u32 = 512u;
+// Mask words of a tile: 512 groups of 8 16-bit elements (of 4 f32 ones, 64 words are used).
+const MAX_TILE_WORDS: u32 = 128u;
+
+var<workgroup> tile_mask: array<atomic<u32>, MAX_TILE_WORDS>;
+
+// Elements per group.
+fn group_len() -> u32 {
+    return select(8u, 4u, DTYPE == 0u);
+}
+
+fn widen(h: u32) -> u32 {
+    if (DTYPE == 1u) {
+        return f16_to_f32_bits(h);
+    }
+    return bf16_to_f32_bits(h);
+}
+
+fn narrow(f: u32) -> u32 {
+    if (DTYPE == 1u) {
+        return f32_to_f16_bits(f);
+    }
+    return f32_to_bf16_bits(f);
+}
+
+// The group's elements as f32 bit patterns (16-bit ones widened exactly), in memory order.
+fn unpack(v: vec4<u32>) -> array<u32, 8> {
+    var e: array<u32, 8>;
+    if (DTYPE == 0u) {
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            e[j] = v[j];
+        }
+    } else {
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            e[2u * j] = widen(v[j] & 0xffffu);
+            e[2u * j + 1u] = widen(v[j] >> 16u);
+        }
+    }
+    return e;
+}
+
+// The inverse of `unpack`, 16-bit results rounded to nearest even like the scalar kernels.
+fn pack(e: array<u32, 8>) -> vec4<u32> {
+    var v: vec4<u32>;
+    if (DTYPE == 0u) {
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            v[j] = e[j];
+        }
+    } else {
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            v[j] = narrow(e[2u * j]) | (narrow(e[2u * j + 1u]) << 16u);
+        }
+    }
+    return v;
+}
+
+// The channel of a group's first element and its position in the channel's inner run; the
+// elements after it step along without another division.
+struct ChannelCursor {
+    channel: u32,
+    offset: u32,
+}
+
+fn cursor_at(first: u32) -> ChannelCursor {
+    if (!PER_CHANNEL) {
+        return ChannelCursor(0u, 0u);
+    }
+    let position = dispatch.inner_start + first;
+    let run = position / dispatch.inner;
+    return ChannelCursor((dispatch.channel_start + run) % dispatch.channels, position - run * dispatch.inner);
+}
+
+fn advance(c: ChannelCursor) -> ChannelCursor {
+    if (!PER_CHANNEL) {
+        return c;
+    }
+    var next = ChannelCursor(c.channel, c.offset + 1u);
+    if (next.offset == dispatch.inner) {
+        next.offset = 0u;
+        next.channel = select(next.channel + 1u, 0u, next.channel + 1u == dispatch.channels);
+    }
+    return next;
+}
+
+@compute @workgroup_size(256)
+fn forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = group_len();
+    let groups_per_word = 32u / n;
+    let tile_words = TILE_GROUPS / groups_per_word;
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        if (WITH_MASK) {
+            if (lid < tile_words) {
+                atomicStore(&tile_mask[lid], 0u);
+            }
+            workgroupBarrier();
+        }
+        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+            let local = k * WG_SIZE + lid;
+            let g = tile * TILE_GROUPS + local;
+            if (g < dispatch.len) {
+                let v = x[g + dispatch.x_shift];
+                var bits = (1u << n) - 1u;
+                if (IDENTITY) {
+                    y[g + dispatch.y_shift] = v;
+                } else {
+                    var e = unpack(v);
+                    var cursor = cursor_at(g * n);
+                    bits = 0u;
+                    for (var j = 0u; j < n; j = j + 1u) {
+                        let q = fake_quant_bits(e[j], params[cursor.channel]);
+                        e[j] = q.bits;
+                        bits = bits | (u32(q.in_range) << j);
+                        cursor = advance(cursor);
+                    }
+                    y[g + dispatch.y_shift] = pack(e);
+                }
+                if (WITH_MASK) {
+                    atomicOr(&tile_mask[local / groups_per_word], bits << ((local % groups_per_word) * n));
+                }
+            }
+        }
+        if (WITH_MASK) {
+            workgroupBarrier();
+            let w = tile * tile_words + lid;
+            if (lid < tile_words && w < dispatch.mask_words) {
+                mask[w + dispatch.mask_shift] = atomicLoad(&tile_mask[lid]);
+            }
+        }
+    }
+}
+
+// Backward bindings reuse the forward layout: x is dy, y is dx, mask is read.
+@compute @workgroup_size(256)
+fn ste_backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = group_len();
+    let groups_per_word = 32u / n;
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+            let g = tile * TILE_GROUPS + k * WG_SIZE + lid;
+            if (g < dispatch.len) {
+                let bits = mask[g / groups_per_word + dispatch.mask_shift] >> ((g % groups_per_word) * n);
+                var e = unpack(x[g + dispatch.x_shift]);
+                for (var j = 0u; j < n; j = j + 1u) {
+                    e[j] = ste_grad_bits(e[j], ((bits >> j) & 1u) == 1u);
+                }
+                y[g + dispatch.y_shift] = pack(e);
+            }
+        }
+    }
+}
