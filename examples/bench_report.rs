@@ -84,10 +84,7 @@ impl<'a> Timer<'a> {
     }
 
     /// Median seconds of the work `record` puts into an encoder.
-    fn time(
-        &self,
-        mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
-    ) -> Result<f64> {
+    fn time(&self, mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<f64> {
         let mut times = Vec::with_capacity(RUNS);
         for run in 0..WARMUP + RUNS {
             let mut encoder = self.ctx.create_encoder("bench_report");
@@ -149,9 +146,39 @@ struct Report {
     adapter: String,
     backend: String,
     json: bool,
+    /// Only ops whose name contains this (`--only`); the rest are not run.
+    only: Option<String>,
 }
 
 impl Report {
+    fn wants(&self, op: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| op.contains(o.as_str()))
+    }
+
+    /// Times `op` with `time` and prints its row, unless `--only` leaves it out.
+    fn measure(
+        &self,
+        op: &str,
+        dtype: &str,
+        elements: usize,
+        bytes_per_element: f64,
+        time: impl FnOnce() -> Result<f64>,
+        copy_seconds: impl FnOnce() -> Result<f64>,
+    ) -> Result<()> {
+        if self.wants(op) {
+            let t = time()?;
+            self.row(
+                op,
+                dtype,
+                elements,
+                bytes_per_element,
+                t,
+                Some(copy_seconds()?),
+            );
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn row(
         &self,
@@ -195,6 +222,10 @@ fn main() -> Result<()> {
             .parse::<usize>()?,
         None => 1 << 26,
     };
+    let only = match args.iter().position(|a| a == "--only") {
+        Some(i) => Some(args.get(i + 1).ok_or("--only needs a value")?.clone()),
+        None => None,
+    };
     let ctx = GpuContext::new()?;
     let (adapter, backend) = match ctx.adapter_info() {
         Some(info) => (info.name.clone(), format!("{:?}", info.backend)),
@@ -204,6 +235,7 @@ fn main() -> Result<()> {
         adapter: adapter.clone(),
         backend: backend.clone(),
         json,
+        only,
     };
     if !json {
         println!("adapter: {adapter}\nbackend: {backend}");
@@ -226,15 +258,22 @@ fn main() -> Result<()> {
         let y = ctx.create_tensor(n)?;
         let dx = ctx.create_tensor(n)?;
         let mask = ctx.create_mask(n)?;
-        // The copy baseline: copy_buffer_to_buffer of `bytes` bytes, same adapter, same timing.
+        // The copy baseline: copy_buffer_to_buffer of `bytes` bytes, same adapter, same timing,
+        // measured once per size.
+        let copies = std::cell::RefCell::new(std::collections::HashMap::new());
         let copy = |bytes: u64| -> Result<f64> {
+            if let Some(&t) = copies.borrow().get(&bytes) {
+                return Ok(t);
+            }
             let src = ctx.create_tensor_typed((bytes as usize).div_ceil(4), DType::F32)?;
             let dst = ctx.create_tensor_typed((bytes as usize).div_ceil(4), DType::F32)?;
             let size = src.buffer().size();
-            timer.time(|encoder| {
+            let t = timer.time(|encoder| {
                 encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
                 Ok(())
-            })
+            })?;
+            copies.borrow_mut().insert(bytes, t);
+            Ok(t)
         };
         // A copy moves its bytes twice (read + write): the baseline for an op moving B bytes per
         // element is a copy of B/2 bytes per element.
@@ -247,7 +286,7 @@ fn main() -> Result<()> {
         for kernel in &copy_kernels {
             let bound = kernel.bind(&ctx, &x, &y, n);
             let t = timer.time(|encoder| {
-                kernel.record(&ctx, encoder, &bound);
+                kernel.record(encoder, &bound);
                 Ok(())
             })?;
             report.row(kernel.name(), "f32", n, 8.0, t, Some(c));
@@ -255,51 +294,112 @@ fn main() -> Result<()> {
 
         let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0))?;
         let prepared = ctx.prepare(&op)?;
-        let t = timer.time(|e| {
-            Ok(prepared.record_forward(e, x.binding(), &[n], y.binding(), None)?)
-        })?;
-        report.row("fake_quant_forward", "f32", n, 8.0, t, Some(c));
+        report.measure(
+            "fake_quant_forward",
+            "f32",
+            n,
+            8.0,
+            || {
+                timer.time(|e| {
+                    Ok(prepared.record_forward(e, x.binding(), &[n], y.binding(), None)?)
+                })
+            },
+            || baseline(8.0),
+        )?;
         let with_mask = 8.0 + 1.0 / 8.0;
-        let cm = baseline(with_mask)?;
-        let t = timer.time(|e| {
-            Ok(prepared.record_forward(e, x.binding(), &[n], y.binding(), Some(mask.binding()))?)
-        })?;
-        report.row("fake_quant_forward_mask", "f32", n, with_mask, t, Some(cm));
-        let t = timer.time(|e| {
-            Ok(ctx.record_ste_backward(e, dy.binding(), mask.binding(), dx.binding(), n)?)
-        })?;
-        report.row("ste_backward", "f32", n, with_mask, t, Some(cm));
+        report.measure(
+            "fake_quant_forward_mask",
+            "f32",
+            n,
+            with_mask,
+            || {
+                timer.time(|e| {
+                    Ok(prepared.record_forward(
+                        e,
+                        x.binding(),
+                        &[n],
+                        y.binding(),
+                        Some(mask.binding()),
+                    )?)
+                })
+            },
+            || baseline(with_mask),
+        )?;
+        report.measure(
+            "ste_backward",
+            "f32",
+            n,
+            with_mask,
+            || {
+                timer.time(|e| {
+                    Ok(ctx.record_ste_backward(e, dy.binding(), mask.binding(), dx.binding(), n)?)
+                })
+            },
+            || baseline(with_mask),
+        )?;
         let channels = ObserverConfig::qat_weight_int8().channels_for(&[64, n / 64])?;
         let per_channel = FakeQuant::new(
             QuantRange::INT8,
             QuantParams::per_channel(0, vec![0.02; channels], vec![0; channels]),
         )?;
         let per_channel = ctx.prepare(&per_channel)?;
-        let t = timer.time(|e| {
-            Ok(per_channel.record_forward(e, x.binding(), &[64, n / 64], y.binding(), None)?)
-        })?;
-        report.row("fake_quant_forward_per_channel_axis0", "f32", n, 8.0, t, Some(c));
+        report.measure(
+            "fake_quant_forward_per_channel_axis0",
+            "f32",
+            n,
+            8.0,
+            || {
+                timer.time(|e| {
+                    Ok(per_channel.record_forward(
+                        e,
+                        x.binding(),
+                        &[64, n / 64],
+                        y.binding(),
+                        None,
+                    )?)
+                })
+            },
+            || baseline(8.0),
+        )?;
 
         for (dtype, name) in [(DType::F16, "f16"), (DType::Bf16, "bf16")] {
             let x16 = ctx.create_tensor_typed(n, dtype)?;
             let y16 = ctx.create_tensor_typed(n, dtype)?;
             let dy16 = ctx.create_tensor_typed(n, dtype)?;
             let dx16 = ctx.create_tensor_typed(n, dtype)?;
-            let c16 = baseline(4.0)?;
-            let t = timer.time(|e| {
-                Ok(prepared.record_forward(e, x16.binding(), &[n], y16.binding(), None)?)
-            })?;
-            report.row("fake_quant_forward", name, n, 4.0, t, Some(c16));
+            report.measure(
+                "fake_quant_forward",
+                name,
+                n,
+                4.0,
+                || {
+                    timer.time(|e| {
+                        Ok(prepared.record_forward(e, x16.binding(), &[n], y16.binding(), None)?)
+                    })
+                },
+                || baseline(4.0),
+            )?;
             let m16 = 4.0 + 1.0 / 8.0;
-            let cm16 = baseline(m16)?;
-            let t = timer.time(|e| {
-                Ok(ctx.record_ste_backward(e, dy16.binding(), mask.binding(), dx16.binding(), n)?)
-            })?;
-            report.row("ste_backward", name, n, m16, t, Some(cm16));
+            report.measure(
+                "ste_backward",
+                name,
+                n,
+                m16,
+                || {
+                    timer.time(|e| {
+                        Ok(ctx.record_ste_backward(
+                            e,
+                            dy16.binding(),
+                            mask.binding(),
+                            dx16.binding(),
+                            n,
+                        )?)
+                    })
+                },
+                || baseline(m16),
+            )?;
         }
 
-        let c4 = baseline(4.0)?;
-        let c12 = baseline(12.0)?;
         for (op_name, config, shape) in [
             (
                 "min_max_per_tensor",
@@ -324,33 +424,75 @@ fn main() -> Result<()> {
         ] {
             let observer = ctx.create_observer(&config, config.channels_for(&shape)?)?;
             let stats = observer.create_batch_stats()?;
-            let t = timer.time(|e| {
-                Ok(observer.record_batch_min_max(e, x.binding(), &shape, &stats)?)
-            })?;
-            report.row(op_name, "f32", n, 4.0, t, Some(c4));
+            report.measure(
+                op_name,
+                "f32",
+                n,
+                4.0,
+                || {
+                    timer.time(|e| {
+                        Ok(observer.record_batch_min_max(e, x.binding(), &shape, &stats)?)
+                    })
+                },
+                || baseline(4.0),
+            )?;
             if op_name == "min_max_per_tensor" {
-                let t = timer.time(|e| {
-                    Ok(observer.record_step(e, x.binding(), &shape, y.binding(), None, Mode::Qat)?)
-                })?;
-                report.row("fused_observe_fake_quant", "f32", n, 12.0, t, Some(c12));
+                report.measure(
+                    "fused_observe_fake_quant",
+                    "f32",
+                    n,
+                    12.0,
+                    || {
+                        timer.time(|e| {
+                            Ok(observer.record_step(
+                                e,
+                                x.binding(),
+                                &shape,
+                                y.binding(),
+                                None,
+                                Mode::Qat,
+                            )?)
+                        })
+                    },
+                    || baseline(12.0),
+                )?;
             }
         }
 
         let lsq = ctx.create_lsq(&LsqConfig::activation_int8(), &[0.03], &[0.0])?;
         let grads = lsq.create_grads()?;
-        let t = timer.time(|e| Ok(lsq.record_forward(e, x.binding(), &[n], y.binding(), None)?))?;
-        report.row("lsq_forward", "f32", n, 8.0, t, Some(c));
+        report.measure(
+            "lsq_forward",
+            "f32",
+            n,
+            8.0,
+            || timer.time(|e| Ok(lsq.record_forward(e, x.binding(), &[n], y.binding(), None)?)),
+            || baseline(8.0),
+        )?;
         let backward = |e: &mut wgpu::CommandEncoder| -> Result<()> {
             Ok(lsq.record_backward(e, x.binding(), dy.binding(), &[n], dx.binding(), &grads)?)
         };
-        let t = timer.time(backward)?;
-        report.row("lsq_backward", "f32", n, 12.0, t, Some(c12));
-        let c20 = baseline(20.0)?;
-        let t = timer.time(|e| {
-            lsq.record_forward(e, x.binding(), &[n], y.binding(), None)?;
-            backward(e)
-        })?;
-        report.row("lsq_forward_backward", "f32", n, 20.0, t, Some(c20));
+        report.measure(
+            "lsq_backward",
+            "f32",
+            n,
+            12.0,
+            || timer.time(backward),
+            || baseline(12.0),
+        )?;
+        report.measure(
+            "lsq_forward_backward",
+            "f32",
+            n,
+            20.0,
+            || {
+                timer.time(|e| {
+                    lsq.record_forward(e, x.binding(), &[n], y.binding(), None)?;
+                    backward(e)
+                })
+            },
+            || baseline(20.0),
+        )?;
     }
 
     // Many small tensors (a network's layers): per-op time when 1, 10 and 200 tensors of 4K to
@@ -493,12 +635,7 @@ impl CopyKernel {
             .collect()
     }
 
-    fn record(
-        &self,
-        _ctx: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        bound: &[(wgpu::BindGroup, u32)],
-    ) {
+    fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &[(wgpu::BindGroup, u32)]) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("copy"),
             timestamp_writes: None,

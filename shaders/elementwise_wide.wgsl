@@ -47,14 +47,13 @@ override WITH_MASK: bool = false;
 override IDENTITY: bool = false;
 
 const WG_SIZE: u32 = 256u;
-const PER_THREAD: u32 = 2u;
-// A workgroup handles TILE_GROUPS consecutive groups per step; thread t takes t and t + 256, so
+const PER_THREAD: u32 = 4u;
+// A workgroup handles TILE_GROUPS consecutive groups per step; thread t takes t, t + 256, ... so
 // that the vec4 accesses of a warp (or of llvmpipe's SIMD lanes) are contiguous.
-const TILE_GROUPS: u32 = 512u;
-// Mask words of a tile: 512 groups of 8 16-bit elements (of 4 f32 ones, 64 words are used).
-const MAX_TILE_WORDS: u32 = 128u;
-
-var<workgroup> tile_mask: array<atomic<u32>, MAX_TILE_WORDS>;
+const TILE_GROUPS: u32 = 1024u;
+// Each group's mask bits (4 or 8), gathered into words after a barrier: plain stores and loads,
+// no atomics (llvmpipe runs workgroup atomics one lane at a time).
+var<workgroup> tile_bits: array<u32, TILE_GROUPS>;
 
 // Elements per group.
 fn group_len() -> u32 {
@@ -144,12 +143,6 @@ fn forward(
     let groups_per_word = 32u / n;
     let tile_words = TILE_GROUPS / groups_per_word;
     for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
-        if (WITH_MASK) {
-            if (lid < tile_words) {
-                atomicStore(&tile_mask[lid], 0u);
-            }
-            workgroupBarrier();
-        }
         for (var k = 0u; k < PER_THREAD; k = k + 1u) {
             let local = k * WG_SIZE + lid;
             let g = tile * TILE_GROUPS + local;
@@ -161,17 +154,22 @@ fn forward(
                 } else {
                     var e = unpack(v);
                     var cursor = cursor_at(g * n);
+                    var p = params[cursor.channel];
                     bits = 0u;
                     for (var j = 0u; j < n; j = j + 1u) {
-                        let q = fake_quant_bits(e[j], params[cursor.channel]);
+                        let q = fake_quant_bits(e[j], p);
                         e[j] = q.bits;
                         bits = bits | (u32(q.in_range) << j);
                         cursor = advance(cursor);
+                        // A group rarely crosses into the next channel: reload only then.
+                        if (PER_CHANNEL && cursor.offset == 0u) {
+                            p = params[cursor.channel];
+                        }
                     }
                     y[g + dispatch.y_shift] = pack(e);
                 }
                 if (WITH_MASK) {
-                    atomicOr(&tile_mask[local / groups_per_word], bits << ((local % groups_per_word) * n));
+                    tile_bits[local] = bits;
                 }
             }
         }
@@ -179,8 +177,14 @@ fn forward(
             workgroupBarrier();
             let w = tile * tile_words + lid;
             if (lid < tile_words && w < dispatch.mask_words) {
-                mask[w + dispatch.mask_shift] = atomicLoad(&tile_mask[lid]);
+                var word = 0u;
+                for (var j = 0u; j < groups_per_word; j = j + 1u) {
+                    word = word | (tile_bits[lid * groups_per_word + j] << (j * n));
+                }
+                mask[w + dispatch.mask_shift] = word;
             }
+            // The next tile overwrites tile_bits.
+            workgroupBarrier();
         }
     }
 }

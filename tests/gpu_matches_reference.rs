@@ -176,7 +176,8 @@ fn per_channel_every_axis_ranks_1_to_4() {
 #[test]
 fn sizes_around_every_boundary() {
     let mut sizes = vec![0usize, 1, 2, 3, 4, 5];
-    for b in [32usize, 256, 1024, 4096, 65536] {
+    // Mask words, tiles of the scalar (1024) and wide (1024 vec4s: 4096 f32) kernels, chunk granule.
+    for b in [32usize, 64, 256, 1024, 4096, 8192, 16384, 65536] {
         sizes.extend([b - 1, b, b + 1]);
     }
     for ctx in contexts() {

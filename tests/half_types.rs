@@ -211,11 +211,23 @@ fn check_at_offsets<T: Element>(ctx: &GpuContext, x: &[T], x_at: u64, y_at: u64)
 fn tensors_starting_and_ending_mid_word_leave_their_neighbours_alone() {
     let mut rng = Rng::new(2);
     for ctx in contexts() {
-        for n in [1usize, 2, 3, 1024, 1025, 5000] {
+        for n in [1usize, 2, 3, 31, 32, 33, 1024, 1025, 5000] {
             let x: Vec<f32> = (0..n).map(|_| rng.normal() * 3.0).collect();
             let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
             let b: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-            for (x_at, y_at) in [(0u64, 0u64), (1, 0), (0, 1), (1, 1), (3, 130), (129, 2)] {
+            // Multiples of 8 elements (16 bytes) take the wide kernels for the body; the others the
+            // scalar ones throughout.
+            for (x_at, y_at) in [
+                (0u64, 0u64),
+                (1, 0),
+                (0, 1),
+                (1, 1),
+                (3, 130),
+                (129, 2),
+                (8, 136),
+                (24, 8),
+                (8, 1),
+            ] {
                 check_at_offsets(ctx, &h, x_at, y_at);
                 check_at_offsets(ctx, &b, x_at, y_at);
             }

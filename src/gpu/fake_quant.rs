@@ -17,7 +17,7 @@ use crate::reference::FakeQuantOutput;
 const TILE_ELEMS: u64 = 1024;
 /// Groups (vec4s) a workgroup of the wide kernels covers per step (`TILE_GROUPS` in
 /// elementwise_wide.wgsl).
-const WIDE_TILE_GROUPS: u64 = 512;
+const WIDE_TILE_GROUPS: u64 = 1024;
 
 /// `Dispatch` in the shader: one per binding-sized chunk of the tensor.
 #[repr(C)]
