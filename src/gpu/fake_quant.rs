@@ -338,7 +338,8 @@ impl GpuContext {
         // windows (always for f32; 16-bit tensors at 16-byte offsets). Chunk starts are multiples
         // of the granule, so every chunk shares the first one's shifts.
         let group = 16 / dtype.size();
-        let vec4_aligned = |t: &TensorBinding<'_>| window_binding(t, 0, 1, align).1 % group == 0;
+        let vec4_aligned =
+            |t: &TensorBinding<'_>| window_binding(t, 0, 1, align).1.is_multiple_of(group);
         let wide = vec4_aligned(&b.x) && vec4_aligned(&b.y);
         let (mut wide_dispatches, mut scalar_dispatches) = (Vec::new(), Vec::new());
         for c in 0..len.div_ceil(chunk) {
