@@ -496,10 +496,11 @@ fn main() -> Result<()> {
     }
 
     // Many small tensors (a network's layers): per-op time when 1, 10 and 200 tensors of 4K to
-    // 256K elements are recorded into one submission, against one submission per op.
+    // 256K elements go into one submission (recorded afresh, or prerecorded once and replayed),
+    // against one submission per op.
     if !json {
-        println!("\n| small tensors | ops | time per op, one submission | time per op, a submission each | ratio |");
-        println!("|---|---|---|---|---|");
+        println!("\n| small tensors | ops | per op, a submission each | per op, one submission | ratio | per op, one submission, prerecorded | ratio |");
+        println!("|---|---|---|---|---|---|---|");
     }
     let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.02, 0))?;
     let prepared = ctx.prepare(&op)?;
@@ -509,31 +510,40 @@ fn main() -> Result<()> {
             .iter()
             .map(|&s| Ok((ctx.upload(&data(s, s as u64))?, ctx.create_tensor(s)?)))
             .collect::<Result<_>>()?;
-        let batched = median_seconds(|| {
-            let mut encoder = ctx.create_encoder("batched");
+        let record_all = |encoder: &mut wgpu::CommandEncoder| -> fakequant::Result<()> {
             for ((x, y), &s) in tensors.iter().zip(&sizes) {
-                prepared.record_forward(&mut encoder, x.binding(), &[s], y.binding(), None)?;
+                prepared.record_forward(encoder, x.binding(), &[s], y.binding(), None)?;
             }
-            Ok(ctx.submit_and_wait(encoder)?)
-        })? / count as f64;
+            Ok(())
+        };
         let separate = median_seconds(|| {
             for ((x, y), &s) in tensors.iter().zip(&sizes) {
                 prepared.forward(x, &[s], y, None)?;
             }
             Ok(())
         })? / count as f64;
+        let batched = median_seconds(|| {
+            let mut encoder = ctx.create_encoder("batched");
+            record_all(&mut encoder)?;
+            Ok(ctx.submit_and_wait(encoder)?)
+        })? / count as f64;
+        let replay = ctx.prerecord(record_all)?;
+        let replayed = median_seconds(|| Ok(replay.run()?))? / count as f64;
         let elements: usize = sizes.iter().sum();
         if json {
             println!(
-                "{{\"adapter\": {adapter:?}, \"backend\": {backend:?}, \"op\": \"small_tensors_batched\", \"dtype\": \"f32\", \"tensors\": {count}, \"elements\": {elements}, \"seconds_per_op_batched\": {batched:.6e}, \"seconds_per_op_separate\": {separate:.6e}, \"ratio\": {:.3}}}",
-                separate / batched
+                "{{\"adapter\": {adapter:?}, \"backend\": {backend:?}, \"op\": \"small_tensors_fake_quant_forward\", \"dtype\": \"f32\", \"tensors\": {count}, \"elements\": {elements}, \"seconds_per_op_separate\": {separate:.6e}, \"seconds_per_op_batched\": {batched:.6e}, \"seconds_per_op_prerecorded\": {replayed:.6e}, \"ratio_batched\": {:.3}, \"ratio_prerecorded\": {:.3}}}",
+                separate / batched,
+                separate / replayed
             );
         } else {
             println!(
-                "| {count} tensors of 4K-256K ({elements} elements) | {count} | {:.3} ms | {:.3} ms | {:.2}x |",
-                batched * 1e3,
+                "| {count} tensors of 4K-256K ({elements} elements) | {count} | {:.3} ms | {:.3} ms | {:.2}x | {:.3} ms | {:.2}x |",
                 separate * 1e3,
-                separate / batched
+                batched * 1e3,
+                separate / batched,
+                replayed * 1e3,
+                separate / replayed
             );
         }
     }

@@ -34,7 +34,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{
     DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,
-    GpuObserver, GpuTensor, TensorBinding,
+    GpuObserver, GpuTensor, Prerecorded, TensorBinding,
 };
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};

@@ -247,9 +247,16 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Read-back staging buffers are at least this large, so that small reads share one.
+const STAGING_MIN_BYTES: u64 = 1 << 20;
+/// The largest staging buffer kept between reads.
+const STAGING_KEEP_BYTES: u64 = 64 << 20;
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
+    /// The staging buffer of the last read-back, reused by the next (see `read_buffer`).
+    staging: std::sync::Mutex<Option<wgpu::Buffer>>,
     adapter_info: Option<wgpu::AdapterInfo>,
     device_limits: wgpu::Limits,
     kernels: Kernels,
@@ -418,6 +425,7 @@ impl GpuContext {
                 adapter_info,
                 device_limits,
                 kernels,
+                staging: std::sync::Mutex::new(None),
             }),
             limits,
         })
@@ -517,13 +525,33 @@ impl GpuContext {
     /// Records one compute pass of `key`'s pipeline: per dispatch a uniform value (bound at 0),
     /// the buffers of bindings 1.. (`None` binds a dummy, read-only or read-write as the kernel
     /// family's layout says) and the workgroup grid. The uniforms share one buffer at aligned
-    /// offsets.
+    /// offsets. Inside [`GpuContext::prerecord`] the pass is kept for replay instead.
     pub(crate) fn record_dispatches<U: bytemuck::Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         key: KernelKey,
         dispatches: &[Dispatch<'_, U>],
     ) -> Result<()> {
+        let pass = self.prepare_pass(key, dispatches)?;
+        match super::prerecorded::keep(pass) {
+            None => Ok(()),
+            Some(pass) => self.capture(|| {
+                let mut compute = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("fakequant"),
+                    timestamp_writes: None,
+                });
+                pass.encode(&mut compute);
+                Ok(())
+            }),
+        }
+    }
+
+    /// The pipeline, uniforms and bind groups of one pass of `key`'s kernel.
+    fn prepare_pass<U: bytemuck::Pod>(
+        &self,
+        key: KernelKey,
+        dispatches: &[Dispatch<'_, U>],
+    ) -> Result<PreparedPass> {
         let pipeline = self.pipeline(key)?;
         let family = self.shared.kernels.family(key);
         let (layout, read_only) = (&family.layout, family.read_only);
@@ -541,7 +569,7 @@ impl GpuContext {
         let kernels = &self.shared.kernels;
         self.capture(|| {
             let uniforms = self.uniform_buffer("fakequant dispatch", &uniform_bytes);
-            let groups: Vec<wgpu::BindGroup> = dispatches
+            let dispatches = dispatches
                 .iter()
                 .enumerate()
                 .map(|(i, d)| {
@@ -564,25 +592,22 @@ impl GpuContext {
                             resource,
                         });
                     }
-                    self.shared
+                    let group = self
+                        .shared
                         .device
                         .create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some("fakequant dispatch"),
                             layout,
                             entries: &entries,
-                        })
+                        });
+                    (group, d.grid)
                 })
                 .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("fakequant"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            for (group, d) in groups.iter().zip(dispatches) {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(d.grid[0], d.grid[1], 1);
-            }
-            Ok(())
+            Ok(PreparedPass {
+                pipeline,
+                _uniforms: uniforms,
+                dispatches,
+            })
         })
     }
 
@@ -739,12 +764,22 @@ impl GpuContext {
             });
         }
         let device = &self.shared.device;
+        // The staging buffer of an earlier read when it is large enough (taken out of the slot,
+        // so that concurrent reads each have their own).
+        let reused = self
+            .shared
+            .staging
+            .lock()
+            .map_err(|_| poisoned())?
+            .take_if(|b| b.size() >= size);
         let staging = self.capture(|| {
-            let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("fakequant read-back"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+            let staging = reused.unwrap_or_else(|| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("fakequant read-back"),
+                    size: size.max(STAGING_MIN_BYTES),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
             });
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fakequant read-back"),
@@ -754,7 +789,7 @@ impl GpuContext {
             Ok(staging)
         })?;
         let (sender, receiver) = mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..size, move |r| {
             let _ = sender.send(r);
         });
         device
@@ -765,10 +800,17 @@ impl GpuContext {
             .map_err(|_| Error::Gpu("the read-back was dropped before it completed".into()))?
             .map_err(|e| Error::Gpu(format!("mapping the read-back buffer failed: {e}")))?;
         let data = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..size)
             .map_err(|e| Error::Gpu(e.to_string()))?
             .to_vec();
         staging.unmap();
+        // Kept for the next read unless it would hold a lot of memory idle.
+        if staging.size() <= STAGING_KEEP_BYTES {
+            let mut slot = self.shared.staging.lock().map_err(|_| poisoned())?;
+            if slot.as_ref().is_none_or(|b| b.size() < staging.size()) {
+                *slot = Some(staging);
+            }
+        }
         Ok(data)
     }
 
@@ -963,6 +1005,30 @@ impl Kernels {
             },
             cache: None,
         })
+    }
+}
+
+/// A compute pass ready to encode: everything it binds is created, so encoding it (again) creates
+/// nothing.
+pub(crate) struct PreparedPass {
+    pipeline: wgpu::ComputePipeline,
+    /// Held for the bind groups, which refer to it.
+    _uniforms: wgpu::Buffer,
+    dispatches: Vec<(wgpu::BindGroup, [u32; 2])>,
+}
+
+impl PreparedPass {
+    /// Sets the pipeline and issues the dispatches into `pass`.
+    pub(crate) fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        for (group, grid) in &self.dispatches {
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(grid[0], grid[1], 1);
+        }
+    }
+
+    pub(crate) fn dispatch_count(&self) -> usize {
+        self.dispatches.len()
     }
 }
 
