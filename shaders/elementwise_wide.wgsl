@@ -14,7 +14,7 @@
 struct Dispatch {
     // Groups in this dispatch.
     len: u32,
-    // Tiles of TILE_GROUPS groups; the grid strides over them.
+    // Tiles of 256 * PER_THREAD groups; the grid strides over them.
     num_tiles: u32,
     // Per-channel layout: the channel of dispatch-local element e is
     // (channel_start + (inner_start + e) / inner) % channels.
@@ -47,13 +47,15 @@ override WITH_MASK: bool = false;
 override IDENTITY: bool = false;
 
 const WG_SIZE: u32 = 256u;
-const PER_THREAD: u32 = 4u;
-// A workgroup handles TILE_GROUPS consecutive groups per step; thread t takes t, t + 256, ... so
-// that the vec4 accesses of a warp (or of llvmpipe's SIMD lanes) are contiguous.
-const TILE_GROUPS: u32 = 1024u;
+// Groups per thread per tile: thread t takes t, t + 256, ... so that the vec4 accesses of a warp
+// (or of llvmpipe's SIMD lanes) are contiguous. The host sets 1 on GPUs (more workgroups, more
+// loads in flight) and 4 on CPU adapters (fewer workgroup launches); at most MAX_PER_THREAD.
+override PER_THREAD: u32 = 1u;
+const MAX_PER_THREAD: u32 = 4u;
+
 // Each group's mask bits (4 or 8), gathered into words after a barrier: plain stores and loads,
 // no atomics (llvmpipe runs workgroup atomics one lane at a time).
-var<workgroup> tile_bits: array<u32, TILE_GROUPS>;
+var<workgroup> tile_bits: array<u32, WG_SIZE * MAX_PER_THREAD>;
 
 // Elements per group.
 fn group_len() -> u32 {
@@ -74,37 +76,6 @@ fn narrow(f: u32) -> u32 {
     return f32_to_bf16_bits(f);
 }
 
-// The group's elements as f32 bit patterns (16-bit ones widened exactly), in memory order.
-fn unpack(v: vec4<u32>) -> array<u32, 8> {
-    var e: array<u32, 8>;
-    if (DTYPE == 0u) {
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            e[j] = v[j];
-        }
-    } else {
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            e[2u * j] = widen(v[j] & 0xffffu);
-            e[2u * j + 1u] = widen(v[j] >> 16u);
-        }
-    }
-    return e;
-}
-
-// The inverse of `unpack`, 16-bit results rounded to nearest even like the scalar kernels.
-fn pack(e: array<u32, 8>) -> vec4<u32> {
-    var v: vec4<u32>;
-    if (DTYPE == 0u) {
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            v[j] = e[j];
-        }
-    } else {
-        for (var j = 0u; j < 4u; j = j + 1u) {
-            v[j] = narrow(e[2u * j]) | (narrow(e[2u * j + 1u]) << 16u);
-        }
-    }
-    return v;
-}
-
 // The channel of a group's first element and its position in the channel's inner run; the
 // elements after it step along without another division.
 struct ChannelCursor {
@@ -122,15 +93,88 @@ fn cursor_at(first: u32) -> ChannelCursor {
 }
 
 fn advance(c: ChannelCursor) -> ChannelCursor {
-    if (!PER_CHANNEL) {
-        return c;
-    }
     var next = ChannelCursor(c.channel, c.offset + 1u);
     if (next.offset == dispatch.inner) {
         next.offset = 0u;
         next.channel = select(next.channel + 1u, 0u, next.channel + 1u == dispatch.channels);
     }
     return next;
+}
+
+// The walk through one group: where it is in the channels, that channel's parameters, and the
+// mask bits so far.
+struct GroupWalk {
+    cursor: ChannelCursor,
+    p: ChannelParams,
+    bits: u32,
+}
+
+fn start_walk(first: u32) -> GroupWalk {
+    let cursor = cursor_at(first);
+    return GroupWalk(cursor, params[cursor.channel], 0u);
+}
+
+// Fake-quantizes element j of the group (f32 bits) and records its mask bit. Every call site
+// passes a constant j, and no function-local array is indexed: GPU compilers keep the whole group
+// in registers (dynamically indexed arrays went to local memory on NVIDIA).
+fn quantize_next(e: u32, j: u32, walk: ptr<function, GroupWalk>) -> u32 {
+    let q = fake_quant_bits(e, (*walk).p);
+    (*walk).bits = (*walk).bits | (u32(q.in_range) << j);
+    if (PER_CHANNEL) {
+        (*walk).cursor = advance((*walk).cursor);
+        // A group rarely crosses into the next channel: reload only then.
+        if ((*walk).cursor.offset == 0u) {
+            (*walk).p = params[(*walk).cursor.channel];
+        }
+    }
+    return q.bits;
+}
+
+// Both 16-bit halves of a word, low first.
+fn quantize_pair(word: u32, j: u32, walk: ptr<function, GroupWalk>) -> u32 {
+    let lo = narrow(quantize_next(widen(word & 0xffffu), j, walk));
+    let hi = narrow(quantize_next(widen(word >> 16u), j + 1u, walk));
+    return lo | (hi << 16u);
+}
+
+struct QuantizedGroup {
+    v: vec4<u32>,
+    bits: u32,
+}
+
+// The group starting at dispatch-local element `first`.
+fn quantize_group(v: vec4<u32>, first: u32) -> QuantizedGroup {
+    var walk = start_walk(first);
+    var out: vec4<u32>;
+    if (DTYPE == 0u) {
+        out.x = quantize_next(v.x, 0u, &walk);
+        out.y = quantize_next(v.y, 1u, &walk);
+        out.z = quantize_next(v.z, 2u, &walk);
+        out.w = quantize_next(v.w, 3u, &walk);
+    } else {
+        out.x = quantize_pair(v.x, 0u, &walk);
+        out.y = quantize_pair(v.y, 2u, &walk);
+        out.z = quantize_pair(v.z, 4u, &walk);
+        out.w = quantize_pair(v.w, 6u, &walk);
+    }
+    return QuantizedGroup(out, walk.bits);
+}
+
+fn ste_one(e: u32, bits: u32, j: u32) -> u32 {
+    return ste_grad_bits(e, ((bits >> j) & 1u) == 1u);
+}
+
+fn ste_pair(word: u32, bits: u32, j: u32) -> u32 {
+    let lo = narrow(ste_one(widen(word & 0xffffu), bits, j));
+    let hi = narrow(ste_one(widen(word >> 16u), bits, j + 1u));
+    return lo | (hi << 16u);
+}
+
+fn ste_group(v: vec4<u32>, bits: u32) -> vec4<u32> {
+    if (DTYPE == 0u) {
+        return vec4<u32>(ste_one(v.x, bits, 0u), ste_one(v.y, bits, 1u), ste_one(v.z, bits, 2u), ste_one(v.w, bits, 3u));
+    }
+    return vec4<u32>(ste_pair(v.x, bits, 0u), ste_pair(v.y, bits, 2u), ste_pair(v.z, bits, 4u), ste_pair(v.w, bits, 6u));
 }
 
 @compute @workgroup_size(256)
@@ -141,32 +185,21 @@ fn forward(
 ) {
     let n = group_len();
     let groups_per_word = 32u / n;
-    let tile_words = TILE_GROUPS / groups_per_word;
+    let tile_groups = WG_SIZE * PER_THREAD;
+    let tile_words = tile_groups / groups_per_word;
     for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
         for (var k = 0u; k < PER_THREAD; k = k + 1u) {
             let local = k * WG_SIZE + lid;
-            let g = tile * TILE_GROUPS + local;
+            let g = tile * tile_groups + local;
             if (g < dispatch.len) {
                 let v = x[g + dispatch.x_shift];
                 var bits = (1u << n) - 1u;
                 if (IDENTITY) {
                     y[g + dispatch.y_shift] = v;
                 } else {
-                    var e = unpack(v);
-                    var cursor = cursor_at(g * n);
-                    var p = params[cursor.channel];
-                    bits = 0u;
-                    for (var j = 0u; j < n; j = j + 1u) {
-                        let q = fake_quant_bits(e[j], p);
-                        e[j] = q.bits;
-                        bits = bits | (u32(q.in_range) << j);
-                        cursor = advance(cursor);
-                        // A group rarely crosses into the next channel: reload only then.
-                        if (PER_CHANNEL && cursor.offset == 0u) {
-                            p = params[cursor.channel];
-                        }
-                    }
-                    y[g + dispatch.y_shift] = pack(e);
+                    let q = quantize_group(v, g * n);
+                    y[g + dispatch.y_shift] = q.v;
+                    bits = q.bits;
                 }
                 if (WITH_MASK) {
                     tile_bits[local] = bits;
@@ -198,16 +231,13 @@ fn ste_backward(
 ) {
     let n = group_len();
     let groups_per_word = 32u / n;
+    let tile_groups = WG_SIZE * PER_THREAD;
     for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
         for (var k = 0u; k < PER_THREAD; k = k + 1u) {
-            let g = tile * TILE_GROUPS + k * WG_SIZE + lid;
+            let g = tile * tile_groups + k * WG_SIZE + lid;
             if (g < dispatch.len) {
                 let bits = mask[g / groups_per_word + dispatch.mask_shift] >> ((g % groups_per_word) * n);
-                var e = unpack(x[g + dispatch.x_shift]);
-                for (var j = 0u; j < n; j = j + 1u) {
-                    e[j] = ste_grad_bits(e[j], ((bits >> j) & 1u) == 1u);
-                }
-                y[g + dispatch.y_shift] = pack(e);
+                y[g + dispatch.y_shift] = ste_group(x[g + dispatch.x_shift], bits);
             }
         }
     }

@@ -89,6 +89,8 @@ pub enum Error {
     InvalidObserver(String),
     /// An LSQ configuration or its parameters are unusable.
     InvalidLsq(String),
+    /// A tuning setting of the context is out of its range.
+    InvalidSetting(String),
     /// No adapter matched the request (or none is present at all).
     NoAdapter(String),
     /// The device could not be created.
@@ -132,6 +134,7 @@ impl fmt::Display for Error {
             }
             Error::InvalidObserver(msg) => write!(f, "invalid observer: {msg}"),
             Error::InvalidLsq(msg) => write!(f, "invalid LSQ quantizer: {msg}"),
+            Error::InvalidSetting(msg) => write!(f, "invalid context setting: {msg}"),
             Error::NoAdapter(msg) => write!(f, "no GPU adapter: {msg}"),
             Error::RequestDevice(msg) => write!(f, "could not create a GPU device: {msg}"),
             Error::Gpu(msg) => write!(f, "GPU error: {msg}"),

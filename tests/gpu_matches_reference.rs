@@ -454,3 +454,71 @@ fn random_shapes_and_parameters() {
         }
     }
 }
+
+/// The wide kernels' groups per thread (1 on GPUs, 4 on CPU adapters by default) change only the
+/// grid: every value gives the reference's bits, per-tensor and per-channel (groups crossing
+/// channel boundaries), with the mask, backward, and 16-bit elements, around the tile sizes.
+#[test]
+fn every_wide_groups_per_thread_gives_the_same_bits() {
+    for base in contexts() {
+        assert!(base.with_wide_groups_per_thread(0).is_err());
+        assert!(base.with_wide_groups_per_thread(5).is_err());
+        for groups in 1..=4 {
+            let ctx = base.with_wide_groups_per_thread(groups).unwrap();
+            assert_eq!(ctx.wide_groups_per_thread(), groups);
+            let mut rng = Rng::new(groups as u64);
+            for n in [31usize, 33, 1023, 1025, 4095, 4097, 8191, 8193, 20_000] {
+                let x = random_data(&mut rng, n, 0, 0.1);
+                let op =
+                    FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.1, -1)).unwrap();
+                check_on_gpu(
+                    &ctx,
+                    &op,
+                    &x,
+                    &[n],
+                    &format!("{groups} per thread, size {n}"),
+                );
+                // Inner size 3: most vec4 groups straddle two channels.
+                let channels = n.div_ceil(3).min(50);
+                let shape = [n / (channels * 3), channels, 3];
+                let numel: usize = shape.iter().product();
+                if numel > 0 {
+                    let scales = (0..channels).map(|c| 0.02 + c as f32 * 0.003).collect();
+                    let zero_points = (0..channels).map(|c| c as i32 % 5 - 2).collect();
+                    let op = FakeQuant::new(
+                        QuantRange::INT8,
+                        QuantParams::per_channel(1, scales, zero_points),
+                    )
+                    .unwrap();
+                    check_on_gpu(
+                        &ctx,
+                        &op,
+                        &x[..numel],
+                        &shape,
+                        &format!("{groups} per thread, {shape:?} per-channel"),
+                    );
+                }
+                let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v * 50.0)).collect();
+                let (expected, expected_mask) =
+                    fakequant::reference::fake_quant_typed(&op_for_half(), &h, &[n], true).unwrap();
+                let (got, got_mask) = ctx
+                    .fake_quant_typed(&op_for_half(), &h, &[n], true)
+                    .unwrap();
+                let bits = |v: &[half::f16]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&expected),
+                    bits(&got),
+                    "{groups} per thread, f16 size {n}"
+                );
+                assert_eq!(
+                    expected_mask, got_mask,
+                    "{groups} per thread, f16 mask size {n}"
+                );
+            }
+        }
+    }
+}
+
+fn op_for_half() -> FakeQuant {
+    FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.5, 3)).unwrap()
+}

@@ -28,12 +28,13 @@ pub struct DispatchLimits {
 /// Which kernel variant a pipeline implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum KernelKey {
-    /// One of the elementwise kernels over tensors of `dtype`; `wide` for the vec4 variant
-    /// (`shaders/elementwise_wide.wgsl`), else the scalar one (`shaders/elementwise.wgsl`).
+    /// One of the elementwise kernels over tensors of `dtype`: the vec4 variant
+    /// (`shaders/elementwise_wide.wgsl`) taking `per_thread` groups per invocation and tile, or
+    /// the scalar one (`shaders/elementwise.wgsl`) when `per_thread` is 0.
     Elementwise {
         op: ElementwiseOp,
         dtype: DType,
-        wide: bool,
+        per_thread: u32,
     },
     /// One of the observer kernels (`shaders/observer.wgsl`), for tensors of an element type.
     Observer(ObserverKernel, DType),
@@ -268,6 +269,9 @@ struct Shared {
 pub struct GpuContext {
     shared: Arc<Shared>,
     limits: DispatchLimits,
+    /// Groups each invocation of the wide elementwise kernels takes per tile (`PER_THREAD` in
+    /// elementwise_wide.wgsl).
+    wide_per_thread: u32,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -404,6 +408,12 @@ impl GpuContext {
         adapter_info: Option<wgpu::AdapterInfo>,
     ) -> Result<Self> {
         let device_limits = device.limits();
+        // CPU adapters (llvmpipe) run a workgroup as a loop over SIMD lanes: fewer, longer
+        // workgroups cost less there. GPUs want the most loads in flight: one group per thread.
+        let wide_per_thread = match adapter_info.as_ref().map(|i| i.device_type) {
+            Some(wgpu::DeviceType::Cpu) => 4,
+            _ => 1,
+        };
         let kernels = capture(&device, || Ok(Kernels::new(&device)))?;
         let limits = DispatchLimits {
             max_binding_bytes: device_limits
@@ -428,6 +438,7 @@ impl GpuContext {
                 staging: std::sync::Mutex::new(None),
             }),
             limits,
+            wide_per_thread,
         })
     }
 
@@ -454,8 +465,8 @@ impl GpuContext {
             });
         }
         Ok(Self {
-            shared: self.shared.clone(),
             limits,
+            ..self.clone()
         })
     }
 
@@ -485,6 +496,33 @@ impl GpuContext {
     /// The limits of the device.
     pub fn device_limits(&self) -> &wgpu::Limits {
         &self.shared.device_limits
+    }
+
+    /// Groups (vec4s) a workgroup of the wide elementwise kernels covers per tile.
+    pub(crate) fn wide_tile_groups(&self) -> u64 {
+        256 * self.wide_per_thread as u64
+    }
+
+    /// Vec4 groups each invocation of the elementwise kernels takes per tile, and with it the
+    /// workgroups they launch.
+    pub fn wide_groups_per_thread(&self) -> u32 {
+        self.wide_per_thread
+    }
+
+    /// A context on the same device whose elementwise kernels take `groups` vec4 groups (4 f32 or
+    /// 8 16-bit elements each) per invocation and tile, 1 to 4. A tuning knob: the results are the
+    /// same bits for every value. The default is 1 on GPUs (the most workgroups, the most loads
+    /// in flight) and 4 on CPU adapters such as llvmpipe (fewer workgroup launches).
+    pub fn with_wide_groups_per_thread(&self, groups: u32) -> Result<Self> {
+        if !(1..=4).contains(&groups) {
+            return Err(Error::InvalidSetting(format!(
+                "wide groups per thread must be 1 to 4, not {groups}"
+            )));
+        }
+        Ok(Self {
+            wide_per_thread: groups,
+            ..self.clone()
+        })
     }
 
     /// The dispatch limits in force.
@@ -944,7 +982,12 @@ impl Kernels {
 
     fn create_pipeline(&self, device: &wgpu::Device, key: KernelKey) -> wgpu::ComputePipeline {
         let (entry_point, constants, module, layout): (&str, Vec<(&str, f64)>, _, _) = match key {
-            KernelKey::Elementwise { op, dtype, wide } => {
+            KernelKey::Elementwise {
+                op,
+                dtype,
+                per_thread,
+            } => {
+                let wide = per_thread > 0;
                 let (entry, mut constants) = match op {
                     ElementwiseOp::Forward {
                         rounding,
@@ -972,6 +1015,9 @@ impl Kernels {
                 };
                 if wide || dtype != DType::F32 {
                     constants.push(("DTYPE", dtype_constant(dtype)));
+                }
+                if wide {
+                    constants.push(("PER_THREAD", per_thread as f64));
                 }
                 (entry, constants, module, &self.elementwise.pipeline_layout)
             }

@@ -15,9 +15,6 @@ use crate::reference::FakeQuantOutput;
 /// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
 /// elementwise.wgsl).
 const TILE_ELEMS: u64 = 1024;
-/// Groups (vec4s) a workgroup of the wide kernels covers per step (`TILE_GROUPS` in
-/// elementwise_wide.wgsl).
-const WIDE_TILE_GROUPS: u64 = 1024;
 
 /// `Dispatch` in the shader: one per binding-sized chunk of the tensor.
 #[repr(C)]
@@ -341,6 +338,14 @@ impl GpuContext {
         let vec4_aligned =
             |t: &TensorBinding<'_>| window_binding(t, 0, 1, align).1.is_multiple_of(group);
         let wide = vec4_aligned(&b.x) && vec4_aligned(&b.y);
+        let wide_walk = Walk {
+            group,
+            tile: self.wide_tile_groups(),
+        };
+        let scalar_walk = Walk {
+            group: 1,
+            tile: TILE_ELEMS,
+        };
         let (mut wide_dispatches, mut scalar_dispatches) = (Vec::new(), Vec::new());
         for c in 0..len.div_ceil(chunk) {
             let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
@@ -352,18 +357,29 @@ impl GpuContext {
             };
             if body_end > start {
                 wide_dispatches.push(elementwise_dispatch(
-                    &b, layout, start, body_end, group, align, &limits,
+                    &b, layout, start, body_end, wide_walk, align, &limits,
                 ));
             }
             if end > body_end {
                 scalar_dispatches.push(elementwise_dispatch(
-                    &b, layout, body_end, end, 1, align, &limits,
+                    &b,
+                    layout,
+                    body_end,
+                    end,
+                    scalar_walk,
+                    align,
+                    &limits,
                 ));
             }
         }
-        for (dispatches, wide) in [(wide_dispatches, true), (scalar_dispatches, false)] {
+        let per_thread = self.wide_groups_per_thread();
+        for (dispatches, per_thread) in [(wide_dispatches, per_thread), (scalar_dispatches, 0)] {
             if !dispatches.is_empty() {
-                let key = KernelKey::Elementwise { op, dtype, wide };
+                let key = KernelKey::Elementwise {
+                    op,
+                    dtype,
+                    per_thread,
+                };
                 self.record_dispatches(encoder, key, &dispatches)?;
             }
         }
@@ -371,24 +387,27 @@ impl GpuContext {
     }
 }
 
-/// The dispatch of elements `[start, end)` (`start` a multiple of 32) with `group` elements per
-/// invocation: 1 for the scalar kernels, a vec4's worth for the wide ones (whose shifts and lengths
-/// count groups).
+/// How a kernel variant walks a tensor: `group` elements per invocation (1 for the scalar kernels,
+/// a vec4's worth for the wide ones, whose shifts and lengths count groups), `tile` groups per
+/// workgroup and step.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    group: u64,
+    tile: u64,
+}
+
+/// The dispatch of elements `[start, end)` (`start` a multiple of 32).
 fn elementwise_dispatch<'a>(
     b: &ElementwiseBindings<'a, 'a>,
     layout: ChannelLayout,
     start: u64,
     end: u64,
-    group: u64,
+    walk: Walk,
     align: u64,
     limits: &DispatchLimits,
 ) -> Dispatch<'a, DispatchUniform> {
     let n = end - start;
-    let tile = if group == 1 {
-        TILE_ELEMS
-    } else {
-        WIDE_TILE_GROUPS
-    };
+    let Walk { group, tile } = walk;
     let units = n.div_ceil(group);
     let (x_window, x_shift) = window_binding(&b.x, start, end, align);
     let (y_window, y_shift) = window_binding(&b.y, start, end, align);

@@ -104,6 +104,17 @@ struct ReducePlan {
 impl ReducePlan {
     fn new(layout: ChannelLayout, max_elems: u64, max_workgroups: u64) -> Self {
         let n = layout.numel() as u64;
+        // One channel: the whole tensor is one row, cut into pieces for as many workgroups as it
+        // needs (min and max of integer keys do not depend on the order they are taken in).
+        let layout = if layout.channels == 1 {
+            ChannelLayout {
+                outer: 1,
+                channels: 1,
+                inner: layout.numel(),
+            }
+        } else {
+            layout
+        };
         let (channels, inner) = (layout.channels as u64, layout.inner as u64);
         let mut uniform = ObserveDispatch {
             total: n as u32,
@@ -122,7 +133,9 @@ impl ReducePlan {
         let use_cols = inner < MIN_ROW_LEN && width <= max_elems;
         if use_cols {
             let rows = n.div_ceil(width);
-            let block_rows = 64.max(rows.div_ceil(256)).min(max_elems / width).min(rows);
+            // At least ~1024 blocks when the tensor allows: a GPU needs that many workgroups to
+            // keep enough loads in flight.
+            let block_rows = 64.max(rows.div_ceil(1024)).min(max_elems / width).min(rows);
             let blocks = rows.div_ceil(block_rows);
             let col_slots = width / channels;
             uniform.width = width as u32;
