@@ -180,6 +180,14 @@ fn block_tree(lid: u32, a: u32, b: u32, counts: bool) -> vec2<u32> {
 }
 
 fn flat_index(c: u32, j: u32) -> u32 {
+    // Per-tensor, or one run per channel (channel axis first): no integer division, which GPUs
+    // and llvmpipe spend dozens of instructions on.
+    if (d.channels == 1u) {
+        return j;
+    }
+    if (d.inner == d.per_channel) {
+        return c * d.inner + j;
+    }
     return ((j / d.inner) * d.channels + c) * d.inner + j % d.inner;
 }
 
