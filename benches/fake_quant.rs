@@ -1,5 +1,6 @@
 //! Forward and backward fake-quant kernels at 64K, 1M and 16M elements, throughput in bytes moved
-//! (x read + y written + the bit-packed mask; dy read + mask read + dx written).
+//! (x read + y written + the bit-packed mask; dy read + mask read + dx written), and 200 small
+//! tensors submitted one by one, recorded into one submission, or prerecorded and replayed.
 //!
 //! `cargo bench --bench fake_quant` (adapter chosen as by `GpuContext::new`, steered by
 //! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on, so the
@@ -111,6 +112,49 @@ fn benches(c: &mut Criterion) {
             );
         }
     }
+    group.finish();
+    small_tensors(c, &ctx, &per_tensor);
+}
+
+/// 200 tensors of 4K to 256K elements (a network's layers): one submission each, all recorded into
+/// one submission, and a prerecorded replay of them.
+fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
+    let mut group = c.benchmark_group(format!("small_tensors_200/{}", ctx.adapter_name()));
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(500));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    let prepared = ctx.prepare(op).unwrap();
+    let sizes: Vec<usize> = (0..200).map(|i| 4096 << (i % 7)).collect();
+    let tensors: Vec<_> = sizes
+        .iter()
+        .map(|&n| (ctx.upload(&data(n)).unwrap(), ctx.create_tensor(n).unwrap()))
+        .collect();
+    let elements: usize = sizes.iter().sum();
+    group.throughput(Throughput::Bytes(elements as u64 * 8));
+    let record_all = |encoder: &mut wgpu::CommandEncoder| -> fakequant::Result<()> {
+        for ((x, y), &n) in tensors.iter().zip(&sizes) {
+            prepared.record_forward(encoder, x.binding(), &[n], y.binding(), None)?;
+        }
+        Ok(())
+    };
+    group.bench_function("forward_one_submission_each", |b| {
+        b.iter(|| {
+            for ((x, y), &n) in tensors.iter().zip(&sizes) {
+                prepared.forward(x, &[n], y, None).unwrap();
+            }
+        })
+    });
+    group.bench_function("forward_one_submission", |b| {
+        b.iter(|| {
+            let mut encoder = ctx.create_encoder("bench");
+            record_all(&mut encoder).unwrap();
+            ctx.submit_and_wait(encoder).unwrap();
+        })
+    });
+    let replay = ctx.prerecord(record_all).unwrap();
+    group.bench_function("forward_prerecorded_replay", |b| {
+        b.iter(|| replay.run().unwrap())
+    });
     group.finish();
 }
 
