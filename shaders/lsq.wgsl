@@ -192,9 +192,13 @@ fn flat_index(c: u32, j: u32) -> u32 {
 }
 
 // Adding +0 leaves any sum unchanged here (a lane starts at +0 and never becomes -0), so zero
-// terms are skipped.
+// terms are skipped: a branch, not a select, so that a warp whose terms are all zero (the zero
+// point's, for elements in range) skips the soft-float addition.
 fn accumulate(acc: u32, term: u32) -> u32 {
-    return select(add_ieee_bits(acc, term), acc, term == 0u);
+    if (term == 0u) {
+        return acc;
+    }
+    return add_ieee_bits(acc, term);
 }
 
 // Block b of channel c: per element dx (backward) and the gradient terms, or |x| and the finite
@@ -220,14 +224,16 @@ fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
                 var ts = DEFAULT_NAN;
                 var tz = DEFAULT_NAN;
                 if (!is_nan_bits(xb)) {
+                    // The scale's term is g times a factor in both cases, so one multiplication
+                    // serves a warp that mixes elements in and out of range.
+                    var factor = bitcast<u32>(select(p.hi, p.lo, q.below));
+                    tz = 0u;
                     if (q.in_range) {
-                        ts = mul_ieee_bits(g, mul_rn_bits(sub_rn_bits(q.bits, xb), inv));
-                        tz = 0u;
+                        factor = mul_rn_bits(sub_rn_bits(q.bits, xb), inv);
                     } else {
-                        let edge = select(p.hi, p.lo, q.below);
-                        ts = mul_ieee_bits(g, bitcast<u32>(edge));
                         tz = mul_ieee_bits(g ^ SIGN_BIT, bitcast<u32>(p.scale));
                     }
+                    ts = mul_ieee_bits(g, factor);
                 }
                 sum_a = accumulate(sum_a, ts);
                 sum_b = accumulate(sum_b, tz);
