@@ -4,10 +4,11 @@
 //! for bit identical to a CPU reference that is the executable specification.
 //!
 //! - [`quant`]: ranges, scales and zero points, validated on construction.
-//! - [`reference`]: the CPU reference (read it for the exact semantics).
+//! - [`reference`](mod@reference): the CPU reference (read it for the exact semantics).
 //! - [`gpu`]: the device path, at three levels: host slices ([`GpuContext::fake_quant`]), device
 //!   tensors ([`GpuFakeQuant::forward`]) and recording into a caller's command encoder
-//!   ([`GpuFakeQuant::record_forward`]).
+//!   ([`GpuFakeQuant::record_forward`]), and recorded work replayed without creating anything
+//!   ([`GpuContext::prerecord`], [`Prerecorded`]).
 //!
 //! ```no_run
 //! use fakequant::{FakeQuant, GpuContext, QuantParams, QuantRange};
