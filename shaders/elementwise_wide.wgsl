@@ -209,6 +209,9 @@ fn forward(
         if (WITH_MASK) {
             workgroupBarrier();
             let w = tile * tile_words + lid;
+            // A word below mask_words covers groups below len, all written above in this tile
+            // (the body is whole words), so no entry is read before it is written (the pipelines
+            // skip WebGPU's workgroup zeroing).
             if (lid < tile_words && w < dispatch.mask_words) {
                 var word = 0u;
                 for (var j = 0u; j < groups_per_word; j = j + 1u) {
