@@ -1,30 +1,8 @@
 // The elementwise entry points (fused forward with an optional bit-packed mask, straight-through
 // backward), shared by the element-type families: fake_quant.wgsl (f32) and fake_quant_half.wgsl
 // (f16, bf16) declare the bindings and `load_x`, `store_y`, `copy_x_to_y`; this file is appended
-// after them. The per-element arithmetic, and why it is exact on every device, is in quantize.wgsl.
-
-struct Dispatch {
-    // Elements in this chunk.
-    len: u32,
-    // Tiles of TILE elements in this chunk; the grid strides over them.
-    num_tiles: u32,
-    // Per-channel layout: the channel of chunk-local index i is
-    // (channel_start + (inner_start + i) / inner) % channels.
-    channels: u32,
-    inner: u32,
-    channel_start: u32,
-    inner_start: u32,
-    // Mask words in this chunk.
-    mask_words: u32,
-    // Element i of the chunk is element i + x_shift (y_shift) of the x (y) binding, and mask word
-    // w is word w + mask_shift of the mask binding: bindings start at offsets aligned down to the
-    // device's offset alignment.
-    x_shift: u32,
-    y_shift: u32,
-    mask_shift: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// after them, with elementwise_dispatch.wgsl's `Dispatch`. The per-element arithmetic, and why it is
+// exact on every device, is in quantize.wgsl.
 
 override PER_CHANNEL: bool = false;
 override WITH_MASK: bool = false;

@@ -1,6 +1,7 @@
 // The wide elementwise kernels: the fused forward (optional bit-packed mask), the pass-through and
 // the straight-through backward with one vec4<u32> load and store per group, a group being 4 f32
-// or 8 packed 16-bit elements. Prepended with exact_f32.wgsl, half.wgsl and quantize.wgsl; the
+// or 8 packed 16-bit elements. Prepended with exact_f32.wgsl, half.wgsl, quantize.wgsl and
+// elementwise_dispatch.wgsl (the uniform, lengths and shifts counted in groups here); the
 // per-element arithmetic (and why it is exact on every device) is quantize.wgsl's, the same calls
 // as the scalar kernels in elementwise.wgsl, so both give the same bits.
 //
@@ -8,30 +9,6 @@
 // 16-byte aligned (f32 tensors always are; 16-bit ones at 16-byte offsets). An invocation owns
 // whole words of y, so 16-bit outputs need no atomics. The rest (under 32 elements at the end, or
 // 16-bit tensors at other offsets) goes to the scalar kernels.
-
-// The same layout as elementwise.wgsl's `Dispatch` (one Rust struct fills both); lengths and
-// shifts count groups, not elements.
-struct Dispatch {
-    // Groups in this dispatch.
-    len: u32,
-    // Tiles of 256 * PER_THREAD groups; the grid strides over them.
-    num_tiles: u32,
-    // Per-channel layout: the channel of dispatch-local element e is
-    // (channel_start + (inner_start + e) / inner) % channels.
-    channels: u32,
-    inner: u32,
-    channel_start: u32,
-    inner_start: u32,
-    // Mask words in this dispatch.
-    mask_words: u32,
-    // Group g is group g + x_shift (y_shift) of the x (y) binding, and mask word w is word
-    // w + mask_shift of the mask binding (the bindings start at aligned offsets).
-    x_shift: u32,
-    y_shift: u32,
-    mask_shift: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 @group(0) @binding(0) var<uniform> dispatch: Dispatch;
 @group(0) @binding(1) var<storage, read> params: array<ChannelParams>;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{adversarial, assert_bits_eq, assert_mask_eq, contexts, random_data, Rng};
+use common::{adversarial, assert_bits_eq, assert_mask_eq, contexts, gradients, random_data, Rng};
 use fakequant::reference::lsq as reference;
 use fakequant::{
     DispatchLimits, GpuContext, GradScale, LsqConfig, LsqGrads, Mode, ObserverConfig, QuantRange,
@@ -54,18 +54,6 @@ fn check(
     let expected = reference::init_scales(config, x, shape).unwrap();
     let got = lsq.init_from_data(x, shape).unwrap();
     assert_bits_eq(&format!("{context}: init"), &[], &expected, &got);
-}
-
-fn gradients(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            if i % 97 == 0 {
-                rng.any_bits()
-            } else {
-                rng.normal()
-            }
-        })
-        .collect()
 }
 
 #[test]

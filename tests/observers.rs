@@ -5,31 +5,15 @@
 
 mod common;
 
-use common::{adversarial, assert_bits_eq, assert_mask_eq, contexts, random_data, Rng};
+use common::{
+    adversarial, assert_bits_eq, assert_mask_eq, assert_minmax_eq, assert_state_eq, contexts,
+    random_data, Rng,
+};
 use fakequant::reference::observer::{self as reference, Observer};
 use fakequant::{
     Averaging, DispatchLimits, GpuContext, MinMax, Mode, ObserverConfig, ObserverState, QScheme,
     QuantRange, Rounding,
 };
-
-fn assert_minmax_eq(context: &str, expected: &MinMax, actual: &MinMax) {
-    assert_bits_eq(&format!("{context}: min"), &[], &expected.min, &actual.min);
-    assert_bits_eq(&format!("{context}: max"), &[], &expected.max, &actual.max);
-}
-
-fn assert_state_eq(context: &str, expected: &ObserverState, actual: &ObserverState) {
-    assert_minmax_eq(context, &expected.running, &actual.running);
-    assert_bits_eq(
-        &format!("{context}: scales"),
-        &[],
-        &expected.scales,
-        &actual.scales,
-    );
-    assert_eq!(
-        expected.zero_points, actual.zero_points,
-        "{context}: zero points"
-    );
-}
 
 /// Every configuration family: both schemes, both averagings, signed/unsigned/narrow/4-bit ranges,
 /// power-of-two scales, another eps and the quotient rounding.

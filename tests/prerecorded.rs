@@ -7,13 +7,16 @@
 
 mod common;
 
-use common::{adversarial, assert_bits_eq, assert_mask_eq, contexts, random_data, Rng};
+use common::{
+    adversarial, assert_bits_eq, assert_mask_eq, assert_state_eq, contexts, gradients, random_data,
+    Rng,
+};
 use fakequant::reference::lsq as lsq_reference;
 use fakequant::reference::observer::Observer;
 use fakequant::{
     reference, Averaging, DispatchLimits, Error, FakeQuant, GpuContext, GpuFakeQuant, GpuMask,
-    GpuTensor, LsqConfig, Mode, ObserverConfig, ObserverState, PackedMask, QScheme, QuantParams,
-    QuantRange, Rounding,
+    GpuTensor, LsqConfig, Mode, ObserverConfig, PackedMask, QScheme, QuantParams, QuantRange,
+    Rounding,
 };
 
 /// Writes `data` into the start of `buffer` (takes effect before the next submission).
@@ -42,35 +45,6 @@ fn assert_poisoned(context: &str, ctx: &GpuContext, t: &GpuTensor) {
         got.iter().all(|v| v.to_bits() == 0x7fa5_a5a5),
         "{context}: the output was written"
     );
-}
-
-fn assert_state_eq(context: &str, expected: &ObserverState, actual: &ObserverState) {
-    let e = &expected.running;
-    let a = &actual.running;
-    assert_bits_eq(&format!("{context}: min"), &[], &e.min, &a.min);
-    assert_bits_eq(&format!("{context}: max"), &[], &e.max, &a.max);
-    assert_bits_eq(
-        &format!("{context}: scales"),
-        &[],
-        &expected.scales,
-        &actual.scales,
-    );
-    assert_eq!(
-        expected.zero_points, actual.zero_points,
-        "{context}: zero points"
-    );
-}
-
-fn gradients(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            if i % 97 == 0 {
-                rng.any_bits()
-            } else {
-                rng.normal()
-            }
-        })
-        .collect()
 }
 
 /// One tensor of the forward test: a per-tensor op (with and without mask) and a per-channel op

@@ -187,6 +187,7 @@ pub fn fake_quant_shader_source() -> String {
         include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/fake_quant.wgsl"),
+        include_str!("../../shaders/elementwise_dispatch.wgsl"),
         include_str!("../../shaders/elementwise.wgsl"),
     ]
     .join("\n")
@@ -199,6 +200,7 @@ pub fn fake_quant_half_shader_source() -> String {
         include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
         include_str!("../../shaders/fake_quant_half.wgsl"),
+        include_str!("../../shaders/elementwise_dispatch.wgsl"),
         include_str!("../../shaders/elementwise.wgsl"),
     ]
     .join("\n")
@@ -210,6 +212,7 @@ pub fn wide_shader_source() -> String {
         include_str!("../../shaders/exact_f32.wgsl"),
         include_str!("../../shaders/half.wgsl"),
         include_str!("../../shaders/quantize.wgsl"),
+        include_str!("../../shaders/elementwise_dispatch.wgsl"),
         include_str!("../../shaders/elementwise_wide.wgsl"),
     ]
     .join("\n")

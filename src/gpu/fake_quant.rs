@@ -16,7 +16,8 @@ use crate::reference::FakeQuantOutput;
 /// elementwise.wgsl).
 const TILE_ELEMS: u64 = 1024;
 
-/// `Dispatch` in the shader: one per binding-sized chunk of the tensor.
+/// `Dispatch` in shaders/elementwise_dispatch.wgsl: one per binding-sized chunk of the tensor (and
+/// one for its scalar remainder).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct DispatchUniform {

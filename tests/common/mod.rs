@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use fakequant::{reference, FakeQuant, GpuContext, PackedMask, QuantRange};
+use fakequant::{reference, FakeQuant, GpuContext, MinMax, ObserverState, PackedMask, QuantRange};
 
 /// One context per adapter present (honouring FAKEQUANT_BACKEND / FAKEQUANT_ADAPTER). With
 /// FAKEQUANT_REQUIRE_GPU=1 a missing adapter fails the test instead of skipping the GPU part.
@@ -374,4 +374,38 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
         .read_buffer(&output_buffer, 0, items as u64 * 4)
         .unwrap();
     bytemuck::pod_collect_to_vec(&bytes)
+}
+
+/// Asserts two ranges equal bit for bit.
+pub fn assert_minmax_eq(context: &str, expected: &MinMax, actual: &MinMax) {
+    assert_bits_eq(&format!("{context}: min"), &[], &expected.min, &actual.min);
+    assert_bits_eq(&format!("{context}: max"), &[], &expected.max, &actual.max);
+}
+
+/// Asserts two observer states (running range, scales, zero points) equal bit for bit.
+pub fn assert_state_eq(context: &str, expected: &ObserverState, actual: &ObserverState) {
+    assert_minmax_eq(context, &expected.running, &actual.running);
+    assert_bits_eq(
+        &format!("{context}: scales"),
+        &[],
+        &expected.scales,
+        &actual.scales,
+    );
+    assert_eq!(
+        expected.zero_points, actual.zero_points,
+        "{context}: zero points"
+    );
+}
+
+/// A gradient with every kind of value: mostly normal, every 97th element any bit pattern.
+pub fn gradients(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            if i % 97 == 0 {
+                rng.any_bits()
+            } else {
+                rng.normal()
+            }
+        })
+        .collect()
 }

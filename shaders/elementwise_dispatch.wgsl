@@ -1,0 +1,25 @@
+// The uniform of every elementwise dispatch, scalar (elementwise.wgsl) and wide
+// (elementwise_wide.wgsl): one Rust struct (`DispatchUniform` in src/gpu/fake_quant.rs) fills both.
+// The scalar kernels count lengths and shifts in elements, the wide ones in vec4 groups.
+struct Dispatch {
+    // Elements (groups) in this dispatch.
+    len: u32,
+    // Tiles of the kernel's tile size; the grid strides over them.
+    num_tiles: u32,
+    // Per-channel layout: the channel of dispatch-local element e is
+    // (channel_start + (inner_start + e) / inner) % channels (always in elements).
+    channels: u32,
+    inner: u32,
+    channel_start: u32,
+    inner_start: u32,
+    // Mask words in this dispatch.
+    mask_words: u32,
+    // Element (group) i of the dispatch is element (group) i + x_shift (y_shift) of the x (y)
+    // binding, and mask word w is word w + mask_shift of the mask binding: bindings start at
+    // offsets aligned down to the device's offset alignment.
+    x_shift: u32,
+    y_shift: u32,
+    mask_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
