@@ -135,7 +135,19 @@ fn minmax_rows(
     let end = min(start + PIECE, row_start + d.inner);
     var lo = EMPTY_MIN_KEY;
     var hi = EMPTY_MAX_KEY;
-    for (var g = start + lid; g < end; g = g + WG_SIZE) {
+    // Four independent loads per step: with one, a GPU's invocations keep too few loads in flight
+    // to cover memory latency (measured: 1.3 TB/s on an H200). Min and max of integer keys do not
+    // depend on the order they are taken in, so the result is the same bits.
+    var g = start + lid;
+    for (; g + 3u * WG_SIZE < end; g = g + 4u * WG_SIZE) {
+        let k0 = load_keys(g);
+        let k1 = load_keys(g + WG_SIZE);
+        let k2 = load_keys(g + 2u * WG_SIZE);
+        let k3 = load_keys(g + 3u * WG_SIZE);
+        lo = min(lo, min(min(k0.x, k1.x), min(k2.x, k3.x)));
+        hi = max(hi, max(max(k0.y, k1.y), max(k2.y, k3.y)));
+    }
+    for (; g < end; g = g + WG_SIZE) {
         let k = load_keys(g);
         lo = min(lo, k.x);
         hi = max(hi, k.y);
@@ -167,7 +179,20 @@ fn minmax_cols(
     for (var col = wg.x * WG_SIZE + lid; col < d.width; col = col + num_wg.x * WG_SIZE) {
         var lo = EMPTY_MIN_KEY;
         var hi = EMPTY_MAX_KEY;
-        for (var r = r0; r < r1; r = r + 1u) {
+        // Four rows per step, their loads independent (see minmax_rows); the last row of the
+        // tensor may be partial, so rows reaching it take the checked loop.
+        let full_rows = min(r1, d.total / d.width);
+        var r = r0;
+        for (; r + 3u < full_rows; r = r + 4u) {
+            let g = r * d.width + col;
+            let k0 = load_keys(g);
+            let k1 = load_keys(g + d.width);
+            let k2 = load_keys(g + 2u * d.width);
+            let k3 = load_keys(g + 3u * d.width);
+            lo = min(lo, min(min(k0.x, k1.x), min(k2.x, k3.x)));
+            hi = max(hi, max(max(k0.y, k1.y), max(k2.y, k3.y)));
+        }
+        for (; r < r1; r = r + 1u) {
             let g = r * d.width + col;
             if (g < d.total) {
                 let k = load_keys(g);
