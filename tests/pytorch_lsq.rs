@@ -38,6 +38,8 @@
 
 mod common;
 
+use common::vectors::{data_lines, hex_values, key_value, parse_hex_f32, Mismatches};
+
 use std::collections::BTreeMap;
 
 use fakequant::reference::lsq as reference;
@@ -93,9 +95,6 @@ const EXPECTED_REDUCED_CHANNEL_STEPS: usize = 204;
 /// (measured: at most 2.93; a sum in any order may be off by up to `n u sum|b_i|`, 256 to 380 u
 /// here, which would hide a perturbed reduced gradient of the data).
 const MODEL_SUM_GUARD_U: f64 = 4.0;
-
-/// Mismatch lines shown in a failure message (the total count is always given).
-const MAX_REPORTED: usize = 60;
 
 const PER_TENSOR_OP: &str = "_fake_quantize_learnable_per_tensor_affine";
 const PER_CHANNEL_OP: &str = "_fake_quantize_learnable_per_channel_affine";
@@ -201,37 +200,8 @@ impl Case {
     }
 }
 
-fn parse_hex_f32(case: &str, role: &str, s: &str) -> f32 {
-    let bits = u32::from_str_radix(s, 16)
-        .unwrap_or_else(|e| panic!("{case}: bad hex {s:?} in {role}: {e}"));
-    f32::from_bits(bits)
-}
-
-/// The values of a data line `<role> <values...>`, after checking the role.
-fn hex_values(case: &str, role: &str, line: Option<&str>) -> Vec<f32> {
-    let line = line.unwrap_or_else(|| panic!("{case}: file ends before `{role}`"));
-    let mut fields = line.split_ascii_whitespace();
-    let found = fields.next().unwrap_or("");
-    assert_eq!(
-        found, role,
-        "{case}: expected a `{role}` line, found {line:.60?}"
-    );
-    fields.map(|s| parse_hex_f32(case, role, s)).collect()
-}
-
-fn key_value<'a>(case: &str, field: Option<&'a str>, key: &str) -> &'a str {
-    let field = field.unwrap_or_else(|| panic!("{case}: header lacks `{key}=`"));
-    field
-        .strip_prefix(key)
-        .and_then(|rest| rest.strip_prefix('='))
-        .unwrap_or_else(|| panic!("{case}: expected `{key}=..`, found {field:?}"))
-}
-
 fn parse_cases(text: &str) -> Vec<Case> {
-    let mut lines = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut lines = data_lines(text);
     let mut cases = Vec::new();
     while let Some(header) = lines.next() {
         let mut fields = header.split_ascii_whitespace();
@@ -400,27 +370,7 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// Collects mismatch lines and fails once, at the end, with all of them counted.
-#[derive(Default)]
-struct Mismatches {
-    lines: Vec<String>,
-    count: usize,
-    /// (what, case) -> count, for the summary.
-    per_case: BTreeMap<(String, String), usize>,
-}
-
 impl Mismatches {
-    fn push(&mut self, what: &str, case: &Case, line: String) {
-        self.count += 1;
-        *self
-            .per_case
-            .entry((what.to_string(), case.name.clone()))
-            .or_default() += 1;
-        if self.lines.len() < MAX_REPORTED {
-            self.lines.push(line);
-        }
-    }
-
     /// Compares bits and records a mismatch with the case, step, index and input bits.
     #[allow(clippy::too_many_arguments)]
     fn bits(
@@ -434,7 +384,7 @@ impl Mismatches {
         actual: f32,
     ) {
         if expected.to_bits() != actual.to_bits() {
-            self.push(what, case, format!(
+            self.push(what, &case.name, format!(
                 "{what}: case {} step {step} [{i}] x={:#010x} ({:e}) expected {:#010x} ({:e}) actual {:#010x} ({:e})",
                 case.name,
                 input.to_bits(),
@@ -444,24 +394,6 @@ impl Mismatches {
                 actual.to_bits(),
                 actual
             ));
-        }
-    }
-
-    fn assert_none(&self, title: &str) {
-        if self.count > 0 {
-            let summary: Vec<String> = self
-                .per_case
-                .iter()
-                .map(|((what, case), n)| format!("  {n:5} {what}: {case}"))
-                .collect();
-            panic!(
-                "{title}: {} mismatches in {} (check, case) pairs:\n{}\nfirst {} mismatches:\n{}",
-                self.count,
-                summary.len(),
-                summary.join("\n"),
-                self.lines.len(),
-                self.lines.join("\n")
-            );
         }
     }
 }
@@ -837,7 +769,7 @@ fn check_tie(
     if distance > ulp / 2.0 {
         bad.push(
             "rounding of zp + x*inv away from a tie",
-            case,
+            &case.name,
             format!(
                 "case {} step {k} [{i}] x={:#010x}: |x*inv - (n+1/2)| = {distance:e} > ulp/2 = {:e}",
                 case.name,
@@ -934,7 +866,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
                 if zp_b == zp as f32 || (zp_b - zp as f32).abs() != 1.0 || !at_edge {
                     bad.push(
                         "dx exception not explained by the zero point",
-                        case,
+                        &case.name,
                         format!(
                             "case {} step {k} [{i}] x={:#010x} zp {zp} zp_b {zp_b} level {level}",
                             case.name,
@@ -955,7 +887,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
             if step.dx[i].to_bits() == grads.dx[i].to_bits() {
                 bad.push(
                     "dx exception with equal bits",
-                    case,
+                    &case.name,
                     format!("case {} step {k} [{i}]", case.name),
                 );
             }
@@ -1008,7 +940,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
                 if !within(err, tolerance) {
                     bad.push(
                         "element term vs the library's formula",
-                        case,
+                        &case.name,
                         format!(
                             "{what} term: case {} step {k} [{i}] x={:#010x}: g*t = {:e}, model {m:e}, |diff| {err:e} > {tolerance:e}",
                             case.name,
@@ -1025,7 +957,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
             {
                 bad.push(
                     "PyTorch term differs outside the by-design elements",
-                    case,
+                    &case.name,
                     format!("case {} step {k} [{i}] x={:#010x}", case.name, x.to_bits()),
                 );
             }
@@ -1084,7 +1016,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
             if !within(model_err, model_bound) {
                 bad.push(
                     "model sum",
-                    case,
+                    &case.name,
                     format!(
                         "{what}: case {} step {k} channel {c}: PyTorch {pytorch:e}, model sum {:e}, |diff| {model_err:e} > bound {model_bound:e}",
                         case.name, check.model_sum
@@ -1098,7 +1030,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
             if !within(model_err, guard) {
                 bad.push(
                     "model sum (empirical guard)",
-                    case,
+                    &case.name,
                     format!(
                         "{what}: case {} step {k} channel {c}: PyTorch {pytorch:e}, model sum {:e}, |diff| {model_err:e} > {MODEL_SUM_GUARD_U} u sum|b| = {guard:e}",
                         case.name, check.model_sum
@@ -1110,7 +1042,7 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
             if !within(err, bound) {
                 bad.push(
                     what,
-                    case,
+                    &case.name,
                     format!(
                         "{what}: case {} step {k} channel {c}: ours {ours:e} ({:#010x}), PyTorch {pytorch:e} ({:#010x}), corrected {corrected:e}, |diff| {err:e} > bound {bound:e}",
                         case.name,

@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::vectors::{data_lines, hex_values, key_value, parse_hex_f32, values, Mismatches};
 
 use fakequant::reference::observer::Observer;
 use fakequant::{Averaging, Mode, ObserverConfig, ObserverState, QScheme, QuantRange};
@@ -37,9 +37,6 @@ const EXPECTED_ELEMENTS: usize = 19_456;
 /// (min, max).
 const EXPECTED_OBSERVER_CHANNEL_STATES: usize = 236;
 const EXPECTED_FUSED_CHANNEL_STATES: usize = 216;
-
-/// Mismatch lines shown in a failure message (the total count is always given).
-const MAX_REPORTED: usize = 60;
 
 const OBSERVER_OPS: [&str; 3] = [
     "MovingAverageMinMaxObserver",
@@ -93,45 +90,8 @@ impl Case {
     }
 }
 
-fn parse_hex_f32(case: &str, role: &str, s: &str) -> f32 {
-    let bits = u32::from_str_radix(s, 16)
-        .unwrap_or_else(|e| panic!("{case}: bad hex {s:?} in {role}: {e}"));
-    f32::from_bits(bits)
-}
-
-/// Splits a data line `<role> <values...>` after checking the role.
-fn values<'a>(case: &str, role: &str, line: Option<&'a str>) -> Vec<&'a str> {
-    let line = line.unwrap_or_else(|| panic!("{case}: file ends before `{role}`"));
-    let mut fields = line.split_ascii_whitespace();
-    let found = fields.next().unwrap_or("");
-    assert_eq!(
-        found, role,
-        "{case}: expected a `{role}` line, found {line:.60?}"
-    );
-    fields.collect()
-}
-
-fn hex_values(case: &str, role: &str, line: Option<&str>) -> Vec<f32> {
-    values(case, role, line)
-        .into_iter()
-        .map(|s| parse_hex_f32(case, role, s))
-        .collect()
-}
-
-fn key_value<'a>(case: &str, field: Option<&'a str>, key: &str) -> &'a str {
-    let field = field.unwrap_or_else(|| panic!("{case}: header lacks `{key}=`"));
-    field
-        .strip_prefix(key)
-        .and_then(|rest| rest.strip_prefix('='))
-        .unwrap_or_else(|| panic!("{case}: expected `{key}=..`, found {field:?}"))
-}
-
 fn parse_cases(text: &str) -> Vec<Case> {
-    let mut lines = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .peekable();
+    let mut lines = data_lines(text).peekable();
     let mut cases = Vec::new();
     while let Some(header) = lines.next() {
         let mut fields = header.split_ascii_whitespace();
@@ -304,33 +264,13 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// Collects mismatch lines and fails once, at the end, with all of them counted.
-#[derive(Default)]
-struct Mismatches {
-    lines: Vec<String>,
-    count: usize,
-    /// (what, case) -> count, for the summary.
-    per_case: BTreeMap<(String, String), usize>,
-}
-
 impl Mismatches {
-    fn push(&mut self, what: &str, case: &Case, line: String) {
-        self.count += 1;
-        *self
-            .per_case
-            .entry((what.to_string(), case.name.clone()))
-            .or_default() += 1;
-        if self.lines.len() < MAX_REPORTED {
-            self.lines.push(line);
-        }
-    }
-
     /// Compares bits and records a mismatch with the case, step and channel.
     fn bits(&mut self, what: &str, case: &Case, step: usize, c: usize, expected: f32, actual: f32) {
         if expected.to_bits() != actual.to_bits() {
             self.push(
                 what,
-                case,
+                &case.name,
                 format!(
                     "{what}: case {} step {step} channel {c}: expected {:#010x} ({:e}) \
                      actual {:#010x} ({:e})",
@@ -348,29 +288,11 @@ impl Mismatches {
         if expected != actual {
             self.push(
                 what,
-                case,
+                &case.name,
                 format!(
                     "{what}: case {} step {step} channel {c}: expected {expected} actual {actual}",
                     case.name
                 ),
-            );
-        }
-    }
-
-    fn assert_none(&self, title: &str) {
-        if self.count > 0 {
-            let summary: Vec<String> = self
-                .per_case
-                .iter()
-                .map(|((what, case), n)| format!("  {n:5} {what}: {case}"))
-                .collect();
-            panic!(
-                "{title}: {} mismatches in {} (check, case) pairs:\n{}\nfirst {} mismatches:\n{}",
-                self.count,
-                summary.len(),
-                summary.join("\n"),
-                self.lines.len(),
-                self.lines.join("\n")
             );
         }
     }
@@ -406,7 +328,7 @@ fn check_cases<O>(
                     if yi.to_bits() != xi.to_bits() {
                         bad.push(
                             &format!("{label} calibrate y vs x"),
-                            case,
+                            &case.name,
                             format!(
                                 "{label} calibrate y vs x: case {} step {k} [{i}]: x {:#010x} \
                                  y {:#010x}",

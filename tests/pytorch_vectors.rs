@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use common::vectors::{data_lines, hex_values, key_value, values, Mismatches};
 
 use fakequant::{reference, FakeQuant, PackedMask, QuantParams, QuantRange};
 
@@ -31,9 +31,6 @@ const EXPECTED_INF_INPUTS: usize = 340;
 /// Finite per-channel inputs with `x * inv >= 2^63`, where PyTorch's float -> int64 cast is
 /// undefined (it returns INT64_MIN on x86 and so the qmin side); the library saturates to qmax.
 const EXPECTED_PYTORCH_INT64_OVERFLOWS: usize = 460;
-
-/// Mismatch lines shown in a failure message (the total count is always given).
-const MAX_REPORTED: usize = 60;
 
 const PER_TENSOR_OP: &str = "fake_quantize_per_tensor_affine";
 const PER_CHANNEL_OP: &str = "fake_quantize_per_channel_affine";
@@ -86,44 +83,8 @@ impl Case {
     }
 }
 
-fn parse_hex_f32(case: &str, role: &str, s: &str) -> f32 {
-    let bits = u32::from_str_radix(s, 16)
-        .unwrap_or_else(|e| panic!("{case}: bad hex {s:?} in {role}: {e}"));
-    f32::from_bits(bits)
-}
-
-/// Splits a data line `<role> <values...>` after checking the role.
-fn values<'a>(case: &str, role: &str, line: Option<&'a str>) -> Vec<&'a str> {
-    let line = line.unwrap_or_else(|| panic!("{case}: file ends before `{role}`"));
-    let mut fields = line.split_ascii_whitespace();
-    let found = fields.next().unwrap_or("");
-    assert_eq!(
-        found, role,
-        "{case}: expected a `{role}` line, found {line:.60?}"
-    );
-    fields.collect()
-}
-
-fn hex_values(case: &str, role: &str, line: Option<&str>) -> Vec<f32> {
-    values(case, role, line)
-        .into_iter()
-        .map(|s| parse_hex_f32(case, role, s))
-        .collect()
-}
-
-fn key_value<'a>(case: &str, field: Option<&'a str>, key: &str) -> &'a str {
-    let field = field.unwrap_or_else(|| panic!("{case}: header lacks `{key}=`"));
-    field
-        .strip_prefix(key)
-        .and_then(|rest| rest.strip_prefix('='))
-        .unwrap_or_else(|| panic!("{case}: expected `{key}=..`, found {field:?}"))
-}
-
 fn parse_cases(text: &str) -> Vec<Case> {
-    let mut lines = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut lines = data_lines(text);
     let mut cases = Vec::new();
     while let Some(header) = lines.next() {
         let mut fields = header.split_ascii_whitespace();
@@ -263,31 +224,11 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-/// Collects mismatch lines and fails once, at the end, with all of them counted.
-#[derive(Default)]
-struct Mismatches {
-    lines: Vec<String>,
-    count: usize,
-    /// (what, case) -> count, for the summary.
-    per_case: BTreeMap<(String, String), usize>,
-}
-
 impl Mismatches {
-    fn push(&mut self, what: &str, case: &Case, line: String) {
-        self.count += 1;
-        *self
-            .per_case
-            .entry((what.to_string(), case.name.clone()))
-            .or_default() += 1;
-        if self.lines.len() < MAX_REPORTED {
-            self.lines.push(line);
-        }
-    }
-
     /// Compares bits and records a mismatch with the case, index and input bits.
     fn bits(&mut self, what: &str, case: &Case, i: usize, input: f32, expected: f32, actual: f32) {
         if expected.to_bits() != actual.to_bits() {
-            self.push(what, case, format!(
+            self.push(what, &case.name, format!(
                 "{what}: case {} [{i}] x={:#010x} ({:e}) expected {:#010x} ({:e}) actual {:#010x} ({:e})",
                 case.name,
                 input.to_bits(),
@@ -304,7 +245,7 @@ impl Mismatches {
         if expected != actual {
             self.push(
                 what,
-                case,
+                &case.name,
                 format!(
                     "{what}: case {} [{i}] x={:#010x} ({:e}) expected {} actual {}",
                     case.name,
@@ -313,24 +254,6 @@ impl Mismatches {
                     expected as u8,
                     actual as u8
                 ),
-            );
-        }
-    }
-
-    fn assert_none(&self, title: &str) {
-        if self.count > 0 {
-            let summary: Vec<String> = self
-                .per_case
-                .iter()
-                .map(|((what, case), n)| format!("  {n:5} {what}: {case}"))
-                .collect();
-            panic!(
-                "{title}: {} mismatches in {} (check, case) pairs:\n{}\nfirst {} mismatches:\n{}",
-                self.count,
-                summary.len(),
-                summary.join("\n"),
-                self.lines.len(),
-                self.lines.join("\n")
             );
         }
     }

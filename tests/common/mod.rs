@@ -2,6 +2,8 @@
 //! bit-exact comparison against the CPU reference.
 #![allow(dead_code)]
 
+pub mod vectors;
+
 use std::sync::OnceLock;
 
 use fakequant::{reference, FakeQuant, GpuContext, MinMax, ObserverState, PackedMask, QuantRange};
