@@ -8,7 +8,7 @@ use wgpu::util::DeviceExt;
 
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::quant::PackedMask;
+use crate::quant::{PackedMask, Rounding};
 
 /// Element tile of every elementwise kernel; chunks of a large tensor start on multiples of it.
 pub(crate) const CHUNK_GRANULE_ELEMS: u64 = 1 << 16;
@@ -45,9 +45,9 @@ pub(crate) enum KernelKey {
 /// What an elementwise kernel computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ElementwiseOp {
-    /// Fused forward: rounding (0 reciprocal, 1 quotient), per-channel, with mask.
+    /// Fused forward: rounding, per-channel, with mask.
     Forward {
-        rounding: u32,
+        rounding: Rounding,
         per_channel: bool,
         with_mask: bool,
     },
@@ -999,7 +999,8 @@ impl Kernels {
                     } => (
                         "forward",
                         vec![
-                            ("ROUNDING", rounding as f64),
+                            // quantize.wgsl's ROUNDING: 0 reciprocal, 1 quotient.
+                            ("ROUNDING", (rounding == Rounding::Quotient) as u8 as f64),
                             ("PER_CHANNEL", per_channel as u8 as f64),
                             ("WITH_MASK", with_mask as u8 as f64),
                         ],

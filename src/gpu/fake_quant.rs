@@ -9,7 +9,7 @@ use super::context::{
 };
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange};
 use crate::reference::FakeQuantOutput;
 
 /// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
@@ -530,10 +530,7 @@ impl GpuFakeQuant {
         let numel = crate::quant::numel(shape)?;
         let layout = self.op.layout(shape, numel)?;
         let op = ElementwiseOp::Forward {
-            rounding: match self.op.rounding() {
-                Rounding::Reciprocal => 0,
-                Rounding::Quotient => 1,
-            },
+            rounding: self.op.rounding(),
             per_channel: self.op.params().axis().is_some(),
             with_mask: mask.is_some(),
         };

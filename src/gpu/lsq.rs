@@ -16,7 +16,7 @@ use super::observer::{per_channel_groups, GpuObserver};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
-use crate::quant::{numel, ChannelLayout, PackedMask};
+use crate::quant::{numel, ChannelLayout, PackedMask, Rounding};
 use crate::reference::lsq::{lsq_layout, BLOCK};
 use crate::reference::FakeQuantOutput;
 
@@ -305,7 +305,8 @@ impl GpuLsq {
             .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
         self.record_params(encoder)?;
         let op = ElementwiseOp::Forward {
-            rounding: 0,
+            // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
+            rounding: Rounding::Reciprocal,
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
         };

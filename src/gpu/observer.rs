@@ -14,7 +14,7 @@ use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{ChannelLayout, PackedMask, Rounding};
+use crate::quant::{ChannelLayout, PackedMask};
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -614,10 +614,7 @@ impl GpuObserver {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         let op = ElementwiseOp::Forward {
-            rounding: match self.config.rounding() {
-                Rounding::Reciprocal => 0,
-                Rounding::Quotient => 1,
-            },
+            rounding: self.config.rounding(),
             per_channel: self.config.axis().is_some(),
             with_mask: mask.is_some(),
         };
