@@ -6,41 +6,23 @@
 //! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on, so the
 //! figures include the submit and synchronisation cost, as a training step would see it.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fakequant::{reference, DType, FakeQuant, GpuContext, QuantParams, QuantRange};
 
 const SIZES: [usize; 3] = [1 << 16, 1 << 20, 1 << 24];
 
-fn data(n: usize) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
-}
-
 fn benches(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("no GPU adapter, GPU benches skipped: {e}");
-            return;
-        }
+    let Some(ctx) = common::context() else {
+        return;
     };
-    eprintln!("adapter: {}", ctx.adapter_name());
     let per_tensor =
         FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0)).unwrap();
 
-    let mut group = c.benchmark_group(format!("fake_quant/{}", ctx.adapter_name()));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_millis(500));
-    group.measurement_time(std::time::Duration::from_secs(3));
+    let mut group = common::group(c, "fake_quant", &ctx);
     for n in SIZES {
-        let x_host = data(n);
+        let x_host = common::data(n, 0);
         let x = ctx.upload(&x_host).unwrap();
         let y = ctx.create_tensor(n).unwrap();
         let mask = ctx.create_mask(n).unwrap();
@@ -119,15 +101,17 @@ fn benches(c: &mut Criterion) {
 /// 200 tensors of 4K to 256K elements (a network's layers): one submission each, all recorded into
 /// one submission, and a prerecorded replay of them.
 fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
-    let mut group = c.benchmark_group(format!("small_tensors_200/{}", ctx.adapter_name()));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_millis(500));
-    group.measurement_time(std::time::Duration::from_secs(3));
+    let mut group = common::group(c, "small_tensors_200", ctx);
     let prepared = ctx.prepare(op).unwrap();
     let sizes: Vec<usize> = (0..200).map(|i| 4096 << (i % 7)).collect();
     let tensors: Vec<_> = sizes
         .iter()
-        .map(|&n| (ctx.upload(&data(n)).unwrap(), ctx.create_tensor(n).unwrap()))
+        .map(|&n| {
+            (
+                ctx.upload(&common::data(n, 0)).unwrap(),
+                ctx.create_tensor(n).unwrap(),
+            )
+        })
         .collect();
     let elements: usize = sizes.iter().sum();
     group.throughput(Throughput::Bytes(elements as u64 * 8));

@@ -8,39 +8,21 @@
 //! `cargo bench --bench lsq` (adapter chosen as by `GpuContext::new`, steered by
 //! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fakequant::{GpuContext, LsqConfig};
+use fakequant::LsqConfig;
 
 const SIZES: [usize; 2] = [1 << 20, 1 << 24];
 
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64 ^ seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
-}
-
 fn benches(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("no GPU adapter, GPU benches skipped: {e}");
-            return;
-        }
+    let Some(ctx) = common::context() else {
+        return;
     };
-    eprintln!("adapter: {}", ctx.adapter_name());
-    let mut group = c.benchmark_group(format!("lsq/{}", ctx.adapter_name()));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_millis(500));
-    group.measurement_time(std::time::Duration::from_secs(3));
+    let mut group = common::group(c, "lsq", &ctx);
     for n in SIZES {
-        let x = ctx.upload(&data(n, 1)).unwrap();
-        let dy = ctx.upload(&data(n, 2)).unwrap();
+        let x = ctx.upload(&common::data(n, 1)).unwrap();
+        let dy = ctx.upload(&common::data(n, 2)).unwrap();
         let y = ctx.create_tensor(n).unwrap();
         let dx = ctx.create_tensor(n).unwrap();
         let elem_bytes = n as u64 * 4;
@@ -95,7 +77,7 @@ fn benches(c: &mut Criterion) {
     }
     // 16-bit tensors: forward + backward on f16 and bf16 (10 bytes per element), per-tensor at 16M.
     let n = SIZES[SIZES.len() - 1];
-    let (x32, dy32) = (data(n, 1), data(n, 2));
+    let (x32, dy32) = (common::data(n, 1), common::data(n, 2));
     for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
         let upload = |v: &[f32]| match dtype {
             fakequant::DType::F16 => ctx.upload_typed(

@@ -9,38 +9,20 @@
 //! `cargo bench --bench observers` (adapter chosen as by `GpuContext::new`, steered by
 //! `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`). Each iteration is one submission waited on.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fakequant::{GpuContext, Mode, ObserverConfig};
+use fakequant::{Mode, ObserverConfig};
 
 const SIZES: [usize; 2] = [1 << 20, 1 << 24];
 
-fn data(n: usize) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
-}
-
 fn benches(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("no GPU adapter, GPU benches skipped: {e}");
-            return;
-        }
+    let Some(ctx) = common::context() else {
+        return;
     };
-    eprintln!("adapter: {}", ctx.adapter_name());
-    let mut group = c.benchmark_group(format!("observers/{}", ctx.adapter_name()));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_millis(500));
-    group.measurement_time(std::time::Duration::from_secs(3));
+    let mut group = common::group(c, "observers", &ctx);
     for n in SIZES {
-        let x = ctx.upload(&data(n)).unwrap();
+        let x = ctx.upload(&common::data(n, 0)).unwrap();
         let y = ctx.create_tensor(n).unwrap();
         let elem_bytes = n as u64 * 4;
         let last_axis = ObserverConfig::new(
@@ -94,7 +76,7 @@ fn benches(c: &mut Criterion) {
     // 16-bit activations: the fused QAT step on f16 and bf16 (x read twice, y written: 6 bytes per
     // element), per-tensor at 16M.
     let n = SIZES[SIZES.len() - 1];
-    let x32 = data(n);
+    let x32 = common::data(n, 0);
     for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
         let x = match dtype {
             fakequant::DType::F16 => ctx.upload_typed(
