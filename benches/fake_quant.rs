@@ -115,7 +115,7 @@ fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
         .collect();
     let elements: usize = sizes.iter().sum();
     group.throughput(Throughput::Bytes(elements as u64 * 8));
-    let record_all = |encoder: &mut wgpu::CommandEncoder| -> fakequant::Result<()> {
+    let record_all = |encoder: &mut dyn fakequant::Recorder| -> fakequant::Result<()> {
         for ((x, y), &n) in tensors.iter().zip(&sizes) {
             prepared.record_forward(encoder, x.binding(), &[n], y.binding(), None)?;
         }
@@ -135,7 +135,7 @@ fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
             ctx.submit_and_wait(encoder).unwrap();
         })
     });
-    let replay = ctx.prerecord(record_all).unwrap();
+    let replay = ctx.prerecord(|recording| record_all(recording)).unwrap();
     group.bench_function("forward_prerecorded_replay", |b| {
         b.iter(|| replay.run().unwrap())
     });

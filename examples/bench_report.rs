@@ -510,7 +510,7 @@ fn main() -> Result<()> {
             .iter()
             .map(|&s| Ok((ctx.upload(&data(s, s as u64))?, ctx.create_tensor(s)?)))
             .collect::<Result<_>>()?;
-        let record_all = |encoder: &mut wgpu::CommandEncoder| -> fakequant::Result<()> {
+        let record_all = |encoder: &mut dyn fakequant::Recorder| -> fakequant::Result<()> {
             for ((x, y), &s) in tensors.iter().zip(&sizes) {
                 prepared.record_forward(encoder, x.binding(), &[s], y.binding(), None)?;
             }
@@ -527,7 +527,7 @@ fn main() -> Result<()> {
             record_all(&mut encoder)?;
             Ok(ctx.submit_and_wait(encoder)?)
         })? / count as f64;
-        let replay = ctx.prerecord(record_all)?;
+        let replay = ctx.prerecord(|recording| record_all(recording))?;
         let replayed = median_seconds(|| Ok(replay.run()?))? / count as f64;
         let elements: usize = sizes.iter().sum();
         if json {

@@ -1,3 +1,5 @@
+// requires: quantize, elementwise_dispatch, fake_quant | fake_quant_half
+// provides: forward, ste_backward
 // The elementwise entry points (fused forward with an optional bit-packed mask, straight-through
 // backward), shared by the element-type families: fake_quant.wgsl (f32) and fake_quant_half.wgsl
 // (f16, bf16) declare the bindings and `load_x`, `store_y`, `copy_x_to_y`; this file is appended

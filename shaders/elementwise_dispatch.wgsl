@@ -1,3 +1,5 @@
+// requires: none
+// provides: Dispatch
 // The uniform of every elementwise dispatch, scalar (elementwise.wgsl) and wide
 // (elementwise_wide.wgsl): one Rust struct (`DispatchUniform` in src/gpu/fake_quant.rs) fills both.
 // The scalar kernels count lengths and shifts in elements, the wide ones in vec4 groups.

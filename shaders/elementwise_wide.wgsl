@@ -1,3 +1,5 @@
+// requires: half, quantize, elementwise_dispatch
+// provides: forward, ste_backward
 // The wide elementwise kernels: the fused forward (optional bit-packed mask), the pass-through and
 // the straight-through backward with one vec4<u32> load and store per group, a group being 4 f32
 // or 8 packed 16-bit elements. Prepended with exact_f32.wgsl, half.wgsl, quantize.wgsl and

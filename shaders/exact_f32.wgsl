@@ -1,3 +1,5 @@
+// requires: none
+// provides: is_nan_bits, order_key, from_key, is_finite_bits, div_rn_bits, round_pack_rn_bits, add_rn_bits, sub_rn_bits, mul_rn_bits, round_half_even_clamp_i32, add_ieee_bits, mul_ieee_bits, u32_to_f32_rn_bits
 // Exact f32 helpers shared by the kernels (prepended to each kernel family's source).
 //
 // WGSL lets an implementation fuse a multiply and an add, flush subnormals, assume that NaN and

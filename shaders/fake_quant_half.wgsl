@@ -1,3 +1,5 @@
+// requires: half, quantize, elementwise_dispatch, elementwise
+// provides: load_x, store_y, copy_x_to_y
 // The 16-bit element family (f16, bf16) of the elementwise kernels: two elements per u32 word,
 // widened to f32 exactly and rounded back to nearest even with half.wgsl's integer conversions
 // (exact on every device, with or without SHADER_F16). The entry points are elementwise.wgsl's.

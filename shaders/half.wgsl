@@ -1,3 +1,5 @@
+// requires: exact_f32
+// provides: f16_to_f32_bits, f32_to_f16_bits, bf16_to_f32_bits, f32_to_bf16_bits
 // Exact conversions between f32 and the 16-bit storage types (f16, bf16), on bit patterns with
 // integer arithmetic. Prepended after exact_f32.wgsl.
 //

@@ -1,3 +1,5 @@
+// requires: exact_f32, half, quantize
+// provides: lsq_params, lsq_backward, lsq_init_terms, lsq_sum, lsq_finish, lsq_init_finish, lsq_from_observer
 // LSQ / LSQ+: effective parameters from the learnable scale and zero point, the one-pass backward
 // (dx, and dscale / dzero_point reduced in a fixed order), the initialization from data or from an
 // observer. Prepended with exact_f32.wgsl and quantize.wgsl; the forward is fake_quant.wgsl's,
@@ -49,9 +51,7 @@ struct LsqDispatch {
 }
 
 @group(0) @binding(0) var<uniform> d: LsqDispatch;
-// x (or an observer's state, 4 words per channel).
 @group(0) @binding(1) var<storage, read> x: array<u32>;
-// dy (or the source level of partials).
 @group(0) @binding(2) var<storage, read> dy: array<u32>;
 // Atomic so that 16-bit elements, two to a word, can be stored by different invocations (see
 // store_dx); f32 elements are plain atomicStores.
@@ -64,6 +64,10 @@ struct LsqDispatch {
 @group(0) @binding(7) var<storage, read_write> zero_point: array<u32>;
 // Reduced gradients: `channels` dscale then `channels` dzero_point.
 @group(0) @binding(8) var<storage, read_write> grads: array<u32>;
+// The previous level of the tree of partial sums (lsq_sum, lsq_finish, lsq_init_finish).
+@group(0) @binding(9) var<storage, read> level: array<u32>;
+// An observer's state, 4 words per channel: min, max, scale, zero point (lsq_from_observer).
+@group(0) @binding(10) var<storage, read> observer_state: array<u32>;
 
 // 0: f32 tensors, 1: f16, 2: bf16 (two per word; widened and rounded by half.wgsl, exactly).
 override DTYPE: u32 = 0u;
@@ -287,7 +291,7 @@ fn lsq_init_terms(
 // The second word of each pair is a count (init) instead of a float sum.
 override COUNTS: bool = false;
 
-// One level of the tree over the blocks' sums: source pairs in `dy`, src_blocks per channel;
+// One level of the tree over the blocks' sums: source pairs in `level`, src_blocks per channel;
 // `blocks` pairs per channel out.
 @compute @workgroup_size(256)
 fn lsq_sum(
@@ -305,11 +309,11 @@ fn lsq_sum(
             if (j < d.src_blocks) {
                 let at = 2u * (c * d.src_blocks + j);
                 // Block sums are added even when zero, exactly as the reference adds them.
-                sum_a = add_ieee_bits(sum_a, dy[at]);
+                sum_a = add_ieee_bits(sum_a, level[at]);
                 if (COUNTS) {
-                    sum_b = sum_b + dy[at + 1u];
+                    sum_b = sum_b + level[at + 1u];
                 } else {
-                    sum_b = add_ieee_bits(sum_b, dy[at + 1u]);
+                    sum_b = add_ieee_bits(sum_b, level[at + 1u]);
                 }
             }
         }
@@ -333,7 +337,7 @@ fn lsq_finish(
     for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
         var sums = vec2<u32>(0u, 0u);
         if (d.src_blocks != 0u) {
-            sums = vec2<u32>(dy[2u * c], dy[2u * c + 1u]);
+            sums = vec2<u32>(level[2u * c], level[2u * c + 1u]);
         }
         grads[c] = mul_ieee_bits(sums.x, d.grad_factor);
         grads[d.channels + c] = mul_ieee_bits(sums.y, d.grad_factor);
@@ -349,11 +353,11 @@ fn lsq_init_finish(
 ) {
     for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
         var s = 0x3f800000u;
-        if (d.src_blocks != 0u && dy[2u * c + 1u] != 0u) {
-            let sum = dy[2u * c];
+        if (d.src_blocks != 0u && level[2u * c + 1u] != 0u) {
+            let sum = level[2u * c];
             var mean = POS_INF_BITS;
             if (is_finite_bits(sum)) {
-                mean = div_rn_bits(sum, u32_to_f32_rn_bits(dy[2u * c + 1u]));
+                mean = div_rn_bits(sum, u32_to_f32_rn_bits(level[2u * c + 1u]));
             }
             let twice = mul_ieee_bits(0x40000000u, mean);
             s = POS_INF_BITS;
@@ -376,8 +380,8 @@ fn lsq_from_observer(
     @builtin(local_invocation_index) lid: u32,
 ) {
     for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
-        scale[c] = x[4u * c + 2u];
+        scale[c] = observer_state[4u * c + 2u];
         // An integer of at most 16 bits: exact in f32 on every device.
-        zero_point[c] = bitcast<u32>(f32(bitcast<i32>(x[4u * c + 3u])));
+        zero_point[c] = bitcast<u32>(f32(bitcast<i32>(observer_state[4u * c + 3u])));
     }
 }

@@ -1,3 +1,5 @@
+// requires: exact_f32, half, quantize
+// provides: ObserverChannel, minmax_rows, minmax_cols, finalize_batch, finalize_batch_narrow, merge_batch, update
 // Observers: per-channel min/max reduction, the merge of replicas' statistics, and the update of
 // the running state, qparams and fake-quant parameters, all on the device. Prepended with
 // exact_f32.wgsl and quantize.wgsl.

@@ -1,3 +1,5 @@
+// requires: exact_f32
+// provides: ChannelParams, channel_params, Quantized, fake_quant_bits, ste_grad_bits
 // The per-element fake-quant arithmetic and its per-channel parameters, shared by every kernel
 // family (fake_quant.wgsl, observer.wgsl, lsq.wgsl). Prepended after exact_f32.wgsl.
 //

@@ -1,13 +1,18 @@
 //! The library's error type: every public function returns [`Result`] instead of panicking.
+//!
+//! Validation errors are structured (the argument, the value, what is allowed). Failures of the
+//! device keep what wgpu reported as their [`std::error::Error::source`].
 
-use std::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong in a call of this library.
 ///
 /// Each variant carries enough context to tell the caller which argument was wrong and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The quantization range is unusable (for example `qmin >= qmax`, or wider than 16 bits).
+    #[error("invalid quantization range [{qmin}, {qmax}]: {reason}")]
     InvalidRange {
         /// Requested lower bound.
         qmin: i32,
@@ -17,6 +22,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A scale is not positive, finite and normal with a finite normal reciprocal.
+    #[error("invalid scale at index {index}: {scale:e} (bits {:#010x}) {reason}", scale.to_bits())]
     InvalidScale {
         /// Index of the scale (0 for per-tensor).
         index: usize,
@@ -26,6 +32,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A zero point lies outside `[qmin, qmax]`.
+    #[error("zero point {zero_point} at index {index} lies outside the range [{qmin}, {qmax}]")]
     InvalidZeroPoint {
         /// Index of the zero point (0 for per-tensor).
         index: usize,
@@ -37,6 +44,7 @@ pub enum Error {
         qmax: i32,
     },
     /// Per-channel parameters have different lengths, or none at all.
+    #[error("per-channel parameters need one scale and one zero point per channel (and at least one channel): got {scales} scales and {zero_points} zero points")]
     ParamLengthMismatch {
         /// Number of scales given.
         scales: usize,
@@ -44,6 +52,7 @@ pub enum Error {
         zero_points: usize,
     },
     /// The channel axis does not exist in the shape.
+    #[error("channel axis {axis} is out of range for a shape of rank {rank}")]
     AxisOutOfRange {
         /// Requested axis.
         axis: usize,
@@ -51,6 +60,7 @@ pub enum Error {
         rank: usize,
     },
     /// The number of per-channel parameters differs from the size of the channel axis.
+    #[error("axis {axis} has {channels} channels but {params} per-channel parameters were given")]
     ChannelCountMismatch {
         /// Channel axis.
         axis: usize,
@@ -60,6 +70,7 @@ pub enum Error {
         params: usize,
     },
     /// Two lengths that must agree do not (data vs shape, dy vs mask, output vs input...).
+    #[error("{what}: expected length {expected}, got {actual}")]
     LengthMismatch {
         /// What was being compared.
         what: &'static str,
@@ -69,6 +80,7 @@ pub enum Error {
         actual: usize,
     },
     /// A buffer handed to the library cannot be used as asked.
+    #[error("buffer `{what}` cannot be used: {reason}")]
     InvalidBuffer {
         /// Which argument.
         what: &'static str,
@@ -76,6 +88,7 @@ pub enum Error {
         reason: String,
     },
     /// The tensor (or the buffers it needs) is larger than the device or this library can address.
+    #[error("{what} is too large: {requested} exceeds the limit {limit}")]
     TooLarge {
         /// What was too large.
         what: &'static str,
@@ -86,63 +99,114 @@ pub enum Error {
     },
     /// An observer configuration or state is unusable (range without zero, averaging constant
     /// outside `(0, 1]`, a reversed or non-finite running range...).
+    #[error("invalid observer: {0}")]
     InvalidObserver(String),
     /// An LSQ configuration or its parameters are unusable.
+    #[error("invalid LSQ quantizer: {0}")]
     InvalidLsq(String),
     /// A tuning setting of the context is out of its range.
+    #[error("invalid context setting: {0}")]
     InvalidSetting(String),
+    /// An environment variable this library reads (`FAKEQUANT_BACKEND`, ...) has a value it
+    /// cannot use.
+    #[error("environment variable {name}={value:?}: {reason}")]
+    InvalidEnvironment {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
     /// No adapter matched the request (or none is present at all).
+    #[error("no GPU adapter: {0}")]
     NoAdapter(String),
-    /// The device could not be created.
-    RequestDevice(String),
-    /// wgpu reported a validation, out-of-memory or internal error, or a device call failed.
-    Gpu(String),
+    /// wgpu could not create the device.
+    #[error("could not create a GPU device: {0}")]
+    RequestDevice(#[source] Arc<wgpu::RequestDeviceError>),
+    /// The device lacks a limit this library needs.
+    #[error("the device's {limit} is {actual}, below the {required} this library needs")]
+    DeviceLimit {
+        /// The wgpu limit's name.
+        limit: &'static str,
+        /// The device's value.
+        actual: u64,
+        /// What the library needs.
+        required: u64,
+    },
+    /// wgpu reported a validation, out-of-memory or internal error while this library recorded,
+    /// created or submitted something.
+    #[error("GPU error while {operation}: {source}")]
+    Wgpu {
+        /// What the library was doing.
+        operation: &'static str,
+        /// wgpu's error.
+        #[source]
+        source: Arc<wgpu::Error>,
+    },
+    /// Waiting for the device, or mapping a buffer to read it back, failed.
+    #[error("GPU error while {operation}: {source}")]
+    Device {
+        /// What the library was doing.
+        operation: &'static str,
+        /// The failure wgpu reported.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A lock of the library's shared state was poisoned by a panic in another thread.
+    #[error("the {0} lock was poisoned by a panic in another thread")]
+    Poisoned(&'static str),
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::InvalidRange { qmin, qmax, reason } => {
-                write!(f, "invalid quantization range [{qmin}, {qmax}]: {reason}")
-            }
-            Error::InvalidScale { index, scale, reason } => write!(
-                f,
-                "invalid scale at index {index}: {scale:e} (bits {:#010x}) {reason}",
-                scale.to_bits()
-            ),
-            Error::InvalidZeroPoint { index, zero_point, qmin, qmax } => write!(
-                f,
-                "zero point {zero_point} at index {index} lies outside the range [{qmin}, {qmax}]"
-            ),
-            Error::ParamLengthMismatch { scales, zero_points } => write!(
-                f,
-                "per-channel parameters need one scale and one zero point per channel (and at least one channel): got {scales} scales and {zero_points} zero points"
-            ),
-            Error::AxisOutOfRange { axis, rank } => {
-                write!(f, "channel axis {axis} is out of range for a shape of rank {rank}")
-            }
-            Error::ChannelCountMismatch { axis, channels, params } => write!(
-                f,
-                "axis {axis} has {channels} channels but {params} per-channel parameters were given"
-            ),
-            Error::LengthMismatch { what, expected, actual } => {
-                write!(f, "{what}: expected length {expected}, got {actual}")
-            }
-            Error::InvalidBuffer { what, reason } => write!(f, "buffer `{what}` cannot be used: {reason}"),
-            Error::TooLarge { what, requested, limit } => {
-                write!(f, "{what} is too large: {requested} exceeds the limit {limit}")
-            }
-            Error::InvalidObserver(msg) => write!(f, "invalid observer: {msg}"),
-            Error::InvalidLsq(msg) => write!(f, "invalid LSQ quantizer: {msg}"),
-            Error::InvalidSetting(msg) => write!(f, "invalid context setting: {msg}"),
-            Error::NoAdapter(msg) => write!(f, "no GPU adapter: {msg}"),
-            Error::RequestDevice(msg) => write!(f, "could not create a GPU device: {msg}"),
-            Error::Gpu(msg) => write!(f, "GPU error: {msg}"),
+impl Error {
+    /// A device failure with its source.
+    pub(crate) fn device(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Device {
+            operation,
+            source: Arc::new(source),
         }
     }
 }
 
-impl std::error::Error for Error {}
+/// Validation errors compare by value; device errors by the identity of their source.
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        use Error::*;
+        match (self, other) {
+            (RequestDevice(a), RequestDevice(b)) => Arc::ptr_eq(a, b),
+            (
+                Wgpu {
+                    operation: o1,
+                    source: a,
+                },
+                Wgpu {
+                    operation: o2,
+                    source: b,
+                },
+            ) => o1 == o2 && Arc::ptr_eq(a, b),
+            (
+                Device {
+                    operation: o1,
+                    source: a,
+                },
+                Device {
+                    operation: o2,
+                    source: b,
+                },
+            ) => o1 == o2 && Arc::ptr_eq(a, b),
+            (RequestDevice(_) | Wgpu { .. } | Device { .. }, _)
+            | (_, RequestDevice(_) | Wgpu { .. } | Device { .. }) => false,
+            // Every other variant holds plain data: its message says everything it holds.
+            (a, b) => {
+                std::mem::discriminant(a) == std::mem::discriminant(b)
+                    && a.to_string() == b.to_string()
+            }
+        }
+    }
+}
 
 /// Shorthand for `Result<T, fakequant::Error>`.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -35,7 +35,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{
     DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,
-    GpuObserver, GpuTensor, Prerecorded, TensorBinding,
+    GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder, TensorBinding,
 };
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};

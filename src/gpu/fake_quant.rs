@@ -1,51 +1,146 @@
 //! Dispatch of the fake-quant kernel family (`shaders/fake_quant.wgsl`): the fused forward with
 //! an optional bit-packed mask, and the straight-through backward, at three levels of API.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::context::{
-    whole, window_binding, Dispatch, DispatchLimits, ElementwiseOp, GpuContext, GpuMask, GpuTensor,
-    KernelKey, TensorBinding, CHUNK_GRANULE_ELEMS,
+use super::context::{DispatchLimits, GpuContext};
+use super::kernel::planning::{chunk_elems, element_window, mask_window, Window};
+use super::kernel::recording::Dispatch;
+use super::kernel::shaders::{Shader, ELEMENTWISE_F32, ELEMENTWISE_HALF, ELEMENTWISE_VEC4};
+use super::kernel::{
+    bindings, dtype_constant, uniform, Access, EntryPointDecl, FamilyDecl, Kernel, Recorder,
+    StructDecl,
 };
+use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange};
+use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
 use crate::reference::FakeQuantOutput;
 
 /// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
 /// elementwise.wgsl).
 const TILE_ELEMS: u64 = 1024;
 
-/// `Dispatch` in shaders/elementwise_dispatch.wgsl: one per binding-sized chunk of the tensor (and
-/// one for its scalar remainder).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
-struct DispatchUniform {
-    len: u32,
-    num_tiles: u32,
-    channels: u32,
-    inner: u32,
-    channel_start: u32,
-    inner_start: u32,
-    mask_words: u32,
-    x_shift: u32,
-    y_shift: u32,
-    mask_shift: u32,
-    _pad: [u32; 2],
+/// The elementwise kernels: one fused forward (or pass-through) and the straight-through backward,
+/// in a scalar variant per element family and a wide (vec4) variant for every element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ElementwiseKernel {
+    pub(crate) op: ElementwiseOp,
+    pub(crate) dtype: DType,
+    /// Vec4 groups per invocation and tile of the wide variant (`PER_THREAD`); 0 for the scalar one.
+    pub(crate) per_thread: u32,
 }
 
-/// `ChannelParams` in the shader: everything the kernel needs about one channel, derived exactly
-/// here so that the device only multiplies, rounds and compares (see the shader's header).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
-pub(crate) struct ChannelParams {
-    scale: f32,
-    inv: f32,
-    inv_sub: f32,
-    clip_bits: u32,
-    lo: f32,
-    hi: f32,
-    _pad: [u32; 2],
+/// What an elementwise kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ElementwiseOp {
+    /// Fused forward: rounding, per-channel, with mask.
+    Forward {
+        rounding: Rounding,
+        per_channel: bool,
+        with_mask: bool,
+    },
+    /// `y = x` with every mask bit set (an observer's calibration mode).
+    PassThrough { with_mask: bool },
+    /// Straight-through backward.
+    SteBackward,
+}
+
+impl Kernel for ElementwiseKernel {
+    fn shader(&self) -> &'static Shader {
+        match (self.per_thread > 0, self.dtype) {
+            (true, _) => &ELEMENTWISE_VEC4,
+            (false, DType::F32) => &ELEMENTWISE_F32,
+            (false, _) => &ELEMENTWISE_HALF,
+        }
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match self.op {
+            ElementwiseOp::Forward { .. } | ElementwiseOp::PassThrough { .. } => "forward",
+            ElementwiseOp::SteBackward => "ste_backward",
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut constants = match self.op {
+            ElementwiseOp::Forward {
+                rounding,
+                per_channel,
+                with_mask,
+            } => vec![
+                // quantize.wgsl's ROUNDING: 0 reciprocal, 1 quotient.
+                ("ROUNDING", (rounding == Rounding::Quotient) as u8 as f64),
+                ("PER_CHANNEL", per_channel as u8 as f64),
+                ("WITH_MASK", with_mask as u8 as f64),
+            ],
+            ElementwiseOp::PassThrough { with_mask } => {
+                vec![("WITH_MASK", with_mask as u8 as f64), ("IDENTITY", 1.0)]
+            }
+            ElementwiseOp::SteBackward => vec![],
+        };
+        let wide = self.per_thread > 0;
+        if wide || self.dtype != DType::F32 {
+            constants.push(("DTYPE", dtype_constant(self.dtype)));
+        }
+        if wide {
+            constants.push(("PER_THREAD", self.per_thread as f64));
+        }
+        constants
+    }
+}
+
+bindings! {
+    /// The fused forward (and pass-through): the channels' parameters, x, y and the mask. The
+    /// entry point references `params` and `mask` whatever its constants say, so a pass-through
+    /// without parameters or a forward without a mask binds a placeholder there.
+    ForwardBindings {
+        params: Read @ 1,
+        x: Read @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+    }
+}
+
+bindings! {
+    /// The straight-through backward: `x` holds dy, `y` receives dx (the element access code is
+    /// shared with the forward), `mask` is read.
+    SteBindings {
+        x: Read @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+    }
+}
+
+uniform! {
+    /// One per binding-sized chunk of the tensor (and one for its scalar remainder).
+    struct DispatchUniform as "Dispatch" {
+        len: u32,
+        num_tiles: u32,
+        channels: u32,
+        inner: u32,
+        channel_start: u32,
+        inner_start: u32,
+        mask_words: u32,
+        x_shift: u32,
+        y_shift: u32,
+        mask_shift: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+uniform! {
+    /// Everything the kernel needs about one channel, derived exactly here so that the device only
+    /// multiplies, rounds and compares (see quantize.wgsl's header).
+    pub(crate) struct ChannelParams as "ChannelParams" {
+        scale: f32,
+        inv: f32,
+        inv_sub: f32,
+        clip_bits: u32,
+        lo: f32,
+        hi: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 impl ChannelParams {
@@ -68,7 +163,8 @@ impl ChannelParams {
             clip_bits: clip.to_bits(),
             lo: (range.qmin() - zero_point) as f32,
             hi: (range.qmax() - zero_point) as f32,
-            _pad: [0; 2],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }
@@ -179,7 +275,7 @@ impl GpuContext {
     /// Recording level: records `dx = dy * mask` for `len` elements into the caller's encoder.
     pub fn record_ste_backward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         dy: TensorBinding<'_>,
         mask: TensorBinding<'_>,
         dx: TensorBinding<'_>,
@@ -196,106 +292,7 @@ impl GpuContext {
             channels: 1,
             inner: 1,
         };
-        self.record_elementwise(encoder, ElementwiseOp::SteBackward, bindings, layout)
-    }
-
-    /// Checks a tensor binding of `len` elements: f32 tensors as [`Self::check_binding`]; 16-bit
-    /// ones at an even offset, with the words that hold them inside the buffer.
-    pub(crate) fn check_tensor(
-        &self,
-        what: &'static str,
-        b: &TensorBinding<'_>,
-        len: usize,
-    ) -> Result<()> {
-        if b.dtype == DType::F32 {
-            return self.check_binding(what, b, len as u64 * 4);
-        }
-        if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: "needs BufferUsages::STORAGE".into(),
-            });
-        }
-        if !b.offset.is_multiple_of(2) {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: format!("offset {} of a 16-bit tensor is not even", b.offset),
-            });
-        }
-        let end = (b.offset + len as u64 * 2).next_multiple_of(4);
-        if end > b.buffer.size() {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: format!(
-                    "needs the words up to byte {end} but the buffer has {}",
-                    b.buffer.size()
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks the bindings of an elementwise op on `len` elements: `x` and `y` of one element
-    /// type and usable, the mask (when given) large enough, `y` not the buffer of `x`. Callers that
-    /// record other work first check here before recording anything.
-    pub(crate) fn check_elementwise(
-        &self,
-        x: &TensorBinding<'_>,
-        y: &TensorBinding<'_>,
-        mask: Option<&TensorBinding<'_>>,
-        len: usize,
-    ) -> Result<()> {
-        x.dtype.check_same("y", y.dtype)?;
-        self.check_tensor("x", x, len)?;
-        self.check_tensor("y", y, len)?;
-        if let Some(m) = mask {
-            self.check_binding("mask", m, PackedMask::words_for(len) as u64 * 4)?;
-        }
-        if x.buffer == y.buffer {
-            return Err(Error::InvalidBuffer {
-                what: "y",
-                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
-            });
-        }
-        Ok(())
-    }
-
-    pub(crate) fn check_binding(
-        &self,
-        what: &'static str,
-        b: &TensorBinding<'_>,
-        bytes: u64,
-    ) -> Result<()> {
-        let align = self.device_limits().min_storage_buffer_offset_alignment as u64;
-        if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: "needs BufferUsages::STORAGE".into(),
-            });
-        }
-        if !b.offset.is_multiple_of(align) {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: format!(
-                    "offset {} is not a multiple of min_storage_buffer_offset_alignment ({align})",
-                    b.offset
-                ),
-            });
-        }
-        if b.offset
-            .checked_add(bytes)
-            .is_none_or(|end| end > b.buffer.size())
-        {
-            return Err(Error::InvalidBuffer {
-                what,
-                reason: format!(
-                    "needs {bytes} bytes at offset {} but the buffer has {}",
-                    b.offset,
-                    b.buffer.size()
-                ),
-            });
-        }
-        Ok(())
+        self.record_elementwise(recorder, ElementwiseOp::SteBackward, bindings, layout)
     }
 
     /// Records one elementwise kernel over a tensor of `layout.numel()` elements, split into
@@ -303,7 +300,7 @@ impl GpuContext {
     /// more workgroups than the limit.
     pub(crate) fn record_elementwise(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         op: ElementwiseOp,
         b: ElementwiseBindings<'_, '_>,
         layout: ChannelLayout,
@@ -329,15 +326,16 @@ impl GpuContext {
         // f32 tensors sit at aligned offsets; a 16-bit tensor's window may start up to `align`
         // bytes before its first element, which the chunk leaves room for.
         let slack = if dtype == DType::F32 { 0 } else { align };
-        let chunk = ((limits.max_binding_bytes - slack) / dtype.size() / CHUNK_GRANULE_ELEMS
-            * CHUNK_GRANULE_ELEMS)
-            .clamp(CHUNK_GRANULE_ELEMS, 1 << 30);
+        let chunk = chunk_elems(limits.max_binding_bytes, slack, dtype);
         // The wide kernels load and store whole vec4s: x and y must start 16 bytes into their
         // windows (always for f32; 16-bit tensors at 16-byte offsets). Chunk starts are multiples
         // of the granule, so every chunk shares the first one's shifts.
         let group = 16 / dtype.size();
-        let vec4_aligned =
-            |t: &TensorBinding<'_>| window_binding(t, 0, 1, align).1.is_multiple_of(group);
+        let vec4_aligned = |t: &TensorBinding<'_>| {
+            element_window(t.offset, t.dtype, 0, 1, align)
+                .shift
+                .is_multiple_of(group)
+        };
         let wide = vec4_aligned(&b.x) && vec4_aligned(&b.y);
         let wide_walk = Walk {
             group,
@@ -347,7 +345,7 @@ impl GpuContext {
             group: 1,
             tile: TILE_ELEMS,
         };
-        let (mut wide_dispatches, mut scalar_dispatches) = (Vec::new(), Vec::new());
+        let (mut wide_plans, mut scalar_plans) = (Vec::new(), Vec::new());
         for c in 0..len.div_ceil(chunk) {
             let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
             // The body covers whole mask words; under 32 elements are left to the scalar kernel.
@@ -357,12 +355,12 @@ impl GpuContext {
                 start
             };
             if body_end > start {
-                wide_dispatches.push(elementwise_dispatch(
+                wide_plans.push(plan_dispatch(
                     &b, layout, start, body_end, wide_walk, align, &limits,
                 ));
             }
             if end > body_end {
-                scalar_dispatches.push(elementwise_dispatch(
+                scalar_plans.push(plan_dispatch(
                     &b,
                     layout,
                     body_end,
@@ -374,14 +372,56 @@ impl GpuContext {
             }
         }
         let per_thread = self.wide_groups_per_thread();
-        for (dispatches, per_thread) in [(wide_dispatches, per_thread), (scalar_dispatches, 0)] {
-            if !dispatches.is_empty() {
-                let key = KernelKey::Elementwise {
-                    op,
-                    dtype,
-                    per_thread,
+        for (plans, per_thread) in [(wide_plans, per_thread), (scalar_plans, 0)] {
+            if plans.is_empty() {
+                continue;
+            }
+            let kernel = ElementwiseKernel {
+                op,
+                dtype,
+                per_thread,
+            };
+            if op == ElementwiseOp::SteBackward {
+                let mask = b.mask.as_ref().ok_or(Error::InvalidBuffer {
+                    what: "mask",
+                    reason: "the straight-through backward needs the mask".into(),
+                })?;
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|p| Dispatch {
+                        uniform: p.uniform,
+                        bindings: SteBindings {
+                            x: p.x.bind(b.x.buffer),
+                            y: p.y.bind(b.y.buffer),
+                            mask: p.mask.bind(mask.buffer),
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.record_pass(recorder, kernel, &dispatches)?;
+            } else {
+                let params = match b.params {
+                    Some(params) => params.as_entire_buffer_binding(),
+                    None => self.kernels().placeholder(Access::Read),
                 };
-                self.record_dispatches(encoder, key, &dispatches)?;
+                let placeholder_mask = self.kernels().placeholder(Access::ReadWrite);
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|p| Dispatch {
+                        uniform: p.uniform,
+                        bindings: ForwardBindings {
+                            params: params.clone(),
+                            x: p.x.bind(b.x.buffer),
+                            y: p.y.bind(b.y.buffer),
+                            mask: match &b.mask {
+                                Some(m) => p.mask.bind(m.buffer),
+                                None => placeholder_mask.clone(),
+                            },
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.record_pass(recorder, kernel, &dispatches)?;
             }
         }
         Ok(())
@@ -397,30 +437,40 @@ struct Walk {
     tile: u64,
 }
 
+/// One planned dispatch: its uniform, the windows of x, y and the mask, its grid.
+struct PlannedDispatch {
+    uniform: DispatchUniform,
+    x: Window,
+    y: Window,
+    mask: Window,
+    grid: [u32; 2],
+}
+
 /// The dispatch of elements `[start, end)` (`start` a multiple of 32).
-fn elementwise_dispatch<'a>(
-    b: &ElementwiseBindings<'a, 'a>,
+fn plan_dispatch(
+    b: &ElementwiseBindings<'_, '_>,
     layout: ChannelLayout,
     start: u64,
     end: u64,
     walk: Walk,
     align: u64,
     limits: &DispatchLimits,
-) -> Dispatch<'a, DispatchUniform> {
+) -> PlannedDispatch {
     let n = end - start;
     let Walk { group, tile } = walk;
     let units = n.div_ceil(group);
-    let (x_window, x_shift) = window_binding(&b.x, start, end, align);
-    let (y_window, y_shift) = window_binding(&b.y, start, end, align);
-    let (mask, mask_shift) = match b.mask {
-        Some(m) => {
-            let (window, shift) = mask_window(&m, start / 32, n.div_ceil(32), align);
-            (Some(window), shift)
-        }
-        None => (None, 0),
+    let x = element_window(b.x.offset, b.x.dtype, start, end, align);
+    let y = element_window(b.y.offset, b.y.dtype, start, end, align);
+    let mask = match &b.mask {
+        Some(m) => mask_window(m.offset, start / 32, n.div_ceil(32), align),
+        None => Window {
+            offset: 0,
+            size: 4,
+            shift: 0,
+        },
     };
     let inner = layout.inner as u64;
-    Dispatch {
+    PlannedDispatch {
         uniform: DispatchUniform {
             len: units as u32,
             num_tiles: units.div_ceil(tile) as u32,
@@ -429,12 +479,14 @@ fn elementwise_dispatch<'a>(
             channel_start: ((start / inner) % layout.channels as u64) as u32,
             inner_start: (start % inner) as u32,
             mask_words: n.div_ceil(32) as u32,
-            x_shift: (x_shift / group) as u32,
-            y_shift: (y_shift / group) as u32,
-            mask_shift: mask_shift as u32,
-            _pad: [0; 2],
+            x_shift: (x.shift / group) as u32,
+            y_shift: (y.shift / group) as u32,
+            mask_shift: mask.shift as u32,
+            ..Default::default()
         },
-        buffers: vec![b.params.map(whole), Some(x_window), Some(y_window), mask],
+        x,
+        y,
+        mask,
         grid: [
             units.div_ceil(tile).min(limits.max_workgroups as u64) as u32,
             1,
@@ -442,43 +494,11 @@ fn elementwise_dispatch<'a>(
     }
 }
 
-/// Binds mask words `[first, first + count)`: the binding starts at the offset aligned down to
-/// `align`; the returned shift is the index of word `first` in it.
-fn mask_window<'a>(
-    m: &TensorBinding<'a>,
-    first: u64,
-    count: u64,
-    align: u64,
-) -> (wgpu::BufferBinding<'a>, u64) {
-    let byte = m.offset + first * 4;
-    let aligned = byte / align * align;
-    let shift = (byte - aligned) / 4;
-    (
-        wgpu::BufferBinding {
-            buffer: m.buffer,
-            offset: aligned,
-            size: wgpu::BufferSize::new((count + shift) * 4),
-        },
-        shift,
-    )
-}
-
 pub(crate) struct ElementwiseBindings<'a, 'b> {
     pub(crate) x: TensorBinding<'a>,
     pub(crate) y: TensorBinding<'a>,
     pub(crate) mask: Option<TensorBinding<'a>>,
     pub(crate) params: Option<&'b wgpu::Buffer>,
-}
-
-pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
-    if expected != actual {
-        return Err(Error::LengthMismatch {
-            what,
-            expected,
-            actual,
-        });
-    }
-    Ok(())
 }
 
 impl GpuFakeQuant {
@@ -521,7 +541,7 @@ impl GpuFakeQuant {
     /// `ceil(numel / 32)` packed words. Nothing is submitted.
     pub fn record_forward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
         y: TensorBinding<'_>,
@@ -540,6 +560,23 @@ impl GpuFakeQuant {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, op, bindings, layout)
+        self.ctx.record_elementwise(recorder, op, bindings, layout)
+    }
+}
+
+/// This family's declarations, for the layout checks.
+pub(crate) fn declarations() -> FamilyDecl {
+    let mut entry_points = Vec::new();
+    for shader in [&ELEMENTWISE_F32, &ELEMENTWISE_HALF, &ELEMENTWISE_VEC4] {
+        entry_points.push(EntryPointDecl::of::<ForwardBindings>(shader, "forward"));
+        entry_points.push(EntryPointDecl::of::<SteBindings>(shader, "ste_backward"));
+    }
+    FamilyDecl {
+        entry_points,
+        structs: vec![
+            StructDecl::of::<DispatchUniform>(&ELEMENTWISE_F32),
+            StructDecl::of::<DispatchUniform>(&ELEMENTWISE_VEC4),
+            StructDecl::of::<ChannelParams>(&ELEMENTWISE_F32),
+        ],
     }
 }

@@ -5,14 +5,17 @@
 
 use std::sync::Mutex;
 
-use bytemuck::{Pod, Zeroable};
-
-use super::context::{
-    contiguous_runs, whole, window_binding, Dispatch, ElementwiseOp, GpuContext, GpuMask,
-    GpuTensor, KernelKey, LsqKernel, TensorBinding, LSQ_BINDINGS,
+use super::context::GpuContext;
+use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
+use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups};
+use super::kernel::recording::Dispatch;
+use super::kernel::shaders::{Shader, LSQ_KERNELS};
+use super::kernel::{
+    bindings, dtype_constant, uniform, Access, EntryPointDecl, FamilyDecl, Kernel, Recorder,
+    StructDecl,
 };
-use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
-use super::observer::{per_channel_groups, GpuObserver};
+use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
+use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
@@ -23,28 +26,143 @@ use crate::reference::FakeQuantOutput;
 /// Tensors up to 2^31 - 1 elements keep every index in a u32 on the device.
 const MAX_ELEMS: u64 = (1 << 31) - 1;
 
-/// `LsqDispatch` in the shader.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable, Default)]
-struct LsqDispatch {
-    total: u32,
-    x_shift: u32,
-    window_base: u32,
-    channels: u32,
-    inner: u32,
-    per_channel: u32,
-    blocks: u32,
-    contiguous: u32,
-    first_unit: u32,
-    src_blocks: u32,
-    qmin: i32,
-    qmax: i32,
-    eps: u32,
-    grad_factor: u32,
-    sqrt_qmax: u32,
-    dy_shift: u32,
-    dx_shift: u32,
-    _pad: [u32; 3],
+/// The entry points of `shaders/lsq.wgsl`, for tensors of an element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LsqKernel {
+    entry: LsqEntry,
+    dtype: DType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LsqEntry {
+    Params,
+    Backward,
+    InitTerms,
+    /// One level of the tree; `counts` when the second word is an integer count.
+    Sum {
+        counts: bool,
+    },
+    Finish,
+    InitFinish,
+    FromObserver,
+}
+
+impl LsqEntry {
+    /// The kernel on f32 data (every entry point but the first pass reads only parameters and
+    /// partial sums).
+    fn f32(self) -> LsqKernel {
+        LsqKernel {
+            entry: self,
+            dtype: DType::F32,
+        }
+    }
+}
+
+impl Kernel for LsqKernel {
+    fn shader(&self) -> &'static Shader {
+        &LSQ_KERNELS
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match self.entry {
+            LsqEntry::Params => "lsq_params",
+            LsqEntry::Backward => "lsq_backward",
+            LsqEntry::InitTerms => "lsq_init_terms",
+            LsqEntry::Sum { .. } => "lsq_sum",
+            LsqEntry::Finish => "lsq_finish",
+            LsqEntry::InitFinish => "lsq_init_finish",
+            LsqEntry::FromObserver => "lsq_from_observer",
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![("DTYPE", dtype_constant(self.dtype))];
+        if let LsqEntry::Sum { counts } = self.entry {
+            constants.push(("COUNTS", counts as u8 as f64));
+        }
+        constants
+    }
+}
+
+bindings! {
+    /// `lsq_params`: the learnable parameters in, the fake-quant parameters out.
+    ParamsBindings {
+        params: ReadWrite @ 4,
+        scale: ReadWrite @ 6,
+        zero_point: ReadWrite @ 7,
+    }
+}
+
+bindings! {
+    /// `lsq_backward` and `lsq_init_terms` (one shared block reduction, so the initialization,
+    /// which reads neither dy nor writes dx, binds placeholders there): x, dy and dx windows, the
+    /// parameters, the first level of partial sums.
+    BlockBindings {
+        x: Read @ 1,
+        dy: Read @ 2,
+        dx: ReadWrite @ 3,
+        params: ReadWrite @ 4,
+        partials: ReadWrite @ 5,
+    }
+}
+
+bindings! {
+    /// `lsq_sum`: one level of partial sums to the next.
+    SumBindings {
+        partials: ReadWrite @ 5,
+        level: Read @ 9,
+    }
+}
+
+bindings! {
+    /// `lsq_finish`: the last level (a placeholder for an empty tensor) to the reduced gradients.
+    FinishBindings {
+        grads: ReadWrite @ 8,
+        level: Read @ 9,
+    }
+}
+
+bindings! {
+    /// `lsq_init_finish`: the last level of (sum |x|, count) to the scales.
+    InitFinishBindings {
+        scale: ReadWrite @ 6,
+        level: Read @ 9,
+    }
+}
+
+bindings! {
+    /// `lsq_from_observer`: an observer's state to the learnable parameters.
+    FromObserverBindings {
+        scale: ReadWrite @ 6,
+        zero_point: ReadWrite @ 7,
+        observer_state: Read @ 10,
+    }
+}
+
+uniform! {
+    /// The uniform of every LSQ dispatch (fields unused by an entry point stay zero).
+    struct LsqDispatch as "LsqDispatch" {
+        total: u32,
+        x_shift: u32,
+        window_base: u32,
+        channels: u32,
+        inner: u32,
+        per_channel: u32,
+        blocks: u32,
+        contiguous: u32,
+        first_unit: u32,
+        src_blocks: u32,
+        qmin: i32,
+        qmax: i32,
+        eps: u32,
+        grad_factor: u32,
+        sqrt_qmax: u32,
+        dy_shift: u32,
+        dx_shift: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 /// The reduced gradients of an LSQ backward on the device: `channels` f32 `dscale` values, then
@@ -139,8 +257,8 @@ impl GpuContext {
 /// How the tensor's blocks are dispatched: the first pass over `x` (and `dy`).
 struct BlockPlan {
     uniform: LsqDispatch,
-    /// Per dispatch: first unit, units, window start and end (flat elements), grid.
-    dispatches: Vec<(u64, u64, u64, u64, [u32; 2])>,
+    /// Per dispatch: first unit, window start and end (flat elements), grid.
+    dispatches: Vec<(u64, u64, u64, [u32; 2])>,
     /// Blocks per channel.
     blocks: u64,
 }
@@ -192,7 +310,7 @@ impl GpuLsq {
     pub fn load_params(&self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
         check_len("scales", self.channels, scales.len())?;
         check_len("zero points", self.channels, zero_points.len())?;
-        self.ctx.capture(|| {
+        self.ctx.capture("loading LSQ parameters", || {
             let queue = self.ctx.queue();
             queue.write_buffer(&self.scale, 0, bytemuck::cast_slice(scales));
             queue.write_buffer(&self.zero_point, 0, bytemuck::cast_slice(zero_points));
@@ -244,7 +362,7 @@ impl GpuLsq {
     }
 
     /// Records `lsq_params`: the fake-quant parameters of the current learnable ones.
-    fn record_params(&self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    fn record_params(&self, recorder: &mut (impl Recorder + ?Sized)) -> Result<()> {
         let uniform = LsqDispatch {
             channels: self.channels as u32,
             qmin: self.config.range().qmin(),
@@ -253,47 +371,26 @@ impl GpuLsq {
             ..Default::default()
         };
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.dispatch(
-            encoder,
-            LsqKernel::Params,
+        self.ctx.record_pass(
+            recorder,
+            LsqEntry::Params.f32(),
             &[Dispatch {
                 uniform,
-                buffers: slots(&[
-                    (3, whole(&self.params)),
-                    (5, whole(&self.scale)),
-                    (6, whole(&self.zero_point)),
-                ]),
+                bindings: ParamsBindings {
+                    params: self.params.as_entire_buffer_binding(),
+                    scale: self.scale.as_entire_buffer_binding(),
+                    zero_point: self.zero_point.as_entire_buffer_binding(),
+                },
                 grid: [groups, 1],
             }],
         )
-    }
-
-    fn dispatch(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        kernel: LsqKernel,
-        dispatches: &[Dispatch<'_, LsqDispatch>],
-    ) -> Result<()> {
-        self.dispatch_typed(encoder, kernel, DType::F32, dispatches)
-    }
-
-    /// A kernel that reads or writes tensors of `dtype`.
-    fn dispatch_typed(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        kernel: LsqKernel,
-        dtype: DType,
-        dispatches: &[Dispatch<'_, LsqDispatch>],
-    ) -> Result<()> {
-        self.ctx
-            .record_dispatches(encoder, KernelKey::Lsq(kernel, dtype), dispatches)
     }
 
     /// Recording level: the LSQ forward (fake-quant with the effective parameters of the current
     /// learnable ones) of `x` into `y`, with the mask when given.
     pub fn record_forward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
         y: TensorBinding<'_>,
@@ -303,7 +400,7 @@ impl GpuLsq {
         // Checked before the parameters are recorded, so that a failed call records nothing.
         self.ctx
             .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
-        self.record_params(encoder)?;
+        self.record_params(recorder)?;
         let op = ElementwiseOp::Forward {
             // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
             rounding: Rounding::Reciprocal,
@@ -316,7 +413,7 @@ impl GpuLsq {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, op, bindings, layout)
+        self.ctx.record_elementwise(recorder, op, bindings, layout)
     }
 
     /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.
@@ -344,7 +441,7 @@ impl GpuLsq {
             };
             dispatches = contiguous_runs(units, start_of, max_elems, max_wg)
                 .into_iter()
-                .map(|(first, count, start, end)| (first, count, start, end, [count as u32, 1]))
+                .map(|run| (run.first_unit, run.start, run.end, [run.units as u32, 1]))
                 .collect();
         } else {
             // Block b of every channel: channels along y; the window spans from channel 0's first
@@ -376,7 +473,7 @@ impl GpuLsq {
                     });
                 }
                 let (s, e) = window(first, first + count);
-                dispatches.push((first, count, s, e, [count as u32, grid_y]));
+                dispatches.push((first, s, e, [count as u32, grid_y]));
                 first += count;
             }
         }
@@ -400,14 +497,14 @@ impl GpuLsq {
         let mut cached = self
             .partials
             .lock()
-            .map_err(|_| Error::Gpu("the partials lock was poisoned".into()))?;
+            .map_err(|_| Error::Poisoned("LSQ partials"))?;
         let mut out = Vec::with_capacity(2);
         for slot in cached.iter_mut() {
             if let Some(b) = slot.as_ref().filter(|b| b.size() >= bytes.max(8)) {
                 out.push(b.clone());
                 continue;
             }
-            let b = self.ctx.capture(|| {
+            let b = self.ctx.capture("creating the LSQ partials", || {
                 Ok(self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
                     label: Some("fakequant lsq partials"),
                     size: bytes.max(8).next_multiple_of(256),
@@ -427,7 +524,7 @@ impl GpuLsq {
     #[allow(clippy::too_many_arguments)]
     fn record_reduction<'a>(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         layout: ChannelLayout,
         init: bool,
         x: TensorBinding<'a>,
@@ -440,40 +537,55 @@ impl GpuLsq {
             return Ok(None);
         }
         let [mut src, mut dst] = self.partial_buffers(self.channels as u64 * plan.blocks * 8)?;
-        let window = |t: &TensorBinding<'a>, start, end| window_binding(t, start, end, align);
-        let dispatches: Vec<Dispatch<'_, LsqDispatch>> = plan
+        let placeholder_read = self.ctx.kernels().placeholder(Access::Read);
+        let placeholder_write = self.ctx.kernels().placeholder(Access::ReadWrite);
+        let dispatches: Vec<_> = plan
             .dispatches
             .iter()
-            .map(|&(first, _, start, end, grid)| {
-                let (xb, shift) = window(&x, start, end);
+            .map(|&(first, start, end, grid)| {
+                let xw = element_window(x.offset, x.dtype, start, end, align);
                 let mut uniform = plan.uniform;
                 uniform.first_unit = first as u32;
                 uniform.window_base = start as u32;
-                uniform.x_shift = shift as u32;
-                let mut buffers = slots(&[(0, xb), (3, whole(&self.params)), (4, whole(&src))]);
-                if let Some(dy) = &dy {
-                    let (b, shift) = window(dy, start, end);
-                    buffers[1] = Some(b);
-                    uniform.dy_shift = shift as u32;
-                }
-                if let Some(dx) = &dx {
-                    let (b, shift) = window(dx, start, end);
-                    buffers[2] = Some(b);
-                    uniform.dx_shift = shift as u32;
-                }
+                uniform.x_shift = xw.shift as u32;
+                let dy = match &dy {
+                    Some(dy) => {
+                        let w = element_window(dy.offset, dy.dtype, start, end, align);
+                        uniform.dy_shift = w.shift as u32;
+                        w.bind(dy.buffer)
+                    }
+                    None => placeholder_read.clone(),
+                };
+                let dx = match &dx {
+                    Some(dx) => {
+                        let w = element_window(dx.offset, dx.dtype, start, end, align);
+                        uniform.dx_shift = w.shift as u32;
+                        w.bind(dx.buffer)
+                    }
+                    None => placeholder_write.clone(),
+                };
                 Dispatch {
                     uniform,
-                    buffers,
+                    bindings: BlockBindings {
+                        x: xw.bind(x.buffer),
+                        dy,
+                        dx,
+                        params: self.params.as_entire_buffer_binding(),
+                        partials: src.as_entire_buffer_binding(),
+                    },
                     grid,
                 }
             })
             .collect();
-        let first = if init {
-            LsqKernel::InitTerms
-        } else {
-            LsqKernel::Backward
+        let first = LsqKernel {
+            entry: if init {
+                LsqEntry::InitTerms
+            } else {
+                LsqEntry::Backward
+            },
+            dtype: x.dtype,
         };
-        self.dispatch_typed(encoder, first, x.dtype, &dispatches)?;
+        self.ctx.record_pass(recorder, first, &dispatches)?;
         // The tree over the blocks' sums, 4096 to 1 per level.
         let mut level = plan.blocks;
         while level > 1 {
@@ -487,12 +599,15 @@ impl GpuLsq {
             let units =
                 (self.channels as u64 * next).min(self.ctx.dispatch_limits().max_workgroups as u64);
             std::mem::swap(&mut src, &mut dst);
-            self.dispatch(
-                encoder,
-                LsqKernel::Sum { counts: init },
+            self.ctx.record_pass(
+                recorder,
+                LsqEntry::Sum { counts: init }.f32(),
                 &[Dispatch {
                     uniform,
-                    buffers: slots(&[(1, whole(&dst)), (4, whole(&src))]),
+                    bindings: SumBindings {
+                        partials: src.as_entire_buffer_binding(),
+                        level: dst.as_entire_buffer_binding(),
+                    },
                     grid: [units as u32, 1],
                 }],
             )?;
@@ -506,7 +621,7 @@ impl GpuLsq {
     /// configured gradient factor.
     pub fn record_backward(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         dy: TensorBinding<'_>,
         shape: &[usize],
@@ -526,22 +641,25 @@ impl GpuLsq {
                 reason: "the output must be a different buffer from x and dy".into(),
             });
         }
-        self.record_params(encoder)?;
-        let last = self.record_reduction(encoder, layout, false, x, Some(dy), Some(dx))?;
+        self.record_params(recorder)?;
+        let last = self.record_reduction(recorder, layout, false, x, Some(dy), Some(dx))?;
         let mut uniform = self.base_uniform(layout);
         uniform.grad_factor = self.config.grad_factor(layout.numel()).to_bits();
         uniform.src_blocks = last.is_some() as u32;
-        let mut buffers = slots(&[(7, whole(&grads.buffer))]);
-        if let Some(last) = &last {
-            buffers[1] = Some(whole(last));
-        }
+        let level = match &last {
+            Some(last) => last.as_entire_buffer_binding(),
+            None => self.ctx.kernels().placeholder(Access::Read),
+        };
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.dispatch(
-            encoder,
-            LsqKernel::Finish,
+        self.ctx.record_pass(
+            recorder,
+            LsqEntry::Finish.f32(),
             &[Dispatch {
                 uniform,
-                buffers,
+                bindings: FinishBindings {
+                    grads: grads.buffer.as_entire_buffer_binding(),
+                    level,
+                },
                 grid: [groups, 1],
             }],
         )
@@ -551,26 +669,29 @@ impl GpuLsq {
     /// channel (see [`crate::lsq`]), written to the learnable scales; zero points are left alone.
     pub fn record_init_from_data(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         self.ctx.check_tensor("x", &x, layout.numel())?;
-        let last = self.record_reduction(encoder, layout, true, x, None, None)?;
+        let last = self.record_reduction(recorder, layout, true, x, None, None)?;
         let mut uniform = self.base_uniform(layout);
         uniform.src_blocks = last.is_some() as u32;
-        let mut buffers = slots(&[(5, whole(&self.scale))]);
-        if let Some(last) = &last {
-            buffers[1] = Some(whole(last));
-        }
+        let level = match &last {
+            Some(last) => last.as_entire_buffer_binding(),
+            None => self.ctx.kernels().placeholder(Access::Read),
+        };
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.dispatch(
-            encoder,
-            LsqKernel::InitFinish,
+        self.ctx.record_pass(
+            recorder,
+            LsqEntry::InitFinish.f32(),
             &[Dispatch {
                 uniform,
-                buffers,
+                bindings: InitFinishBindings {
+                    scale: self.scale.as_entire_buffer_binding(),
+                    level,
+                },
                 grid: [groups, 1],
             }],
         )
@@ -580,7 +701,7 @@ impl GpuLsq {
     /// seed's "load the pseudo-quantization parameters obtained from calibration"), on the device.
     pub fn record_init_from_observer(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         observer: &GpuObserver,
     ) -> Result<()> {
         check_len("observer channels", self.channels, observer.channels())?;
@@ -589,16 +710,16 @@ impl GpuLsq {
             ..Default::default()
         };
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.dispatch(
-            encoder,
-            LsqKernel::FromObserver,
+        self.ctx.record_pass(
+            recorder,
+            LsqEntry::FromObserver.f32(),
             &[Dispatch {
                 uniform,
-                buffers: slots(&[
-                    (0, whole(observer.state_buffer())),
-                    (5, whole(&self.scale)),
-                    (6, whole(&self.zero_point)),
-                ]),
+                bindings: FromObserverBindings {
+                    scale: self.scale.as_entire_buffer_binding(),
+                    zero_point: self.zero_point.as_entire_buffer_binding(),
+                    observer_state: observer.state_buffer().as_entire_buffer_binding(),
+                },
                 grid: [groups, 1],
             }],
         )
@@ -713,11 +834,22 @@ impl GpuLsq {
     }
 }
 
-/// Bindings 1..=8 with the given (binding - 1, buffer) pairs set.
-fn slots<'a>(set: &[(usize, wgpu::BufferBinding<'a>)]) -> Vec<Option<wgpu::BufferBinding<'a>>> {
-    let mut out = vec![None; LSQ_BINDINGS.len()];
-    for (i, b) in set {
-        out[*i] = Some(b.clone());
+/// This family's declarations, for the layout checks.
+pub(crate) fn declarations() -> FamilyDecl {
+    let entry = |e: LsqEntry| e.f32().entry_point();
+    FamilyDecl {
+        entry_points: vec![
+            EntryPointDecl::of::<ParamsBindings>(&LSQ_KERNELS, entry(LsqEntry::Params)),
+            EntryPointDecl::of::<BlockBindings>(&LSQ_KERNELS, entry(LsqEntry::Backward)),
+            EntryPointDecl::of::<BlockBindings>(&LSQ_KERNELS, entry(LsqEntry::InitTerms)),
+            EntryPointDecl::of::<SumBindings>(&LSQ_KERNELS, entry(LsqEntry::Sum { counts: false })),
+            EntryPointDecl::of::<FinishBindings>(&LSQ_KERNELS, entry(LsqEntry::Finish)),
+            EntryPointDecl::of::<InitFinishBindings>(&LSQ_KERNELS, entry(LsqEntry::InitFinish)),
+            EntryPointDecl::of::<FromObserverBindings>(&LSQ_KERNELS, entry(LsqEntry::FromObserver)),
+        ],
+        structs: vec![
+            StructDecl::of::<LsqDispatch>(&LSQ_KERNELS),
+            StructDecl::of::<ChannelParams>(&LSQ_KERNELS),
+        ],
     }
-    out
 }

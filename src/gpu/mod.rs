@@ -1,18 +1,29 @@
-//! The GPU path: a [`GpuContext`] owns the device and the kernels; the fake-quant family is
-//! offered at three levels (host slices, device tensors, recording into a caller's encoder), and
-//! recorded work can be kept and replayed without creating anything ([`Prerecorded`]).
+//! The GPU path. A [`GpuContext`] owns the device (`context.rs`); memory, upload and read-back are
+//! in `memory.rs`; the kernel registry, cache, recording and planners in `kernel/`; each op family
+//! (fake-quant, observers, LSQ) in its own module, at three levels: host slices, device tensors,
+//! and recording into a [`Recorder`] (a caller's encoder, or a [`Prerecording`] replayed by
+//! [`Prerecorded`] without creating anything).
 
 mod context;
+mod errors;
 mod fake_quant;
+pub(crate) mod kernel;
 mod lsq;
+mod memory;
 mod observer;
-mod prerecorded;
 
-pub use context::{
-    fake_quant_shader_source, kernel_sources, lsq_shader_source, observer_shader_source,
-    wide_shader_source, DispatchLimits, GpuContext, GpuMask, GpuTensor, TensorBinding,
-};
+/// The kernel families: one line each (with their shader modules in `kernel/shaders.rs`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const FAMILIES: &[fn() -> kernel::FamilyDecl] = &[
+    fake_quant::declarations,
+    observer::declarations,
+    lsq::declarations,
+];
+
+pub use context::{DispatchLimits, GpuContext};
 pub use fake_quant::GpuFakeQuant;
+pub use kernel::shaders::kernel_sources;
+pub use kernel::{Prerecorded, Prerecording, Recorder};
 pub use lsq::{GpuLsq, GpuLsqGrads};
+pub use memory::{GpuMask, GpuTensor, TensorBinding};
 pub use observer::{GpuBatchStats, GpuObserver};
-pub use prerecorded::Prerecorded;

@@ -4,13 +4,15 @@
 
 use std::sync::Mutex;
 
-use bytemuck::{Pod, Zeroable};
-
-use super::context::{
-    contiguous_runs, whole, window_binding, Dispatch, ElementwiseOp, GpuContext, GpuMask,
-    GpuTensor, KernelKey, ObserverKernel, TensorBinding,
+use super::context::GpuContext;
+use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
+use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups, Run};
+use super::kernel::recording::Dispatch;
+use super::kernel::shaders::{Shader, OBSERVERS};
+use super::kernel::{
+    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::fake_quant::{check_len, ChannelParams, ElementwiseBindings};
+use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
@@ -29,43 +31,125 @@ const NARROW_SLOTS: u64 = 64;
 /// Tensors up to 2^31 - 1 elements keep every index in a u32 on the device.
 const MAX_OBSERVED_ELEMS: u64 = (1 << 31) - 1;
 
-/// `ObserveDispatch` in the shader.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable, Default)]
-struct ObserveDispatch {
-    total: u32,
-    shift: u32,
-    window_base: u32,
-    channels: u32,
-    inner: u32,
-    first_unit: u32,
-    pieces_per_row: u32,
-    slots: u32,
-    width: u32,
-    block_rows: u32,
-    rows: u32,
-    col_slots: u32,
-    averaging: u32,
-    average_constant: u32,
-    scheme: u32,
-    eps: u32,
-    power_of_two: u32,
-    qmin: i32,
-    qmax: i32,
-    symmetric_zero_point: i32,
-    range_bits: u32,
-    half_range_bits: u32,
-    _pad: [u32; 2],
+/// The entry points of `shaders/observer.wgsl`, for tensors of an element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ObserverKernel {
+    entry: ObserverEntry,
+    dtype: DType,
 }
 
-/// `ObserverChannel` in the shader.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
-struct ObserverChannel {
-    min: f32,
-    max: f32,
-    scale: f32,
-    zero_point: i32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ObserverEntry {
+    MinMaxRows,
+    MinMaxCols,
+    FinalizeBatch,
+    FinalizeBatchNarrow,
+    MergeBatch,
+    Update,
+}
+
+impl ObserverEntry {
+    /// The kernel on f32 data (every entry point but the reductions reads only statistics).
+    fn f32(self) -> ObserverKernel {
+        ObserverKernel {
+            entry: self,
+            dtype: DType::F32,
+        }
+    }
+}
+
+impl Kernel for ObserverKernel {
+    fn shader(&self) -> &'static Shader {
+        &OBSERVERS
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match self.entry {
+            ObserverEntry::MinMaxRows => "minmax_rows",
+            ObserverEntry::MinMaxCols => "minmax_cols",
+            ObserverEntry::FinalizeBatch => "finalize_batch",
+            ObserverEntry::FinalizeBatchNarrow => "finalize_batch_narrow",
+            ObserverEntry::MergeBatch => "merge_batch",
+            ObserverEntry::Update => "update",
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        vec![("DTYPE", dtype_constant(self.dtype))]
+    }
+}
+
+bindings! {
+    /// `minmax_rows`, `minmax_cols`: the tensor's window in, partial (min, max) keys out.
+    ReduceBindings {
+        src: Read @ 1,
+        partials: ReadWrite @ 2,
+    }
+}
+
+bindings! {
+    /// `finalize_batch(_narrow)`: the partials in, the batch statistics out.
+    FinalizeBindings {
+        partials: ReadWrite @ 2,
+        batch: ReadWrite @ 3,
+    }
+}
+
+bindings! {
+    /// `merge_batch`: the other replica's statistics (`src`) merged into `batch`.
+    MergeBindings {
+        src: Read @ 1,
+        batch: ReadWrite @ 3,
+    }
+}
+
+bindings! {
+    /// `update`: the batch statistics folded into the state, which derives the parameters.
+    UpdateBindings {
+        batch: ReadWrite @ 3,
+        state: ReadWrite @ 4,
+        params: ReadWrite @ 5,
+    }
+}
+
+uniform! {
+    /// The uniform of every observer dispatch (fields unused by an entry point stay zero).
+    struct ObserveDispatch as "ObserveDispatch" {
+        total: u32,
+        shift: u32,
+        window_base: u32,
+        channels: u32,
+        inner: u32,
+        first_unit: u32,
+        pieces_per_row: u32,
+        slots: u32,
+        width: u32,
+        block_rows: u32,
+        rows: u32,
+        col_slots: u32,
+        averaging: u32,
+        average_constant: u32,
+        scheme: u32,
+        eps: u32,
+        power_of_two: u32,
+        qmin: i32,
+        qmax: i32,
+        symmetric_zero_point: i32,
+        range_bits: u32,
+        half_range_bits: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+uniform! {
+    /// One channel of the state: f32 bits of the running range, the scale and the zero point.
+    struct ObserverChannel as "ObserverChannel" {
+        min: f32,
+        max: f32,
+        scale: f32,
+        zero_point: i32,
+    }
 }
 
 /// One batch's per-channel statistics on the device: `channels` f32 minima then `channels` f32
@@ -91,12 +175,12 @@ impl GpuBatchStats {
 
 /// The reduction of one tensor: which kernel, how many partials per channel, and its dispatches.
 struct ReducePlan {
-    kernel: ObserverKernel,
+    entry: ObserverEntry,
     /// Partial results per channel.
     slots: u64,
     uniform: ObserveDispatch,
-    /// Per dispatch: first unit, number of units, first and end element of its window.
-    dispatches: Vec<(u64, u64, u64, u64)>,
+    /// Per dispatch: its units and the elements of its window.
+    dispatches: Vec<Run>,
     /// Workgroups along x for minmax_cols (they loop over the column blocks).
     column_blocks: u64,
 }
@@ -147,13 +231,16 @@ impl ReducePlan {
                 .map(|i| {
                     let first = i * per_dispatch;
                     let count = per_dispatch.min(blocks - first);
-                    let start = first * block_rows * width;
-                    let end = ((first + count) * block_rows * width).min(n);
-                    (first, count, start, end)
+                    Run {
+                        first_unit: first,
+                        units: count,
+                        start: first * block_rows * width,
+                        end: ((first + count) * block_rows * width).min(n),
+                    }
                 })
                 .collect();
             return Self {
-                kernel: ObserverKernel::MinMaxCols,
+                entry: ObserverEntry::MinMaxCols,
                 slots: blocks * col_slots,
                 uniform,
                 dispatches,
@@ -169,7 +256,7 @@ impl ReducePlan {
         uniform.pieces_per_row = pieces_per_row as u32;
         let dispatches = contiguous_runs(pieces, start_of, max_elems, max_workgroups);
         Self {
-            kernel: ObserverKernel::MinMaxRows,
+            entry: ObserverEntry::MinMaxRows,
             slots: layout.outer as u64 * pieces_per_row,
             uniform,
             dispatches,
@@ -257,7 +344,7 @@ impl GpuContext {
     /// every replica's next update is identical.
     pub fn record_merge_batch_stats(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         into: &GpuBatchStats,
         from: &GpuBatchStats,
     ) -> Result<()> {
@@ -276,61 +363,21 @@ impl GpuContext {
             channels: into.channels as u32,
             ..Default::default()
         };
-        let bindings = ObserverBindings {
-            src: Some(whole(&from.buffer)),
-            batch: Some(&into.buffer),
-            ..Default::default()
+        let bindings = MergeBindings {
+            src: from.buffer.as_entire_buffer_binding(),
+            batch: into.buffer.as_entire_buffer_binding(),
         };
         let groups = per_channel_groups(into.channels, self.dispatch_limits().max_workgroups);
-        self.record_observer_dispatches(
-            encoder,
-            ObserverKernel::MergeBatch,
-            DType::F32,
-            &[(uniform, bindings, [groups, 1])],
+        self.record_pass(
+            recorder,
+            ObserverEntry::MergeBatch.f32(),
+            &[Dispatch {
+                uniform,
+                bindings,
+                grid: [groups, 1],
+            }],
         )
     }
-
-    /// Records one observer kernel per entry (uniform, bindings, workgroups) into one pass.
-    fn record_observer_dispatches(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        kernel: ObserverKernel,
-        dtype: DType,
-        dispatches: &[(ObserveDispatch, ObserverBindings<'_>, [u32; 2])],
-    ) -> Result<()> {
-        let dispatches: Vec<Dispatch<'_, ObserveDispatch>> = dispatches
-            .iter()
-            .map(|(uniform, b, grid)| Dispatch {
-                uniform: *uniform,
-                buffers: vec![
-                    b.src.clone(),
-                    b.partials.map(whole),
-                    b.batch.map(whole),
-                    b.state.map(whole),
-                    b.params.map(whole),
-                ],
-                grid: *grid,
-            })
-            .collect();
-        self.record_dispatches(encoder, KernelKey::Observer(kernel, dtype), &dispatches)
-    }
-}
-
-/// Which buffers an observer dispatch binds; the rest get dummies.
-#[derive(Default)]
-struct ObserverBindings<'a> {
-    src: Option<wgpu::BufferBinding<'a>>,
-    partials: Option<&'a wgpu::Buffer>,
-    batch: Option<&'a wgpu::Buffer>,
-    state: Option<&'a wgpu::Buffer>,
-    params: Option<&'a wgpu::Buffer>,
-}
-
-/// Workgroups for a kernel with one invocation per channel (it loops over the rest).
-pub(crate) fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
-    (channels as u64)
-        .div_ceil(WG_SIZE)
-        .clamp(1, max_workgroups as u64) as u32
 }
 
 fn state_words(state: &ObserverState) -> Vec<ObserverChannel> {
@@ -405,7 +452,7 @@ impl GpuObserver {
     /// submission. The fake-quant parameters are derived on the host exactly as the device would.
     pub fn load_state(&self, state: &ObserverState) -> Result<()> {
         let state = state.clone().validated(&self.config, self.channels)?;
-        self.ctx.capture(|| {
+        self.ctx.capture("loading an observer state", || {
             let queue = self.ctx.queue();
             queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&state_words(&state)));
             queue.write_buffer(
@@ -439,7 +486,7 @@ impl GpuObserver {
     /// touching the state: what a data-parallel step all-reduces before [`Self::record_update`].
     pub fn record_batch_min_max(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
         stats: &GpuBatchStats,
@@ -484,53 +531,60 @@ impl GpuObserver {
             let dispatches: Vec<_> = plan
                 .dispatches
                 .iter()
-                .map(|&(first, units, start, end)| {
-                    let (window, shift) = window_binding(&x, start, end, align);
+                .map(|run| {
+                    let window = element_window(x.offset, x.dtype, run.start, run.end, align);
                     let mut u = uniform;
-                    u.first_unit = first as u32;
-                    u.window_base = start as u32;
-                    u.shift = shift as u32;
-                    let bindings = ObserverBindings {
-                        src: Some(window),
-                        partials: Some(&partials),
-                        ..Default::default()
+                    u.first_unit = run.first_unit as u32;
+                    u.window_base = run.start as u32;
+                    u.shift = window.shift as u32;
+                    let grid = match plan.entry {
+                        ObserverEntry::MinMaxCols => [plan.column_blocks as u32, run.units as u32],
+                        _ => [run.units as u32, 1],
                     };
-                    let grid = match plan.kernel {
-                        ObserverKernel::MinMaxCols => [plan.column_blocks as u32, units as u32],
-                        _ => [units as u32, 1],
-                    };
-                    (u, bindings, grid)
+                    Dispatch {
+                        uniform: u,
+                        bindings: ReduceBindings {
+                            src: window.bind(x.buffer),
+                            partials: partials.as_entire_buffer_binding(),
+                        },
+                        grid,
+                    }
                 })
                 .collect();
-            self.ctx
-                .record_observer_dispatches(encoder, plan.kernel, x.dtype, &dispatches)?;
+            let kernel = ObserverKernel {
+                entry: plan.entry,
+                dtype: x.dtype,
+            };
+            self.ctx.record_pass(recorder, kernel, &dispatches)?;
         }
         let finalize = ObserveDispatch {
             channels: self.channels as u32,
             slots: slots as u32,
             ..Default::default()
         };
-        let (kernel, groups) = if slots <= NARROW_SLOTS {
+        let (entry, groups) = if slots <= NARROW_SLOTS {
             (
-                ObserverKernel::FinalizeBatchNarrow,
+                ObserverEntry::FinalizeBatchNarrow,
                 per_channel_groups(self.channels, limits.max_workgroups),
             )
         } else {
             (
-                ObserverKernel::FinalizeBatch,
+                ObserverEntry::FinalizeBatch,
                 (self.channels as u32).min(limits.max_workgroups),
             )
         };
-        let bindings = ObserverBindings {
-            partials: Some(&partials),
-            batch: Some(&stats.buffer),
-            ..Default::default()
+        let bindings = FinalizeBindings {
+            partials: partials.as_entire_buffer_binding(),
+            batch: stats.buffer.as_entire_buffer_binding(),
         };
-        self.ctx.record_observer_dispatches(
-            encoder,
-            kernel,
-            DType::F32,
-            &[(finalize, bindings, [groups, 1])],
+        self.ctx.record_pass(
+            recorder,
+            entry.f32(),
+            &[Dispatch {
+                uniform: finalize,
+                bindings,
+                grid: [groups, 1],
+            }],
         )
     }
 
@@ -538,11 +592,11 @@ impl GpuObserver {
         let mut cached = self
             .partials
             .lock()
-            .map_err(|_| Error::Gpu("the partials lock was poisoned".into()))?;
+            .map_err(|_| Error::Poisoned("observer partials"))?;
         if let Some(buffer) = cached.as_ref().filter(|b| b.size() >= bytes.max(8)) {
             return Ok(buffer.clone());
         }
-        let buffer = self.ctx.capture(|| {
+        let buffer = self.ctx.capture("creating the observer partials", || {
             Ok(self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("fakequant observer partials"),
                 size: bytes.max(8).next_multiple_of(256),
@@ -558,7 +612,7 @@ impl GpuObserver {
     /// fake-quant parameters, on the device.
     pub fn record_update(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         stats: &GpuBatchStats,
     ) -> Result<()> {
         check_len("channels of the statistics", self.channels, stats.channels)?;
@@ -587,18 +641,20 @@ impl GpuObserver {
             half_range_bits: ((qmax - qmin) as f32 / 2.0).to_bits(),
             ..Default::default()
         };
-        let bindings = ObserverBindings {
-            batch: Some(&stats.buffer),
-            state: Some(&self.state),
-            params: Some(&self.params),
-            ..Default::default()
+        let bindings = UpdateBindings {
+            batch: stats.buffer.as_entire_buffer_binding(),
+            state: self.state.as_entire_buffer_binding(),
+            params: self.params.as_entire_buffer_binding(),
         };
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_observer_dispatches(
-            encoder,
-            ObserverKernel::Update,
-            DType::F32,
-            &[(uniform, bindings, [groups, 1])],
+        self.ctx.record_pass(
+            recorder,
+            ObserverEntry::Update.f32(),
+            &[Dispatch {
+                uniform,
+                bindings,
+                grid: [groups, 1],
+            }],
         )
     }
 
@@ -606,7 +662,7 @@ impl GpuObserver {
     /// without observing (frozen).
     pub fn record_fake_quant(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
         y: TensorBinding<'_>,
@@ -624,7 +680,7 @@ impl GpuObserver {
             mask,
             params: Some(&self.params),
         };
-        self.ctx.record_elementwise(encoder, op, bindings, layout)
+        self.ctx.record_elementwise(recorder, op, bindings, layout)
     }
 
     /// Recording level: the fused step, in one encoder (see [`Mode`]). Passes over `x`:
@@ -632,7 +688,7 @@ impl GpuObserver {
     /// step depends on this step's min/max), frozen once.
     pub fn record_step(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        recorder: &mut (impl Recorder + ?Sized),
         x: TensorBinding<'_>,
         shape: &[usize],
         y: TensorBinding<'_>,
@@ -645,8 +701,8 @@ impl GpuObserver {
         self.ctx
             .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
         if mode != Mode::Frozen {
-            self.record_batch_min_max(encoder, x, shape, &self.batch)?;
-            self.record_update(encoder, &self.batch)?;
+            self.record_batch_min_max(recorder, x, shape, &self.batch)?;
+            self.record_update(recorder, &self.batch)?;
         }
         match mode {
             Mode::Calibrate => {
@@ -659,9 +715,9 @@ impl GpuObserver {
                 let op = ElementwiseOp::PassThrough {
                     with_mask: bindings.mask.is_some(),
                 };
-                self.ctx.record_elementwise(encoder, op, bindings, layout)
+                self.ctx.record_elementwise(recorder, op, bindings, layout)
             }
-            Mode::Qat | Mode::Frozen => self.record_fake_quant(encoder, x, shape, y, mask),
+            Mode::Qat | Mode::Frozen => self.record_fake_quant(recorder, x, shape, y, mask),
         }
     }
 
@@ -747,5 +803,28 @@ impl GpuObserver {
         self.record_batch_min_max(&mut encoder, x_dev.binding(), shape, &stats)?;
         self.ctx.submit_and_wait(encoder)?;
         self.ctx.read_batch_stats(&stats)
+    }
+}
+
+/// This family's declarations, for the layout checks.
+pub(crate) fn declarations() -> FamilyDecl {
+    let entry = |e: ObserverEntry| e.f32().entry_point();
+    FamilyDecl {
+        entry_points: vec![
+            EntryPointDecl::of::<ReduceBindings>(&OBSERVERS, entry(ObserverEntry::MinMaxRows)),
+            EntryPointDecl::of::<ReduceBindings>(&OBSERVERS, entry(ObserverEntry::MinMaxCols)),
+            EntryPointDecl::of::<FinalizeBindings>(&OBSERVERS, entry(ObserverEntry::FinalizeBatch)),
+            EntryPointDecl::of::<FinalizeBindings>(
+                &OBSERVERS,
+                entry(ObserverEntry::FinalizeBatchNarrow),
+            ),
+            EntryPointDecl::of::<MergeBindings>(&OBSERVERS, entry(ObserverEntry::MergeBatch)),
+            EntryPointDecl::of::<UpdateBindings>(&OBSERVERS, entry(ObserverEntry::Update)),
+        ],
+        structs: vec![
+            StructDecl::of::<ObserveDispatch>(&OBSERVERS),
+            StructDecl::of::<ObserverChannel>(&OBSERVERS),
+            StructDecl::of::<ChannelParams>(&OBSERVERS),
+        ],
     }
 }
