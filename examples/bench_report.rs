@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release --example bench_report` prints a table; `-- --json` prints one JSON object
 //! per measurement (keys `adapter`, `backend`, `op`, `dtype`, `elements`, `bytes_per_element`,
-//! `seconds`, `gbps`, `ratio_to_copy`). `-- --max-elements N` stops at N elements (default 64M).
+//! `seconds`, `gbps`, `ratio_to_copy`). `-- --max-elements N` stops at N elements (default 64M);
+//! `-- --only NAME` times only the ops whose name contains NAME; `-- --help` lists the options.
 //!
 //! Timing: GPU time between two timestamps written into the encoder around the recorded op, where
 //! the adapter has `TIMESTAMP_QUERY_INSIDE_ENCODERS` (lavapipe and real GPUs); otherwise (GL)
@@ -12,6 +13,9 @@
 //! The copy baselines are timed the same way in the same run, so every ratio compares like with
 //! like. The small-tensor section is wall clock on every adapter: submission overhead is what
 //! it measures.
+
+#[path = "common/cli.rs"]
+mod cli;
 
 use std::time::Instant;
 
@@ -212,20 +216,37 @@ impl Report {
     }
 }
 
+fn usage() -> String {
+    format!(
+        "\
+Times every op at 64K, 1M, 16M and 64M elements against copy baselines on one adapter, then the
+per-op cost of many small tensors; prints Markdown tables.
+
+Usage: cargo run --release --example bench_report [-- OPTIONS]
+
+Options:
+  --json            one JSON object per measurement instead of the tables
+  --max-elements N  stop at N elements (default 67108864, i.e. 64M)
+  --only NAME       time only the ops whose name contains NAME (the copy baselines and the
+                    small-tensor section always run)
+  -h, --help        print this help and exit
+
+{}",
+        cli::ENVIRONMENT
+    )
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().any(|a| a == "--json");
-    let max_elements = match args.iter().position(|a| a == "--max-elements") {
-        Some(i) => args
-            .get(i + 1)
-            .ok_or("--max-elements needs a value")?
-            .parse::<usize>()?,
-        None => 1 << 26,
-    };
-    let only = match args.iter().position(|a| a == "--only") {
-        Some(i) => Some(args.get(i + 1).ok_or("--only needs a value")?.clone()),
-        None => None,
-    };
+    let mut args = cli::Args::new(&usage());
+    let (mut json, mut max_elements, mut only) = (false, 1usize << 26, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--json" => json = true,
+            "--max-elements" => max_elements = args.parse("--max-elements"),
+            "--only" => only = Some(args.value("--only")),
+            _ => args.unknown(&arg),
+        }
+    }
     let ctx = GpuContext::new()?;
     let (adapter, backend) = match ctx.adapter_info() {
         Some(info) => (info.name.clone(), format!("{:?}", info.backend)),

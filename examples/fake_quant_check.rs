@@ -2,11 +2,35 @@
 //! calibration, QAT and frozen steps, checking every output bit, mask bit and state bit against the
 //! CPU reference. Exits non-zero on any difference.
 //!
-//! `cargo run --release --example fake_quant_check`
+//! `cargo run --release --example fake_quant_check` (no options; `--help` says so).
+
+#[path = "common/cli.rs"]
+mod cli;
 
 use fakequant::{reference, FakeQuant, GpuContext, Mode, ObserverConfig, QuantParams, QuantRange};
 
+fn usage() -> String {
+    format!(
+        "\
+Fake-quantizes a tensor on the GPU (per-tensor and per-channel) and runs observers through
+calibration, QAT and frozen steps, checking every output, mask and state bit against the CPU
+reference; exits non-zero on any difference.
+
+Usage: cargo run --release --example fake_quant_check [-- OPTIONS]
+
+Options:
+  -h, --help  print this help and exit
+
+{}",
+        cli::ENVIRONMENT
+    )
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = cli::Args::new(&usage());
+    if let Some(arg) = args.next() {
+        args.unknown(&arg);
+    }
     let ctx = GpuContext::new()?;
     println!("adapter: {}", ctx.adapter_name());
 

@@ -3,25 +3,48 @@
 //!
 //! `cargo run --release --example qat_digits` (add `--reference` to run the same training on the
 //! CPU reference instead: since the library is bit-exact, both runs print the same table and the
-//! same weight digest; `--short` runs a shortened schedule).
+//! same weight digest; `--short` runs a shortened schedule; `--help` lists the options).
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod qat;
 
-/// int8 is the seed's recipe (and loses nothing on this small network); int4 neither; at int3
-/// calibration alone loses accuracy visibly, and QAT recovers it.
+/// int8 is the seed's recipe (and loses nothing on this small network); int4 next to nothing; at
+/// int3 calibration alone loses accuracy visibly, and QAT recovers part of it.
 const WIDTHS: [u32; 3] = [8, 4, 3];
 
 use std::time::Instant;
 
+fn usage() -> String {
+    format!(
+        "\
+Quantization-aware training of a 64-32-10 MLP on the 8x8 digits at int8, int4 and int3, every
+quantization op on the GPU; prints the accuracy table and a digest of the final weights.
+
+Usage: cargo run --release --example qat_digits [-- OPTIONS]
+
+Options:
+  --reference  run every quantization op on the CPU reference instead of the GPU (same table,
+               same digest: the library is bit-exact; the variables below are then unused)
+  --short      a shortened schedule (3 float epochs, 1 QAT epoch)
+  -h, --help   print this help and exit
+
+{}",
+        cli::ENVIRONMENT
+    )
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for a in &args {
-        if a != "--reference" && a != "--short" {
-            return Err(format!("unknown argument {a:?} (use --reference and/or --short)").into());
+    let mut args = cli::Args::new(&usage());
+    let (mut reference, mut short) = (false, false);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--reference" => reference = true,
+            "--short" => short = true,
+            _ => args.unknown(&arg),
         }
     }
-    let short = args.iter().any(|a| a == "--short");
-    let mut ops: Box<dyn qat::QuantOps> = if args.iter().any(|a| a == "--reference") {
+    let mut ops: Box<dyn qat::QuantOps> = if reference {
         Box::new(qat::ReferenceOps::default())
     } else {
         Box::new(qat::GpuOps::new(fakequant::GpuContext::new()?))

@@ -12,6 +12,9 @@ use fakequant::{
     Averaging, GpuContext, GpuLsq, GpuObserver, LsqConfig, Mode, ObserverConfig, ObserverState,
     PackedMask, QScheme, QuantRange,
 };
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -330,28 +333,15 @@ pub struct Mlp {
     pub b2: Vec<f32>,
 }
 
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 impl Mlp {
     fn new(seed: u64) -> Self {
-        let mut rng = Rng(seed | 1);
+        // Uniform in [-bound, bound) (He-uniform for a ReLU layer), from a seeded generator.
+        let mut rng = Pcg64::seed_from_u64(seed);
         let mut init = |n: usize, fan_in: usize| -> Vec<f32> {
             let bound = (6.0 / fan_in as f32).sqrt();
-            (0..n).map(|_| rng.uniform() * bound).collect()
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0) * bound)
+                .collect()
         };
         Self {
             w1: init(HIDDEN * PIXELS, PIXELS),
@@ -449,12 +439,11 @@ fn relu(v: &mut [f32]) -> Vec<bool> {
 }
 
 fn batches(len: usize, size: usize, epoch: usize) -> Vec<Vec<usize>> {
-    // A fixed shuffle per epoch.
+    // A fixed shuffle per epoch, from a generator seeded with the epoch.
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (epoch as u64 + 1));
-    for i in (1..len).rev() {
-        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
-    }
+    order.shuffle(&mut Pcg64::seed_from_u64(
+        0x9e37_79b9_7f4a_7c15 ^ epoch as u64,
+    ));
     order.chunks(size).map(<[usize]>::to_vec).collect()
 }
 
