@@ -4,6 +4,10 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use fakequant::GpuContext;
 
+#[path = "../../tests/all/common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 /// The context of `GpuContext::new` (steered by `FAKEQUANT_BACKEND` / `FAKEQUANT_ADAPTER`), or
 /// `None` with a message when no adapter is present (benches are skipped, not failed).
 pub fn context() -> Option<GpuContext> {
@@ -33,15 +37,8 @@ pub fn group<'a>(
     group
 }
 
-/// `n` values uniform in [-3, 3) from a xorshift generator seeded with `seed`.
+/// `n` values uniform in [-3, 3) from the tests' seeded generator, seeded with `seed`.
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = 0x2545_f491_4f6c_dd1du64 ^ seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        })
-        .collect()
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect()
 }

@@ -2,7 +2,10 @@
 //! bit-exact comparison against the CPU reference.
 #![allow(dead_code)]
 
+mod rng;
 pub mod vectors;
+
+pub use rng::Rng;
 
 use std::sync::OnceLock;
 
@@ -29,50 +32,6 @@ pub fn contexts() -> &'static [GpuContext] {
         }
         contexts
     })
-}
-
-/// xorshift64*: deterministic and dependency-free.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.unit() * n as f64) as usize
-    }
-
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
-        (lo + (hi - lo) * self.unit()) as f32
-    }
-
-    pub fn normal(&mut self) -> f32 {
-        let u1 = self.unit().max(1e-300);
-        let u2 = self.unit();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-
-    /// Any f32 bit pattern: NaNs, infinities, subnormals included.
-    pub fn any_bits(&mut self) -> f32 {
-        f32::from_bits(self.next_u32())
-    }
 }
 
 /// Random data of several distributions, `n` values, scaled around `scale`.

@@ -49,7 +49,7 @@ pub fn key_value<'a>(case: &str, field: Option<&'a str>, key: &str) -> &'a str {
 }
 
 /// Every mismatch counted, the first `MAX_REPORTED` kept for the report, and a count per (check,
-/// case) for the summary. Each test adds its own comparisons (`bits`, ...) in an `impl` of its own.
+/// case) for the summary. Each test adds its own comparisons (`bits`, ...) in a trait of its own.
 #[derive(Default)]
 pub struct Mismatches {
     lines: Vec<String>,

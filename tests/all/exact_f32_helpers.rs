@@ -4,12 +4,10 @@
 //! magnitude, operands close enough to cancel, and a corpus of overflow, underflow, tie and signed
 //! zero cases. Without an adapter the GPU part is skipped unless `FAKEQUANT_REQUIRE_GPU=1`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fakequant::GpuContext;
 
-const HELPERS: &str = include_str!("../shaders/exact_f32.wgsl");
+const HELPERS: &str = include_str!("../../shaders/exact_f32.wgsl");
 /// Runs `expr` (WGSL over `a`, `b`, `c`: the words of item `i`, `stride` words per item) for every
 /// item of `input` in a test kernel built on the helpers, and returns one u32 per item.
 fn run_kernel(ctx: &GpuContext, expr: &str, stride: usize, input: &[u32]) -> Vec<u32> {

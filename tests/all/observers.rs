@@ -3,9 +3,7 @@
 //! the data-parallel merge, load/read of the state, and the edge cases (empty, all-zero, NaN and
 //! infinite inputs, signed zeros).
 
-mod common;
-
-use common::{
+use crate::common::{
     adversarial, assert_bits_eq, assert_mask_eq, assert_minmax_eq, assert_state_eq, contexts,
     random_data, Rng,
 };

@@ -36,16 +36,16 @@
 //! - GPU vs CPU reference, on every adapter: forward (`y`, mask) and backward (`dx`, `dscale`,
 //!   `dzero_point`) bit for bit on every case and step, specials included.
 
-mod common;
+use crate::common;
 
-use common::vectors::{data_lines, hex_values, key_value, parse_hex_f32, Mismatches};
+use crate::common::vectors::{data_lines, hex_values, key_value, parse_hex_f32, Mismatches};
 
 use std::collections::BTreeMap;
 
 use fakequant::reference::lsq as reference;
 use fakequant::{GradScale, LsqConfig, LsqGrads, QuantRange};
 
-const DATA: &str = include_str!("data/pytorch_lsq.txt");
+const DATA: &str = include_str!("../data/pytorch_lsq.txt");
 
 /// What the data file must hold, so that the tests cannot silently check nothing.
 const EXPECTED_CASES: usize = 89;
@@ -370,9 +370,24 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-impl Mismatches {
+/// This test's comparisons on the shared collector: a trait of this module (the PyTorch test
+/// modules share one binary, so each adds its own methods through a trait of its own).
+trait LsqChecks {
     /// Compares bits and records a mismatch with the case, step, index and input bits.
     #[allow(clippy::too_many_arguments)]
+    fn bits(
+        &mut self,
+        what: &str,
+        case: &Case,
+        step: usize,
+        i: usize,
+        input: f32,
+        expected: f32,
+        actual: f32,
+    );
+}
+
+impl LsqChecks for Mismatches {
     fn bits(
         &mut self,
         what: &str,

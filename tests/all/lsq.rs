@@ -4,9 +4,9 @@
 //! per-element gradients against the LSQ paper's formula; the reduced gradients against a float64
 //! sum within the bound of f32 summation.
 
-mod common;
-
-use common::{adversarial, assert_bits_eq, assert_mask_eq, contexts, gradients, random_data, Rng};
+use crate::common::{
+    adversarial, assert_bits_eq, assert_mask_eq, contexts, gradients, random_data, Rng,
+};
 use fakequant::reference::lsq as reference;
 use fakequant::{
     DispatchLimits, GpuContext, GradScale, LsqConfig, LsqGrads, Mode, ObserverConfig, QuantRange,

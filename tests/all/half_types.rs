@@ -3,9 +3,9 @@
 //! as input, odd lengths, per-channel with odd inner sizes, tensors that start and end mid-word
 //! (their neighbours left untouched), several bindings.
 
-mod common;
+use crate::common;
 
-use common::{assert_mask_eq, contexts, Rng};
+use crate::common::{assert_mask_eq, contexts, Rng};
 use fakequant::{
     reference, DType, DispatchLimits, Element, FakeQuant, GpuContext, PackedMask, QuantParams,
     QuantRange, TensorBinding,

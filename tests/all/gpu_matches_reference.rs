@@ -1,8 +1,6 @@
 //! The GPU kernels equal the CPU reference bit for bit, on every adapter present.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fakequant::{
     reference, DispatchLimits, FakeQuant, QuantParams, QuantRange, Rounding, TensorBinding,
 };

@@ -1,8 +1,6 @@
 //! Every invalid argument returns an error that names the problem; nothing panics.
 
-mod common;
-
-use common::contexts;
+use crate::common::contexts;
 use fakequant::{
     reference, DispatchLimits, Error, FakeQuant, PackedMask, QuantParams, QuantRange, TensorBinding,
 };

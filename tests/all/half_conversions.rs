@@ -10,15 +10,13 @@
 //! that this equals its software path (the `*_const` functions) on every input used here, NaN
 //! payloads included, so the shader matches whichever path a host takes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fakequant::GpuContext;
 use half::{bf16, f16};
 
 const HELPERS: &str = concat!(
-    include_str!("../shaders/exact_f32.wgsl"),
-    include_str!("../shaders/half.wgsl")
+    include_str!("../../shaders/exact_f32.wgsl"),
+    include_str!("../../shaders/half.wgsl")
 );
 /// Runs `expr` (WGSL over `a`, the input word of item `i`) for every input word in a test kernel
 /// built on the helpers, and returns one u32 per word.

@@ -5,9 +5,7 @@
 //! parameters loaded in between); a failed or panicking prerecord leaves the thread recording
 //! normally; nested prerecords keep only their own work; the pass and dispatch counts.
 
-mod common;
-
-use common::{
+use crate::common::{
     adversarial, assert_bits_eq, assert_mask_eq, assert_state_eq, contexts, gradients, random_data,
     Rng,
 };

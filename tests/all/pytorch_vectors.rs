@@ -13,13 +13,13 @@
 //! - GPU vs CPU reference, on every adapter: `y`, `mask` and `dx` bit for bit on every element,
 //!   specials included. With `FAKEQUANT_REQUIRE_GPU=1` a missing adapter fails the test.
 
-mod common;
+use crate::common;
 
-use common::vectors::{data_lines, hex_values, key_value, values, Mismatches};
+use crate::common::vectors::{data_lines, hex_values, key_value, values, Mismatches};
 
 use fakequant::{reference, FakeQuant, PackedMask, QuantParams, QuantRange};
 
-const DATA: &str = include_str!("data/pytorch_fake_quant.txt");
+const DATA: &str = include_str!("../data/pytorch_fake_quant.txt");
 
 /// What the data file must hold, so that the tests cannot silently check nothing.
 const EXPECTED_CASES: usize = 66;
@@ -224,8 +224,16 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-impl Mismatches {
+/// This test's comparisons on the shared collector: a trait of this module (the PyTorch test
+/// modules share one binary, so each adds its own methods through a trait of its own).
+trait FakeQuantChecks {
     /// Compares bits and records a mismatch with the case, index and input bits.
+    fn bits(&mut self, what: &str, case: &Case, i: usize, input: f32, expected: f32, actual: f32);
+
+    fn flag(&mut self, what: &str, case: &Case, i: usize, expected: bool, actual: bool);
+}
+
+impl FakeQuantChecks for Mismatches {
     fn bits(&mut self, what: &str, case: &Case, i: usize, input: f32, expected: f32, actual: f32) {
         if expected.to_bits() != actual.to_bits() {
             self.push(what, &case.name, format!(

@@ -2,10 +2,10 @@
 //! CPU-reference run must end with bit-identical weights and scales and identical tables, because
 //! every library operation in it is bit-exact.
 
-mod common;
+use crate::common;
 
 #[allow(dead_code)]
-#[path = "../examples/qat_digits/qat.rs"]
+#[path = "../../examples/qat_digits/qat.rs"]
 mod qat;
 
 #[test]

@@ -16,14 +16,16 @@
 //! - Both on the CPU reference and on every GPU adapter. With `FAKEQUANT_REQUIRE_GPU=1` a missing
 //!   adapter fails the test.
 
-mod common;
+use crate::common;
 
-use common::vectors::{data_lines, hex_values, key_value, parse_hex_f32, values, Mismatches};
+use crate::common::vectors::{
+    data_lines, hex_values, key_value, parse_hex_f32, values, Mismatches,
+};
 
 use fakequant::reference::observer::Observer;
 use fakequant::{Averaging, Mode, ObserverConfig, ObserverState, QScheme, QuantRange};
 
-const DATA: &str = include_str!("data/pytorch_observers.txt");
+const DATA: &str = include_str!("../data/pytorch_observers.txt");
 
 /// What the data file must hold, so that the tests cannot silently check nothing.
 const EXPECTED_OBSERVER_CASES: usize = 7;
@@ -264,8 +266,16 @@ fn cases() -> Vec<Case> {
     cases
 }
 
-impl Mismatches {
+/// This test's comparisons on the shared collector: a trait of this module (the PyTorch test
+/// modules share one binary, so each adds its own methods through a trait of its own).
+trait ObserverChecks {
     /// Compares bits and records a mismatch with the case, step and channel.
+    fn bits(&mut self, what: &str, case: &Case, step: usize, c: usize, expected: f32, actual: f32);
+
+    fn int(&mut self, what: &str, case: &Case, step: usize, c: usize, expected: i32, actual: i32);
+}
+
+impl ObserverChecks for Mismatches {
     fn bits(&mut self, what: &str, case: &Case, step: usize, c: usize, expected: f32, actual: f32) {
         if expected.to_bits() != actual.to_bits() {
             self.push(
