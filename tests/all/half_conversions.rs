@@ -13,6 +13,7 @@
 use crate::common::*;
 use fakequant::GpuContext;
 use half::{bf16, f16};
+use proptest::prelude::{any, prop, proptest, ProptestConfig};
 
 const HELPERS: &str = concat!(
     include_str!("../../shaders/exact_f32.wgsl"),
@@ -384,19 +385,13 @@ fn half_crate_nan_rules_are_as_documented() {
 /// `half` converts f16 with F16C instructions when the CPU has them (run-time detection) and in
 /// software otherwise (`*_const`, always software); both must give the same bits, NaN payloads
 /// included, for the GPU tests' reference to be the same on every host. bf16 is software only.
+/// Here on the narrowing corpus and every f16 pattern; `host_f16_paths_agree_on_random_patterns`
+/// on random f32 patterns.
 #[test]
 fn host_f16_paths_agree() {
-    let mut rng = Rng::new(17);
-    let mut inputs = f16_narrowing_corpus();
-    inputs.extend((0..1 << 20).map(|_| rng.next_u32()));
+    let inputs = f16_narrowing_corpus();
     for &f in &inputs {
-        let x = f32::from_bits(f);
-        assert_eq!(
-            f16::from_f32(x).to_bits(),
-            f16::from_f32_const(x).to_bits(),
-            "f16::from_f32 run-time and software paths differ on {}",
-            show32(f)
-        );
+        assert_f16_paths_agree(f);
     }
     for h in 0..=0xffffu16 {
         let x = f16::from_bits(h);
@@ -407,4 +402,29 @@ fn host_f16_paths_agree() {
         );
     }
     assert!(inputs.iter().any(|&f| is_nan32(f)));
+}
+
+fn assert_f16_paths_agree(f: u32) {
+    let x = f32::from_bits(f);
+    assert_eq!(
+        f16::from_f32(x).to_bits(),
+        f16::from_f32_const(x).to_bits(),
+        "f16::from_f32 run-time and software paths differ on {}",
+        show32(f)
+    );
+}
+
+proptest! {
+    // 2^20 patterns a run, as many as the seeded loop this replaces drew.
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// `host_f16_paths_agree` on random f32 patterns (4096 a case).
+    #[test]
+    fn host_f16_paths_agree_on_random_patterns(
+        patterns in prop::collection::vec(any::<u32>(), 4096)
+    ) {
+        for f in patterns {
+            assert_f16_paths_agree(f);
+        }
+    }
 }

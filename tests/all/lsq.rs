@@ -11,6 +11,7 @@ use fakequant::reference::lsq as reference;
 use fakequant::{
     DispatchLimits, GpuContext, GradScale, LsqConfig, LsqGrads, Mode, ObserverConfig, QuantRange,
 };
+use proptest::prelude::{prop, proptest, ProptestConfig, Strategy};
 
 fn assert_grads_eq(context: &str, x: &[f32], expected: &LsqGrads, actual: &LsqGrads) {
     assert_bits_eq(&format!("{context}: dx"), x, &expected.dx, &actual.dx);
@@ -295,33 +296,56 @@ fn reduced_gradients_agree_with_a_float64_sum_within_the_f32_bound() {
     for n in [10usize, 1024, 5000, 1_500_000] {
         let x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
         let dy: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
-        let config = LsqConfig::activation_int8();
-        let (s, zp) = (0.02f32, 3);
-        let grads = reference::backward(&config, &x, &dy, &[n], &[s], &[zp as f32]).unwrap();
-        let g = config.grad_factor(n) as f64;
-        let terms: Vec<(f32, f32)> = x
-            .iter()
-            .zip(&dy)
-            .map(|(&xi, &gi)| {
-                let (_, ts, tz) = reference::element_grads(xi, gi, s, zp, QuantRange::INT8);
-                (ts, tz)
-            })
-            .collect();
-        // Each term carries at most 3 roundings; each level of the tree adds at most 16 + 16 + 16
-        // sequential roundings (lane, group, block); the factor one more.
-        let levels = (n as f64).log(4096.0).ceil().max(1.0);
-        let u = 2f64.powi(-24);
-        let depth = 48.0 * levels + 4.0;
-        for (which, got) in [(0, grads.dscale[0]), (1, grads.dzero_point[0])] {
-            let pick = |t: &(f32, f32)| if which == 0 { t.0 } else { t.1 } as f64;
-            let exact: f64 = terms.iter().map(pick).sum::<f64>() * g;
-            let magnitude: f64 = terms.iter().map(|t| pick(t).abs()).sum::<f64>() * g;
-            let bound = depth * u * magnitude * 1.01 + f64::from(f32::MIN_POSITIVE);
-            assert!(
-                (got as f64 - exact).abs() <= bound,
-                "n={n} {which}: {got} vs {exact} (bound {bound})"
-            );
-        }
+        check_reduced_gradients_within_the_f32_bound(&x, &dy);
+    }
+}
+
+/// The reduced dscale and dzero_point of the reference on `x`, `dy` (per-tensor, INT8, s = 0.02,
+/// zp = 3) against a float64 sum of the per-element terms, within the bound of f32 summation.
+fn check_reduced_gradients_within_the_f32_bound(x: &[f32], dy: &[f32]) {
+    let n = x.len();
+    let config = LsqConfig::activation_int8();
+    let (s, zp) = (0.02f32, 3);
+    let grads = reference::backward(&config, x, dy, &[n], &[s], &[zp as f32]).unwrap();
+    let g = config.grad_factor(n) as f64;
+    let terms: Vec<(f32, f32)> = x
+        .iter()
+        .zip(dy)
+        .map(|(&xi, &gi)| {
+            let (_, ts, tz) = reference::element_grads(xi, gi, s, zp, QuantRange::INT8);
+            (ts, tz)
+        })
+        .collect();
+    // Each term carries at most 3 roundings; each level of the tree adds at most 16 + 16 + 16
+    // sequential roundings (lane, group, block); the factor one more.
+    let levels = (n as f64).log(4096.0).ceil().max(1.0);
+    let u = 2f64.powi(-24);
+    let depth = 48.0 * levels + 4.0;
+    for (which, got) in [(0, grads.dscale[0]), (1, grads.dzero_point[0])] {
+        let pick = |t: &(f32, f32)| if which == 0 { t.0 } else { t.1 } as f64;
+        let exact: f64 = terms.iter().map(pick).sum::<f64>() * g;
+        let magnitude: f64 = terms.iter().map(|t| pick(t).abs()).sum::<f64>() * g;
+        let bound = depth * u * magnitude * 1.01 + f64::from(f32::MIN_POSITIVE);
+        assert!(
+            (got as f64 - exact).abs() <= bound,
+            "n={n} {which}: {got} vs {exact} (bound {bound})"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// `reduced_gradients_agree_with_a_float64_sum_within_the_f32_bound` on any finite inputs of
+    /// up to 20000 elements (several tree levels' worth of lanes), inside and outside the range.
+    #[test]
+    fn reduced_gradients_within_the_f32_bound_on_any_finite_inputs(
+        (x, dy) in (1usize..20_000).prop_flat_map(|n| (
+            prop::collection::vec(-10.0f32..10.0, n),
+            prop::collection::vec(-1e3f32..1e3, n),
+        ))
+    ) {
+        check_reduced_gradients_within_the_f32_bound(&x, &dy);
     }
 }
 
