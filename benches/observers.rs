@@ -29,7 +29,7 @@ fn benches(c: &mut Criterion) {
             fakequant::QuantRange::INT8,
             fakequant::QScheme::Symmetric,
             fakequant::Averaging::default(),
-            Some(1),
+            fakequant::Granularity::per_channel(1),
         )
         .unwrap();
         for (name, config, shape) in [

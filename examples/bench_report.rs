@@ -438,7 +438,7 @@ fn main() -> Result<()> {
                     QuantRange::INT8,
                     fakequant::QScheme::Symmetric,
                     fakequant::Averaging::default(),
-                    Some(1),
+                    fakequant::Granularity::per_channel(1),
                 )?,
                 vec![n / 64, 64],
             ),

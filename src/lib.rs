@@ -39,5 +39,7 @@ pub use gpu::{
 };
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-pub use quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, QuantRange, Rounding};
+pub use quant::{
+    ChannelLayout, FakeQuant, Granularity, PackedMask, QuantParams, QuantRange, Rounding,
+};
 pub use reference::FakeQuantOutput;

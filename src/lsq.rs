@@ -28,7 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::observer::{DEFAULT_EPS, MAX_OBSERVED_SCALE};
-use crate::quant::{ChannelLayout, QuantRange};
+use crate::quant::{Granularity, QuantRange};
 
 /// How the reduced gradients are scaled.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -47,15 +47,15 @@ pub enum GradScale {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LsqConfig {
     range: QuantRange,
-    axis: Option<usize>,
+    granularity: Granularity,
     eps: f32,
     grad_scale: GradScale,
 }
 
 impl LsqConfig {
-    /// A per-tensor (`axis == None`) or per-channel LSQ quantizer over `range`, which must contain
-    /// zero and have `qmax > 0` (the initialization divides by `sqrt(qmax)`).
-    pub fn new(range: QuantRange, axis: Option<usize>) -> Result<Self> {
+    /// A per-tensor or per-channel LSQ quantizer over `range`, which must contain zero and have
+    /// `qmax > 0` (the initialization divides by `sqrt(qmax)`).
+    pub fn new(range: QuantRange, granularity: Granularity) -> Result<Self> {
         if range.qmin() > 0 || range.qmax() <= 0 {
             return Err(Error::InvalidLsq(format!(
                 "the range [{}, {}] must contain zero and have qmax > 0",
@@ -65,7 +65,7 @@ impl LsqConfig {
         }
         Ok(Self {
             range,
-            axis,
+            granularity,
             eps: DEFAULT_EPS,
             grad_scale: GradScale::default(),
         })
@@ -74,12 +74,12 @@ impl LsqConfig {
     /// The seed's `default_qat_8bit_lsq_quant_qconfig` for weights: per-channel int8 on axis 0 with
     /// gradient scaling.
     pub fn weight_int8() -> Self {
-        Self::new(QuantRange::INT8, Some(0)).expect("a valid preset")
+        Self::new(QuantRange::INT8, Granularity::per_channel(0)).expect("a valid preset")
     }
 
     /// The same for activations: per-tensor int8 with gradient scaling.
     pub fn activation_int8() -> Self {
-        Self::new(QuantRange::INT8, None).expect("a valid preset")
+        Self::new(QuantRange::INT8, Granularity::PerTensor).expect("a valid preset")
     }
 
     /// The same configuration with another lower bound for the scale (a normal f32 in
@@ -112,9 +112,9 @@ impl LsqConfig {
         self.range
     }
 
-    /// The channel axis, `None` for per-tensor.
-    pub fn axis(&self) -> Option<usize> {
-        self.axis
+    /// Per tensor or per channel along an axis.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
     }
 
     /// Lower bound of the effective scale.
@@ -139,7 +139,7 @@ impl LsqConfig {
 
     /// The number of channels for a tensor of `shape` (1 per-tensor).
     pub fn channels_for(&self, shape: &[usize]) -> Result<usize> {
-        ChannelLayout::channels_along(shape, self.axis)
+        self.granularity.channels(shape)
     }
 }
 

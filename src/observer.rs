@@ -23,7 +23,7 @@
 //!   `scale = eps`. A state never observed gives `scale = 1.0`, zero point 0.
 
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
+use crate::quant::{FakeQuant, Granularity, QuantParams, QuantRange, Rounding};
 
 /// How the scale and zero point follow from the observed range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -74,20 +74,20 @@ pub struct ObserverConfig {
     range: QuantRange,
     scheme: QScheme,
     averaging: Averaging,
-    axis: Option<usize>,
+    granularity: Granularity,
     eps: f32,
     power_of_two: bool,
     rounding: Rounding,
 }
 
 impl ObserverConfig {
-    /// A per-tensor observer (`axis == None`) or a per-channel one along `axis`. The range must
-    /// contain zero (`qmin <= 0 < qmax`), as every zero point formula here assumes.
+    /// A per-tensor or per-channel observer. The range must contain zero (`qmin <= 0 < qmax`), as
+    /// every zero point formula here assumes.
     pub fn new(
         range: QuantRange,
         scheme: QScheme,
         averaging: Averaging,
-        axis: Option<usize>,
+        granularity: Granularity,
     ) -> Result<Self> {
         if range.qmin() > 0 {
             return Err(Error::InvalidObserver(format!(
@@ -108,7 +108,7 @@ impl ObserverConfig {
             range,
             scheme,
             averaging,
-            axis,
+            granularity,
             eps: DEFAULT_EPS,
             power_of_two: false,
             rounding: Rounding::default(),
@@ -122,7 +122,7 @@ impl ObserverConfig {
             QuantRange::INT8,
             QScheme::Symmetric,
             Averaging::default(),
-            Some(0),
+            Granularity::per_channel(0),
         )
         .expect("a valid preset")
     }
@@ -134,7 +134,7 @@ impl ObserverConfig {
             QuantRange::INT8,
             QScheme::Symmetric,
             Averaging::default(),
-            None,
+            Granularity::PerTensor,
         )
         .expect("a valid preset")
     }
@@ -179,9 +179,9 @@ impl ObserverConfig {
         self.averaging
     }
 
-    /// The channel axis, `None` for per-tensor.
-    pub fn axis(&self) -> Option<usize> {
-        self.axis
+    /// Per tensor or per channel along an axis.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
     }
 
     /// Lower bound of the scale.
@@ -210,7 +210,7 @@ impl ObserverConfig {
 
     /// The number of channels this observer keeps for a tensor of `shape` (1 per-tensor).
     pub fn channels_for(&self, shape: &[usize]) -> Result<usize> {
-        ChannelLayout::channels_along(shape, self.axis)
+        self.granularity.channels(shape)
     }
 }
 
@@ -305,7 +305,7 @@ impl ObserverState {
 
     /// The fake-quantization these qparams define under `config` (validated like any other).
     pub fn fake_quant(&self, config: &ObserverConfig) -> Result<FakeQuant> {
-        let params = match config.axis() {
+        let params = match config.granularity().axis() {
             None => QuantParams::per_tensor(self.scales[0], self.zero_points[0]),
             Some(axis) => {
                 QuantParams::per_channel(axis, self.scales.clone(), self.zero_points.clone())
@@ -317,7 +317,7 @@ impl ObserverState {
     /// Checks the state against `config` and `channels`: a valid range per channel (see
     /// [`MinMax::validated`]) and qparams that [`FakeQuant::new`] accepts.
     pub fn validated(self, config: &ObserverConfig, channels: usize) -> Result<Self> {
-        if config.axis().is_none() && channels != 1 {
+        if config.granularity() == Granularity::PerTensor && channels != 1 {
             return Err(Error::ChannelCountMismatch {
                 axis: 0,
                 channels: 1,

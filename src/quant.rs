@@ -102,12 +102,77 @@ pub enum Rounding {
     Quotient,
 }
 
+/// Which elements share a scale and zero point: the one granularity type of fake-quant
+/// parameters, observers and LSQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Granularity {
+    /// One scale and zero point for the whole tensor.
+    #[default]
+    PerTensor,
+    /// One per index along `axis` of a row-major contiguous shape: the channel of flat index `i`
+    /// is `(i / inner) % channels`.
+    PerChannel {
+        /// The channel axis.
+        axis: usize,
+    },
+}
+
+impl Granularity {
+    /// Per-channel along `axis`.
+    pub fn per_channel(axis: usize) -> Self {
+        Granularity::PerChannel { axis }
+    }
+
+    /// The channel axis, `None` per tensor.
+    pub fn axis(&self) -> Option<usize> {
+        match *self {
+            Granularity::PerTensor => None,
+            Granularity::PerChannel { axis } => Some(axis),
+        }
+    }
+
+    /// The layout of a tensor of `shape` holding `len` values: checks the axis against the shape
+    /// and `len` against the shape's product; per tensor, one channel of `len` elements.
+    pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
+        let n = numel(shape)?;
+        if n != len {
+            return Err(Error::LengthMismatch {
+                what: "data length vs product of shape",
+                expected: n,
+                actual: len,
+            });
+        }
+        match *self {
+            Granularity::PerTensor => Ok(ChannelLayout {
+                outer: n,
+                channels: 1,
+                inner: 1,
+            }),
+            Granularity::PerChannel { axis } => ChannelLayout::new(shape, axis),
+        }
+    }
+
+    /// The number of parameter sets a tensor of `shape` needs (1 per tensor).
+    pub fn channels(&self, shape: &[usize]) -> Result<usize> {
+        match *self {
+            Granularity::PerTensor => Ok(1),
+            Granularity::PerChannel { axis } => {
+                shape.get(axis).copied().ok_or(Error::AxisOutOfRange {
+                    axis,
+                    rank: shape.len(),
+                })
+            }
+        }
+    }
+}
+
 /// Per-tensor or per-channel scales and integer zero points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantParams {
     scales: Vec<f32>,
     zero_points: Vec<i32>,
-    axis: Option<usize>,
+    granularity: Granularity,
 }
 
 impl QuantParams {
@@ -116,7 +181,7 @@ impl QuantParams {
         Self {
             scales: vec![scale],
             zero_points: vec![zero_point],
-            axis: None,
+            granularity: Granularity::PerTensor,
         }
     }
 
@@ -125,13 +190,13 @@ impl QuantParams {
         Self {
             scales,
             zero_points,
-            axis: Some(axis),
+            granularity: Granularity::PerChannel { axis },
         }
     }
 
-    /// The channel axis, `None` for per-tensor parameters.
-    pub fn axis(&self) -> Option<usize> {
-        self.axis
+    /// Per tensor or per channel along an axis.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
     }
 
     /// The scales (one for per-tensor).
@@ -191,7 +256,7 @@ impl FakeQuant {
                 zero_points: params.zero_points.len(),
             });
         }
-        if params.axis.is_none() && params.scales.len() != 1 {
+        if params.granularity == Granularity::PerTensor && params.scales.len() != 1 {
             return Err(Error::ParamLengthMismatch {
                 scales: params.scales.len(),
                 zero_points: 1,
@@ -241,10 +306,10 @@ impl FakeQuant {
     /// Checks `shape` against the parameters and `len` against the shape, and returns how flat
     /// indices map to channels.
     pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-        let layout = ChannelLayout::of(shape, len, self.params.axis)?;
+        let layout = self.params.granularity.layout(shape, len)?;
         if layout.channels != self.params.scales.len() {
             return Err(Error::ChannelCountMismatch {
-                axis: self.params.axis.unwrap_or(0),
+                axis: self.params.granularity.axis().unwrap_or(0),
                 channels: layout.channels,
                 params: self.params.scales.len(),
             });
@@ -291,38 +356,6 @@ impl ChannelLayout {
             channels: shape[axis],
             inner: numel(&shape[axis + 1..])?,
         })
-    }
-
-    /// The layout of a tensor of `shape` holding `len` values (checked against the shape),
-    /// per-tensor (`axis == None`: one channel) or per-channel along `axis`.
-    pub fn of(shape: &[usize], len: usize, axis: Option<usize>) -> Result<Self> {
-        let n = numel(shape)?;
-        if n != len {
-            return Err(Error::LengthMismatch {
-                what: "data length vs product of shape",
-                expected: n,
-                actual: len,
-            });
-        }
-        match axis {
-            None => Ok(Self {
-                outer: n,
-                channels: 1,
-                inner: 1,
-            }),
-            Some(axis) => Self::new(shape, axis),
-        }
-    }
-
-    /// The number of channels along `axis` of `shape` (1 per-tensor).
-    pub fn channels_along(shape: &[usize], axis: Option<usize>) -> Result<usize> {
-        match axis {
-            None => Ok(1),
-            Some(axis) => shape.get(axis).copied().ok_or(Error::AxisOutOfRange {
-                axis,
-                rank: shape.len(),
-            }),
-        }
     }
 
     /// The channel of flat index `i`.

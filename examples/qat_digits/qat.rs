@@ -9,8 +9,8 @@
 
 use fakequant::reference::{self, lsq as ref_lsq, observer::Observer};
 use fakequant::{
-    Averaging, GpuContext, GpuLsq, GpuObserver, LsqConfig, Mode, ObserverConfig, ObserverState,
-    PackedMask, QScheme, QuantRange,
+    Averaging, GpuContext, GpuLsq, GpuObserver, Granularity, LsqConfig, Mode, ObserverConfig,
+    ObserverState, PackedMask, QScheme, QuantRange,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -1042,7 +1042,10 @@ pub fn run(opts: &Options, ops: &mut dyn QuantOps, log: &mut dyn FnMut(String)) 
     let range = QuantRange::signed(opts.bits)?;
     let observer =
         |axis| ObserverConfig::new(range, QScheme::Symmetric, Averaging::default(), axis);
-    let (weights, activations) = (observer(Some(0))?, observer(None)?);
+    let (weights, activations) = (
+        observer(Granularity::per_channel(0))?,
+        observer(Granularity::PerTensor)?,
+    );
     // The network's input and output stay int8 (pixels and logits), as usual for the first and
     // last tensors; the weights and the hidden activation take the width under test.
     let edges = ObserverConfig::qat_activation_int8();
@@ -1091,8 +1094,8 @@ pub fn run(opts: &Options, ops: &mut dyn QuantOps, log: &mut dyn FnMut(String)) 
     //    observers' qparams: the seed's "load the parameters obtained from calibration").
     //    Created before the statistics recipe moves the observers on.
     let (lsq_weights, lsq_activations) = (
-        LsqConfig::new(range, Some(0))?,
-        LsqConfig::new(range, None)?,
+        LsqConfig::new(range, Granularity::per_channel(0))?,
+        LsqConfig::new(range, Granularity::PerTensor)?,
     );
     let lsq_edges = LsqConfig::activation_int8();
     let lsqs = Lsqs {

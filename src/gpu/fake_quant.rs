@@ -12,7 +12,7 @@ use super::kernel::{
 use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, Granularity, PackedMask, QuantRange, Rounding};
 use crate::reference::FakeQuantOutput;
 
 /// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
@@ -551,7 +551,7 @@ impl GpuFakeQuant {
         let layout = self.op.layout(shape, numel)?;
         let op = ElementwiseOp::Forward {
             rounding: self.op.rounding(),
-            per_channel: self.op.params().axis().is_some(),
+            per_channel: self.op.params().granularity() != Granularity::PerTensor,
             with_mask: mask.is_some(),
         };
         let bindings = ElementwiseBindings {

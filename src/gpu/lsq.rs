@@ -19,7 +19,7 @@ use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
-use crate::quant::{numel, ChannelLayout, PackedMask, Rounding};
+use crate::quant::{numel, ChannelLayout, Granularity, PackedMask, Rounding};
 use crate::reference::lsq::{lsq_layout, BLOCK};
 use crate::reference::FakeQuantOutput;
 
@@ -214,7 +214,7 @@ impl GpuContext {
         let channels = scales.len();
         if channels == 0
             || zero_points.len() != channels
-            || (config.axis().is_none() && channels != 1)
+            || (config.granularity() == Granularity::PerTensor && channels != 1)
         {
             return Err(Error::ParamLengthMismatch {
                 scales: channels,
@@ -323,7 +323,7 @@ impl GpuLsq {
         let layout = lsq_layout(&self.config, shape, n)?;
         if layout.channels != self.channels {
             return Err(Error::ChannelCountMismatch {
-                axis: self.config.axis().unwrap_or(0),
+                axis: self.config.granularity().axis().unwrap_or(0),
                 channels: layout.channels,
                 params: self.channels,
             });
@@ -336,13 +336,13 @@ impl GpuLsq {
             });
         }
         // Per-tensor: one channel of contiguous elements.
-        Ok(match self.config.axis() {
-            None => ChannelLayout {
+        Ok(match self.config.granularity() {
+            Granularity::PerTensor => ChannelLayout {
                 outer: 1,
                 channels: 1,
                 inner: n,
             },
-            Some(_) => layout,
+            _ => layout,
         })
     }
 
@@ -404,7 +404,7 @@ impl GpuLsq {
         let op = ElementwiseOp::Forward {
             // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
             rounding: Rounding::Reciprocal,
-            per_channel: self.config.axis().is_some(),
+            per_channel: self.config.granularity() != Granularity::PerTensor,
             with_mask: mask.is_some(),
         };
         let bindings = ElementwiseBindings {

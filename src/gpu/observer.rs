@@ -16,7 +16,7 @@ use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{ChannelLayout, PackedMask};
+use crate::quant::{ChannelLayout, Granularity, PackedMask};
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -474,7 +474,7 @@ impl GpuObserver {
         let layout = observer_layout(&self.config, shape, n)?;
         if layout.channels != self.channels {
             return Err(Error::ChannelCountMismatch {
-                axis: self.config.axis().unwrap_or(0),
+                axis: self.config.granularity().axis().unwrap_or(0),
                 channels: layout.channels,
                 params: self.channels,
             });
@@ -671,7 +671,7 @@ impl GpuObserver {
         let layout = self.layout(shape)?;
         let op = ElementwiseOp::Forward {
             rounding: self.config.rounding(),
-            per_channel: self.config.axis().is_some(),
+            per_channel: self.config.granularity() != Granularity::PerTensor,
             with_mask: mask.is_some(),
         };
         let bindings = ElementwiseBindings {

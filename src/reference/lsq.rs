@@ -92,7 +92,7 @@ pub fn effective_zero_point(config: &LsqConfig, z: f32) -> i32 {
 
 /// How flat indices of a tensor of `shape` map to the quantizer's channels.
 pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-    ChannelLayout::of(shape, len, config.axis())
+    config.granularity().layout(shape, len)
 }
 
 fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> Result<()> {
@@ -112,7 +112,7 @@ pub fn effective_op(config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> 
         .iter()
         .map(|&z| effective_zero_point(config, z))
         .collect();
-    let params = match config.axis() {
+    let params = match config.granularity().axis() {
         None if s.len() == 1 => QuantParams::per_tensor(s[0], z[0]),
         None => {
             return Err(Error::ParamLengthMismatch {

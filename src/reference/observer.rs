@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::observer::{
     Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme, MAX_OBSERVED_SCALE,
 };
-use crate::quant::{ChannelLayout, PackedMask};
+use crate::quant::{ChannelLayout, Granularity, PackedMask};
 use crate::reference::{fake_quant, FakeQuantOutput};
 
 /// How flat indices of a tensor of `shape` map to the observer's channels.
@@ -17,7 +17,7 @@ pub fn observer_layout(
     shape: &[usize],
     len: usize,
 ) -> Result<ChannelLayout> {
-    ChannelLayout::of(shape, len, config.axis())
+    config.granularity().layout(shape, len)
 }
 
 /// Min and max of the finite values of each channel; both zeros count as `+0.0`; a channel with no
@@ -234,7 +234,7 @@ impl Observer {
         let layout = observer_layout(&self.config, shape, x.len())?;
         if layout.channels != self.state.channels() {
             return Err(Error::ChannelCountMismatch {
-                axis: self.config.axis().unwrap_or(0),
+                axis: self.config.granularity().axis().unwrap_or(0),
                 channels: layout.channels,
                 params: self.state.channels(),
             });
@@ -283,7 +283,7 @@ impl Observer {
 
 /// Observers keep at least one channel, and exactly one per-tensor.
 pub(crate) fn check_channels(config: &ObserverConfig, channels: usize) -> Result<()> {
-    if channels == 0 || (config.axis().is_none() && channels != 1) {
+    if channels == 0 || (config.granularity() == Granularity::PerTensor && channels != 1) {
         return Err(Error::InvalidObserver(format!(
             "an observer needs one channel per-tensor and at least one per-channel, got {channels}"
         )));

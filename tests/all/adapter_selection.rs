@@ -56,7 +56,10 @@ fn environment_checks_in_a_child_process() {
     std::env::remove_var("FAKEQUANT_ADAPTER");
     std::env::set_var("FAKEQUANT_BACKEND", "no-such-backend");
     // A malformed variable is reported as such, not as a missing adapter.
-    for result in [GpuContext::adapters().map(|_| ()), GpuContext::new().map(|_| ())] {
+    for result in [
+        GpuContext::adapters().map(|_| ()),
+        GpuContext::new().map(|_| ()),
+    ] {
         assert!(
             matches!(
                 result,

@@ -289,11 +289,16 @@ fn invalid_observer_configs_are_rejected() {
     let ok = Averaging::default();
     let no_zero = QuantRange::new(1, 10).unwrap();
     assert!(matches!(
-        ObserverConfig::new(no_zero, sym, ok, None),
+        ObserverConfig::new(no_zero, sym, ok, fakequant::Granularity::PerTensor),
         Err(Error::InvalidObserver(_))
     ));
     for c in [0.0f32, -0.5, 1.5, f32::NAN, f32::INFINITY] {
-        let r = ObserverConfig::new(QuantRange::INT8, sym, Averaging::MovingAverage(c), None);
+        let r = ObserverConfig::new(
+            QuantRange::INT8,
+            sym,
+            Averaging::MovingAverage(c),
+            fakequant::Granularity::PerTensor,
+        );
         assert!(
             matches!(r, Err(Error::InvalidObserver(_))),
             "c = {c}: {r:?}"
@@ -386,7 +391,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
             QuantRange::INT8,
             fakequant::QScheme::Symmetric,
             fakequant::Averaging::MinMax,
-            Some(2),
+            fakequant::Granularity::per_channel(2),
         )
         .unwrap();
         let on_axis_2 = ctx.create_observer(&scalar_axis, 4).unwrap();
@@ -463,7 +468,10 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
 fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
     use fakequant::{GradScale, LsqConfig, ObserverConfig};
     for (qmin, qmax) in [(1, 10), (-10, 0)] {
-        let r = LsqConfig::new(QuantRange::new(qmin, qmax).unwrap(), None);
+        let r = LsqConfig::new(
+            QuantRange::new(qmin, qmax).unwrap(),
+            fakequant::Granularity::PerTensor,
+        );
         assert!(
             matches!(r, Err(Error::InvalidLsq(_))),
             "[{qmin}, {qmax}]: {r:?}"
@@ -561,7 +569,8 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
                 max_workgroups: 65535,
             })
             .unwrap();
-        let last_axis = LsqConfig::new(QuantRange::INT8, Some(1)).unwrap();
+        let last_axis =
+            LsqConfig::new(QuantRange::INT8, fakequant::Granularity::per_channel(1)).unwrap();
         let wide = small
             .create_lsq(&last_axis, &[0.1; 301], &[0.0; 301])
             .unwrap();

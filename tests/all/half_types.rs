@@ -294,7 +294,7 @@ fn observers_on_16_bit_tensors() {
                 QuantRange::INT8,
                 QScheme::Affine,
                 Averaging::default(),
-                axis,
+                crate::common::granularity_of(axis),
             )
             .unwrap();
             let shape = [256usize, 256];
@@ -358,7 +358,8 @@ fn lsq_on_16_bit_tensors() {
             (Some(1), [4096, 16]),
             (Some(0), [16, 4096]),
         ] {
-            let config = LsqConfig::new(QuantRange::INT8, axis).unwrap();
+            let config =
+                LsqConfig::new(QuantRange::INT8, crate::common::granularity_of(axis)).unwrap();
             let channels = config.channels_for(&shape).unwrap();
             let scales: Vec<f32> = (0..channels).map(|c| 0.01 + c as f32 * 0.002).collect();
             let zps: Vec<f32> = (0..channels).map(|c| c as f32 - 3.5).collect();

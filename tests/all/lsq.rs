@@ -101,7 +101,9 @@ fn per_channel_every_axis_ranks_1_to_4() {
         for shape in &shapes {
             let n: usize = shape.iter().product();
             for axis in 0..shape.len() {
-                let config = LsqConfig::new(QuantRange::UINT8, Some(axis)).unwrap();
+                let config =
+                    LsqConfig::new(QuantRange::UINT8, fakequant::Granularity::per_channel(axis))
+                        .unwrap();
                 let channels = shape[axis];
                 let scales: Vec<f32> = (0..channels).map(|c| 0.01 + 0.003 * c as f32).collect();
                 let zps: Vec<f32> = (0..channels).map(|c| (c * 37 % 256) as f32 + 0.5).collect();
@@ -168,7 +170,8 @@ fn adversarial_inputs_scales_and_zero_points() {
                 &format!("scale {s:e} zp {z}"),
             );
             // The same per channel: ten channels with these parameters along the last axis.
-            let per = LsqConfig::new(QuantRange::INT8, Some(1)).unwrap();
+            let per =
+                LsqConfig::new(QuantRange::INT8, fakequant::Granularity::per_channel(1)).unwrap();
             let rows = x.len() / 10;
             let xs = &x[..rows * 10];
             let dys = &dy[..rows * 10];
@@ -212,7 +215,8 @@ fn over_binding_and_workgroup_limits() {
                 (vec![1031, 5], Some(1)),
             ] {
                 let n: usize = shape.iter().product();
-                let config = LsqConfig::new(QuantRange::INT8, axis).unwrap();
+                let config =
+                    LsqConfig::new(QuantRange::INT8, crate::common::granularity_of(axis)).unwrap();
                 let channels = config.channels_for(&shape).unwrap();
                 let scales: Vec<f32> = (0..channels).map(|c| 0.02 + c as f32 * 1e-4).collect();
                 let zps = vec![1.0; channels];
@@ -254,7 +258,8 @@ fn same_inputs_twice_give_identical_bits() {
     let x = random_data(&mut rng, n, 0, 0.05);
     let dy = gradients(&mut rng, n);
     for ctx in contexts() {
-        let config = LsqConfig::new(QuantRange::INT8, Some(0)).unwrap();
+        let config =
+            LsqConfig::new(QuantRange::INT8, fakequant::Granularity::per_channel(0)).unwrap();
         let lsq = ctx.create_lsq(&config, &[0.05; 3], &[0.0; 3]).unwrap();
         let first = lsq.backward(&x, &dy, &[3, n / 3]).unwrap();
         let second = lsq.backward(&x, &dy, &[3, n / 3]).unwrap();
@@ -378,7 +383,8 @@ fn initialization_from_an_observer_and_from_data() {
         let mut x = random_data(&mut rng, 4 * 2000, 2, 0.1);
         x[2000..4000].fill(f32::NAN);
         x[4000..6000].fill(0.0);
-        let config = LsqConfig::new(QuantRange::INT4, Some(0)).unwrap();
+        let config =
+            LsqConfig::new(QuantRange::INT4, fakequant::Granularity::per_channel(0)).unwrap();
         let lsq = ctx.create_lsq(&config, &[1.0; 4], &[0.0; 4]).unwrap();
         let got = lsq.init_from_data(&x, &[4, 2000]).unwrap();
         let expected = reference::init_scales(&config, &x, &[4, 2000]).unwrap();

@@ -24,20 +24,38 @@ fn configs(axis: Option<usize>) -> Vec<ObserverConfig> {
             Averaging::MovingAverage(0.37),
         ] {
             for range in [QuantRange::INT8, QuantRange::UINT8, QuantRange::INT4] {
-                out.push(ObserverConfig::new(range, scheme, averaging, axis).unwrap());
+                out.push(
+                    ObserverConfig::new(
+                        range,
+                        scheme,
+                        averaging,
+                        crate::common::granularity_of(axis),
+                    )
+                    .unwrap(),
+                );
             }
         }
         out.push(
-            ObserverConfig::new(QuantRange::INT8_NARROW, scheme, Averaging::default(), axis)
-                .unwrap()
-                .with_power_of_two(true),
+            ObserverConfig::new(
+                QuantRange::INT8_NARROW,
+                scheme,
+                Averaging::default(),
+                crate::common::granularity_of(axis),
+            )
+            .unwrap()
+            .with_power_of_two(true),
         );
         out.push(
-            ObserverConfig::new(QuantRange::INT16, scheme, Averaging::MinMax, axis)
-                .unwrap()
-                .with_eps(2f32.powi(-126))
-                .unwrap()
-                .with_rounding(Rounding::Quotient),
+            ObserverConfig::new(
+                QuantRange::INT16,
+                scheme,
+                Averaging::MinMax,
+                crate::common::granularity_of(axis),
+            )
+            .unwrap()
+            .with_eps(2f32.powi(-126))
+            .unwrap()
+            .with_rounding(Rounding::Quotient),
         );
     }
     out
@@ -79,7 +97,7 @@ fn reference_known_values() {
         QuantRange::INT8,
         QScheme::Symmetric,
         Averaging::MinMax,
-        None,
+        fakequant::Granularity::PerTensor,
     )
     .unwrap();
     let (scale, zp) = reference::qparams(&sym, -1.149422, 2.533506);
@@ -87,8 +105,13 @@ fn reference_known_values() {
     assert_eq!(zp, 0);
     // By hand: uint8 affine over [-1, 3]: scale = 4 / 255, -1 / scale = -63.75 rounds to -64, so the
     // zero point is 0 - (-64) = 64.
-    let affine =
-        ObserverConfig::new(QuantRange::UINT8, QScheme::Affine, Averaging::MinMax, None).unwrap();
+    let affine = ObserverConfig::new(
+        QuantRange::UINT8,
+        QScheme::Affine,
+        Averaging::MinMax,
+        fakequant::Granularity::PerTensor,
+    )
+    .unwrap();
     let (scale, zp) = reference::qparams(&affine, -1.0, 3.0);
     assert_eq!(scale.to_bits(), (4.0f32 / 255.0).to_bits());
     assert_eq!(zp, 64);
@@ -99,7 +122,7 @@ fn reference_known_values() {
         QuantRange::UINT8,
         QScheme::Symmetric,
         Averaging::MinMax,
-        None,
+        fakequant::Granularity::PerTensor,
     )
     .unwrap();
     assert_eq!(reference::qparams(&sym_u8, -1.0, 0.5), (1.0 / 127.5, 128));
@@ -169,8 +192,8 @@ fn check_batch_on_gpu(ctx: &GpuContext, config: &ObserverConfig, x: &[f32], shap
     let got = observer.batch_min_max(x, shape).unwrap();
     assert_minmax_eq(
         &format!(
-            "batch {shape:?} axis {:?} on {}",
-            config.axis(),
+            "batch {shape:?} granularity {:?} on {}",
+            config.granularity(),
             ctx.adapter_name()
         ),
         &expected,
@@ -192,7 +215,7 @@ fn batch_min_max_every_axis_ranks_1_to_4() {
                     QuantRange::INT8,
                     QScheme::Symmetric,
                     Averaging::MinMax,
-                    axis,
+                    crate::common::granularity_of(axis),
                 )
                 .unwrap();
                 check_batch_on_gpu(ctx, &config, &x, shape);
@@ -232,7 +255,7 @@ fn batch_min_max_over_small_bindings_and_workgroup_limits() {
                         QuantRange::INT8,
                         QScheme::Affine,
                         Averaging::MinMax,
-                        axis,
+                        crate::common::granularity_of(axis),
                     )
                     .unwrap();
                     // The observer's parameter table must fit the lowered binding size too.
@@ -356,7 +379,7 @@ fn moving_average_where_fusing_would_change_the_last_bit() {
                 QuantRange::INT8,
                 QScheme::Affine,
                 Averaging::MovingAverage(c),
-                Some(0),
+                fakequant::Granularity::per_channel(0),
             )
             .unwrap();
             let channels = 64;
@@ -521,7 +544,7 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
             QuantRange::UINT8,
             QScheme::Affine,
             Averaging::default(),
-            Some(1),
+            fakequant::Granularity::per_channel(1),
         )
         .unwrap();
         let shape = [4, 6, 50];
@@ -574,7 +597,7 @@ fn device_derived_parameters_equal_host_derived_ones() {
             QuantRange::INT8,
             QScheme::Symmetric,
             Averaging::MinMax,
-            Some(0),
+            fakequant::Granularity::per_channel(0),
         )
         .unwrap()
         .with_eps(2f32.powi(-126))
@@ -731,9 +754,13 @@ fn reduction_over_a_tensor_larger_than_128_mib() {
             (vec![n / 5, 5], Some(1)),
         ] {
             let x = &x[..shape.iter().product::<usize>()];
-            let config =
-                ObserverConfig::new(QuantRange::INT8, QScheme::Affine, Averaging::MinMax, axis)
-                    .unwrap();
+            let config = ObserverConfig::new(
+                QuantRange::INT8,
+                QScheme::Affine,
+                Averaging::MinMax,
+                crate::common::granularity_of(axis),
+            )
+            .unwrap();
             check_batch_on_gpu(ctx, &config, x, &shape);
         }
     }

@@ -312,8 +312,13 @@ fn prerecorded_observer_qat_steps_equal_fresh_record_step_calls() {
     let mut rng = Rng::new(0x0b5e);
     // Per-channel weights (moving average), per-tensor affine activations (min/max) with a mask.
     let weight_config = ObserverConfig::qat_weight_int8();
-    let act_config =
-        ObserverConfig::new(QuantRange::UINT8, QScheme::Affine, Averaging::MinMax, None).unwrap();
+    let act_config = ObserverConfig::new(
+        QuantRange::UINT8,
+        QScheme::Affine,
+        Averaging::MinMax,
+        fakequant::Granularity::PerTensor,
+    )
+    .unwrap();
     let (w_shape, a_shape) = ([16usize, 8, 3, 3], [8usize, 16, 5, 5]);
     let (w_len, a_len) = (16 * 72, 8 * 16 * 25);
     for ctx in contexts() {
@@ -480,7 +485,7 @@ fn prerecorded_lsq_forward_and_backward_equal_a_fresh_record() {
     let mut rng = Rng::new(0x15_9000);
     let cases: Vec<LsqCase> = vec![
         (
-            LsqConfig::new(QuantRange::INT8, Some(1)).unwrap(),
+            LsqConfig::new(QuantRange::INT8, fakequant::Granularity::per_channel(1)).unwrap(),
             vec![4, 6, 250],
             (0..6).map(|c| 0.01 + 0.004 * c as f32).collect(),
             (0..6).map(|c| c as f32 * 1.5 - 3.0).collect(),

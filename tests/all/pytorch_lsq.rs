@@ -158,7 +158,7 @@ impl Case {
             Kind::Module => f32::EPSILON,
             Kind::PerTensor | Kind::PerChannel => f32::MIN_POSITIVE,
         };
-        LsqConfig::new(self.range(), self.axis)
+        LsqConfig::new(self.range(), crate::common::granularity_of(self.axis))
             .and_then(|c| c.with_grad_scale(grad_scale))
             .and_then(|c| c.with_eps(eps))
             .unwrap_or_else(|e| panic!("{}: invalid LSQ config: {e}", self.name))

@@ -87,8 +87,13 @@ impl Case {
     fn config(&self) -> ObserverConfig {
         let range = QuantRange::new(self.qmin, self.qmax)
             .unwrap_or_else(|e| panic!("{}: invalid range: {e}", self.name));
-        ObserverConfig::new(range, self.scheme, self.averaging, self.axis)
-            .unwrap_or_else(|e| panic!("{}: invalid observer config: {e}", self.name))
+        ObserverConfig::new(
+            range,
+            self.scheme,
+            self.averaging,
+            crate::common::granularity_of(self.axis),
+        )
+        .unwrap_or_else(|e| panic!("{}: invalid observer config: {e}", self.name))
     }
 }
 

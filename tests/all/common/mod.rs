@@ -370,3 +370,11 @@ pub fn gradients(rng: &mut Rng, n: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The granularity of a test case written with an optional axis (`None` per tensor).
+pub fn granularity_of(axis: Option<usize>) -> fakequant::Granularity {
+    match axis {
+        None => fakequant::Granularity::PerTensor,
+        Some(axis) => fakequant::Granularity::per_channel(axis),
+    }
+}
