@@ -24,9 +24,9 @@ fn benches(c: &mut Criterion) {
     for n in SIZES {
         let x_host = common::data(n, 0);
         let x = ctx.upload(&x_host).unwrap();
-        let y = ctx.create_tensor(n).unwrap();
+        let y = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
         let mask = ctx.create_mask(n).unwrap();
-        let dx = ctx.create_tensor(n).unwrap();
+        let dx = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
         let mask_bytes = n.div_ceil(32) as u64 * 4;
         let elem_bytes = n as u64 * 4;
 
@@ -44,25 +44,31 @@ fn benches(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("forward_{name}_8B_per_elem"), n),
                 &n,
-                |b, _| b.iter(|| prepared.forward(&x, &shape, &y, None).unwrap()),
+                |b, _| b.iter(|| prepared.forward_device(&x, &shape, &y, None).unwrap()),
             );
             group.throughput(Throughput::Bytes(2 * elem_bytes + mask_bytes));
             group.bench_with_input(
                 BenchmarkId::new(format!("forward_{name}_mask_8.125B_per_elem"), n),
                 &n,
-                |b, _| b.iter(|| prepared.forward(&x, &shape, &y, Some(&mask)).unwrap()),
+                |b, _| {
+                    b.iter(|| {
+                        prepared
+                            .forward_device(&x, &shape, &y, Some(&mask))
+                            .unwrap()
+                    })
+                },
             );
         }
         // 16-bit elements: half the bytes, so compare bytes per second, not elements.
         for dtype in [DType::F16, DType::Bf16] {
             let x16 = match dtype {
-                DType::F16 => ctx.upload_typed(
+                DType::F16 => ctx.upload(
                     &x_host
                         .iter()
                         .map(|&v| half::f16::from_f32(v))
                         .collect::<Vec<_>>(),
                 ),
-                _ => ctx.upload_typed(
+                _ => ctx.upload(
                     &x_host
                         .iter()
                         .map(|&v| half::bf16::from_f32(v))
@@ -70,13 +76,13 @@ fn benches(c: &mut Criterion) {
                 ),
             }
             .unwrap();
-            let y16 = ctx.create_tensor_typed(n, dtype).unwrap();
+            let y16 = ctx.create_tensor(n, dtype).unwrap();
             let prepared = ctx.prepare(&per_tensor).unwrap();
             group.throughput(Throughput::Bytes(n as u64 * 4));
             group.bench_with_input(
                 BenchmarkId::new(format!("forward_per_tensor_{dtype:?}_4B_per_elem"), n),
                 &n,
-                |b, _| b.iter(|| prepared.forward(&x16, &[n], &y16, None).unwrap()),
+                |b, _| b.iter(|| prepared.forward_device(&x16, &[n], &y16, None).unwrap()),
             );
         }
         group.throughput(Throughput::Bytes(2 * elem_bytes + mask_bytes));
@@ -109,7 +115,7 @@ fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
         .map(|&n| {
             (
                 ctx.upload(&common::data(n, 0)).unwrap(),
-                ctx.create_tensor(n).unwrap(),
+                ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
             )
         })
         .collect();
@@ -124,7 +130,7 @@ fn small_tensors(c: &mut Criterion, ctx: &GpuContext, op: &FakeQuant) {
     group.bench_function("forward_one_submission_each", |b| {
         b.iter(|| {
             for ((x, y), &n) in tensors.iter().zip(&sizes) {
-                prepared.forward(x, &[n], y, None).unwrap();
+                prepared.forward_device(x, &[n], y, None).unwrap();
             }
         })
     });

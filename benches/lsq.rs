@@ -23,8 +23,8 @@ fn benches(c: &mut Criterion) {
     for n in SIZES {
         let x = ctx.upload(&common::data(n, 1)).unwrap();
         let dy = ctx.upload(&common::data(n, 2)).unwrap();
-        let y = ctx.create_tensor(n).unwrap();
-        let dx = ctx.create_tensor(n).unwrap();
+        let y = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
+        let dx = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
         let elem_bytes = n as u64 * 4;
         for (name, config, shape, channels) in [
             ("per_tensor", LsqConfig::activation_int8(), vec![n], 1),
@@ -80,20 +80,20 @@ fn benches(c: &mut Criterion) {
     let (x32, dy32) = (common::data(n, 1), common::data(n, 2));
     for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
         let upload = |v: &[f32]| match dtype {
-            fakequant::DType::F16 => ctx.upload_typed(
+            fakequant::DType::F16 => ctx.upload(
                 &v.iter()
                     .map(|&e| half::f16::from_f32(e))
                     .collect::<Vec<_>>(),
             ),
-            _ => ctx.upload_typed(
+            _ => ctx.upload(
                 &v.iter()
                     .map(|&e| half::bf16::from_f32(e))
                     .collect::<Vec<_>>(),
             ),
         };
         let (x, dy) = (upload(&x32).unwrap(), upload(&dy32).unwrap());
-        let y = ctx.create_tensor_typed(n, dtype).unwrap();
-        let dx = ctx.create_tensor_typed(n, dtype).unwrap();
+        let y = ctx.create_tensor(n, dtype).unwrap();
+        let dx = ctx.create_tensor(n, dtype).unwrap();
         let lsq = ctx
             .create_lsq(&LsqConfig::activation_int8(), &[0.03], &[0.0])
             .unwrap();

@@ -23,7 +23,7 @@ fn benches(c: &mut Criterion) {
     let mut group = common::group(c, "observers", &ctx);
     for n in SIZES {
         let x = ctx.upload(&common::data(n, 0)).unwrap();
-        let y = ctx.create_tensor(n).unwrap();
+        let y = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
         let elem_bytes = n as u64 * 4;
         let last_axis = ObserverConfig::new(
             fakequant::QuantRange::INT8,
@@ -63,13 +63,25 @@ fn benches(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("fused_qat_{name}_12B_per_elem"), n),
                 &n,
-                |b, _| b.iter(|| observer.step(&x, &shape, &y, None, Mode::Qat).unwrap()),
+                |b, _| {
+                    b.iter(|| {
+                        observer
+                            .step_device(&x, &shape, &y, None, Mode::Qat)
+                            .unwrap()
+                    })
+                },
             );
             group.throughput(Throughput::Bytes(2 * elem_bytes));
             group.bench_with_input(
                 BenchmarkId::new(format!("frozen_{name}_8B_per_elem"), n),
                 &n,
-                |b, _| b.iter(|| observer.step(&x, &shape, &y, None, Mode::Frozen).unwrap()),
+                |b, _| {
+                    b.iter(|| {
+                        observer
+                            .step_device(&x, &shape, &y, None, Mode::Frozen)
+                            .unwrap()
+                    })
+                },
             );
         }
     }
@@ -79,19 +91,19 @@ fn benches(c: &mut Criterion) {
     let x32 = common::data(n, 0);
     for dtype in [fakequant::DType::F16, fakequant::DType::Bf16] {
         let x = match dtype {
-            fakequant::DType::F16 => ctx.upload_typed(
+            fakequant::DType::F16 => ctx.upload(
                 &x32.iter()
                     .map(|&v| half::f16::from_f32(v))
                     .collect::<Vec<_>>(),
             ),
-            _ => ctx.upload_typed(
+            _ => ctx.upload(
                 &x32.iter()
                     .map(|&v| half::bf16::from_f32(v))
                     .collect::<Vec<_>>(),
             ),
         }
         .unwrap();
-        let y = ctx.create_tensor_typed(n, dtype).unwrap();
+        let y = ctx.create_tensor(n, dtype).unwrap();
         let observer = ctx
             .create_observer(&ObserverConfig::qat_activation_int8(), 1)
             .unwrap();
@@ -99,7 +111,7 @@ fn benches(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new(format!("fused_qat_per_tensor_{dtype:?}_6B_per_elem"), n),
             &n,
-            |b, _| b.iter(|| observer.step(&x, &[n], &y, None, Mode::Qat).unwrap()),
+            |b, _| b.iter(|| observer.step_device(&x, &[n], &y, None, Mode::Qat).unwrap()),
         );
     }
     group.finish();

@@ -276,8 +276,8 @@ fn main() -> Result<()> {
         }
         let x = ctx.upload(&data(n, 1))?;
         let dy = ctx.upload(&data(n, 2))?;
-        let y = ctx.create_tensor(n)?;
-        let dx = ctx.create_tensor(n)?;
+        let y = ctx.create_tensor(n, fakequant::DType::F32)?;
+        let dx = ctx.create_tensor(n, fakequant::DType::F32)?;
         let mask = ctx.create_mask(n)?;
         // The copy baseline: copy_buffer_to_buffer of `bytes` bytes, same adapter, same timing,
         // measured once per size.
@@ -286,8 +286,8 @@ fn main() -> Result<()> {
             if let Some(&t) = copies.borrow().get(&bytes) {
                 return Ok(t);
             }
-            let src = ctx.create_tensor_typed((bytes as usize).div_ceil(4), DType::F32)?;
-            let dst = ctx.create_tensor_typed((bytes as usize).div_ceil(4), DType::F32)?;
+            let src = ctx.create_tensor((bytes as usize).div_ceil(4), DType::F32)?;
+            let dst = ctx.create_tensor((bytes as usize).div_ceil(4), DType::F32)?;
             let size = src.buffer().size();
             let t = timer.time(|encoder| {
                 encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
@@ -384,10 +384,10 @@ fn main() -> Result<()> {
         )?;
 
         for (dtype, name) in [(DType::F16, "f16"), (DType::Bf16, "bf16")] {
-            let x16 = ctx.create_tensor_typed(n, dtype)?;
-            let y16 = ctx.create_tensor_typed(n, dtype)?;
-            let dy16 = ctx.create_tensor_typed(n, dtype)?;
-            let dx16 = ctx.create_tensor_typed(n, dtype)?;
+            let x16 = ctx.create_tensor(n, dtype)?;
+            let y16 = ctx.create_tensor(n, dtype)?;
+            let dy16 = ctx.create_tensor(n, dtype)?;
+            let dx16 = ctx.create_tensor(n, dtype)?;
             report.measure(
                 "fake_quant_forward",
                 name,
@@ -529,7 +529,12 @@ fn main() -> Result<()> {
         let sizes: Vec<usize> = (0..count).map(|i| 4096 << (i % 7)).collect();
         let tensors: Vec<_> = sizes
             .iter()
-            .map(|&s| Ok((ctx.upload(&data(s, s as u64))?, ctx.create_tensor(s)?)))
+            .map(|&s| {
+                Ok((
+                    ctx.upload(&data(s, s as u64))?,
+                    ctx.create_tensor(s, fakequant::DType::F32)?,
+                ))
+            })
             .collect::<Result<_>>()?;
         let record_all = |encoder: &mut dyn fakequant::Recorder| -> fakequant::Result<()> {
             for ((x, y), &s) in tensors.iter().zip(&sizes) {
@@ -539,7 +544,7 @@ fn main() -> Result<()> {
         };
         let separate = median_seconds(|| {
             for ((x, y), &s) in tensors.iter().zip(&sizes) {
-                prepared.forward(x, &[s], y, None)?;
+                prepared.forward_device(x, &[s], y, None)?;
             }
             Ok(())
         })? / count as f64;

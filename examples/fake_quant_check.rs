@@ -114,7 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|v| v * (1.0 + step as f32 * 0.25))
                 .collect();
-            let g = gpu.run(&xs, shape, mode, true)?;
+            let g = gpu.step(&xs, shape, mode, true)?;
             let c = cpu.step(&xs, shape, mode, true)?;
             bad +=
                 g.y.iter()

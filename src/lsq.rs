@@ -143,11 +143,12 @@ impl LsqConfig {
     }
 }
 
-/// The gradients of one LSQ backward: `dx` per element, `dscale` and `dzero_point` per channel.
+/// The gradients of one LSQ backward: `dx` per element (in the input's element type), `dscale`
+/// and `dzero_point` per channel (f32).
 #[derive(Debug, Clone, PartialEq)]
-pub struct LsqGrads {
+pub struct LsqGrads<T = f32> {
     /// Gradient with respect to the input.
-    pub dx: Vec<f32>,
+    pub dx: Vec<T>,
     /// Gradient with respect to each scale.
     pub dscale: Vec<f32>,
     /// Gradient with respect to each zero point.

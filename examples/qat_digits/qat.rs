@@ -139,7 +139,7 @@ impl QuantOps for GpuOps {
         let ctx = &self.ctx;
         let (x_dev, y_dev, mask_dev) = (
             ctx.upload(x)?,
-            ctx.create_tensor(x.len())?,
+            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
             ctx.create_mask(x.len())?,
         );
         let mut encoder = ctx.create_encoder("qat observe");
@@ -164,7 +164,7 @@ impl QuantOps for GpuOps {
         let (dy_dev, mask_dev, dx_dev) = (
             ctx.upload(dy)?,
             ctx.upload_mask(mask)?,
-            ctx.create_tensor(dy.len())?,
+            ctx.create_tensor(dy.len(), fakequant::DType::F32)?,
         );
         let mut encoder = ctx.create_encoder("qat ste");
         ctx.record_ste_backward(
@@ -192,7 +192,10 @@ impl QuantOps for GpuOps {
 
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
-        let (x_dev, y_dev) = (ctx.upload(x)?, ctx.create_tensor(x.len())?);
+        let (x_dev, y_dev) = (
+            ctx.upload(x)?,
+            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
+        );
         let mut encoder = ctx.create_encoder("qat lsq forward");
         self.lsqs[id].0.record_forward(
             &mut encoder,
@@ -214,8 +217,11 @@ impl QuantOps for GpuOps {
     ) -> Result<fakequant::LsqGrads> {
         let ctx = &self.ctx;
         let lsq = &self.lsqs[id].0;
-        let (x_dev, dy_dev, dx_dev) =
-            (ctx.upload(x)?, ctx.upload(dy)?, ctx.create_tensor(x.len())?);
+        let (x_dev, dy_dev, dx_dev) = (
+            ctx.upload(x)?,
+            ctx.upload(dy)?,
+            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
+        );
         let grads = lsq.create_grads()?;
         let mut encoder = ctx.create_encoder("qat lsq backward");
         lsq.record_backward(

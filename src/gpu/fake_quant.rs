@@ -204,52 +204,36 @@ impl GpuContext {
         })
     }
 
-    /// Convenience level: fake-quantizes host data on the device and reads the result back.
-    /// `shape` is the row-major shape of `x` (for per-tensor parameters, `&[x.len()]` will do).
-    pub fn fake_quant(
-        &self,
-        op: &FakeQuant,
-        x: &[f32],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput> {
-        let (y, mask) = self.fake_quant_typed(op, x, shape, with_mask)?;
-        Ok(FakeQuantOutput { y, mask })
-    }
-
-    /// Convenience level for any element type (`f32`, `half::f16`, `half::bf16`): returns `y` in
-    /// the same type and the mask when asked for.
-    pub fn fake_quant_typed<T: Element>(
+    /// Host level: fake-quantizes host data of any element type on the device and reads the
+    /// result back (`y` in the input's type, and the mask when asked for). `shape` is the
+    /// row-major shape of `x` (for per-tensor parameters, `&[x.len()]` will do).
+    pub fn fake_quant<T: Element>(
         &self,
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
         with_mask: bool,
-    ) -> Result<(Vec<T>, Option<PackedMask>)> {
+    ) -> Result<FakeQuantOutput<T>> {
         op.layout(shape, x.len())?;
         let prepared = self.prepare(op)?;
-        let x_dev = self.upload_typed(x)?;
-        let y_dev = self.create_tensor_typed(x.len(), T::DTYPE)?;
+        let x_dev = self.upload(x)?;
+        let y_dev = self.create_tensor(x.len(), T::DTYPE)?;
         let mask_dev = with_mask.then(|| self.create_mask(x.len())).transpose()?;
-        prepared.forward(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
-        let y = self.read_tensor_typed(&y_dev)?;
+        prepared.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        let y = self.read_tensor(&y_dev)?;
         let mask = mask_dev.map(|m| self.read_mask(&m)).transpose()?;
-        Ok((y, mask))
+        Ok(FakeQuantOutput { y, mask })
     }
 
-    /// Convenience level for any element type: `dx = dy * mask`, `dx` in the type of `dy`.
-    pub fn ste_backward_typed<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+    /// Host level: the straight-through backward `dx = dy * mask` on the device, `dx` in the type
+    /// of `dy`.
+    pub fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
         check_len("dy vs mask", mask.len(), dy.len())?;
-        let dy_dev = self.upload_typed(dy)?;
+        let dy_dev = self.upload(dy)?;
         let mask_dev = self.upload_mask(mask)?;
-        let dx_dev = self.create_tensor_typed(dy.len(), T::DTYPE)?;
+        let dx_dev = self.create_tensor(dy.len(), T::DTYPE)?;
         self.ste_backward_device(&dy_dev, &mask_dev, &dx_dev)?;
-        self.read_tensor_typed(&dx_dev)
-    }
-
-    /// Convenience level: the straight-through backward `dx = dy * mask` on the device.
-    pub fn ste_backward(&self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
-        self.ste_backward_typed(dy, mask)
+        self.read_tensor(&dx_dev)
     }
 
     /// Device level: `dx = dy * mask` on device tensors, submitted at once (no read-back).
@@ -514,7 +498,7 @@ impl GpuFakeQuant {
 
     /// Device level: fake-quantizes device tensor `x` of `shape` into `y` (and the mask when
     /// given), submitted at once; the results stay on the device.
-    pub fn forward(
+    pub fn forward_device(
         &self,
         x: &GpuTensor,
         shape: &[usize],

@@ -19,7 +19,7 @@ use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
-use crate::quant::{numel, ChannelLayout, Granularity, PackedMask, Rounding};
+use crate::quant::{numel, ChannelLayout, Granularity, Rounding};
 use crate::reference::lsq::{lsq_layout, BLOCK};
 use crate::reference::FakeQuantOutput;
 
@@ -725,12 +725,6 @@ impl GpuLsq {
         )
     }
 
-    /// Convenience level: the forward on host data.
-    pub fn forward(&self, x: &[f32], shape: &[usize], with_mask: bool) -> Result<FakeQuantOutput> {
-        let (y, mask) = self.forward_typed(x, shape, with_mask)?;
-        Ok(FakeQuantOutput { y, mask })
-    }
-
     /// Device level: the forward on device tensors, submitted at once.
     pub fn forward_device(
         &self,
@@ -774,59 +768,49 @@ impl GpuLsq {
         self.ctx.submit_and_wait(encoder)
     }
 
-    /// Convenience level: the backward on host data.
-    pub fn backward(&self, x: &[f32], dy: &[f32], shape: &[usize]) -> Result<LsqGrads> {
-        let (dx, dscale, dzero_point) = self.backward_typed(x, dy, shape)?;
+    /// Host level: the forward on host data of any element type, `y` in the type of `x` (and
+    /// the mask when asked for).
+    pub fn forward<T: Element>(
+        &self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        let x_dev = self.ctx.upload(x)?;
+        let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
+        let mask_dev = with_mask
+            .then(|| self.ctx.create_mask(x.len()))
+            .transpose()?;
+        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        Ok(FakeQuantOutput {
+            y: self.ctx.read_tensor(&y_dev)?,
+            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        })
+    }
+
+    /// Host level: the backward on host data of any element type: `dx` in the type of `x` and
+    /// `dy`, the reduced gradients f32.
+    pub fn backward<T: Element>(&self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        check_len("dy vs x", x.len(), dy.len())?;
+        let x_dev = self.ctx.upload(x)?;
+        let dy_dev = self.ctx.upload(dy)?;
+        let dx_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
+        let grads = self.create_grads()?;
+        self.backward_device(&x_dev, &dy_dev, shape, &dx_dev, &grads)?;
+        let (dscale, dzero_point) = self.ctx.read_lsq_grads(&grads)?;
         Ok(LsqGrads {
-            dx,
+            dx: self.ctx.read_tensor(&dx_dev)?,
             dscale,
             dzero_point,
         })
     }
 
-    /// Convenience level for any element type: the forward, `y` in the type of `x`.
-    pub fn forward_typed<T: Element>(
-        &self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<(Vec<T>, Option<PackedMask>)> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload_typed(x)?;
-        let y_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
-        let mask_dev = with_mask
-            .then(|| self.ctx.create_mask(x.len()))
-            .transpose()?;
-        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
-        Ok((
-            self.ctx.read_tensor_typed(&y_dev)?,
-            mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
-        ))
-    }
-
-    /// Convenience level for any element type: `(dx, dscale, dzero_point)`, `dx` in the type of
-    /// `x` and `dy`, the reduced gradients f32.
-    pub fn backward_typed<T: Element>(
-        &self,
-        x: &[T],
-        dy: &[T],
-        shape: &[usize],
-    ) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        check_len("dy vs x", x.len(), dy.len())?;
-        let x_dev = self.ctx.upload_typed(x)?;
-        let dy_dev = self.ctx.upload_typed(dy)?;
-        let dx_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
-        let grads = self.create_grads()?;
-        self.backward_device(&x_dev, &dy_dev, shape, &dx_dev, &grads)?;
-        let (dscale, dzero_point) = self.ctx.read_lsq_grads(&grads)?;
-        Ok((self.ctx.read_tensor_typed(&dx_dev)?, dscale, dzero_point))
-    }
-
-    /// Convenience level: initializes the scales from host data and returns them.
+    /// Host level: initializes the scales from host data and returns them.
     pub fn init_from_data<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
         check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload_typed(x)?;
+        let x_dev = self.ctx.upload(x)?;
         let mut encoder = self.ctx.create_encoder("fakequant lsq init");
         self.record_init_from_data(&mut encoder, x_dev.binding(), shape)?;
         self.ctx.submit_and_wait(encoder)?;

@@ -76,13 +76,9 @@ impl GpuContext {
         })
     }
 
-    /// Uploads a tensor's values to a new device buffer.
-    pub fn upload(&self, data: &[f32]) -> Result<GpuTensor> {
-        self.upload_typed(data)
-    }
-
-    /// Uploads a tensor of any element type (`f32`, `half::f16`, `half::bf16`).
-    pub fn upload_typed<T: Element>(&self, data: &[T]) -> Result<GpuTensor> {
+    /// Uploads a tensor of any element type (`f32`, `half::f16`, `half::bf16`) to a new device
+    /// buffer.
+    pub fn upload<T: Element>(&self, data: &[T]) -> Result<GpuTensor> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.storage_buffer(
             "fakequant tensor",
@@ -96,13 +92,8 @@ impl GpuContext {
         })
     }
 
-    /// A new f32 device tensor of `len` elements (contents unspecified until written).
-    pub fn create_tensor(&self, len: usize) -> Result<GpuTensor> {
-        self.create_tensor_typed(len, DType::F32)
-    }
-
-    /// A new device tensor of `len` elements of `dtype`.
-    pub fn create_tensor_typed(&self, len: usize, dtype: DType) -> Result<GpuTensor> {
+    /// A new device tensor of `len` elements of `dtype` (contents unspecified until written).
+    pub fn create_tensor(&self, len: usize, dtype: DType) -> Result<GpuTensor> {
         let buffer = self.storage_buffer("fakequant tensor", dtype.bytes_for(len), None)?;
         Ok(GpuTensor { buffer, len, dtype })
     }
@@ -130,13 +121,8 @@ impl GpuContext {
         })
     }
 
-    /// Reads an f32 device tensor back (waits for the queue).
-    pub fn read_tensor(&self, tensor: &GpuTensor) -> Result<Vec<f32>> {
-        self.read_tensor_typed(tensor)
-    }
-
     /// Reads a device tensor of element type `T` back (waits for the queue).
-    pub fn read_tensor_typed<T: Element>(&self, tensor: &GpuTensor) -> Result<Vec<T>> {
+    pub fn read_tensor<T: Element>(&self, tensor: &GpuTensor) -> Result<Vec<T>> {
         T::DTYPE.check_same("read-back type", tensor.dtype)?;
         let bytes = self.read_buffer(&tensor.buffer, 0, tensor.dtype.bytes_for(tensor.len))?;
         let mut values: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);

@@ -16,7 +16,7 @@ use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{ChannelLayout, Granularity, PackedMask};
+use crate::quant::{ChannelLayout, Granularity};
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -722,7 +722,7 @@ impl GpuObserver {
     }
 
     /// Device level: the fused step on device tensors, submitted at once.
-    pub fn step(
+    pub fn step_device(
         &self,
         x: &GpuTensor,
         shape: &[usize],
@@ -751,53 +751,41 @@ impl GpuObserver {
         self.ctx.submit_and_wait(encoder)
     }
 
-    /// Convenience level: the fused step on host data, results read back.
-    pub fn run(
-        &self,
-        x: &[f32],
-        shape: &[usize],
-        mode: Mode,
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput> {
-        let (y, mask) = self.run_typed(x, shape, mode, with_mask)?;
-        Ok(FakeQuantOutput { y, mask })
-    }
-
-    /// Convenience level for any element type (`f32`, `half::f16`, `half::bf16`).
-    pub fn run_typed<T: Element>(
+    /// Host level: the fused step on host data of any element type (`f32`, `half::f16`,
+    /// `half::bf16`), results read back (`y` in the input's type, the mask when asked for).
+    pub fn step<T: Element>(
         &self,
         x: &[T],
         shape: &[usize],
         mode: Mode,
         with_mask: bool,
-    ) -> Result<(Vec<T>, Option<PackedMask>)> {
+    ) -> Result<FakeQuantOutput<T>> {
         self.layout(shape)?;
         check_len(
             "data length vs product of shape",
             crate::quant::numel(shape)?,
             x.len(),
         )?;
-        let x_dev = self.ctx.upload_typed(x)?;
-        let y_dev = self.ctx.create_tensor_typed(x.len(), T::DTYPE)?;
+        let x_dev = self.ctx.upload(x)?;
+        let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
         let mask_dev = with_mask
             .then(|| self.ctx.create_mask(x.len()))
             .transpose()?;
-        self.step(&x_dev, shape, &y_dev, mask_dev.as_ref(), mode)?;
-        Ok((
-            self.ctx.read_tensor_typed(&y_dev)?,
-            mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
-        ))
+        self.step_device(&x_dev, shape, &y_dev, mask_dev.as_ref(), mode)?;
+        Ok(FakeQuantOutput {
+            y: self.ctx.read_tensor(&y_dev)?,
+            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+        })
     }
 
-    /// Device level: reduces host-visible `x` to statistics without touching the state, and reads
-    /// them back (a convenience for tests and calibration scripts).
+    /// Host level: reduces `x` to statistics without touching the state, and reads them back.
     pub fn batch_min_max<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<MinMax> {
         check_len(
             "data length vs product of shape",
             crate::quant::numel(shape)?,
             x.len(),
         )?;
-        let x_dev = self.ctx.upload_typed(x)?;
+        let x_dev = self.ctx.upload(x)?;
         let stats = self.create_batch_stats()?;
         let mut encoder = self.ctx.create_encoder("fakequant batch min/max");
         self.record_batch_min_max(&mut encoder, x_dev.binding(), shape, &stats)?;

@@ -7,6 +7,7 @@ use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::MAX_OBSERVED_SCALE;
 use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
 use crate::reference::{fake_quant, fake_quant_value, ste_grad_value, FakeQuantOutput};
+use crate::reference::{narrow, widen};
 
 /// The NaN every LSQ gradient reports: one canonical pattern, so that results do not depend on
 /// how a processor propagates NaN payloads.
@@ -125,15 +126,15 @@ pub fn effective_op(config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> 
     Ok(FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal))
 }
 
-/// The LSQ forward: the core fake-quant with the effective parameters.
-pub fn forward(
+/// The LSQ forward: the core fake-quant with the effective parameters, for any element type.
+pub fn forward<T: Element>(
     config: &LsqConfig,
-    x: &[f32],
+    x: &[T],
     shape: &[usize],
     scales: &[f32],
     zero_points: &[f32],
     with_mask: bool,
-) -> Result<FakeQuantOutput> {
+) -> Result<FakeQuantOutput<T>> {
     let layout = lsq_layout(config, shape, x.len())?;
     check_params(&layout, scales, zero_points)?;
     fake_quant(
@@ -167,8 +168,25 @@ pub fn element_grads(x: f32, dy: f32, s: f32, zp: i32, range: QuantRange) -> (f3
 }
 
 /// The LSQ backward: `dx` per element and the reduced `dscale`, `dzero_point` per channel, each
-/// `tree_sum` of the channel's terms in flat order times `grad_factor`.
-pub fn backward(
+/// `tree_sum` of the channel's terms in flat order times `grad_factor`. Any element type: `x` and
+/// `dy` are widened exactly, `dx` is rounded to `T`, the reduced gradients are f32.
+pub fn backward<T: Element>(
+    config: &LsqConfig,
+    x: &[T],
+    dy: &[T],
+    shape: &[usize],
+    scales: &[f32],
+    zero_points: &[f32],
+) -> Result<LsqGrads<T>> {
+    let grads = backward_f32(config, &widen(x), &widen(dy), shape, scales, zero_points)?;
+    Ok(LsqGrads {
+        dx: narrow(grads.dx),
+        dscale: grads.dscale,
+        dzero_point: grads.dzero_point,
+    })
+}
+
+fn backward_f32(
     config: &LsqConfig,
     x: &[f32],
     dy: &[f32],
@@ -212,12 +230,14 @@ pub fn backward(
 }
 
 /// LSQ's initialization from data, per channel: `(2 * (sum(|x|) / count)) / sqrt(qmax)` over the
-/// finite elements (see [`crate::lsq`]); 1 for a channel without a finite element.
-pub fn init_scales(config: &LsqConfig, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+/// finite elements (see [`crate::lsq`]); 1 for a channel without a finite element. Any element
+/// type (widening is exact).
+pub fn init_scales<T: Element>(config: &LsqConfig, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
     let layout = lsq_layout(config, shape, x.len())?;
     let mut terms = vec![Vec::new(); layout.channels];
     let mut counts = vec![0u64; layout.channels];
-    for (i, &v) in x.iter().enumerate() {
+    for (i, v) in x.iter().enumerate() {
+        let v = v.to_f32();
         let c = layout.channel_of(i);
         if v.is_finite() {
             terms[c].push(v.abs());
@@ -238,47 +258,4 @@ pub fn init_scales(config: &LsqConfig, x: &[f32], shape: &[usize]) -> Result<Vec
             (2.0 * mean) / sqrt_qmax
         })
         .collect())
-}
-
-/// [`forward`] for any element type: `x` widened exactly, `y` rounded to `T`.
-pub fn forward_typed<T: Element>(
-    config: &LsqConfig,
-    x: &[T],
-    shape: &[usize],
-    scales: &[f32],
-    zero_points: &[f32],
-    with_mask: bool,
-) -> Result<(Vec<T>, Option<crate::quant::PackedMask>)> {
-    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-    let out = forward(config, &wide, shape, scales, zero_points, with_mask)?;
-    Ok((out.y.into_iter().map(T::from_f32).collect(), out.mask))
-}
-
-/// [`backward`] for any element type: `x` and `dy` widened exactly, `dx` rounded to `T`, the
-/// reduced gradients f32.
-pub fn backward_typed<T: Element>(
-    config: &LsqConfig,
-    x: &[T],
-    dy: &[T],
-    shape: &[usize],
-    scales: &[f32],
-    zero_points: &[f32],
-) -> Result<(Vec<T>, Vec<f32>, Vec<f32>)> {
-    let widen = |v: &[T]| -> Vec<f32> { v.iter().map(|e| e.to_f32()).collect() };
-    let grads = backward(config, &widen(x), &widen(dy), shape, scales, zero_points)?;
-    Ok((
-        grads.dx.into_iter().map(T::from_f32).collect(),
-        grads.dscale,
-        grads.dzero_point,
-    ))
-}
-
-/// [`init_scales`] for any element type (widening is exact).
-pub fn init_scales_typed<T: Element>(
-    config: &LsqConfig,
-    x: &[T],
-    shape: &[usize],
-) -> Result<Vec<f32>> {
-    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-    init_scales(config, &wide, shape)
 }

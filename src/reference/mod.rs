@@ -26,11 +26,12 @@ pub const QUIET_BIT: u32 = 0x0040_0000;
 /// The NaN that an invalid operation (`0 * inf`) produces, as wgpu's and Rust's `f32::NAN`.
 pub const DEFAULT_NAN_BITS: u32 = 0x7fc0_0000;
 
-/// Output of a fake-quantization: `y` and, when asked for, the bit-packed in-range mask.
+/// Output of a fake-quantization: `y` (in the input's element type) and, when asked for, the
+/// bit-packed in-range mask.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FakeQuantOutput {
+pub struct FakeQuantOutput<T = f32> {
     /// Fake-quantized values, one per input.
-    pub y: Vec<f32>,
+    pub y: Vec<T>,
     /// `qmin <= q <= qmax` per element (before the clamp); `None` when not requested.
     pub mask: Option<PackedMask>,
 }
@@ -78,9 +79,9 @@ pub fn ste_grad_value(dy: f32, in_range: bool) -> f32 {
     }
 }
 
-/// Fake-quantizes a row-major contiguous tensor of `shape` (per-tensor, or per-channel along the
-/// parameters' axis). Returns `y` and the packed mask when `with_mask` is set.
-pub fn fake_quant(
+/// Fake-quantizes a row-major contiguous f32 tensor of `shape` (per-tensor, or per-channel along
+/// the parameters' axis). Returns `y` and the packed mask when `with_mask` is set.
+fn fake_quant_f32(
     op: &FakeQuant,
     x: &[f32],
     shape: &[usize],
@@ -108,8 +109,9 @@ pub fn fake_quant(
     Ok(FakeQuantOutput { y, mask })
 }
 
-/// The straight-through backward of a fake-quantization: `dx = dy * mask`, see [`ste_grad_value`].
-pub fn ste_backward(dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
+/// The straight-through backward of a fake-quantization on f32: `dx = dy * mask`, see
+/// [`ste_grad_value`].
+fn ste_backward_f32(dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
     if dy.len() != mask.len() {
         return Err(Error::LengthMismatch {
             what: "dy vs mask",
@@ -124,24 +126,35 @@ pub fn ste_backward(dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
         .collect())
 }
 
-/// [`fake_quant`] for any element type: each input is widened to f32 exactly, fake-quantized as
-/// f32, and the output rounded to `T` to nearest even (see [`crate::dtype`]).
-pub fn fake_quant_typed<T: Element>(
+/// Fake-quantizes a row-major contiguous tensor of `shape` and any element type (`f32`,
+/// `half::f16`, `half::bf16`): each input is widened to f32 exactly, fake-quantized as f32 (see
+/// [`fake_quant_value`]), and the output rounded to `T` to nearest even (see [`crate::dtype`]).
+/// Returns `y` and the packed mask when `with_mask` is set.
+pub fn fake_quant<T: Element>(
     op: &FakeQuant,
     x: &[T],
     shape: &[usize],
     with_mask: bool,
-) -> Result<(Vec<T>, Option<PackedMask>)> {
-    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-    let out = fake_quant(op, &wide, shape, with_mask)?;
-    Ok((out.y.into_iter().map(T::from_f32).collect(), out.mask))
+) -> Result<FakeQuantOutput<T>> {
+    let out = fake_quant_f32(op, &widen(x), shape, with_mask)?;
+    Ok(FakeQuantOutput {
+        y: narrow(out.y),
+        mask: out.mask,
+    })
 }
 
-/// [`ste_backward`] for any element type: `dy` widened exactly, `dx` rounded to `T`.
-pub fn ste_backward_typed<T: Element>(dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
-    let wide: Vec<f32> = dy.iter().map(|v| v.to_f32()).collect();
-    Ok(ste_backward(&wide, mask)?
-        .into_iter()
-        .map(T::from_f32)
-        .collect())
+/// The straight-through backward `dx = dy * mask` (see [`ste_grad_value`]) for any element type:
+/// `dy` widened exactly, `dx` rounded to `T`.
+pub fn ste_backward<T: Element>(dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+    Ok(narrow(ste_backward_f32(&widen(dy), mask)?))
+}
+
+/// `x` widened to f32 (exact for every element type).
+pub(crate) fn widen<T: Element>(x: &[T]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+/// f32 values rounded to `T` to nearest even (the identity for f32).
+pub(crate) fn narrow<T: Element>(y: Vec<f32>) -> Vec<T> {
+    y.into_iter().map(T::from_f32).collect()
 }

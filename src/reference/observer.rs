@@ -22,10 +22,16 @@ pub fn observer_layout(
 
 /// Min and max of the finite values of each channel; both zeros count as `+0.0`; a channel with no
 /// finite value is empty, `(+inf, -inf)`.
-pub fn batch_min_max(config: &ObserverConfig, x: &[f32], shape: &[usize]) -> Result<MinMax> {
+/// Widening to f32 is exact, so the statistics of a 16-bit tensor are those of the stored values.
+pub fn batch_min_max<T: Element>(
+    config: &ObserverConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<MinMax> {
     let layout = observer_layout(config, shape, x.len())?;
     let mut batch = MinMax::empty(layout.channels);
-    for (i, &v) in x.iter().enumerate() {
+    for (i, v) in x.iter().enumerate() {
+        let v = v.to_f32();
         if !v.is_finite() {
             continue;
         }
@@ -39,17 +45,6 @@ pub fn batch_min_max(config: &ObserverConfig, x: &[f32], shape: &[usize]) -> Res
         }
     }
     Ok(batch)
-}
-
-/// [`batch_min_max`] of a tensor of any element type (widening is exact, so the statistics are
-/// those of the stored values).
-pub fn batch_min_max_typed<T: Element>(
-    config: &ObserverConfig,
-    x: &[T],
-    shape: &[usize],
-) -> Result<MinMax> {
-    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-    batch_min_max(config, &wide, shape)
 }
 
 /// Channel `c` of `m` as a range, zeros as `+0.0`; `None` when it is not a finite range (see
@@ -223,8 +218,8 @@ impl Observer {
         Ok(())
     }
 
-    /// The fused step on a tensor of `shape`: see [`Mode`].
-    pub fn step(
+    /// The fused step on an f32 tensor of `shape`: see [`Mode`].
+    fn step_f32(
         &mut self,
         x: &[f32],
         shape: &[usize],
@@ -254,19 +249,23 @@ impl Observer {
 }
 
 impl Observer {
-    /// [`Observer::step`] for any element type: the statistics of the widened values, the
-    /// fake-quant of [`crate::reference::fake_quant_typed`]; calibration returns `x` itself.
-    pub fn step_typed<T: Element>(
+    /// The fused step on a tensor of `shape` and any element type (see [`Mode`]): the statistics
+    /// of the widened values, the fake-quant of [`crate::reference::fake_quant`]; calibration
+    /// returns `x` itself.
+    pub fn step<T: Element>(
         &mut self,
         x: &[T],
         shape: &[usize],
         mode: Mode,
         with_mask: bool,
-    ) -> Result<(Vec<T>, Option<PackedMask>)> {
+    ) -> Result<FakeQuantOutput<T>> {
         let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         if mode == Mode::Calibrate {
-            let out = self.step(&wide, shape, mode, with_mask)?;
-            return Ok((x.to_vec(), out.mask));
+            let out = self.step_f32(&wide, shape, mode, with_mask)?;
+            return Ok(FakeQuantOutput {
+                y: x.to_vec(),
+                mask: out.mask,
+            });
         }
         // Observe (QAT) or only validate (frozen) through the f32 step, then fake-quantize the
         // stored type.
@@ -275,9 +274,9 @@ impl Observer {
         } else {
             Mode::Frozen
         };
-        self.step(&wide, shape, f32_mode, false)?;
+        self.step_f32(&wide, shape, f32_mode, false)?;
         let op = self.state.fake_quant(&self.config)?;
-        crate::reference::fake_quant_typed(&op, x, shape, with_mask)
+        crate::reference::fake_quant(&op, x, shape, with_mask)
     }
 }
 

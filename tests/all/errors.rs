@@ -168,20 +168,20 @@ fn gpu_calls_check_their_arguments() {
 
         let prepared = ctx.prepare(&op).unwrap();
         let x = ctx.upload(&[1.0; 16]).unwrap();
-        let y_short = ctx.create_tensor(15).unwrap();
+        let y_short = ctx.create_tensor(15, fakequant::DType::F32).unwrap();
         assert!(matches!(
-            prepared.forward(&x, &[4, 4], &y_short, None),
+            prepared.forward_device(&x, &[4, 4], &y_short, None),
             Err(Error::LengthMismatch { .. })
         ));
-        let y = ctx.create_tensor(16).unwrap();
+        let y = ctx.create_tensor(16, fakequant::DType::F32).unwrap();
         let short_mask = ctx.create_mask(8).unwrap();
         assert!(matches!(
-            prepared.forward(&x, &[4, 4], &y, Some(&short_mask)),
+            prepared.forward_device(&x, &[4, 4], &y, Some(&short_mask)),
             Err(Error::LengthMismatch { .. })
         ));
         // In place is refused rather than left to wgpu's usage validation.
         assert!(matches!(
-            prepared.forward(&x, &[4, 4], &x, None),
+            prepared.forward_device(&x, &[4, 4], &x, None),
             Err(Error::InvalidBuffer { what: "y", .. })
         ));
 
@@ -273,11 +273,14 @@ fn gpu_calls_check_their_arguments() {
         // A tensor larger than the device's largest buffer.
         let too_big = ctx.device_limits().max_buffer_size / 4 + 1;
         assert!(matches!(
-            ctx.create_tensor(too_big as usize),
+            ctx.create_tensor(too_big as usize, fakequant::DType::F32),
             Err(Error::TooLarge { .. })
         ));
         // Errors print a message that names the problem.
-        let message = ctx.create_tensor(too_big as usize).unwrap_err().to_string();
+        let message = ctx
+            .create_tensor(too_big as usize, fakequant::DType::F32)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("too large"), "{message}");
     }
 }
@@ -380,11 +383,11 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
     for ctx in contexts() {
         let gpu = ctx.create_observer(&weights, 4).unwrap();
         assert!(matches!(
-            gpu.run(&[0.0; 12], &[3, 4], Mode::Qat, false),
+            gpu.step(&[0.0; 12], &[3, 4], Mode::Qat, false),
             Err(Error::ChannelCountMismatch { .. })
         ));
         assert!(matches!(
-            gpu.run(&[0.0; 12], &[4, 4], Mode::Qat, false),
+            gpu.step(&[0.0; 12], &[4, 4], Mode::Qat, false),
             Err(Error::LengthMismatch { .. })
         ));
         let scalar_axis = ObserverConfig::new(
@@ -396,7 +399,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
         .unwrap();
         let on_axis_2 = ctx.create_observer(&scalar_axis, 4).unwrap();
         assert!(matches!(
-            on_axis_2.run(&[0.0; 16], &[4, 4], Mode::Calibrate, false),
+            on_axis_2.step(&[0.0; 16], &[4, 4], Mode::Calibrate, false),
             Err(Error::AxisOutOfRange { .. })
         ));
         for (min, max, scales, zero_points) in &bad_states {
@@ -541,7 +544,7 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
             .unwrap()
             .create_grads()
             .unwrap();
-        let dx = ctx.create_tensor(6).unwrap();
+        let dx = ctx.create_tensor(6, fakequant::DType::F32).unwrap();
         assert!(matches!(
             lsq.record_backward(
                 &mut encoder,

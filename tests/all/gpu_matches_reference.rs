@@ -374,11 +374,12 @@ fn device_tensors_chain_without_read_back() {
         .unwrap();
         let (p1, p2) = (ctx.prepare(&first).unwrap(), ctx.prepare(&second).unwrap());
         let x_dev = ctx.upload(&x).unwrap();
-        let mid = ctx.create_tensor(x.len()).unwrap();
-        let out = ctx.create_tensor(x.len()).unwrap();
+        let mid = ctx.create_tensor(x.len(), fakequant::DType::F32).unwrap();
+        let out = ctx.create_tensor(x.len(), fakequant::DType::F32).unwrap();
         let mask = ctx.create_mask(x.len()).unwrap();
-        p1.forward(&x_dev, &[x.len()], &mid, None).unwrap();
-        p2.forward(&mid, &[2, 5000], &out, Some(&mask)).unwrap();
+        p1.forward_device(&x_dev, &[x.len()], &mid, None).unwrap();
+        p2.forward_device(&mid, &[2, 5000], &out, Some(&mask))
+            .unwrap();
         let cpu_mid = reference::fake_quant(&first, &x, &[x.len()], false)
             .unwrap()
             .y;
@@ -497,11 +498,14 @@ fn every_wide_groups_per_thread_gives_the_same_bits() {
                     );
                 }
                 let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v * 50.0)).collect();
-                let (expected, expected_mask) =
-                    fakequant::reference::fake_quant_typed(&op_for_half(), &h, &[n], true).unwrap();
-                let (got, got_mask) = ctx
-                    .fake_quant_typed(&op_for_half(), &h, &[n], true)
-                    .unwrap();
+                let fakequant::FakeQuantOutput {
+                    y: expected,
+                    mask: expected_mask,
+                } = fakequant::reference::fake_quant(&op_for_half(), &h, &[n], true).unwrap();
+                let fakequant::FakeQuantOutput {
+                    y: got,
+                    mask: got_mask,
+                } = ctx.fake_quant(&op_for_half(), &h, &[n], true).unwrap();
                 let bits = |v: &[half::f16]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&expected),

@@ -42,8 +42,14 @@ fn assert_elems_eq<T: Element>(context: &str, x: &[T], expected: &[T], actual: &
 /// Forward (with and without mask) and backward on `ctx` against the reference.
 fn check<T: Element>(ctx: &GpuContext, op: &FakeQuant, x: &[T], shape: &[usize], label: &str) {
     let context = format!("{label} {:?} on {}", T::DTYPE, ctx.adapter_name());
-    let (expected, expected_mask) = reference::fake_quant_typed(op, x, shape, true).unwrap();
-    let (got, got_mask) = ctx.fake_quant_typed(op, x, shape, true).unwrap();
+    let fakequant::FakeQuantOutput {
+        y: expected,
+        mask: expected_mask,
+    } = reference::fake_quant(op, x, shape, true).unwrap();
+    let fakequant::FakeQuantOutput {
+        y: got,
+        mask: got_mask,
+    } = ctx.fake_quant(op, x, shape, true).unwrap();
     assert_elems_eq(&format!("{context}: y"), x, &expected, &got);
     let expected_mask = expected_mask.unwrap();
     assert_mask_eq(
@@ -51,12 +57,13 @@ fn check<T: Element>(ctx: &GpuContext, op: &FakeQuant, x: &[T], shape: &[usize],
         &expected_mask,
         &got_mask.unwrap(),
     );
-    let (got, none) = ctx.fake_quant_typed(op, x, shape, false).unwrap();
+    let fakequant::FakeQuantOutput { y: got, mask: none } =
+        ctx.fake_quant(op, x, shape, false).unwrap();
     assert!(none.is_none());
     assert_elems_eq(&format!("{context}: y without mask"), x, &expected, &got);
     // The backward on the same patterns as gradients.
-    let expected_dx = reference::ste_backward_typed(x, &expected_mask).unwrap();
-    let got_dx = ctx.ste_backward_typed(x, &expected_mask).unwrap();
+    let expected_dx = reference::ste_backward(x, &expected_mask).unwrap();
+    let got_dx = ctx.ste_backward(x, &expected_mask).unwrap();
     assert_elems_eq(&format!("{context}: dx"), x, &expected_dx, &got_dx);
 }
 
@@ -151,7 +158,10 @@ fn odd_lengths_and_odd_inner_sizes() {
 fn check_at_offsets<T: Element>(ctx: &GpuContext, x: &[T], x_at: u64, y_at: u64) {
     let n = x.len();
     let op = &ops()[0];
-    let (expected, expected_mask) = reference::fake_quant_typed(op, x, &[n], true).unwrap();
+    let fakequant::FakeQuantOutput {
+        y: expected,
+        mask: expected_mask,
+    } = reference::fake_quant(op, x, &[n], true).unwrap();
     let sentinel = 0xdead_beefu32;
     let words = (n as u64 + x_at.max(y_at) + 4).div_ceil(2) as usize;
     let mut x_words = vec![sentinel; words];
@@ -177,7 +187,7 @@ fn check_at_offsets<T: Element>(ctx: &GpuContext, x: &[T], x_at: u64, y_at: u64)
         .unwrap();
     ctx.submit_and_wait(encoder).unwrap();
     let out: Vec<u32> = ctx
-        .read_tensor(&y_buf)
+        .read_tensor::<f32>(&y_buf)
         .unwrap()
         .iter()
         .map(|v| v.to_bits())
@@ -260,14 +270,14 @@ fn mixed_element_types_and_misaligned_offsets_are_rejected() {
     for ctx in contexts() {
         let op = &ops()[0];
         let prepared = ctx.prepare(op).unwrap();
-        let x = ctx.upload_typed(&[f16::ONE; 8]).unwrap();
-        let y = ctx.create_tensor(8).unwrap();
+        let x = ctx.upload(&[f16::ONE; 8]).unwrap();
+        let y = ctx.create_tensor(8, fakequant::DType::F32).unwrap();
         let mut encoder = ctx.create_encoder("errors");
         assert!(prepared
             .record_forward(&mut encoder, x.binding(), &[8], y.binding(), None)
             .is_err());
         let odd = TensorBinding::new(x.buffer(), 1).with_dtype(DType::F16);
-        let y16 = ctx.create_tensor_typed(8, DType::F16).unwrap();
+        let y16 = ctx.create_tensor(8, DType::F16).unwrap();
         assert!(prepared
             .record_forward(&mut encoder, odd, &[8], y16.binding(), None)
             .is_err());
@@ -276,16 +286,16 @@ fn mixed_element_types_and_misaligned_offsets_are_rejected() {
         assert!(prepared
             .record_forward(&mut encoder, late, &[8], y16.binding(), None)
             .is_err());
-        assert!(ctx.read_tensor_typed::<f32>(&x).is_err());
+        assert!(ctx.read_tensor::<f32>(&x).is_err());
         let mask = PackedMask::from_bools(&[true; 8]);
-        assert!(ctx.ste_backward_typed(&[bf16::ONE; 7], &mask).is_err());
+        assert!(ctx.ste_backward(&[bf16::ONE; 7], &mask).is_err());
         ctx.submit_and_wait(encoder).unwrap();
     }
 }
 
 #[test]
 fn observers_on_16_bit_tensors() {
-    use fakequant::reference::observer::{batch_min_max_typed, Observer};
+    use fakequant::reference::observer::{batch_min_max, Observer};
     use fakequant::{Averaging, Mode, ObserverConfig, QScheme};
     let (h, b) = (all_f16(), all_bf16());
     for ctx in contexts() {
@@ -304,12 +314,12 @@ fn observers_on_16_bit_tensors() {
                 (
                     "f16",
                     gpu.batch_min_max(&h, &shape).unwrap(),
-                    batch_min_max_typed(&config, &h, &shape).unwrap(),
+                    batch_min_max(&config, &h, &shape).unwrap(),
                 ),
                 (
                     "bf16",
                     gpu.batch_min_max(&b, &shape).unwrap(),
-                    batch_min_max_typed(&config, &b, &shape).unwrap(),
+                    batch_min_max(&config, &b, &shape).unwrap(),
                 ),
             ] {
                 let context = format!("{name} batch axis {axis:?}");
@@ -331,13 +341,17 @@ fn observers_on_16_bit_tensors() {
                     .collect();
                 let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
                 let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-                let (ey, em) = cpu16.step_typed(&xh, &shape, mode, true).unwrap();
-                let (gy, gm) = gpu16.run_typed(&xh, &shape, mode, true).unwrap();
+                let fakequant::FakeQuantOutput { y: ey, mask: em } =
+                    cpu16.step(&xh, &shape, mode, true).unwrap();
+                let fakequant::FakeQuantOutput { y: gy, mask: gm } =
+                    gpu16.step(&xh, &shape, mode, true).unwrap();
                 assert_elems_eq(&format!("f16 step {step} {mode:?}"), &xh, &ey, &gy);
                 assert_mask_eq("f16 step mask", &em.unwrap(), &gm.unwrap());
                 assert_eq!(cpu16.state(), &gpu16.read_state().unwrap());
-                let (ey, em) = cpub.step_typed(&xb, &shape, mode, true).unwrap();
-                let (gy, gm) = gpub.run_typed(&xb, &shape, mode, true).unwrap();
+                let fakequant::FakeQuantOutput { y: ey, mask: em } =
+                    cpub.step(&xb, &shape, mode, true).unwrap();
+                let fakequant::FakeQuantOutput { y: gy, mask: gm } =
+                    gpub.step(&xb, &shape, mode, true).unwrap();
                 assert_elems_eq(&format!("bf16 step {step} {mode:?}"), &xb, &ey, &gy);
                 assert_mask_eq("bf16 step mask", &em.unwrap(), &gm.unwrap());
                 assert_eq!(cpub.state(), &gpub.read_state().unwrap());
@@ -371,21 +385,28 @@ fn lsq_on_16_bit_tensors() {
                     let x = $x;
                     let dy: Vec<$ty> = dy.iter().map(|&v| <$ty>::from_f32(v)).collect();
                     let label = format!("{} axis {axis:?}", stringify!($ty));
-                    let (ey, em) =
-                        lsq_ref::forward_typed(&config, &x, &shape, &scales, &zps, true).unwrap();
-                    let (gy, gm) = lsq.forward_typed(&x, &shape, true).unwrap();
+                    let fakequant::FakeQuantOutput { y: ey, mask: em } =
+                        lsq_ref::forward(&config, &x, &shape, &scales, &zps, true).unwrap();
+                    let fakequant::FakeQuantOutput { y: gy, mask: gm } =
+                        lsq.forward(&x, &shape, true).unwrap();
                     assert_elems_eq(&format!("{label}: y"), &x, &ey, &gy);
                     assert_mask_eq(&format!("{label}: mask"), &em.unwrap(), &gm.unwrap());
                     for (xs, dys) in [(&x, &dy), (&dy, &x)] {
-                        let (edx, eds, edz) =
-                            lsq_ref::backward_typed(&config, xs, dys, &shape, &scales, &zps)
-                                .unwrap();
-                        let (gdx, gds, gdz) = lsq.backward_typed(xs, dys, &shape).unwrap();
+                        let fakequant::LsqGrads {
+                            dx: edx,
+                            dscale: eds,
+                            dzero_point: edz,
+                        } = lsq_ref::backward(&config, xs, dys, &shape, &scales, &zps).unwrap();
+                        let fakequant::LsqGrads {
+                            dx: gdx,
+                            dscale: gds,
+                            dzero_point: gdz,
+                        } = lsq.backward(xs, dys, &shape).unwrap();
                         assert_elems_eq(&format!("{label}: dx"), xs, &edx, &gdx);
                         common::assert_bits_eq(&format!("{label}: dscale"), &[], &eds, &gds);
                         common::assert_bits_eq(&format!("{label}: dzero_point"), &[], &edz, &gdz);
                     }
-                    let expected = lsq_ref::init_scales_typed(&config, &x, &shape).unwrap();
+                    let expected = lsq_ref::init_scales(&config, &x, &shape).unwrap();
                     let init = ctx.create_lsq(&config, &scales, &zps).unwrap();
                     let got = init.init_from_data(&x, &shape).unwrap();
                     common::assert_bits_eq(&format!("{label}: init"), &[], &expected, &got);
@@ -399,7 +420,7 @@ fn lsq_on_16_bit_tensors() {
 
 #[test]
 fn observers_and_lsq_read_and_write_16_bit_tensors_at_odd_offsets() {
-    use fakequant::reference::{lsq as lsq_ref, observer::batch_min_max_typed};
+    use fakequant::reference::{lsq as lsq_ref, observer::batch_min_max};
     use fakequant::{LsqConfig, ObserverConfig};
     let mut rng = Rng::new(6);
     let n = 3000usize;
@@ -410,7 +431,7 @@ fn observers_and_lsq_read_and_write_16_bit_tensors_at_odd_offsets() {
     let place = |ctx: &GpuContext, v: &[f16], at: usize| {
         let mut all = vec![f16::ZERO; n + 300];
         all[at..at + n].copy_from_slice(v);
-        ctx.upload_typed(&all).unwrap()
+        ctx.upload(&all).unwrap()
     };
     fn bind(t: &fakequant::GpuTensor, at: usize) -> TensorBinding<'_> {
         TensorBinding::new(t.buffer(), at as u64 * 2).with_dtype(DType::F16)
@@ -442,13 +463,16 @@ fn observers_and_lsq_read_and_write_16_bit_tensors_at_odd_offsets() {
         .unwrap();
         ctx.submit_and_wait(encoder).unwrap();
 
-        let expected = batch_min_max_typed(&config, &x, &shape).unwrap();
+        let expected = batch_min_max(&config, &x, &shape).unwrap();
         let got = ctx.read_batch_stats(&stats).unwrap();
         common::assert_bits_eq("odd-offset min", &[], &expected.min, &got.min);
         common::assert_bits_eq("odd-offset max", &[], &expected.max, &got.max);
-        let (edx, eds, edz) =
-            lsq_ref::backward_typed(&lsq_config, &x, &dy, &shape, &scales, &zps).unwrap();
-        let all: Vec<f16> = ctx.read_tensor_typed(&dxb).unwrap();
+        let fakequant::LsqGrads {
+            dx: edx,
+            dscale: eds,
+            dzero_point: edz,
+        } = lsq_ref::backward(&lsq_config, &x, &dy, &shape, &scales, &zps).unwrap();
+        let all: Vec<f16> = ctx.read_tensor(&dxb).unwrap();
         assert_elems_eq("odd-offset dx", &x, &edx, &all[dx_at..dx_at + n]);
         assert!(all[..dx_at]
             .iter()

@@ -361,7 +361,9 @@ fn initialization_from_an_observer_and_from_data() {
         let observer_config = ObserverConfig::qat_weight_int8();
         let observer = ctx.create_observer(&observer_config, 8).unwrap();
         let w: Vec<f32> = (0..8 * 300).map(|_| rng.normal() * 0.1).collect();
-        observer.run(&w, &[8, 300], Mode::Calibrate, false).unwrap();
+        observer
+            .step(&w, &[8, 300], Mode::Calibrate, false)
+            .unwrap();
         let calibrated = observer.read_state().unwrap();
         let lsq = ctx
             .create_lsq(&LsqConfig::weight_int8(), &[1.0; 8], &[5.0; 8])
@@ -375,7 +377,7 @@ fn initialization_from_an_observer_and_from_data() {
         let expected: Vec<f32> = calibrated.zero_points.iter().map(|&z| z as f32).collect();
         assert_bits_eq("zero points from the observer", &[], &expected, &zps);
         // The forward with the loaded parameters equals the observer's frozen fake-quant.
-        let frozen = observer.run(&w, &[8, 300], Mode::Frozen, true).unwrap();
+        let frozen = observer.step(&w, &[8, 300], Mode::Frozen, true).unwrap();
         let lsq_y = lsq.forward(&w, &[8, 300], true).unwrap();
         assert_bits_eq("observer-initialized LSQ forward", &w, &frozen.y, &lsq_y.y);
 

@@ -152,7 +152,7 @@ fn reference_batch_skips_non_finite_and_counts_zeros_as_plus_zero() {
     assert_eq!((b.min[0].to_bits(), b.max[0].to_bits()), (0, 0));
     let b = reference::batch_min_max(&per_tensor, &[f32::NAN, f32::INFINITY], &[2]).unwrap();
     assert_eq!(b, MinMax::empty(1));
-    let b = reference::batch_min_max(&per_tensor, &[], &[0]).unwrap();
+    let b = reference::batch_min_max::<f32>(&per_tensor, &[], &[0]).unwrap();
     assert_eq!(b, MinMax::empty(1));
     // An empty batch leaves the state alone.
     let mut obs = Observer::new(per_tensor, 1).unwrap();
@@ -160,7 +160,7 @@ fn reference_batch_skips_non_finite_and_counts_zeros_as_plus_zero() {
         .unwrap();
     let before = obs.state().clone();
     obs.step(&[f32::NAN], &[1], Mode::Calibrate, false).unwrap();
-    obs.step(&[], &[0], Mode::Qat, false).unwrap();
+    obs.step::<f32>(&[], &[0], Mode::Qat, false).unwrap();
     assert_eq!(&before, obs.state());
 }
 
@@ -309,7 +309,7 @@ fn check_sequence(
         let context = format!("{label} step {i} {mode:?} on {}", ctx.adapter_name());
         let with_mask = i % 2 == 0;
         let expected = cpu.step(x, shape, *mode, with_mask).unwrap();
-        let got = gpu.run(x, shape, *mode, with_mask).unwrap();
+        let got = gpu.step(x, shape, *mode, with_mask).unwrap();
         assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
         if let (Some(e), Some(g)) = (&expected.mask, &got.mask) {
             assert_mask_eq(&format!("{context}: mask"), e, g);
@@ -412,7 +412,7 @@ fn moving_average_where_fusing_would_change_the_last_bit() {
                     x.push(hi[ch]);
                 }
                 let expected = cpu.step(&x, &[channels, 2], Mode::Qat, true).unwrap();
-                let got = gpu.run(&x, &[channels, 2], Mode::Qat, true).unwrap();
+                let got = gpu.step(&x, &[channels, 2], Mode::Qat, true).unwrap();
                 let context = format!("c={c} step {step} on {}", ctx.adapter_name());
                 assert_bits_eq(&context, &x, &expected.y, &got.y);
                 assert_state_eq(&context, cpu.state(), &gpu.read_state().unwrap());
@@ -552,7 +552,7 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         let mut cpu = Observer::new(config.clone(), 6).unwrap();
         for _ in 0..5 {
             let x: Vec<f32> = (0..1200).map(|_| rng.normal() * 2.0).collect();
-            let y = calibrating.run(&x, &shape, Mode::Calibrate, true).unwrap();
+            let y = calibrating.step(&x, &shape, Mode::Calibrate, true).unwrap();
             assert_bits_eq("calibration passes x through", &x, &x, &y.y);
             assert!(y.mask.unwrap().to_bools().iter().all(|&b| b));
             cpu.step(&x, &shape, Mode::Calibrate, false).unwrap();
@@ -568,7 +568,7 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         let x = data(&mut rng, 1200, 2);
         let expected = cpu.step(&x, &shape, Mode::Frozen, true).unwrap();
         for observer in [&qat, &calibrating] {
-            let got = observer.run(&x, &shape, Mode::Frozen, true).unwrap();
+            let got = observer.step(&x, &shape, Mode::Frozen, true).unwrap();
             assert_bits_eq("frozen", &x, &expected.y, &got.y);
             assert_mask_eq(
                 "frozen mask",
@@ -614,7 +614,7 @@ fn device_derived_parameters_equal_host_derived_ones() {
             .collect();
         let observer = ctx.create_observer(&config, channels).unwrap();
         observer
-            .run(&x, &[channels, per], Mode::Calibrate, false)
+            .step(&x, &[channels, per], Mode::Calibrate, false)
             .unwrap();
         let state = observer.read_state().unwrap();
         let op = state.fake_quant(&config).unwrap();
@@ -628,7 +628,7 @@ fn device_derived_parameters_equal_host_derived_ones() {
         let probe: Vec<f32> = corpora.iter().flat_map(|c| c[..len].to_vec()).collect();
         let shape = [channels, len];
         let expected = fakequant::reference::fake_quant(&op, &probe, &shape, true).unwrap();
-        let got = observer.run(&probe, &shape, Mode::Frozen, true).unwrap();
+        let got = observer.step(&probe, &shape, Mode::Frozen, true).unwrap();
         assert_bits_eq("device-derived parameters", &probe, &expected.y, &got.y);
         assert_mask_eq(
             "device-derived mask",
@@ -655,8 +655,8 @@ fn fused_step_recorded_with_other_work_in_one_submission() {
         let a: Vec<f32> = (0..8 * 16 * 25).map(|_| rng.normal().max(0.0)).collect();
         let (w_dev, a_dev) = (ctx.upload(&w).unwrap(), ctx.upload(&a).unwrap());
         let (wq, aq) = (
-            ctx.create_tensor(w.len()).unwrap(),
-            ctx.create_tensor(a.len()).unwrap(),
+            ctx.create_tensor(w.len(), fakequant::DType::F32).unwrap(),
+            ctx.create_tensor(a.len(), fakequant::DType::F32).unwrap(),
         );
         let mask = ctx.create_mask(a.len()).unwrap();
         for step in 0..3 {

@@ -38,7 +38,7 @@ fn poison_mask(ctx: &GpuContext, m: &GpuMask) {
 }
 
 fn assert_poisoned(context: &str, ctx: &GpuContext, t: &GpuTensor) {
-    let got = ctx.read_tensor(t).unwrap();
+    let got = ctx.read_tensor::<f32>(t).unwrap();
     assert!(
         got.iter().all(|v| v.to_bits() == 0x7fa5_a5a5),
         "{context}: the output was written"
@@ -93,14 +93,14 @@ impl Layer {
             channel_shape,
             per_tensor: ctx.prepare(&per_tensor).unwrap(),
             per_channel: ctx.prepare(&per_channel).unwrap(),
-            x: ctx.create_tensor(n).unwrap(),
-            dy: ctx.create_tensor(n).unwrap(),
-            y_tensor: ctx.create_tensor(n).unwrap(),
+            x: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
+            dy: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
+            y_tensor: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
             mask_tensor: ctx.create_mask(n).unwrap(),
-            y_unmasked: ctx.create_tensor(n).unwrap(),
-            y_channel: ctx.create_tensor(n).unwrap(),
+            y_unmasked: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
+            y_channel: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
             mask_channel: ctx.create_mask(n).unwrap(),
-            dx: ctx.create_tensor(n).unwrap(),
+            dx: ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
         }
     }
 
@@ -335,15 +335,15 @@ fn prerecorded_observer_qat_steps_equal_fresh_record_step_calls() {
             Observer::new(act_config.clone(), 1).unwrap(),
         );
         let (w, a) = (
-            ctx.create_tensor(w_len).unwrap(),
-            ctx.create_tensor(a_len).unwrap(),
+            ctx.create_tensor(w_len, fakequant::DType::F32).unwrap(),
+            ctx.create_tensor(a_len, fakequant::DType::F32).unwrap(),
         );
         // Outputs of the replayed and of the fresh observers.
         let outputs: Vec<(GpuTensor, GpuTensor, GpuMask)> = (0..2)
             .map(|_| {
                 (
-                    ctx.create_tensor(w_len).unwrap(),
-                    ctx.create_tensor(a_len).unwrap(),
+                    ctx.create_tensor(w_len, fakequant::DType::F32).unwrap(),
+                    ctx.create_tensor(a_len, fakequant::DType::F32).unwrap(),
                     ctx.create_mask(a_len).unwrap(),
                 )
             })
@@ -502,15 +502,18 @@ fn prerecorded_lsq_forward_and_backward_equal_a_fresh_record() {
             let n: usize = shape.iter().product();
             let replayed = ctx.create_lsq(config, scales0, zps0).unwrap();
             let fresh = ctx.create_lsq(config, scales0, zps0).unwrap();
-            let (x, dy) = (ctx.create_tensor(n).unwrap(), ctx.create_tensor(n).unwrap());
+            let (x, dy) = (
+                ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
+                ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
+            );
             // Per quantizer: y, mask, dx, reduced gradients.
             let outputs: Vec<_> = [&replayed, &fresh]
                 .iter()
                 .map(|lsq| {
                     (
-                        ctx.create_tensor(n).unwrap(),
+                        ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
                         ctx.create_mask(n).unwrap(),
-                        ctx.create_tensor(n).unwrap(),
+                        ctx.create_tensor(n, fakequant::DType::F32).unwrap(),
                         lsq.create_grads().unwrap(),
                     )
                 })
@@ -629,7 +632,7 @@ fn prerecorded_lsq_forward_and_backward_equal_a_fresh_record() {
 /// and give the reference's result.
 fn assert_ordinary_record_runs(ctx: &GpuContext, fq: &GpuFakeQuant, x: &[f32], label: &str) {
     let x_dev = ctx.upload(x).unwrap();
-    let y = ctx.create_tensor(x.len()).unwrap();
+    let y = ctx.create_tensor(x.len(), fakequant::DType::F32).unwrap();
     let mask = ctx.create_mask(x.len()).unwrap();
     poison_tensor(ctx, &y);
     let mut encoder = ctx.create_encoder("ordinary");
@@ -667,8 +670,8 @@ fn failed_or_panicking_prerecord_restores_ordinary_recording() {
             .unwrap();
         let x = random_data(&mut rng, n, 0, 0.02);
         let x_dev = ctx.upload(&x).unwrap();
-        let y = ctx.create_tensor(n).unwrap();
-        let y_short = ctx.create_tensor(n - 1).unwrap();
+        let y = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
+        let y_short = ctx.create_tensor(n - 1, fakequant::DType::F32).unwrap();
         let mask_short = ctx.create_mask(n - 40).unwrap();
         let observer = ctx
             .create_observer(&ObserverConfig::qat_weight_int8(), 4)
@@ -744,14 +747,14 @@ fn nested_prerecord_keeps_only_its_own_passes() {
         let mut layer = |n: usize| {
             let x = random_data(&mut rng, n, n, 0.25);
             let x_dev = ctx.upload(&x).unwrap();
-            let y = ctx.create_tensor(n).unwrap();
+            let y = ctx.create_tensor(n, fakequant::DType::F32).unwrap();
             let mask = ctx.create_mask(n).unwrap();
             (x, x_dev, y, mask)
         };
         let (a, b, c) = (layer(4097), layer(300), layer(33));
         let (y_short, dx_b) = (
-            ctx.create_tensor(10).unwrap(),
-            ctx.create_tensor(300).unwrap(),
+            ctx.create_tensor(10, fakequant::DType::F32).unwrap(),
+            ctx.create_tensor(300, fakequant::DType::F32).unwrap(),
         );
         let record =
             |encoder: &mut dyn Recorder,
@@ -869,9 +872,12 @@ fn pass_and_dispatch_counts_and_empty_replays() {
         let fq = ctx
             .prepare(&FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.1, 0)).unwrap())
             .unwrap();
-        let (x0, y0) = (ctx.create_tensor(0).unwrap(), ctx.create_tensor(0).unwrap());
+        let (x0, y0) = (
+            ctx.create_tensor(0, fakequant::DType::F32).unwrap(),
+            ctx.create_tensor(0, fakequant::DType::F32).unwrap(),
+        );
         let x = ctx.upload(&[1.0, 2.0, 3.0, 4.0]).unwrap();
-        let y = ctx.create_tensor(4).unwrap();
+        let y = ctx.create_tensor(4, fakequant::DType::F32).unwrap();
         let nothing = ctx
             .prerecord(|encoder| fq.record_forward(encoder, x0.binding(), &[0], y0.binding(), None))
             .unwrap();

@@ -522,7 +522,7 @@ fn gpu_matches_pytorch_observers() {
             },
             |observer, case, x| {
                 observer
-                    .run(x, &case.shape, Mode::Calibrate, false)
+                    .step(x, &case.shape, Mode::Calibrate, false)
                     .unwrap_or_else(|e| panic!("{}: GPU step on {adapter} failed: {e}", case.name))
                     .y
             },
