@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
@@ -31,6 +32,7 @@ pub mod observer;
 pub mod quant;
 pub mod reference;
 
+pub use backend::{Backend, LsqOps, ObserverOps};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use gpu::{
@@ -42,4 +44,4 @@ pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QSche
 pub use quant::{
     ChannelLayout, FakeQuant, Granularity, PackedMask, QuantParams, QuantRange, Rounding,
 };
-pub use reference::FakeQuantOutput;
+pub use reference::{FakeQuantOutput, Reference};

@@ -44,11 +44,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => args.unknown(&arg),
         }
     }
-    let mut ops: Box<dyn qat::QuantOps> = if reference {
-        Box::new(qat::ReferenceOps::default())
+    // The one line that picks the backend: the CPU reference or the GPU, same trait.
+    if reference {
+        train(qat::Ops::new(fakequant::Reference), short)
     } else {
-        Box::new(qat::GpuOps::new(fakequant::GpuContext::new()?))
-    };
+        train(qat::Ops::new(fakequant::GpuContext::new()?), short)
+    }
+}
+
+fn train<B: fakequant::Backend>(mut ops: qat::Ops<B>, short: bool) -> qat::Result<()> {
     let start = Instant::now();
     let mut reports = Vec::new();
     for bits in WIDTHS {
@@ -58,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             qat::Options::full(bits)
         };
         println!("== int{bits} ==");
-        reports.push(qat::run(&options, ops.as_mut(), &mut |line| {
+        reports.push(qat::run(&options, &mut ops, &mut |line| {
             println!("[{:6.1} s] {line}", start.elapsed().as_secs_f64())
         })?);
     }

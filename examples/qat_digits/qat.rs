@@ -1,15 +1,14 @@
 //! The seed document's workflow on real data: float pre-training, prepare, calibration, QAT with
 //! the statistics recipe and with the LSQ recipe, conversion to a fixed-point model evaluated with
 //! integer arithmetic only. Every fake-quant, observer, straight-through and LSQ operation goes
-//! through a [`QuantOps`] backend: the library's GPU path (recorded into command encoders, as a
-//! framework would) or its CPU reference. The rest (matrix products, softmax, SGD) is plain,
+//! through the library's [`Backend`] trait: its GPU path or its CPU reference, swapped with one
+//! line. The rest (matrix products, softmax, SGD) is plain,
 //! single-threaded CPU code, so both backends train bit-identical models.
 //!
 //! Shared by `examples/qat_digits/main.rs` and `tests/qat_digits.rs`.
 
-use fakequant::reference::{self, lsq as ref_lsq, observer::Observer};
 use fakequant::{
-    Averaging, GpuContext, GpuLsq, GpuObserver, Granularity, LsqConfig, Mode, ObserverConfig,
+    Averaging, Backend, Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps,
     ObserverState, PackedMask, QScheme, QuantRange,
 };
 use rand::seq::SliceRandom;
@@ -71,203 +70,34 @@ pub fn load_digits() -> Result<(Dataset, Dataset)> {
 // ---------------------------------------------------------------------------------------------
 // The quantization backends.
 
-/// What the training loop needs from the library. Ids index the observers / LSQ quantizers in
-/// creation order.
-pub trait QuantOps {
-    fn name(&self) -> String;
-    fn create_observer(&mut self, config: &ObserverConfig, channels: usize) -> Result<usize>;
-    /// The fused step: returns `y` and the mask.
-    fn observe(
-        &mut self,
-        id: usize,
-        x: &[f32],
-        shape: &[usize],
-        mode: Mode,
-    ) -> Result<(Vec<f32>, PackedMask)>;
-    fn observer_state(&mut self, id: usize) -> Result<ObserverState>;
-    fn ste(&mut self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>>;
-    /// An LSQ quantizer initialized from an observer's calibrated qparams.
-    fn create_lsq(&mut self, config: &LsqConfig, observer: usize) -> Result<usize>;
-    fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>>;
-    fn lsq_backward(
-        &mut self,
-        id: usize,
-        x: &[f32],
-        dy: &[f32],
-        shape: &[usize],
-    ) -> Result<fakequant::LsqGrads>;
-    fn lsq_params(&mut self, id: usize) -> Result<(Vec<f32>, Vec<f32>)>;
-    fn set_lsq_params(&mut self, id: usize, scales: &[f32], zero_points: &[f32]) -> Result<()>;
+/// The training loop's quantizers on one [`Backend`] (the CPU reference or a GPU context; the
+/// library's trait makes them interchangeable), indexed by creation order.
+pub struct Ops<B: Backend> {
+    backend: B,
+    observers: Vec<B::Observer>,
+    lsqs: Vec<B::Lsq>,
 }
 
-/// The library's GPU path, through the recording API: every call records into an encoder, submits
-/// once and reads the result back (the matrix products live on the host in this example).
-pub struct GpuOps {
-    ctx: GpuContext,
-    observers: Vec<GpuObserver>,
-    lsqs: Vec<(GpuLsq, LsqConfig)>,
-}
-
-impl GpuOps {
-    pub fn new(ctx: GpuContext) -> Self {
+impl<B: Backend> Ops<B> {
+    pub fn new(backend: B) -> Self {
         Self {
-            ctx,
+            backend,
             observers: Vec::new(),
             lsqs: Vec::new(),
         }
     }
-}
 
-impl QuantOps for GpuOps {
-    fn name(&self) -> String {
-        format!("GPU: {}", self.ctx.adapter_name())
+    pub fn name(&self) -> String {
+        self.backend.name()
     }
 
     fn create_observer(&mut self, config: &ObserverConfig, channels: usize) -> Result<usize> {
         self.observers
-            .push(self.ctx.create_observer(config, channels)?);
+            .push(self.backend.create_observer(config, channels)?);
         Ok(self.observers.len() - 1)
     }
 
-    fn observe(
-        &mut self,
-        id: usize,
-        x: &[f32],
-        shape: &[usize],
-        mode: Mode,
-    ) -> Result<(Vec<f32>, PackedMask)> {
-        let ctx = &self.ctx;
-        let (x_dev, y_dev, mask_dev) = (
-            ctx.upload(x)?,
-            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
-            ctx.create_mask(x.len())?,
-        );
-        let mut encoder = ctx.create_encoder("qat observe");
-        self.observers[id].record_step(
-            &mut encoder,
-            x_dev.binding(),
-            shape,
-            y_dev.binding(),
-            Some(mask_dev.binding()),
-            mode,
-        )?;
-        ctx.submit_and_wait(encoder)?;
-        Ok((ctx.read_tensor(&y_dev)?, ctx.read_mask(&mask_dev)?))
-    }
-
-    fn observer_state(&mut self, id: usize) -> Result<ObserverState> {
-        Ok(self.observers[id].read_state()?)
-    }
-
-    fn ste(&mut self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
-        let ctx = &self.ctx;
-        let (dy_dev, mask_dev, dx_dev) = (
-            ctx.upload(dy)?,
-            ctx.upload_mask(mask)?,
-            ctx.create_tensor(dy.len(), fakequant::DType::F32)?,
-        );
-        let mut encoder = ctx.create_encoder("qat ste");
-        ctx.record_ste_backward(
-            &mut encoder,
-            dy_dev.binding(),
-            mask_dev.binding(),
-            dx_dev.binding(),
-            dy.len(),
-        )?;
-        ctx.submit_and_wait(encoder)?;
-        Ok(ctx.read_tensor(&dx_dev)?)
-    }
-
-    fn create_lsq(&mut self, config: &LsqConfig, observer: usize) -> Result<usize> {
-        let channels = self.observers[observer].channels();
-        let lsq = self
-            .ctx
-            .create_lsq(config, &vec![1.0; channels], &vec![0.0; channels])?;
-        let mut encoder = self.ctx.create_encoder("qat lsq init");
-        lsq.record_init_from_observer(&mut encoder, &self.observers[observer])?;
-        self.ctx.submit_and_wait(encoder)?;
-        self.lsqs.push((lsq, config.clone()));
-        Ok(self.lsqs.len() - 1)
-    }
-
-    fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
-        let ctx = &self.ctx;
-        let (x_dev, y_dev) = (
-            ctx.upload(x)?,
-            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
-        );
-        let mut encoder = ctx.create_encoder("qat lsq forward");
-        self.lsqs[id].0.record_forward(
-            &mut encoder,
-            x_dev.binding(),
-            shape,
-            y_dev.binding(),
-            None,
-        )?;
-        ctx.submit_and_wait(encoder)?;
-        Ok(ctx.read_tensor(&y_dev)?)
-    }
-
-    fn lsq_backward(
-        &mut self,
-        id: usize,
-        x: &[f32],
-        dy: &[f32],
-        shape: &[usize],
-    ) -> Result<fakequant::LsqGrads> {
-        let ctx = &self.ctx;
-        let lsq = &self.lsqs[id].0;
-        let (x_dev, dy_dev, dx_dev) = (
-            ctx.upload(x)?,
-            ctx.upload(dy)?,
-            ctx.create_tensor(x.len(), fakequant::DType::F32)?,
-        );
-        let grads = lsq.create_grads()?;
-        let mut encoder = ctx.create_encoder("qat lsq backward");
-        lsq.record_backward(
-            &mut encoder,
-            x_dev.binding(),
-            dy_dev.binding(),
-            shape,
-            dx_dev.binding(),
-            &grads,
-        )?;
-        ctx.submit_and_wait(encoder)?;
-        let (dscale, dzero_point) = ctx.read_lsq_grads(&grads)?;
-        Ok(fakequant::LsqGrads {
-            dx: ctx.read_tensor(&dx_dev)?,
-            dscale,
-            dzero_point,
-        })
-    }
-
-    fn lsq_params(&mut self, id: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok(self.lsqs[id].0.read_params()?)
-    }
-
-    fn set_lsq_params(&mut self, id: usize, scales: &[f32], zero_points: &[f32]) -> Result<()> {
-        Ok(self.lsqs[id].0.load_params(scales, zero_points)?)
-    }
-}
-
-/// The CPU reference: the executable specification the GPU path equals bit for bit.
-#[derive(Default)]
-pub struct ReferenceOps {
-    observers: Vec<Observer>,
-    lsqs: Vec<(LsqConfig, Vec<f32>, Vec<f32>)>,
-}
-
-impl QuantOps for ReferenceOps {
-    fn name(&self) -> String {
-        "CPU reference".to_string()
-    }
-
-    fn create_observer(&mut self, config: &ObserverConfig, channels: usize) -> Result<usize> {
-        self.observers
-            .push(Observer::new(config.clone(), channels)?);
-        Ok(self.observers.len() - 1)
-    }
-
+    /// The fused step: returns `y` and the mask.
     fn observe(
         &mut self,
         id: usize,
@@ -280,24 +110,24 @@ impl QuantOps for ReferenceOps {
     }
 
     fn observer_state(&mut self, id: usize) -> Result<ObserverState> {
-        Ok(self.observers[id].state().clone())
+        Ok(self.observers[id].read_state()?)
     }
 
     fn ste(&mut self, dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
-        Ok(reference::ste_backward(dy, mask)?)
+        Ok(self.backend.ste_backward(dy, mask)?)
     }
 
+    /// An LSQ quantizer initialized from an observer's calibrated qparams.
     fn create_lsq(&mut self, config: &LsqConfig, observer: usize) -> Result<usize> {
-        let state = self.observers[observer].state();
-        let zero_points = state.zero_points.iter().map(|&z| z as f32).collect();
-        self.lsqs
-            .push((config.clone(), state.scales.clone(), zero_points));
+        let lsq = self
+            .backend
+            .create_lsq_from_observer(config, &self.observers[observer])?;
+        self.lsqs.push(lsq);
         Ok(self.lsqs.len() - 1)
     }
 
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
-        let (config, s, z) = &self.lsqs[id];
-        Ok(ref_lsq::forward(config, x, shape, s, z, false)?.y)
+        Ok(self.lsqs[id].forward(x, shape, false)?.y)
     }
 
     fn lsq_backward(
@@ -307,20 +137,15 @@ impl QuantOps for ReferenceOps {
         dy: &[f32],
         shape: &[usize],
     ) -> Result<fakequant::LsqGrads> {
-        let (config, s, z) = &self.lsqs[id];
-        Ok(ref_lsq::backward(config, x, dy, shape, s, z)?)
+        Ok(self.lsqs[id].backward(x, dy, shape)?)
     }
 
     fn lsq_params(&mut self, id: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (_, s, z) = &self.lsqs[id];
-        Ok((s.clone(), z.clone()))
+        Ok(self.lsqs[id].read_params()?)
     }
 
     fn set_lsq_params(&mut self, id: usize, scales: &[f32], zero_points: &[f32]) -> Result<()> {
-        let entry = &mut self.lsqs[id];
-        entry.1 = scales.to_vec();
-        entry.2 = zero_points.to_vec();
-        Ok(())
+        Ok(self.lsqs[id].load_params(scales, zero_points)?)
     }
 }
 
@@ -520,8 +345,8 @@ enum Saved {
     Input(Vec<f32>),
 }
 
-fn quantize(
-    ops: &mut dyn QuantOps,
+fn quantize<B: Backend>(
+    ops: &mut Ops<B>,
     q: Quantizer,
     x: &[f32],
     shape: &[usize],
@@ -537,8 +362,8 @@ fn quantize(
 }
 
 /// Backward of a quantizer: dx, and for LSQ the scale update (SGD with `lr_scale`).
-fn quantize_backward(
-    ops: &mut dyn QuantOps,
+fn quantize_backward<B: Backend>(
+    ops: &mut Ops<B>,
     q: Quantizer,
     saved: &Saved,
     dy: &[f32],
@@ -604,8 +429,8 @@ const FROZEN: Rates = Rates {
 };
 
 /// Fake-quantized forward (and, when `labels` is given, backward and SGD step).
-fn qat_step(
-    ops: &mut dyn QuantOps,
+fn qat_step<B: Backend>(
+    ops: &mut Ops<B>,
     m: &mut Mlp,
     p: &Places,
     x: &[f32],
@@ -649,8 +474,8 @@ fn qat_step(
     Ok(out)
 }
 
-fn fake_quant_accuracy(
-    ops: &mut dyn QuantOps,
+fn fake_quant_accuracy<B: Backend>(
+    ops: &mut Ops<B>,
     m: &Mlp,
     p: &Places,
     data: &Dataset,
@@ -933,7 +758,7 @@ pub fn table(reports: &[Report]) -> String {
     t
 }
 
-fn scales_of(ops: &mut dyn QuantOps, p: &Places) -> Result<Vec<Vec<f32>>> {
+fn scales_of<B: Backend>(ops: &mut Ops<B>, p: &Places) -> Result<Vec<Vec<f32>>> {
     [p.input, p.w1, p.hidden, p.w2, p.logits]
         .into_iter()
         .map(|q| match q {
@@ -943,15 +768,15 @@ fn scales_of(ops: &mut dyn QuantOps, p: &Places) -> Result<Vec<Vec<f32>>> {
                 let (s, _) = ops.lsq_params(id)?;
                 let config = LsqConfig::activation_int8();
                 Ok(s.iter()
-                    .map(|&v| ref_lsq::effective_scale(&config, v))
+                    .map(|&v| fakequant::reference::lsq::effective_scale(&config, v))
                     .collect())
             }
         })
         .collect()
 }
 
-fn finish_recipe(
-    ops: &mut dyn QuantOps,
+fn finish_recipe<B: Backend>(
+    ops: &mut Ops<B>,
     name: &'static str,
     m: Mlp,
     p: &Places,
@@ -1000,7 +825,11 @@ fn float_lr(epoch: usize, epochs: usize) -> f32 {
 }
 
 /// The whole workflow. `log` receives the progress lines.
-pub fn run(opts: &Options, ops: &mut dyn QuantOps, log: &mut dyn FnMut(String)) -> Result<Report> {
+pub fn run<B: Backend>(
+    opts: &Options,
+    ops: &mut Ops<B>,
+    log: &mut dyn FnMut(String),
+) -> Result<Report> {
     let (train, test) = load_digits()?;
     log(format!(
         "data: 8x8 digits, {} train / {} test images; backend: {}",

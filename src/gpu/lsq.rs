@@ -245,6 +245,20 @@ impl GpuContext {
         })
     }
 
+    /// An LSQ quantizer whose learnable parameters are `observer`'s calibrated qparams (copied on
+    /// the device).
+    pub fn create_lsq_from_observer(
+        &self,
+        config: &LsqConfig,
+        observer: &GpuObserver,
+    ) -> Result<GpuLsq> {
+        let ones = vec![1.0; observer.channels()];
+        let zeros = vec![0.0; observer.channels()];
+        let lsq = self.create_lsq(config, &ones, &zeros)?;
+        lsq.init_from_observer(observer)?;
+        Ok(lsq)
+    }
+
     /// Reads reduced gradients back: `(dscale, dzero_point)`.
     pub fn read_lsq_grads(&self, grads: &GpuLsqGrads) -> Result<(Vec<f32>, Vec<f32>)> {
         let bytes = self.read_buffer(&grads.buffer, 0, grads.channels as u64 * 8)?;
@@ -805,6 +819,14 @@ impl GpuLsq {
             dscale,
             dzero_point,
         })
+    }
+
+    /// Host level: the learnable parameters from an observer's calibrated qparams, on the
+    /// device (see [`Self::record_init_from_observer`]), submitted at once.
+    pub fn init_from_observer(&self, observer: &GpuObserver) -> Result<()> {
+        let mut encoder = self.ctx.create_encoder("fakequant lsq from observer");
+        self.record_init_from_observer(&mut encoder, observer)?;
+        self.ctx.submit_and_wait(encoder)
     }
 
     /// Host level: initializes the scales from host data and returns them.

@@ -4,6 +4,7 @@
 //! and recording into a [`Recorder`] (a caller's encoder, or a [`Prerecording`] replayed by
 //! [`Prerecorded`] without creating anything).
 
+mod backend;
 mod context;
 mod errors;
 mod fake_quant;

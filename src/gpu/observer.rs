@@ -683,6 +683,41 @@ impl GpuObserver {
         self.ctx.record_elementwise(recorder, op, bindings, layout)
     }
 
+    /// Recording level: observes `x` (reduces it and folds the statistics into the state) with
+    /// no output: calibration without a copy.
+    pub fn record_observe(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        x: TensorBinding<'_>,
+        shape: &[usize],
+    ) -> Result<()> {
+        self.record_batch_min_max(recorder, x, shape, &self.batch)?;
+        self.record_update(recorder, &self.batch)
+    }
+
+    /// Device level: observes a device tensor, submitted at once.
+    pub fn observe_device(&self, x: &GpuTensor, shape: &[usize]) -> Result<()> {
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        let mut encoder = self.ctx.create_encoder("fakequant observe");
+        self.record_observe(&mut encoder, x.binding(), shape)?;
+        self.ctx.submit_and_wait(encoder)
+    }
+
+    /// Host level: observes host data of any element type.
+    pub fn observe<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<()> {
+        self.layout(shape)?;
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        self.observe_device(&self.ctx.upload(x)?, shape)
+    }
+
     /// Recording level: the fused step, in one encoder (see [`Mode`]). Passes over `x`:
     /// calibration reads it twice (reduce, copy), QAT twice (reduce, fake-quant: the scale of this
     /// step depends on this step's min/max), frozen once.
@@ -814,5 +849,66 @@ pub(crate) fn declarations() -> FamilyDecl {
             StructDecl::of::<ObserverChannel>(&OBSERVERS),
             StructDecl::of::<ChannelParams>(&OBSERVERS),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(outer: usize, channels: usize, inner: usize) -> ChannelLayout {
+        ChannelLayout {
+            outer,
+            channels,
+            inner,
+        }
+    }
+
+    /// The runs of a plan tile `[0, n)` in order and respect the limits.
+    fn assert_covers(plan: &ReducePlan, n: u64, max_elems: u64, max_workgroups: u64) {
+        let mut next = 0;
+        for run in &plan.dispatches {
+            assert_eq!(run.start, next.min(n));
+            assert!(run.end - run.start <= max_elems, "{run:?}");
+            assert!(run.units >= 1 && run.units <= max_workgroups, "{run:?}");
+            next = run.end;
+        }
+        assert_eq!(next, n);
+    }
+
+    #[test]
+    fn per_tensor_reduces_one_row_in_pieces() {
+        let n = 5 * PIECE as usize + 17;
+        let plan = ReducePlan::new(layout(n, 1, 1), 1 << 30, 65535);
+        assert_eq!(plan.entry, ObserverEntry::MinMaxRows);
+        assert_eq!(plan.slots, 6);
+        assert_covers(&plan, n as u64, 1 << 30, 65535);
+        // Lowered limits: more dispatches, the same tiling.
+        let plan = ReducePlan::new(layout(n, 1, 1), 2 * PIECE, 2);
+        assert_eq!(plan.dispatches.len(), 3);
+        assert_covers(&plan, n as u64, 2 * PIECE, 2);
+    }
+
+    #[test]
+    fn short_rows_are_reduced_by_columns() {
+        // Channels on the last axis: inner 1, so columns of width channels * k.
+        let plan = ReducePlan::new(layout(10_000, 64, 1), 1 << 30, 65535);
+        assert_eq!(plan.entry, ObserverEntry::MinMaxCols);
+        let u = plan.uniform;
+        assert_eq!(u.width % 64, 0);
+        assert!(u.width as u64 >= WG_SIZE);
+        assert_eq!(plan.slots, u.rows.div_ceil(u.block_rows) as u64 * u.col_slots as u64);
+        let n = 10_000 * 64;
+        assert_covers(&plan, n, 1 << 30, 65535);
+    }
+
+    #[test]
+    fn long_rows_are_reduced_by_rows() {
+        let plan = ReducePlan::new(layout(3, 4, 100_000), 1 << 30, 65535);
+        assert_eq!(plan.entry, ObserverEntry::MinMaxRows);
+        // Each row of 100000 elements is cut into 7 pieces; 3 outer rows.
+        assert_eq!(plan.uniform.pieces_per_row, 7);
+        assert_eq!(plan.slots, 3 * 7);
+        assert_covers(&plan, 3 * 4 * 100_000, 1 << 30, 65535);
     }
 }

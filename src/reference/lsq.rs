@@ -4,7 +4,7 @@
 use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
-use crate::observer::MAX_OBSERVED_SCALE;
+use crate::observer::{ObserverState, MAX_OBSERVED_SCALE};
 use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
 use crate::reference::{fake_quant, fake_quant_value, ste_grad_value, FakeQuantOutput};
 use crate::reference::{narrow, widen};
@@ -258,4 +258,116 @@ pub fn init_scales<T: Element>(config: &LsqConfig, x: &[T], shape: &[usize]) -> 
             (2.0 * mean) / sqrt_qmax
         })
         .collect())
+}
+
+/// The learnable parameters an observer's calibrated qparams give: its scales, and its integer zero
+/// points as f32 (exact: at most 16 bits).
+pub fn params_from_observer(state: &ObserverState) -> (Vec<f32>, Vec<f32>) {
+    (
+        state.scales.clone(),
+        state.zero_points.iter().map(|&z| z as f32).collect(),
+    )
+}
+
+/// An LSQ quantizer holding its learnable parameters: the object form of the functions above, the
+/// reference's counterpart of [`crate::GpuLsq`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lsq {
+    config: LsqConfig,
+    scales: Vec<f32>,
+    zero_points: Vec<f32>,
+}
+
+impl Lsq {
+    /// A quantizer with initial learnable parameters (one scale and zero point per channel, one
+    /// per tensor). Any values are accepted: the effective ones are clamped (see [`crate::lsq`]).
+    pub fn new(config: LsqConfig, scales: &[f32], zero_points: &[f32]) -> Result<Self> {
+        check_param_counts(&config, scales.len(), zero_points.len())?;
+        Ok(Self {
+            config,
+            scales: scales.to_vec(),
+            zero_points: zero_points.to_vec(),
+        })
+    }
+
+    /// A quantizer initialized from an observer's calibrated qparams ([`params_from_observer`]).
+    pub fn from_observer(config: LsqConfig, state: &ObserverState) -> Result<Self> {
+        let (scales, zero_points) = params_from_observer(state);
+        Self::new(config, &scales, &zero_points)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LsqConfig {
+        &self.config
+    }
+
+    /// The learnable scales.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// The learnable zero points.
+    pub fn zero_points(&self) -> &[f32] {
+        &self.zero_points
+    }
+
+    /// The forward ([`forward`]) with the current parameters.
+    pub fn forward<T: Element>(
+        &self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        forward(
+            &self.config,
+            x,
+            shape,
+            &self.scales,
+            &self.zero_points,
+            with_mask,
+        )
+    }
+
+    /// The backward ([`backward`]) with the current parameters.
+    pub fn backward<T: Element>(&self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        backward(&self.config, x, dy, shape, &self.scales, &self.zero_points)
+    }
+
+    /// Initializes the scales from data ([`init_scales`]) and returns them.
+    pub fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        let scales = init_scales(&self.config, x, shape)?;
+        check_param_counts(&self.config, scales.len(), self.zero_points.len())?;
+        self.scales = scales.clone();
+        Ok(scales)
+    }
+
+    /// Replaces the learnable parameters.
+    pub fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        for (what, len) in [("scales", scales.len()), ("zero points", zero_points.len())] {
+            if len != self.scales.len() {
+                return Err(Error::LengthMismatch {
+                    what,
+                    expected: self.scales.len(),
+                    actual: len,
+                });
+            }
+        }
+        self.scales = scales.to_vec();
+        self.zero_points = zero_points.to_vec();
+        Ok(())
+    }
+}
+
+/// One scale and zero point per channel, at least one, exactly one per tensor.
+fn check_param_counts(config: &LsqConfig, scales: usize, zero_points: usize) -> Result<()> {
+    if scales == 0
+        || zero_points != scales
+        || (config.granularity() == crate::Granularity::PerTensor && scales != 1)
+    {
+        return Err(Error::ParamLengthMismatch {
+            scales,
+            zero_points,
+        });
+    }
+    Ok(())
 }

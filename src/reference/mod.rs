@@ -13,8 +13,11 @@
 //! `x * (1/s)`. The straight-through backward is `dx = dy * mask` with IEEE semantics, see
 //! [`ste_grad_value`].
 
+mod backend;
 pub mod lsq;
 pub mod observer;
+
+pub use backend::Reference;
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};

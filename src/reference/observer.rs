@@ -218,6 +218,21 @@ impl Observer {
         Ok(())
     }
 
+    /// Observes a tensor of `shape` and any element type: folds its statistics into the state,
+    /// with no output (calibration without a copy).
+    pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        let layout = observer_layout(&self.config, shape, x.len())?;
+        if layout.channels != self.state.channels() {
+            return Err(Error::ChannelCountMismatch {
+                axis: self.config.granularity().axis().unwrap_or(0),
+                channels: layout.channels,
+                params: self.state.channels(),
+            });
+        }
+        let batch = batch_min_max(&self.config, x, shape)?;
+        self.apply_batch(&batch)
+    }
+
     /// The fused step on an f32 tensor of `shape`: see [`Mode`].
     fn step_f32(
         &mut self,

@@ -9,6 +9,7 @@
 mod common;
 
 mod adapter_selection;
+mod backend;
 mod errors;
 mod exact_f32_helpers;
 mod gpu_matches_reference;

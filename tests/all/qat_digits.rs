@@ -10,13 +10,14 @@ mod qat;
 
 #[test]
 fn gpu_and_reference_training_runs_agree_bit_for_bit() {
-    let run = |ops: &mut dyn qat::QuantOps| -> Vec<qat::Report> {
+    fn run<B: fakequant::Backend>(backend: B) -> Vec<qat::Report> {
+        let mut ops = qat::Ops::new(backend);
         [8, 3]
             .into_iter()
-            .map(|bits| qat::run(&qat::Options::short(bits), ops, &mut |_| {}).unwrap())
+            .map(|bits| qat::run(&qat::Options::short(bits), &mut ops, &mut |_| {}).unwrap())
             .collect()
-    };
-    let reference = run(&mut qat::ReferenceOps::default());
+    }
+    let reference = run(fakequant::Reference);
     // The schedule is short, but training happened: the reports hold real accuracies.
     assert!(
         reference[0].float_accuracy > 0.5,
@@ -24,7 +25,7 @@ fn gpu_and_reference_training_runs_agree_bit_for_bit() {
         qat::table(&reference)
     );
     for ctx in common::contexts() {
-        let gpu = run(&mut qat::GpuOps::new(ctx.clone()));
+        let gpu = run(ctx.clone());
         assert_eq!(
             qat::digest(&gpu),
             qat::digest(&reference),

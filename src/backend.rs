@@ -1,0 +1,100 @@
+//! One interface over the CPU reference and the GPU: a framework (or the QAT example) written
+//! against [`Backend`], [`ObserverOps`] and [`LsqOps`] switches between them with one line, and
+//! the results are the same bits.
+//!
+//! These are the host-level calls (slices in, values out). The GPU objects also offer the device
+//! level (`*_device`) and the recording level (`record_*`) under the same names.
+
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::{Mode, ObserverConfig, ObserverState};
+use crate::quant::{FakeQuant, PackedMask};
+use crate::reference::FakeQuantOutput;
+
+/// Where fake-quantization runs: [`crate::reference::Reference`] (the CPU specification) or a
+/// [`crate::GpuContext`].
+pub trait Backend {
+    /// Its observers.
+    type Observer: ObserverOps;
+    /// Its LSQ quantizers.
+    type Lsq: LsqOps;
+
+    /// A one-line description (the adapter, or "CPU reference").
+    fn name(&self) -> String;
+
+    /// Fake-quantizes `x` of `shape` with `op`; the mask when `with_mask`.
+    fn fake_quant<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>>;
+
+    /// The straight-through backward `dx = dy * mask`.
+    fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>>;
+
+    /// An observer of `channels` channels (1 per tensor) that has seen nothing.
+    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<Self::Observer>;
+
+    /// An LSQ quantizer with initial learnable parameters (one per channel).
+    fn create_lsq(
+        &self,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<Self::Lsq>;
+
+    /// An LSQ quantizer whose learnable parameters are an observer's calibrated qparams (the
+    /// seed's "load the pseudo-quantization parameters obtained from calibration").
+    fn create_lsq_from_observer(
+        &self,
+        config: &LsqConfig,
+        observer: &Self::Observer,
+    ) -> Result<Self::Lsq>;
+}
+
+/// An observer's host-level calls.
+pub trait ObserverOps {
+    /// The fused step (see [`Mode`]): observe (calibration, QAT) and fake-quantize (QAT, frozen).
+    fn step<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>>;
+
+    /// Observes `x` (folds its statistics into the state) without producing an output.
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()>;
+
+    /// The running range and the qparams in force.
+    fn read_state(&self) -> Result<ObserverState>;
+
+    /// Replaces the state (validated first).
+    fn load_state(&mut self, state: &ObserverState) -> Result<()>;
+}
+
+/// An LSQ quantizer's host-level calls.
+pub trait LsqOps {
+    /// The forward with the current learnable parameters.
+    fn forward<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>>;
+
+    /// The backward: `dx` and the reduced parameter gradients.
+    fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>>;
+
+    /// Initializes the scales from data (`2 * mean(|x|) / sqrt(qmax)` per channel) and returns them.
+    fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// The learnable parameters: `(scales, zero_points)`.
+    fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)>;
+
+    /// Replaces the learnable parameters.
+    fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()>;
+}

@@ -1,0 +1,106 @@
+//! The GPU as a [`Backend`]: the host-level calls of the context, its observers and LSQ
+//! quantizers, under the names the reference answers to.
+
+use super::{GpuContext, GpuLsq, GpuObserver};
+use crate::backend::{Backend, LsqOps, ObserverOps};
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::{Mode, ObserverConfig, ObserverState};
+use crate::quant::{FakeQuant, PackedMask};
+use crate::reference::FakeQuantOutput;
+
+impl Backend for GpuContext {
+    type Observer = GpuObserver;
+    type Lsq = GpuLsq;
+
+    fn name(&self) -> String {
+        format!("GPU: {}", self.adapter_name())
+    }
+
+    fn fake_quant<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        GpuContext::fake_quant(self, op, x, shape, with_mask)
+    }
+
+    fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+        GpuContext::ste_backward(self, dy, mask)
+    }
+
+    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<GpuObserver> {
+        GpuContext::create_observer(self, config, channels)
+    }
+
+    fn create_lsq(
+        &self,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<GpuLsq> {
+        GpuContext::create_lsq(self, config, scales, zero_points)
+    }
+
+    fn create_lsq_from_observer(
+        &self,
+        config: &LsqConfig,
+        observer: &GpuObserver,
+    ) -> Result<GpuLsq> {
+        GpuContext::create_lsq_from_observer(self, config, observer)
+    }
+}
+
+impl ObserverOps for GpuObserver {
+    fn step<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        GpuObserver::step(self, x, shape, mode, with_mask)
+    }
+
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        GpuObserver::observe(self, x, shape)
+    }
+
+    fn read_state(&self) -> Result<ObserverState> {
+        GpuObserver::read_state(self)
+    }
+
+    fn load_state(&mut self, state: &ObserverState) -> Result<()> {
+        GpuObserver::load_state(self, state)
+    }
+}
+
+impl LsqOps for GpuLsq {
+    fn forward<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        GpuLsq::forward(self, x, shape, with_mask)
+    }
+
+    fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        GpuLsq::backward(self, x, dy, shape)
+    }
+
+    fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        GpuLsq::init_from_data(self, x, shape)
+    }
+
+    fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        GpuLsq::read_params(self)
+    }
+
+    fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        GpuLsq::load_params(self, scales, zero_points)
+    }
+}

@@ -1,0 +1,101 @@
+//! The reference as a [`Backend`]: the same calls as the GPU, computed by the specification.
+
+use super::lsq::Lsq;
+use super::observer::Observer;
+use crate::backend::{Backend, LsqOps, ObserverOps};
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::{Mode, ObserverConfig, ObserverState};
+use crate::quant::{FakeQuant, PackedMask};
+use crate::reference::FakeQuantOutput;
+
+/// The CPU reference as a backend (single-threaded; the specification, not a fast path).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reference;
+
+impl Backend for Reference {
+    type Observer = Observer;
+    type Lsq = Lsq;
+
+    fn name(&self) -> String {
+        "CPU reference".to_string()
+    }
+
+    fn fake_quant<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        super::fake_quant(op, x, shape, with_mask)
+    }
+
+    fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+        super::ste_backward(dy, mask)
+    }
+
+    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<Observer> {
+        Observer::new(config.clone(), channels)
+    }
+
+    fn create_lsq(&self, config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> Result<Lsq> {
+        Lsq::new(config.clone(), scales, zero_points)
+    }
+
+    fn create_lsq_from_observer(&self, config: &LsqConfig, observer: &Observer) -> Result<Lsq> {
+        Lsq::from_observer(config.clone(), observer.state())
+    }
+}
+
+impl ObserverOps for Observer {
+    fn step<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        Observer::step(self, x, shape, mode, with_mask)
+    }
+
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        Observer::observe(self, x, shape)
+    }
+
+    fn read_state(&self) -> Result<ObserverState> {
+        Ok(self.state().clone())
+    }
+
+    fn load_state(&mut self, state: &ObserverState) -> Result<()> {
+        Observer::load_state(self, state.clone())
+    }
+}
+
+impl LsqOps for Lsq {
+    fn forward<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        with_mask: bool,
+    ) -> Result<FakeQuantOutput<T>> {
+        Lsq::forward(self, x, shape, with_mask)
+    }
+
+    fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        Lsq::backward(self, x, dy, shape)
+    }
+
+    fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        Lsq::init_from_data(self, x, shape)
+    }
+
+    fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.scales().to_vec(), self.zero_points().to_vec()))
+    }
+
+    fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        Lsq::load_params(self, scales, zero_points)
+    }
+}
