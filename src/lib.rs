@@ -5,10 +5,14 @@
 //!
 //! - [`quant`]: ranges, scales and zero points, validated on construction.
 //! - [`reference`](mod@reference): the CPU reference (read it for the exact semantics).
-//! - [`gpu`]: the device path, at three levels: host slices ([`GpuContext::fake_quant`]), device
-//!   tensors ([`GpuFakeQuant::forward`]) and recording into a caller's command encoder
-//!   ([`GpuFakeQuant::record_forward`]), and recorded work replayed without creating anything
+//! - [`gpu`]: the device path, at three levels with one naming rule: host slices
+//!   ([`GpuContext::fake_quant`]), device tensors (`*_device`: [`GpuFakeQuant::forward_device`])
+//!   and recording (`record_*`: [`GpuFakeQuant::record_forward`]) into a [`Recorder`], a caller's
+//!   command encoder or a [`Prerecording`] replayed without creating anything
 //!   ([`GpuContext::prerecord`], [`Prerecorded`]).
+//! - [`backend`]: the traits ([`Backend`], [`ObserverOps`], [`LsqOps`]) that the reference
+//!   ([`Reference`]) and the GPU ([`GpuContext`]) both implement, so generic code runs on either
+//!   with the same bits.
 //!
 //! ```no_run
 //! use fakequant::{FakeQuant, GpuContext, QuantParams, QuantRange};
