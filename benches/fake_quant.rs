@@ -96,7 +96,7 @@ fn benches(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new("cpu_reference_forward_per_tensor", n),
                 &n,
-                |b, _| b.iter(|| reference::fake_quant(&per_tensor, &x_host, &[n], false).unwrap()),
+                |b, _| b.iter(|| reference::fake_quant(&per_tensor, &x_host, &[n]).unwrap()),
             );
         }
     }

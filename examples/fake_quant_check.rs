@@ -58,9 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("per-channel uint8 axis 1", &per_channel),
     ] {
         let start = std::time::Instant::now();
-        let gpu = ctx.fake_quant(op, &x, &shape, true)?;
+        let gpu = ctx.fake_quant(op, &x, &shape)?;
         let elapsed = start.elapsed();
-        let cpu = reference::fake_quant(op, &x, &shape, true)?;
+        let cpu = reference::fake_quant(op, &x, &shape)?;
         let bad = gpu
             .y
             .iter()
@@ -68,10 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|(g, c)| g.to_bits() != c.to_bits())
             .count();
         let mask_equal = gpu.mask == cpu.mask;
-        let clipped = cpu
-            .mask
-            .as_ref()
-            .map_or(0, |m| m.len() - m.to_bools().iter().filter(|&&b| b).count());
+        let clipped = cpu.mask.len() - cpu.mask.to_bools().iter().filter(|&&b| b).count();
         println!(
             "{name}: {n} elements, {bad} output mismatches, mask {}, {clipped} clipped, {:.1} ms (upload + kernel + read-back)",
             if mask_equal { "identical" } else { "DIFFERS" },
@@ -114,8 +111,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .map(|v| v * (1.0 + step as f32 * 0.25))
                 .collect();
-            let g = gpu.step(&xs, shape, mode, true)?;
-            let c = cpu.step(&xs, shape, mode, true)?;
+            let g = gpu.step(&xs, shape, mode)?;
+            let c = cpu.step(&xs, shape, mode)?;
             bad +=
                 g.y.iter()
                     .zip(&c.y)

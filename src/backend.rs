@@ -23,13 +23,12 @@ pub trait Backend {
     /// A one-line description (the adapter, or "CPU reference").
     fn name(&self) -> String;
 
-    /// Fake-quantizes `x` of `shape` with `op`; the mask when `with_mask`.
+    /// Fake-quantizes `x` of `shape` with `op`: `y` and the mask.
     fn fake_quant<T: Element>(
         &self,
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>>;
 
     /// The straight-through backward `dx = dy * mask`.
@@ -63,7 +62,6 @@ pub trait ObserverOps {
         x: &[T],
         shape: &[usize],
         mode: Mode,
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>>;
 
     /// Observes `x` (folds its statistics into the state) without producing an output.
@@ -79,12 +77,7 @@ pub trait ObserverOps {
 /// An LSQ quantizer's host-level calls.
 pub trait LsqOps {
     /// The forward with the current learnable parameters.
-    fn forward<T: Element>(
-        &mut self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput<T>>;
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>>;
 
     /// The backward: `dx` and the reduced parameter gradients.
     fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>>;

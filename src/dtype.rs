@@ -30,9 +30,13 @@ impl DType {
         }
     }
 
-    /// Bytes that `len` elements occupy, rounded up to whole 4-byte words.
+    /// Bytes that `len` elements occupy, rounded up to whole 4-byte words; `u64::MAX` when that
+    /// does not fit a `u64` (no buffer is that large, so the size check that follows fails).
     pub fn bytes_for(self, len: usize) -> u64 {
-        (len as u64 * self.size()).next_multiple_of(4)
+        (len as u64)
+            .checked_mul(self.size())
+            .and_then(|b| b.checked_next_multiple_of(4))
+            .unwrap_or(u64::MAX)
     }
 
     /// Checks that two tensors of an op share a type.

@@ -20,8 +20,8 @@
 //! let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.05, 0))?;
 //! let x = [0.1f32, -2.0, 7.0];
 //! let ctx = GpuContext::new()?;
-//! let gpu = ctx.fake_quant(&op, &x, &[3], true)?;
-//! let cpu = fakequant::reference::fake_quant(&op, &x, &[3], true)?;
+//! let gpu = ctx.fake_quant(&op, &x, &[3])?;
+//! let cpu = fakequant::reference::fake_quant(&op, &x, &[3])?;
 //! assert!(gpu.y.iter().zip(&cpu.y).all(|(a, b)| a.to_bits() == b.to_bits()));
 //! # Ok(()) }
 //! ```

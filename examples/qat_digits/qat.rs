@@ -105,8 +105,8 @@ impl<B: Backend> Ops<B> {
         shape: &[usize],
         mode: Mode,
     ) -> Result<(Vec<f32>, PackedMask)> {
-        let out = self.observers[id].step(x, shape, mode, true)?;
-        Ok((out.y, out.mask.ok_or("mask requested")?))
+        let out = self.observers[id].step(x, shape, mode)?;
+        Ok((out.y, out.mask))
     }
 
     fn observer_state(&mut self, id: usize) -> Result<ObserverState> {
@@ -127,7 +127,7 @@ impl<B: Backend> Ops<B> {
     }
 
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.lsqs[id].forward(x, shape, false)?.y)
+        Ok(self.lsqs[id].forward(x, shape)?.y)
     }
 
     fn lsq_backward(

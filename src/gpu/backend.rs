@@ -23,9 +23,8 @@ impl Backend for GpuContext {
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
-        GpuContext::fake_quant(self, op, x, shape, with_mask)
+        GpuContext::fake_quant(self, op, x, shape)
     }
 
     fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
@@ -60,9 +59,8 @@ impl ObserverOps for GpuObserver {
         x: &[T],
         shape: &[usize],
         mode: Mode,
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
-        GpuObserver::step(self, x, shape, mode, with_mask)
+        GpuObserver::step(self, x, shape, mode)
     }
 
     fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
@@ -79,13 +77,8 @@ impl ObserverOps for GpuObserver {
 }
 
 impl LsqOps for GpuLsq {
-    fn forward<T: Element>(
-        &mut self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput<T>> {
-        GpuLsq::forward(self, x, shape, with_mask)
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
+        GpuLsq::forward(self, x, shape)
     }
 
     fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {

@@ -205,23 +205,22 @@ impl GpuContext {
     }
 
     /// Host level: fake-quantizes host data of any element type on the device and reads the
-    /// result back (`y` in the input's type, and the mask when asked for). `shape` is the
+    /// result back (`y` in the input's type, and the mask). `shape` is the
     /// row-major shape of `x` (for per-tensor parameters, `&[x.len()]` will do).
     pub fn fake_quant<T: Element>(
         &self,
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
         op.layout(shape, x.len())?;
         let prepared = self.prepare(op)?;
         let x_dev = self.upload(x)?;
         let y_dev = self.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = with_mask.then(|| self.create_mask(x.len())).transpose()?;
-        prepared.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        let mask_dev = self.create_mask(x.len())?;
+        prepared.forward_device(&x_dev, shape, &y_dev, Some(&mask_dev))?;
         let y = self.read_tensor(&y_dev)?;
-        let mask = mask_dev.map(|m| self.read_mask(&m)).transpose()?;
+        let mask = self.read_mask(&mask_dev)?;
         Ok(FakeQuantOutput { y, mask })
     }
 

@@ -221,7 +221,8 @@ impl GpuContext {
                 zero_points: zero_points.len(),
             });
         }
-        let param_bytes = channels as u64 * std::mem::size_of::<ChannelParams>() as u64;
+        let param_bytes =
+            (channels as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
         if param_bytes > self.dispatch_limits().max_binding_bytes {
             return Err(Error::TooLarge {
                 what: "LSQ channels (32 bytes of fake-quant parameters per channel)",
@@ -782,24 +783,17 @@ impl GpuLsq {
         self.ctx.submit_and_wait(encoder)
     }
 
-    /// Host level: the forward on host data of any element type, `y` in the type of `x` (and
-    /// the mask when asked for).
-    pub fn forward<T: Element>(
-        &self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput<T>> {
+    /// Host level: the forward on host data of any element type, `y` in the type of `x`, and
+    /// the mask.
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
         check_len("data length vs product of shape", numel(shape)?, x.len())?;
         let x_dev = self.ctx.upload(x)?;
         let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = with_mask
-            .then(|| self.ctx.create_mask(x.len()))
-            .transpose()?;
-        self.forward_device(&x_dev, shape, &y_dev, mask_dev.as_ref())?;
+        let mask_dev = self.ctx.create_mask(x.len())?;
+        self.forward_device(&x_dev, shape, &y_dev, Some(&mask_dev))?;
         Ok(FakeQuantOutput {
             y: self.ctx.read_tensor(&y_dev)?,
-            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+            mask: self.ctx.read_mask(&mask_dev)?,
         })
     }
 

@@ -287,7 +287,8 @@ impl GpuContext {
     /// otherwise) that has seen nothing: empty range, scale 1, zero point 0.
     pub fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<GpuObserver> {
         check_channels(config, channels)?;
-        let state_bytes = channels as u64 * std::mem::size_of::<ChannelParams>() as u64;
+        let state_bytes =
+            (channels as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
         if state_bytes > self.dispatch_limits().max_binding_bytes {
             return Err(Error::TooLarge {
                 what: "observer channels (32 bytes of fake-quant parameters per channel)",
@@ -787,13 +788,12 @@ impl GpuObserver {
     }
 
     /// Host level: the fused step on host data of any element type (`f32`, `half::f16`,
-    /// `half::bf16`), results read back (`y` in the input's type, the mask when asked for).
+    /// `half::bf16`), results read back (`y` in the input's type, and the mask).
     pub fn step<T: Element>(
         &self,
         x: &[T],
         shape: &[usize],
         mode: Mode,
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
         self.layout(shape)?;
         check_len(
@@ -803,13 +803,11 @@ impl GpuObserver {
         )?;
         let x_dev = self.ctx.upload(x)?;
         let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = with_mask
-            .then(|| self.ctx.create_mask(x.len()))
-            .transpose()?;
-        self.step_device(&x_dev, shape, &y_dev, mask_dev.as_ref(), mode)?;
+        let mask_dev = self.ctx.create_mask(x.len())?;
+        self.step_device(&x_dev, shape, &y_dev, Some(&mask_dev), mode)?;
         Ok(FakeQuantOutput {
             y: self.ctx.read_tensor(&y_dev)?,
-            mask: mask_dev.map(|m| self.ctx.read_mask(&m)).transpose()?,
+            mask: self.ctx.read_mask(&mask_dev)?,
         })
     }
 
@@ -897,7 +895,10 @@ mod tests {
         let u = plan.uniform;
         assert_eq!(u.width % 64, 0);
         assert!(u.width as u64 >= WG_SIZE);
-        assert_eq!(plan.slots, u.rows.div_ceil(u.block_rows) as u64 * u.col_slots as u64);
+        assert_eq!(
+            plan.slots,
+            u.rows.div_ceil(u.block_rows) as u64 * u.col_slots as u64
+        );
         let n = 10_000 * 64;
         assert_covers(&plan, n, 1 << 30, 65535);
     }

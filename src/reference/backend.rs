@@ -27,9 +27,8 @@ impl Backend for Reference {
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
-        super::fake_quant(op, x, shape, with_mask)
+        super::fake_quant(op, x, shape)
     }
 
     fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
@@ -55,9 +54,8 @@ impl ObserverOps for Observer {
         x: &[T],
         shape: &[usize],
         mode: Mode,
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
-        Observer::step(self, x, shape, mode, with_mask)
+        Observer::step(self, x, shape, mode)
     }
 
     fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
@@ -74,13 +72,8 @@ impl ObserverOps for Observer {
 }
 
 impl LsqOps for Lsq {
-    fn forward<T: Element>(
-        &mut self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput<T>> {
-        Lsq::forward(self, x, shape, with_mask)
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
+        Lsq::forward(self, x, shape)
     }
 
     fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {

@@ -133,16 +133,10 @@ pub fn forward<T: Element>(
     shape: &[usize],
     scales: &[f32],
     zero_points: &[f32],
-    with_mask: bool,
 ) -> Result<FakeQuantOutput<T>> {
     let layout = lsq_layout(config, shape, x.len())?;
     check_params(&layout, scales, zero_points)?;
-    fake_quant(
-        &effective_op(config, scales, zero_points)?,
-        x,
-        shape,
-        with_mask,
-    )
+    fake_quant(&effective_op(config, scales, zero_points)?, x, shape)
 }
 
 /// Per-element gradients `(dx, dscale term, dzero_point term)` for effective scale `s` and zero
@@ -312,20 +306,8 @@ impl Lsq {
     }
 
     /// The forward ([`forward`]) with the current parameters.
-    pub fn forward<T: Element>(
-        &self,
-        x: &[T],
-        shape: &[usize],
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput<T>> {
-        forward(
-            &self.config,
-            x,
-            shape,
-            &self.scales,
-            &self.zero_points,
-            with_mask,
-        )
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
+        forward(&self.config, x, shape, &self.scales, &self.zero_points)
     }
 
     /// The backward ([`backward`]) with the current parameters.

@@ -18,6 +18,8 @@ pub mod lsq;
 pub mod observer;
 
 pub use backend::Reference;
+pub use lsq::Lsq;
+pub use observer::Observer;
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
@@ -29,14 +31,14 @@ pub const QUIET_BIT: u32 = 0x0040_0000;
 /// The NaN that an invalid operation (`0 * inf`) produces, as wgpu's and Rust's `f32::NAN`.
 pub const DEFAULT_NAN_BITS: u32 = 0x7fc0_0000;
 
-/// Output of a fake-quantization: `y` (in the input's element type) and, when asked for, the
-/// bit-packed in-range mask.
+/// Output of a fake-quantization: `y` (in the input's element type) and the bit-packed in-range
+/// mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeQuantOutput<T = f32> {
     /// Fake-quantized values, one per input.
     pub y: Vec<T>,
-    /// `qmin <= q <= qmax` per element (before the clamp); `None` when not requested.
-    pub mask: Option<PackedMask>,
+    /// `qmin <= q <= qmax` per element (before the clamp).
+    pub mask: PackedMask,
 }
 
 /// Fake-quantizes one value: returns `(y, in_range)`.
@@ -83,17 +85,12 @@ pub fn ste_grad_value(dy: f32, in_range: bool) -> f32 {
 }
 
 /// Fake-quantizes a row-major contiguous f32 tensor of `shape` (per-tensor, or per-channel along
-/// the parameters' axis). Returns `y` and the packed mask when `with_mask` is set.
-fn fake_quant_f32(
-    op: &FakeQuant,
-    x: &[f32],
-    shape: &[usize],
-    with_mask: bool,
-) -> Result<FakeQuantOutput> {
+/// the parameters' axis). Returns `y` and the packed mask.
+fn fake_quant_f32(op: &FakeQuant, x: &[f32], shape: &[usize]) -> Result<FakeQuantOutput> {
     let layout = op.layout(shape, x.len())?;
     let params = op.params();
     let mut y = Vec::with_capacity(x.len());
-    let mut in_range = Vec::with_capacity(if with_mask { x.len() } else { 0 });
+    let mut in_range = Vec::with_capacity(x.len());
     for (i, &xi) in x.iter().enumerate() {
         let c = layout.channel_of(i);
         let (yi, mi) = fake_quant_value(
@@ -104,11 +101,9 @@ fn fake_quant_f32(
             op.rounding(),
         );
         y.push(yi);
-        if with_mask {
-            in_range.push(mi);
-        }
+        in_range.push(mi);
     }
-    let mask = with_mask.then(|| PackedMask::from_bools(&in_range));
+    let mask = PackedMask::from_bools(&in_range);
     Ok(FakeQuantOutput { y, mask })
 }
 
@@ -132,14 +127,13 @@ fn ste_backward_f32(dy: &[f32], mask: &PackedMask) -> Result<Vec<f32>> {
 /// Fake-quantizes a row-major contiguous tensor of `shape` and any element type (`f32`,
 /// `half::f16`, `half::bf16`): each input is widened to f32 exactly, fake-quantized as f32 (see
 /// [`fake_quant_value`]), and the output rounded to `T` to nearest even (see [`crate::dtype`]).
-/// Returns `y` and the packed mask when `with_mask` is set.
+/// Returns `y` and the packed mask.
 pub fn fake_quant<T: Element>(
     op: &FakeQuant,
     x: &[T],
     shape: &[usize],
-    with_mask: bool,
 ) -> Result<FakeQuantOutput<T>> {
-    let out = fake_quant_f32(op, &widen(x), shape, with_mask)?;
+    let out = fake_quant_f32(op, &widen(x), shape)?;
     Ok(FakeQuantOutput {
         y: narrow(out.y),
         mask: out.mask,

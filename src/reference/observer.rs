@@ -181,6 +181,17 @@ impl Observer {
     /// An observer of `channels` channels (1 for per-tensor) that has seen nothing.
     pub fn new(config: ObserverConfig, channels: usize) -> Result<Self> {
         check_channels(&config, channels)?;
+        // The state holds 16 bytes per channel: refuse what the host cannot allocate with an
+        // error instead of the allocator's abort.
+        let mut probe: Vec<[u32; 4]> = Vec::new();
+        probe
+            .try_reserve_exact(channels)
+            .map_err(|_| Error::TooLarge {
+                what: "observer channels (16 bytes of state per channel on the host)",
+                requested: channels as u64,
+                limit: (isize::MAX as u64) / 16,
+            })?;
+        drop(probe);
         Ok(Self {
             state: ObserverState::initial(channels),
             config,
@@ -234,13 +245,7 @@ impl Observer {
     }
 
     /// The fused step on an f32 tensor of `shape`: see [`Mode`].
-    fn step_f32(
-        &mut self,
-        x: &[f32],
-        shape: &[usize],
-        mode: Mode,
-        with_mask: bool,
-    ) -> Result<FakeQuantOutput> {
+    fn step_f32(&mut self, x: &[f32], shape: &[usize], mode: Mode) -> Result<FakeQuantOutput> {
         let layout = observer_layout(&self.config, shape, x.len())?;
         if layout.channels != self.state.channels() {
             return Err(Error::ChannelCountMismatch {
@@ -256,10 +261,10 @@ impl Observer {
         if mode == Mode::Calibrate {
             return Ok(FakeQuantOutput {
                 y: x.to_vec(),
-                mask: with_mask.then(|| PackedMask::from_bools(&vec![true; x.len()])),
+                mask: PackedMask::from_bools(&vec![true; x.len()]),
             });
         }
-        fake_quant(&self.state.fake_quant(&self.config)?, x, shape, with_mask)
+        fake_quant(&self.state.fake_quant(&self.config)?, x, shape)
     }
 }
 
@@ -272,11 +277,10 @@ impl Observer {
         x: &[T],
         shape: &[usize],
         mode: Mode,
-        with_mask: bool,
     ) -> Result<FakeQuantOutput<T>> {
         let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         if mode == Mode::Calibrate {
-            let out = self.step_f32(&wide, shape, mode, with_mask)?;
+            let out = self.step_f32(&wide, shape, mode)?;
             return Ok(FakeQuantOutput {
                 y: x.to_vec(),
                 mask: out.mask,
@@ -289,9 +293,9 @@ impl Observer {
         } else {
             Mode::Frozen
         };
-        self.step_f32(&wide, shape, f32_mode, false)?;
+        self.step_f32(&wide, shape, f32_mode)?;
         let op = self.state.fake_quant(&self.config)?;
-        crate::reference::fake_quant(&op, x, shape, with_mask)
+        crate::reference::fake_quant(&op, x, shape)
     }
 }
 

@@ -35,16 +35,16 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
         QuantRange::INT8,
         QuantParams::per_channel(1, vec![0.02, 0.05, 0.11], vec![0, 3, -7]),
     )?;
-    let fq = backend.fake_quant(&op, &x, &shape, true)?;
+    let fq = backend.fake_quant(&op, &x, &shape)?;
     out.push(("fake_quant y".into(), f32_bits(&fq.y)));
-    let mask = fq.mask.expect("a mask was requested");
+    let mask = fq.mask;
     out.push(("fake_quant mask".into(), mask.words().to_vec()));
     out.push((
         "ste dx".into(),
         f32_bits(&backend.ste_backward(&dy, &mask)?),
     ));
     let x16: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-    let fq16 = backend.fake_quant(&op, &x16, &shape, false)?;
+    let fq16 = backend.fake_quant(&op, &x16, &shape)?;
     out.push((
         "fake_quant bf16 y".into(),
         bits(fq16.y.iter().map(|v| v.to_bits() as u32)),
@@ -59,14 +59,11 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
     }
     let state = observer.read_state()?;
     out.push(("observed scales".into(), f32_bits(&state.scales)));
-    let step = observer.step(&x, &shape, Mode::Qat, true)?;
+    let step = observer.step(&x, &shape, Mode::Qat)?;
     out.push(("observer QAT y".into(), f32_bits(&step.y)));
-    out.push((
-        "observer QAT mask".into(),
-        step.mask.unwrap().words().to_vec(),
-    ));
+    out.push(("observer QAT mask".into(), step.mask.words().to_vec()));
     let x_half: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
-    let frozen = observer.step(&x_half, &shape, Mode::Frozen, false)?;
+    let frozen = observer.step(&x_half, &shape, Mode::Frozen)?;
     out.push((
         "observer frozen f16 y".into(),
         bits(frozen.y.iter().map(|v| v.to_bits() as u32)),
@@ -84,7 +81,7 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
     let mut lsq = backend.create_lsq_from_observer(&lsq_config, &observer)?;
     let (scales, zero_points) = lsq.read_params()?;
     out.push(("lsq initial scales".into(), f32_bits(&scales)));
-    let forward = lsq.forward(&x, &shape, true)?;
+    let forward = lsq.forward(&x, &shape)?;
     out.push(("lsq y".into(), f32_bits(&forward.y)));
     let grads = lsq.backward(&x, &dy, &shape)?;
     out.push(("lsq dx".into(), f32_bits(&grads.dx)));
@@ -98,7 +95,7 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
     lsq.load_params(&stepped, &zero_points)?;
     out.push((
         "lsq y after a step".into(),
-        f32_bits(&lsq.forward(&x, &shape, false)?.y),
+        f32_bits(&lsq.forward(&x, &shape)?.y),
     ));
     let init = lsq.init_from_data(&x, &shape)?;
     out.push(("lsq init from data".into(), f32_bits(&init)));
@@ -135,7 +132,7 @@ fn observe_only_matches_a_calibration_step() {
     let mut observed = Reference.create_observer(&config, 1).unwrap();
     let mut stepped = Reference.create_observer(&config, 1).unwrap();
     observed.observe(&x, &[4099]).unwrap();
-    stepped.step(&x, &[4099], Mode::Calibrate, false).unwrap();
+    stepped.step(&x, &[4099], Mode::Calibrate).unwrap();
     assert_eq!(
         observed.read_state().unwrap(),
         stepped.read_state().unwrap()

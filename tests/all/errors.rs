@@ -108,12 +108,12 @@ fn shapes_axes_and_lengths_are_checked() {
     .unwrap();
     let x = vec![0.0f32; 24];
     assert!(matches!(
-        reference::fake_quant(&op, &x, &[6, 4], true),
+        reference::fake_quant(&op, &x, &[6, 4]),
         Err(Error::AxisOutOfRange { axis: 2, rank: 2 })
     ));
-    assert!(reference::fake_quant(&op, &x, &[2, 3, 4], true).is_ok());
+    assert!(reference::fake_quant(&op, &x, &[2, 3, 4]).is_ok());
     assert!(matches!(
-        reference::fake_quant(&op, &x, &[2, 4, 3], true),
+        reference::fake_quant(&op, &x, &[2, 4, 3]),
         Err(Error::ChannelCountMismatch {
             axis: 2,
             channels: 3,
@@ -121,11 +121,11 @@ fn shapes_axes_and_lengths_are_checked() {
         })
     ));
     assert!(matches!(
-        reference::fake_quant(&op, &x, &[2, 3, 5], true),
+        reference::fake_quant(&op, &x, &[2, 3, 5]),
         Err(Error::LengthMismatch { .. })
     ));
     assert!(matches!(
-        reference::fake_quant(&op, &x, &[usize::MAX, 2, 4], true),
+        reference::fake_quant(&op, &x, &[usize::MAX, 2, 4]),
         Err(Error::TooLarge { .. })
     ));
     let mask = PackedMask::from_bools(&[true; 5]);
@@ -153,11 +153,11 @@ fn gpu_calls_check_their_arguments() {
         .unwrap();
         // Shape errors surface before any device work.
         assert!(matches!(
-            ctx.fake_quant(&op, &[0.0; 12], &[3, 4], false),
+            ctx.fake_quant(&op, &[0.0; 12], &[3, 4]),
             Err(Error::ChannelCountMismatch { .. })
         ));
         assert!(matches!(
-            ctx.fake_quant(&op, &[0.0; 12], &[4, 4], false),
+            ctx.fake_quant(&op, &[0.0; 12], &[4, 4]),
             Err(Error::LengthMismatch { .. })
         ));
         let mask = PackedMask::from_bools(&[true; 40]);
@@ -343,11 +343,11 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
     let weights = ObserverConfig::qat_weight_int8();
     let mut cpu = reference::observer::Observer::new(weights.clone(), 4).unwrap();
     assert!(matches!(
-        cpu.step(&[0.0; 12], &[3, 4], Mode::Qat, false),
+        cpu.step(&[0.0; 12], &[3, 4], Mode::Qat),
         Err(Error::ChannelCountMismatch { .. })
     ));
     assert!(matches!(
-        cpu.step(&[0.0; 12], &[4, 4], Mode::Qat, false),
+        cpu.step(&[0.0; 12], &[4, 4], Mode::Qat),
         Err(Error::LengthMismatch { .. })
     ));
     let bad_states = [
@@ -383,11 +383,11 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
     for ctx in contexts() {
         let gpu = ctx.create_observer(&weights, 4).unwrap();
         assert!(matches!(
-            gpu.step(&[0.0; 12], &[3, 4], Mode::Qat, false),
+            gpu.step(&[0.0; 12], &[3, 4], Mode::Qat),
             Err(Error::ChannelCountMismatch { .. })
         ));
         assert!(matches!(
-            gpu.step(&[0.0; 12], &[4, 4], Mode::Qat, false),
+            gpu.step(&[0.0; 12], &[4, 4], Mode::Qat),
             Err(Error::LengthMismatch { .. })
         ));
         let scalar_axis = ObserverConfig::new(
@@ -399,7 +399,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
         .unwrap();
         let on_axis_2 = ctx.create_observer(&scalar_axis, 4).unwrap();
         assert!(matches!(
-            on_axis_2.step(&[0.0; 16], &[4, 4], Mode::Calibrate, false),
+            on_axis_2.step(&[0.0; 16], &[4, 4], Mode::Calibrate),
             Err(Error::AxisOutOfRange { .. })
         ));
         for (min, max, scales, zero_points) in &bad_states {
@@ -503,7 +503,7 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
         &[0.0; 2],
     );
     assert!(matches!(r, Err(Error::LengthMismatch { .. })), "{r:?}");
-    let r = reference::lsq::forward(&weights, &[0.0; 6], &[2, 3], &[1.0; 3], &[0.0; 3], false);
+    let r = reference::lsq::forward(&weights, &[0.0; 6], &[2, 3], &[1.0; 3], &[0.0; 3]);
     assert!(matches!(r, Err(Error::ParamLengthMismatch { .. })), "{r:?}");
     for ctx in contexts() {
         for (s, z) in [(vec![], vec![]), (vec![1.0, 1.0], vec![0.0])] {
@@ -518,7 +518,7 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
         ));
         let lsq = ctx.create_lsq(&weights, &[0.1; 2], &[0.0; 2]).unwrap();
         assert!(matches!(
-            lsq.forward(&[0.0; 6], &[3, 2], false),
+            lsq.forward(&[0.0; 6], &[3, 2]),
             Err(Error::ChannelCountMismatch { .. })
         ));
         assert!(matches!(
@@ -580,6 +580,31 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
         let n = 1000 * 301;
         assert!(matches!(
             wide.backward(&vec![0.0; n], &vec![0.0; n], &[1000, 301]),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}
+
+/// Sizes whose byte counts overflow are refused, not wrapped into a small buffer or an abort.
+#[test]
+fn overflowing_sizes_are_errors() {
+    let config = fakequant::ObserverConfig::qat_weight_int8();
+    assert!(matches!(
+        fakequant::reference::Observer::new(config.clone(), 1 << 59),
+        Err(Error::TooLarge { .. })
+    ));
+    for ctx in crate::common::contexts() {
+        for len in [1usize << 62, usize::MAX] {
+            assert!(
+                matches!(
+                    ctx.create_tensor(len, fakequant::DType::F32),
+                    Err(Error::TooLarge { .. })
+                ),
+                "create_tensor({len})"
+            );
+        }
+        assert!(matches!(
+            ctx.create_observer(&config, 1 << 59),
             Err(Error::TooLarge { .. })
         ));
     }

@@ -253,24 +253,18 @@ fn tensor_larger_than_128_mib() {
         })
         .collect();
     let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0)).unwrap();
-    let expected = reference::fake_quant(&op, &x, &[n], true).unwrap();
+    let expected = reference::fake_quant(&op, &x, &[n]).unwrap();
     for ctx in contexts() {
-        let got = ctx.fake_quant(&op, &x, &[n], true).unwrap();
+        let got = ctx.fake_quant(&op, &x, &[n]).unwrap();
         assert_bits_eq(
             &format!("128 MiB+ on {}", ctx.adapter_name()),
             &x,
             &expected.y,
             &got.y,
         );
-        assert_mask_eq(
-            "128 MiB+ mask",
-            expected.mask.as_ref().unwrap(),
-            got.mask.as_ref().unwrap(),
-        );
-        let dx = ctx
-            .ste_backward(&x, expected.mask.as_ref().unwrap())
-            .unwrap();
-        let expected_dx = reference::ste_backward(&x, expected.mask.as_ref().unwrap()).unwrap();
+        assert_mask_eq("128 MiB+ mask", &expected.mask, &got.mask);
+        let dx = ctx.ste_backward(&x, &expected.mask).unwrap();
+        let expected_dx = reference::ste_backward(&x, &expected.mask).unwrap();
         assert_bits_eq("128 MiB+ dx", &x, &expected_dx, &dx);
     }
 }
@@ -343,14 +337,13 @@ fn recording_many_ops_into_one_submission() {
         ctx.submit_and_wait(encoder).unwrap();
 
         for (i, (op, x)) in layers.iter().enumerate() {
-            let expected = reference::fake_quant(op, x, &[n], true).unwrap();
+            let expected = reference::fake_quant(op, x, &[n]).unwrap();
             let got: Vec<f32> = bytemuck::pod_collect_to_vec(
                 &ctx.read_buffer(&outputs[i], 0, n as u64 * 4).unwrap(),
             );
             assert_bits_eq(&format!("recorded layer {i}"), x, &expected.y, &got);
             if i == 2 {
-                let expected_dx =
-                    reference::ste_backward(&dy, expected.mask.as_ref().unwrap()).unwrap();
+                let expected_dx = reference::ste_backward(&dy, &expected.mask).unwrap();
                 let dx: Vec<f32> = bytemuck::pod_collect_to_vec(
                     &ctx.read_buffer(&dx_buf, 0, n as u64 * 4).unwrap(),
                 );
@@ -380,16 +373,10 @@ fn device_tensors_chain_without_read_back() {
         p1.forward_device(&x_dev, &[x.len()], &mid, None).unwrap();
         p2.forward_device(&mid, &[2, 5000], &out, Some(&mask))
             .unwrap();
-        let cpu_mid = reference::fake_quant(&first, &x, &[x.len()], false)
-            .unwrap()
-            .y;
-        let cpu = reference::fake_quant(&second, &cpu_mid, &[2, 5000], true).unwrap();
+        let cpu_mid = reference::fake_quant(&first, &x, &[x.len()]).unwrap().y;
+        let cpu = reference::fake_quant(&second, &cpu_mid, &[2, 5000]).unwrap();
         assert_bits_eq("chained", &x, &cpu.y, &ctx.read_tensor(&out).unwrap());
-        assert_mask_eq(
-            "chained mask",
-            cpu.mask.as_ref().unwrap(),
-            &ctx.read_mask(&mask).unwrap(),
-        );
+        assert_mask_eq("chained mask", &cpu.mask, &ctx.read_mask(&mask).unwrap());
     }
 }
 
@@ -501,11 +488,11 @@ fn every_wide_groups_per_thread_gives_the_same_bits() {
                 let fakequant::FakeQuantOutput {
                     y: expected,
                     mask: expected_mask,
-                } = fakequant::reference::fake_quant(&op_for_half(), &h, &[n], true).unwrap();
+                } = fakequant::reference::fake_quant(&op_for_half(), &h, &[n]).unwrap();
                 let fakequant::FakeQuantOutput {
                     y: got,
                     mask: got_mask,
-                } = ctx.fake_quant(&op_for_half(), &h, &[n], true).unwrap();
+                } = ctx.fake_quant(&op_for_half(), &h, &[n]).unwrap();
                 let bits = |v: &[half::f16]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&expected),

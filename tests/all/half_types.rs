@@ -45,21 +45,15 @@ fn check<T: Element>(ctx: &GpuContext, op: &FakeQuant, x: &[T], shape: &[usize],
     let fakequant::FakeQuantOutput {
         y: expected,
         mask: expected_mask,
-    } = reference::fake_quant(op, x, shape, true).unwrap();
+    } = reference::fake_quant(op, x, shape).unwrap();
     let fakequant::FakeQuantOutput {
         y: got,
         mask: got_mask,
-    } = ctx.fake_quant(op, x, shape, true).unwrap();
+    } = ctx.fake_quant(op, x, shape).unwrap();
     assert_elems_eq(&format!("{context}: y"), x, &expected, &got);
-    let expected_mask = expected_mask.unwrap();
-    assert_mask_eq(
-        &format!("{context}: mask"),
-        &expected_mask,
-        &got_mask.unwrap(),
-    );
-    let fakequant::FakeQuantOutput { y: got, mask: none } =
-        ctx.fake_quant(op, x, shape, false).unwrap();
-    assert!(none.is_none());
+    assert_mask_eq(&format!("{context}: mask"), &expected_mask, &got_mask);
+    // Without a mask: the device level, whose kernels skip the mask.
+    let got = crate::common::forward_without_mask(ctx, op, x, shape);
     assert_elems_eq(&format!("{context}: y without mask"), x, &expected, &got);
     // The backward on the same patterns as gradients.
     let expected_dx = reference::ste_backward(x, &expected_mask).unwrap();
@@ -161,7 +155,7 @@ fn check_at_offsets<T: Element>(ctx: &GpuContext, x: &[T], x_at: u64, y_at: u64)
     let fakequant::FakeQuantOutput {
         y: expected,
         mask: expected_mask,
-    } = reference::fake_quant(op, x, &[n], true).unwrap();
+    } = reference::fake_quant(op, x, &[n]).unwrap();
     let sentinel = 0xdead_beefu32;
     let words = (n as u64 + x_at.max(y_at) + 4).div_ceil(2) as usize;
     let mut x_words = vec![sentinel; words];
@@ -212,7 +206,7 @@ fn check_at_offsets<T: Element>(ctx: &GpuContext, x: &[T], x_at: u64, y_at: u64)
     }
     assert_mask_eq(
         "offsets mask",
-        expected_mask.as_ref().unwrap(),
+        &expected_mask,
         &ctx.read_mask(&mask).unwrap(),
     );
 }
@@ -342,18 +336,18 @@ fn observers_on_16_bit_tensors() {
                 let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
                 let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
                 let fakequant::FakeQuantOutput { y: ey, mask: em } =
-                    cpu16.step(&xh, &shape, mode, true).unwrap();
+                    cpu16.step(&xh, &shape, mode).unwrap();
                 let fakequant::FakeQuantOutput { y: gy, mask: gm } =
-                    gpu16.step(&xh, &shape, mode, true).unwrap();
+                    gpu16.step(&xh, &shape, mode).unwrap();
                 assert_elems_eq(&format!("f16 step {step} {mode:?}"), &xh, &ey, &gy);
-                assert_mask_eq("f16 step mask", &em.unwrap(), &gm.unwrap());
+                assert_mask_eq("f16 step mask", &em, &gm);
                 assert_eq!(cpu16.state(), &gpu16.read_state().unwrap());
                 let fakequant::FakeQuantOutput { y: ey, mask: em } =
-                    cpub.step(&xb, &shape, mode, true).unwrap();
+                    cpub.step(&xb, &shape, mode).unwrap();
                 let fakequant::FakeQuantOutput { y: gy, mask: gm } =
-                    gpub.step(&xb, &shape, mode, true).unwrap();
+                    gpub.step(&xb, &shape, mode).unwrap();
                 assert_elems_eq(&format!("bf16 step {step} {mode:?}"), &xb, &ey, &gy);
-                assert_mask_eq("bf16 step mask", &em.unwrap(), &gm.unwrap());
+                assert_mask_eq("bf16 step mask", &em, &gm);
                 assert_eq!(cpub.state(), &gpub.read_state().unwrap());
             }
         }
@@ -386,11 +380,11 @@ fn lsq_on_16_bit_tensors() {
                     let dy: Vec<$ty> = dy.iter().map(|&v| <$ty>::from_f32(v)).collect();
                     let label = format!("{} axis {axis:?}", stringify!($ty));
                     let fakequant::FakeQuantOutput { y: ey, mask: em } =
-                        lsq_ref::forward(&config, &x, &shape, &scales, &zps, true).unwrap();
+                        lsq_ref::forward(&config, &x, &shape, &scales, &zps).unwrap();
                     let fakequant::FakeQuantOutput { y: gy, mask: gm } =
-                        lsq.forward(&x, &shape, true).unwrap();
+                        lsq.forward(&x, &shape).unwrap();
                     assert_elems_eq(&format!("{label}: y"), &x, &ey, &gy);
-                    assert_mask_eq(&format!("{label}: mask"), &em.unwrap(), &gm.unwrap());
+                    assert_mask_eq(&format!("{label}: mask"), &em, &gm);
                     for (xs, dys) in [(&x, &dy), (&dy, &x)] {
                         let fakequant::LsqGrads {
                             dx: edx,

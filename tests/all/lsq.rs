@@ -41,14 +41,10 @@ fn check(
 ) {
     let context = format!("{label} on {}", ctx.adapter_name());
     let lsq = ctx.create_lsq(config, scales, zero_points).unwrap();
-    let expected = reference::forward(config, x, shape, scales, zero_points, true).unwrap();
-    let got = lsq.forward(x, shape, true).unwrap();
+    let expected = reference::forward(config, x, shape, scales, zero_points).unwrap();
+    let got = lsq.forward(x, shape).unwrap();
     assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
-    assert_mask_eq(
-        &format!("{context}: mask"),
-        expected.mask.as_ref().unwrap(),
-        got.mask.as_ref().unwrap(),
-    );
+    assert_mask_eq(&format!("{context}: mask"), &expected.mask, &got.mask);
     let expected = reference::backward(config, x, dy, shape, scales, zero_points).unwrap();
     let got = lsq.backward(x, dy, shape).unwrap();
     assert_grads_eq(&context, x, &expected, &got);
@@ -361,9 +357,7 @@ fn initialization_from_an_observer_and_from_data() {
         let observer_config = ObserverConfig::qat_weight_int8();
         let observer = ctx.create_observer(&observer_config, 8).unwrap();
         let w: Vec<f32> = (0..8 * 300).map(|_| rng.normal() * 0.1).collect();
-        observer
-            .step(&w, &[8, 300], Mode::Calibrate, false)
-            .unwrap();
+        observer.step(&w, &[8, 300], Mode::Calibrate).unwrap();
         let calibrated = observer.read_state().unwrap();
         let lsq = ctx
             .create_lsq(&LsqConfig::weight_int8(), &[1.0; 8], &[5.0; 8])
@@ -377,8 +371,8 @@ fn initialization_from_an_observer_and_from_data() {
         let expected: Vec<f32> = calibrated.zero_points.iter().map(|&z| z as f32).collect();
         assert_bits_eq("zero points from the observer", &[], &expected, &zps);
         // The forward with the loaded parameters equals the observer's frozen fake-quant.
-        let frozen = observer.step(&w, &[8, 300], Mode::Frozen, true).unwrap();
-        let lsq_y = lsq.forward(&w, &[8, 300], true).unwrap();
+        let frozen = observer.step(&w, &[8, 300], Mode::Frozen).unwrap();
+        let lsq_y = lsq.forward(&w, &[8, 300]).unwrap();
         assert_bits_eq("observer-initialized LSQ forward", &w, &frozen.y, &lsq_y.y);
 
         // From data, with empty, all-NaN and all-zero channels.

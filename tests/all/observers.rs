@@ -156,11 +156,10 @@ fn reference_batch_skips_non_finite_and_counts_zeros_as_plus_zero() {
     assert_eq!(b, MinMax::empty(1));
     // An empty batch leaves the state alone.
     let mut obs = Observer::new(per_tensor, 1).unwrap();
-    obs.step(&[1.0, -2.0], &[2], Mode::Calibrate, false)
-        .unwrap();
+    obs.step(&[1.0, -2.0], &[2], Mode::Calibrate).unwrap();
     let before = obs.state().clone();
-    obs.step(&[f32::NAN], &[1], Mode::Calibrate, false).unwrap();
-    obs.step::<f32>(&[], &[0], Mode::Qat, false).unwrap();
+    obs.step(&[f32::NAN], &[1], Mode::Calibrate).unwrap();
+    obs.step::<f32>(&[], &[0], Mode::Qat).unwrap();
     assert_eq!(&before, obs.state());
 }
 
@@ -307,14 +306,19 @@ fn check_sequence(
     let gpu = ctx.create_observer(config, channels).unwrap();
     for (i, (mode, x)) in steps.iter().enumerate() {
         let context = format!("{label} step {i} {mode:?} on {}", ctx.adapter_name());
-        let with_mask = i % 2 == 0;
-        let expected = cpu.step(x, shape, *mode, with_mask).unwrap();
-        let got = gpu.step(x, shape, *mode, with_mask).unwrap();
-        assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
-        if let (Some(e), Some(g)) = (&expected.mask, &got.mask) {
-            assert_mask_eq(&format!("{context}: mask"), e, g);
+        let expected = cpu.step(x, shape, *mode).unwrap();
+        if i % 2 == 0 {
+            let got = gpu.step(x, shape, *mode).unwrap();
+            assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
+            assert_mask_eq(&format!("{context}: mask"), &expected.mask, &got.mask);
+        } else {
+            // Every other step without a mask: the device level, whose kernels skip it.
+            let x_dev = ctx.upload(x).unwrap();
+            let y_dev = ctx.create_tensor(x.len(), fakequant::DType::F32).unwrap();
+            gpu.step_device(&x_dev, shape, &y_dev, None, *mode).unwrap();
+            let got: Vec<f32> = ctx.read_tensor(&y_dev).unwrap();
+            assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got);
         }
-        assert_eq!(expected.mask.is_some(), got.mask.is_some());
         assert_state_eq(&context, cpu.state(), &gpu.read_state().unwrap());
     }
 }
@@ -411,8 +415,8 @@ fn moving_average_where_fusing_would_change_the_last_bit() {
                     x.push(lo[ch]);
                     x.push(hi[ch]);
                 }
-                let expected = cpu.step(&x, &[channels, 2], Mode::Qat, true).unwrap();
-                let got = gpu.step(&x, &[channels, 2], Mode::Qat, true).unwrap();
+                let expected = cpu.step(&x, &[channels, 2], Mode::Qat).unwrap();
+                let got = gpu.step(&x, &[channels, 2], Mode::Qat).unwrap();
                 let context = format!("c={c} step {step} on {}", ctx.adapter_name());
                 assert_bits_eq(&context, &x, &expected.y, &got.y);
                 assert_state_eq(&context, cpu.state(), &gpu.read_state().unwrap());
@@ -552,10 +556,10 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         let mut cpu = Observer::new(config.clone(), 6).unwrap();
         for _ in 0..5 {
             let x: Vec<f32> = (0..1200).map(|_| rng.normal() * 2.0).collect();
-            let y = calibrating.step(&x, &shape, Mode::Calibrate, true).unwrap();
+            let y = calibrating.step(&x, &shape, Mode::Calibrate).unwrap();
             assert_bits_eq("calibration passes x through", &x, &x, &y.y);
-            assert!(y.mask.unwrap().to_bools().iter().all(|&b| b));
-            cpu.step(&x, &shape, Mode::Calibrate, false).unwrap();
+            assert!(y.mask.to_bools().iter().all(|&b| b));
+            cpu.step(&x, &shape, Mode::Calibrate).unwrap();
         }
         let calibrated = calibrating.read_state().unwrap();
         assert_state_eq("calibrated", cpu.state(), &calibrated);
@@ -566,15 +570,11 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         // Frozen: the loaded qparams (fake-quant parameters derived on the host) give the same
         // bits as the reference and as the device-derived parameters of the calibrating observer.
         let x = data(&mut rng, 1200, 2);
-        let expected = cpu.step(&x, &shape, Mode::Frozen, true).unwrap();
+        let expected = cpu.step(&x, &shape, Mode::Frozen).unwrap();
         for observer in [&qat, &calibrating] {
-            let got = observer.step(&x, &shape, Mode::Frozen, true).unwrap();
+            let got = observer.step(&x, &shape, Mode::Frozen).unwrap();
             assert_bits_eq("frozen", &x, &expected.y, &got.y);
-            assert_mask_eq(
-                "frozen mask",
-                expected.mask.as_ref().unwrap(),
-                got.mask.as_ref().unwrap(),
-            );
+            assert_mask_eq("frozen mask", &expected.mask, &got.mask);
         }
         qat.reset().unwrap();
         assert_state_eq(
@@ -614,7 +614,7 @@ fn device_derived_parameters_equal_host_derived_ones() {
             .collect();
         let observer = ctx.create_observer(&config, channels).unwrap();
         observer
-            .step(&x, &[channels, per], Mode::Calibrate, false)
+            .step(&x, &[channels, per], Mode::Calibrate)
             .unwrap();
         let state = observer.read_state().unwrap();
         let op = state.fake_quant(&config).unwrap();
@@ -627,14 +627,10 @@ fn device_derived_parameters_equal_host_derived_ones() {
         let len = corpora.iter().map(Vec::len).min().unwrap();
         let probe: Vec<f32> = corpora.iter().flat_map(|c| c[..len].to_vec()).collect();
         let shape = [channels, len];
-        let expected = fakequant::reference::fake_quant(&op, &probe, &shape, true).unwrap();
-        let got = observer.step(&probe, &shape, Mode::Frozen, true).unwrap();
+        let expected = fakequant::reference::fake_quant(&op, &probe, &shape).unwrap();
+        let got = observer.step(&probe, &shape, Mode::Frozen).unwrap();
         assert_bits_eq("device-derived parameters", &probe, &expected.y, &got.y);
-        assert_mask_eq(
-            "device-derived mask",
-            expected.mask.as_ref().unwrap(),
-            got.mask.as_ref().unwrap(),
-        );
+        assert_mask_eq("device-derived mask", &expected.mask, &got.mask);
     }
 }
 
@@ -681,8 +677,8 @@ fn fused_step_recorded_with_other_work_in_one_submission() {
             )
             .unwrap();
             ctx.submit_and_wait(encoder).unwrap();
-            let ew = cpu_w.step(&w, &[16, 8, 3, 3], Mode::Qat, false).unwrap();
-            let ea = cpu_a.step(&a, &[8, 16, 5, 5], Mode::Qat, true).unwrap();
+            let ew = cpu_w.step(&w, &[16, 8, 3, 3], Mode::Qat).unwrap();
+            let ea = cpu_a.step(&a, &[8, 16, 5, 5], Mode::Qat).unwrap();
             assert_bits_eq(
                 &format!("weights step {step}"),
                 &w,
@@ -695,11 +691,7 @@ fn fused_step_recorded_with_other_work_in_one_submission() {
                 &ea.y,
                 &ctx.read_tensor(&aq).unwrap(),
             );
-            assert_mask_eq(
-                "acts mask",
-                ea.mask.as_ref().unwrap(),
-                &ctx.read_mask(&mask).unwrap(),
-            );
+            assert_mask_eq("acts mask", &ea.mask, &ctx.read_mask(&mask).unwrap());
         }
     }
 }

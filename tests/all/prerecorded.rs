@@ -159,7 +159,7 @@ impl Layer {
     fn check(&self, ctx: &GpuContext, x: &[f32], dy: &[f32], label: &str) {
         let n = self.n;
         let context = format!("{label} n={n} on {}", ctx.adapter_name());
-        let t = reference::fake_quant(self.per_tensor.op(), x, &[n], true).unwrap();
+        let t = reference::fake_quant(self.per_tensor.op(), x, &[n]).unwrap();
         assert_bits_eq(
             &format!("{context}: per-tensor y"),
             x,
@@ -168,7 +168,7 @@ impl Layer {
         );
         assert_mask_eq(
             &format!("{context}: per-tensor mask"),
-            t.mask.as_ref().unwrap(),
+            &t.mask,
             &ctx.read_mask(&self.mask_tensor).unwrap(),
         );
         assert_bits_eq(
@@ -177,14 +177,14 @@ impl Layer {
             &t.y,
             &ctx.read_tensor(&self.y_unmasked).unwrap(),
         );
-        let c = reference::fake_quant(self.per_channel.op(), x, &self.channel_shape, true).unwrap();
+        let c = reference::fake_quant(self.per_channel.op(), x, &self.channel_shape).unwrap();
         assert_bits_eq(
             &format!("{context}: per-channel y"),
             x,
             &c.y,
             &ctx.read_tensor(&self.y_channel).unwrap(),
         );
-        let mask = c.mask.unwrap();
+        let mask = c.mask;
         assert_mask_eq(
             &format!("{context}: per-channel mask"),
             &mask,
@@ -400,8 +400,8 @@ fn prerecorded_observer_qat_steps_equal_fresh_record_step_calls() {
             record(&mut encoder, &fresh, &outputs[1]).unwrap();
             ctx.submit_and_wait(encoder).unwrap();
 
-            let ew = cpu.0.step(&wx, &w_shape, Mode::Qat, false).unwrap();
-            let ea = cpu.1.step(&ax, &a_shape, Mode::Qat, true).unwrap();
+            let ew = cpu.0.step(&wx, &w_shape, Mode::Qat).unwrap();
+            let ea = cpu.1.step(&ax, &a_shape, Mode::Qat).unwrap();
             let context = format!("step {step} on {}", ctx.adapter_name());
             let states = [
                 (&replayed.0, &fresh.0, cpu.0.state(), "weights"),
@@ -449,11 +449,7 @@ fn prerecorded_observer_qat_steps_equal_fresh_record_step_calls() {
                 &fresh_a,
                 &ctx.read_tensor(ra).unwrap(),
             );
-            assert_mask_eq(
-                &format!("{context}: fresh acts mask"),
-                ea.mask.as_ref().unwrap(),
-                &fresh_m,
-            );
+            assert_mask_eq(&format!("{context}: fresh acts mask"), &ea.mask, &fresh_m);
             assert_mask_eq(
                 &format!("{context}: acts mask"),
                 &fresh_m,
@@ -569,7 +565,7 @@ fn prerecorded_lsq_forward_and_backward_equal_a_fresh_record() {
                 ctx.submit_and_wait(encoder).unwrap();
 
                 let context = format!("{shape:?} step {step} on {}", ctx.adapter_name());
-                let ef = lsq_reference::forward(config, &xs, shape, &scales, &zps, true).unwrap();
+                let ef = lsq_reference::forward(config, &xs, shape, &scales, &zps).unwrap();
                 let eb = lsq_reference::backward(config, &xs, &dys, shape, &scales, &zps).unwrap();
                 let (ry, rm, rdx, rg) = &outputs[0];
                 let (fy, fm, fdx, fg) = &outputs[1];
@@ -579,11 +575,7 @@ fn prerecorded_lsq_forward_and_backward_equal_a_fresh_record() {
                 let fresh_g = ctx.read_lsq_grads(fg).unwrap();
                 // The fresh record is itself the reference's.
                 assert_bits_eq(&format!("{context}: fresh y"), &xs, &ef.y, &fresh_y);
-                assert_mask_eq(
-                    &format!("{context}: fresh mask"),
-                    ef.mask.as_ref().unwrap(),
-                    &fresh_m,
-                );
+                assert_mask_eq(&format!("{context}: fresh mask"), &ef.mask, &fresh_m);
                 assert_bits_eq(&format!("{context}: fresh dx"), &dys, &eb.dx, &fresh_dx);
                 assert_bits_eq(
                     &format!("{context}: fresh dscale"),
@@ -645,7 +637,7 @@ fn assert_ordinary_record_runs(ctx: &GpuContext, fq: &GpuFakeQuant, x: &[f32], l
     )
     .unwrap();
     ctx.submit_and_wait(encoder).unwrap();
-    let expected = reference::fake_quant(fq.op(), x, &[x.len()], true).unwrap();
+    let expected = reference::fake_quant(fq.op(), x, &[x.len()]).unwrap();
     let context = format!("{label} on {}", ctx.adapter_name());
     assert_bits_eq(
         &format!("{context}: y"),
@@ -655,7 +647,7 @@ fn assert_ordinary_record_runs(ctx: &GpuContext, fq: &GpuFakeQuant, x: &[f32], l
     );
     assert_mask_eq(
         &format!("{context}: mask"),
-        expected.mask.as_ref().unwrap(),
+        &expected.mask,
         &ctx.read_mask(&mask).unwrap(),
     );
 }
@@ -818,7 +810,7 @@ fn nested_prerecord_keeps_only_its_own_passes() {
         }
         outer.run().unwrap();
         let check = |(x, _, y, mask): &(Vec<f32>, GpuTensor, GpuTensor, GpuMask), label: &str| {
-            let expected = reference::fake_quant(fq.op(), x, &[x.len()], true).unwrap();
+            let expected = reference::fake_quant(fq.op(), x, &[x.len()]).unwrap();
             let context = format!("{label} on {}", ctx.adapter_name());
             assert_bits_eq(
                 &format!("{context}: y"),
@@ -828,7 +820,7 @@ fn nested_prerecord_keeps_only_its_own_passes() {
             );
             assert_mask_eq(
                 &format!("{context}: mask"),
-                expected.mask.as_ref().unwrap(),
+                &expected.mask,
                 &ctx.read_mask(mask).unwrap(),
             );
         };
@@ -840,10 +832,7 @@ fn nested_prerecord_keeps_only_its_own_passes() {
         poison_tensor(ctx, &c.2);
         inner.run().unwrap();
         check(&b, "inner b");
-        let mask = reference::fake_quant(fq.op(), &b.0, &[300], true)
-            .unwrap()
-            .mask
-            .unwrap();
+        let mask = reference::fake_quant(fq.op(), &b.0, &[300]).unwrap().mask;
         assert_bits_eq(
             "inner dx",
             &b.0,
@@ -893,8 +882,7 @@ fn pass_and_dispatch_counts_and_empty_replays() {
         for _ in 0..3 {
             poison_tensor(ctx, &y);
             one.run().unwrap();
-            let expected =
-                reference::fake_quant(fq.op(), &[1.0, 2.0, 3.0, 4.0], &[4], false).unwrap();
+            let expected = reference::fake_quant(fq.op(), &[1.0, 2.0, 3.0, 4.0], &[4]).unwrap();
             assert_bits_eq(
                 "tiny replay",
                 &[],

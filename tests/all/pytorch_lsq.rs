@@ -807,10 +807,9 @@ fn check_step(case: &Case, k: usize, bad: &mut Mismatches, tally: &mut Tally) {
         &case.shape,
         &step.scales,
         &step.zero_points,
-        true,
     )
     .unwrap_or_else(|e| panic!("{}: reference forward failed: {e}", case.name));
-    let mask = fwd.mask.expect("mask requested");
+    let mask = fwd.mask;
     let grads = reference::backward(
         &config,
         &step.x,
@@ -1191,19 +1190,18 @@ fn gpu_matches_cpu_reference_on_pytorch_lsq_vectors() {
                     &case.shape,
                     &step.scales,
                     &step.zero_points,
-                    true,
                 )
                 .unwrap();
                 let gpu = lsq
-                    .forward(&step.x, &case.shape, true)
+                    .forward(&step.x, &case.shape)
                     .unwrap_or_else(|e| panic!("{}: GPU forward on {adapter}: {e}", case.name));
                 assert_eq!(gpu.y.len(), step.x.len(), "{}: GPU y length", case.name);
                 for (i, &x) in step.x.iter().enumerate() {
                     bad.bits("GPU y vs CPU", case, k, i, x, cpu.y[i], gpu.y[i]);
                 }
                 assert_eq!(
-                    gpu.mask.as_ref().expect("mask requested").words(),
-                    cpu.mask.as_ref().unwrap().words(),
+                    gpu.mask.words(),
+                    cpu.mask.words(),
                     "{}: step {k}: mask words on {adapter}",
                     case.name
                 );

@@ -496,7 +496,7 @@ fn cpu_reference_matches_pytorch_observers() {
         },
         |observer, case, x| {
             observer
-                .step(x, &case.shape, Mode::Calibrate, false)
+                .step(x, &case.shape, Mode::Calibrate)
                 .unwrap_or_else(|e| panic!("{}: reference step failed: {e}", case.name))
                 .y
         },
@@ -522,7 +522,7 @@ fn gpu_matches_pytorch_observers() {
             },
             |observer, case, x| {
                 observer
-                    .step(x, &case.shape, Mode::Calibrate, false)
+                    .step(x, &case.shape, Mode::Calibrate)
                     .unwrap_or_else(|e| panic!("{}: GPU step on {adapter} failed: {e}", case.name))
                     .y
             },

@@ -325,9 +325,9 @@ fn cpu_reference_matches_pytorch() {
     let mut overflow_checked = 0usize;
     for case in &cases {
         let op = case.fake_quant();
-        let out = reference::fake_quant(&op, &case.x, &case.shape, true)
+        let out = reference::fake_quant(&op, &case.x, &case.shape)
             .unwrap_or_else(|e| panic!("{}: reference failed: {e}", case.name));
-        let mask = out.mask.expect("mask requested");
+        let mask = out.mask;
         assert_eq!(out.y.len(), case.x.len(), "{}: y length", case.name);
         assert_eq!(mask.len(), case.x.len(), "{}: mask length", case.name);
         for (i, &x) in case.x.iter().enumerate() {
@@ -417,14 +417,14 @@ fn gpu_matches_cpu_reference_on_pytorch_vectors() {
         let mut checked = 0usize;
         for case in &cases {
             let op = case.fake_quant();
-            let cpu = reference::fake_quant(&op, &case.x, &case.shape, true).unwrap();
+            let cpu = reference::fake_quant(&op, &case.x, &case.shape).unwrap();
             let gpu = ctx
-                .fake_quant(&op, &case.x, &case.shape, true)
+                .fake_quant(&op, &case.x, &case.shape)
                 .unwrap_or_else(|e| {
                     panic!("{}: GPU fake_quant on {adapter} failed: {e}", case.name)
                 });
-            let cpu_mask = cpu.mask.unwrap();
-            let gpu_mask = gpu.mask.expect("mask requested");
+            let cpu_mask = cpu.mask;
+            let gpu_mask = gpu.mask;
             assert_eq!(gpu.y.len(), case.x.len(), "{}: GPU y length", case.name);
             assert_eq!(
                 gpu_mask.len(),

@@ -130,7 +130,7 @@ fn per_channel_uses_the_channel_of_each_flat_index() {
     )
     .unwrap();
     let x = [5.0f32; 12];
-    let out = fake_quant(&op, &x, &[2, 3, 2], false).unwrap();
+    let out = fake_quant(&op, &x, &[2, 3, 2]).unwrap();
     let expected = [
         5.0f32, 5.0, 4.0, 4.0, 6.0, 6.0, 5.0, 5.0, 4.0, 4.0, 6.0, 6.0,
     ];
@@ -307,8 +307,8 @@ proptest! {
         let op = FakeQuant::new(range, QuantParams::per_channel(axis, scales.clone(), zps.clone()))
             .unwrap()
             .with_rounding(rounding);
-        let out = fake_quant(&op, &x, &shape, true).unwrap();
-        let mask = out.mask.unwrap();
+        let out = fake_quant(&op, &x, &shape).unwrap();
+        let mask = out.mask;
         let inner: usize = shape[axis + 1..].iter().product();
         for (i, &xi) in x.iter().enumerate() {
             let c = (i / inner) % shape[axis];

@@ -216,22 +216,18 @@ pub fn assert_mask_eq(context: &str, expected: &PackedMask, actual: &PackedMask)
 /// CPU reference bit for bit.
 pub fn check_on_gpu(ctx: &GpuContext, op: &FakeQuant, x: &[f32], shape: &[usize], label: &str) {
     let context = format!("{label} on {}", ctx.adapter_name());
-    let expected = reference::fake_quant(op, x, shape, true).unwrap();
-    let got = ctx.fake_quant(op, x, shape, true).unwrap();
+    let expected = reference::fake_quant(op, x, shape).unwrap();
+    let got = ctx.fake_quant(op, x, shape).unwrap();
     assert_bits_eq(&format!("{context}: y"), x, &expected.y, &got.y);
-    let expected_mask = expected.mask.unwrap();
-    assert_mask_eq(
-        &format!("{context}: mask"),
-        &expected_mask,
-        got.mask.as_ref().unwrap(),
-    );
-    let got_no_mask = ctx.fake_quant(op, x, shape, false).unwrap();
-    assert!(got_no_mask.mask.is_none());
+    let expected_mask = expected.mask;
+    assert_mask_eq(&format!("{context}: mask"), &expected_mask, &got.mask);
+    // Without a mask: the device level, whose kernels skip the mask.
+    let got_no_mask = forward_without_mask(ctx, op, x, shape);
     assert_bits_eq(
         &format!("{context}: y without mask"),
         x,
         &expected.y,
-        &got_no_mask.y,
+        &got_no_mask,
     );
     // The backward on a gradient that holds every kind of value.
     let mut rng = Rng::new(x.len() as u64 ^ 0x5eed);
@@ -377,4 +373,20 @@ pub fn granularity_of(axis: Option<usize>) -> fakequant::Granularity {
         None => fakequant::Granularity::PerTensor,
         Some(axis) => fakequant::Granularity::per_channel(axis),
     }
+}
+
+/// The device-level forward without a mask (the kernels' `WITH_MASK = false` variant), read back.
+pub fn forward_without_mask<T: fakequant::Element>(
+    ctx: &GpuContext,
+    op: &FakeQuant,
+    x: &[T],
+    shape: &[usize],
+) -> Vec<T> {
+    let prepared = ctx.prepare(op).unwrap();
+    let x_dev = ctx.upload(x).unwrap();
+    let y_dev = ctx.create_tensor(x.len(), T::DTYPE).unwrap();
+    prepared
+        .forward_device(&x_dev, shape, &y_dev, None)
+        .unwrap();
+    ctx.read_tensor(&y_dev).unwrap()
 }
