@@ -41,9 +41,7 @@ fn benches(c: &mut Criterion) {
             ),
             ("per_channel_last_axis_64", last_axis, vec![n / 64, 64]),
         ] {
-            let observer = ctx
-                .create_observer(&config, config.channels_for(&shape).unwrap())
-                .unwrap();
+            let observer = ctx.create_observer(&config, &shape).unwrap();
             let stats = observer.create_batch_stats().unwrap();
             group.throughput(Throughput::Bytes(elem_bytes));
             group.bench_with_input(
@@ -105,7 +103,7 @@ fn benches(c: &mut Criterion) {
         .unwrap();
         let y = ctx.create_tensor(n, dtype).unwrap();
         let observer = ctx
-            .create_observer(&ObserverConfig::qat_activation_int8(), 1)
+            .create_observer(&ObserverConfig::qat_activation_int8(), &[])
             .unwrap();
         group.throughput(Throughput::Bytes(n as u64 * 6));
         group.bench_with_input(

@@ -443,7 +443,7 @@ fn main() -> Result<()> {
                 vec![n / 64, 64],
             ),
         ] {
-            let observer = ctx.create_observer(&config, config.channels_for(&shape)?)?;
+            let observer = ctx.create_observer(&config, &shape)?;
             let stats = observer.create_batch_stats()?;
             report.measure(
                 op_name,

@@ -93,9 +93,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ] {
         let len: usize = shape.iter().product();
-        let channels = config.channels_for(shape)?;
-        let gpu = ctx.create_observer(&config, channels)?;
-        let mut cpu = reference::observer::Observer::new(config, channels)?;
+        let gpu = ctx.create_observer(&config, shape)?;
+        let mut cpu = reference::observer::Observer::new(config, shape)?;
         let mut bad = 0usize;
         for (step, mode) in [
             Mode::Calibrate,

@@ -34,8 +34,9 @@ pub trait Backend {
     /// The straight-through backward `dx = dy * mask`.
     fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>>;
 
-    /// An observer of `channels` channels (1 per tensor) that has seen nothing.
-    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<Self::Observer>;
+    /// An observer for tensors of `shape` (only the channel axis matters: a per-tensor observer
+    /// takes any shape, `&[]` included) that has seen nothing.
+    fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<Self::Observer>;
 
     /// An LSQ quantizer with initial learnable parameters (one per channel).
     fn create_lsq(

@@ -91,9 +91,9 @@ impl<B: Backend> Ops<B> {
         self.backend.name()
     }
 
-    fn create_observer(&mut self, config: &ObserverConfig, channels: usize) -> Result<usize> {
+    fn create_observer(&mut self, config: &ObserverConfig, shape: &[usize]) -> Result<usize> {
         self.observers
-            .push(self.backend.create_observer(config, channels)?);
+            .push(self.backend.create_observer(config, shape)?);
         Ok(self.observers.len() - 1)
     }
 
@@ -885,11 +885,11 @@ pub fn run<B: Backend>(
     // last tensors; the weights and the hidden activation take the width under test.
     let edges = ObserverConfig::qat_activation_int8();
     let obs = Observers {
-        input: ops.create_observer(&edges, 1)?,
-        w1: ops.create_observer(&weights, HIDDEN)?,
-        hidden: ops.create_observer(&activations, 1)?,
-        w2: ops.create_observer(&weights, CLASSES)?,
-        logits: ops.create_observer(&edges, 1)?,
+        input: ops.create_observer(&edges, &[])?,
+        w1: ops.create_observer(&weights, &[HIDDEN, PIXELS])?,
+        hidden: ops.create_observer(&activations, &[])?,
+        w2: ops.create_observer(&weights, &[CLASSES, HIDDEN])?,
+        logits: ops.create_observer(&edges, &[])?,
     };
     log(format!(
         "prepare: 5 fake-quant nodes, symmetric: weights int{} [{}, {}] per channel on axis 0, hidden activation int{0} per tensor, input and logits int8 per tensor; moving-average observers",

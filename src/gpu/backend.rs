@@ -31,8 +31,8 @@ impl Backend for GpuContext {
         GpuContext::ste_backward(self, dy, mask)
     }
 
-    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<GpuObserver> {
-        GpuContext::create_observer(self, config, channels)
+    fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<GpuObserver> {
+        GpuContext::create_observer(self, config, shape)
     }
 
     fn create_lsq(

@@ -283,9 +283,10 @@ pub struct GpuObserver {
 }
 
 impl GpuContext {
-    /// An observer of `channels` channels (1 for a per-tensor config; the size of the channel axis
-    /// otherwise) that has seen nothing: empty range, scale 1, zero point 0.
-    pub fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<GpuObserver> {
+    /// An observer for tensors of `shape` (only the channel axis matters: a per-tensor observer
+    /// takes any shape, `&[]` included) that has seen nothing: empty range, scale 1, zero point 0.
+    pub fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<GpuObserver> {
+        let channels = config.channels_for(shape)?;
         check_channels(config, channels)?;
         let state_bytes =
             (channels as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);

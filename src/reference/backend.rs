@@ -35,8 +35,8 @@ impl Backend for Reference {
         super::ste_backward(dy, mask)
     }
 
-    fn create_observer(&self, config: &ObserverConfig, channels: usize) -> Result<Observer> {
-        Observer::new(config.clone(), channels)
+    fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<Observer> {
+        Observer::new(config.clone(), shape)
     }
 
     fn create_lsq(&self, config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> Result<Lsq> {

@@ -178,8 +178,10 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// An observer of `channels` channels (1 for per-tensor) that has seen nothing.
-    pub fn new(config: ObserverConfig, channels: usize) -> Result<Self> {
+    /// An observer for tensors of `shape` (only the channel axis matters: a per-tensor observer
+    /// takes any shape, `&[]` included) that has seen nothing.
+    pub fn new(config: ObserverConfig, shape: &[usize]) -> Result<Self> {
+        let channels = config.channels_for(shape)?;
         check_channels(&config, channels)?;
         // The state holds 16 bytes per channel: refuse what the host cannot allocate with an
         // error instead of the allocator's abort.

@@ -52,7 +52,7 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
 
     // An observer calibrated by observe-only calls, then QAT steps.
     let config = ObserverConfig::qat_weight_int8();
-    let mut observer = backend.create_observer(&config, shape[0])?;
+    let mut observer = backend.create_observer(&config, &shape)?;
     for batch in 0..3 {
         let xb = random_data(&mut rng, n, batch % 3, 2.0);
         observer.observe(&xb, &shape)?;
@@ -129,8 +129,8 @@ fn observe_only_matches_a_calibration_step() {
     let config = ObserverConfig::qat_activation_int8();
     let mut rng = Rng::new(7);
     let x = random_data(&mut rng, 4099, 1, 5.0);
-    let mut observed = Reference.create_observer(&config, 1).unwrap();
-    let mut stepped = Reference.create_observer(&config, 1).unwrap();
+    let mut observed = Reference.create_observer(&config, &[4099]).unwrap();
+    let mut stepped = Reference.create_observer(&config, &[4099]).unwrap();
     observed.observe(&x, &[4099]).unwrap();
     stepped.step(&x, &[4099], Mode::Calibrate).unwrap();
     assert_eq!(
@@ -138,7 +138,7 @@ fn observe_only_matches_a_calibration_step() {
         stepped.read_state().unwrap()
     );
     for ctx in contexts() {
-        let mut gpu = ctx.create_observer(&config, 1).unwrap();
+        let mut gpu = ctx.create_observer(&config, &[4099]).unwrap();
         ObserverOps::observe(&mut gpu, &x, &[4099]).unwrap();
         assert_eq!(
             gpu.read_state().unwrap(),

@@ -323,15 +323,25 @@ fn invalid_observer_configs_are_rejected() {
     }
     let weights = ObserverConfig::qat_weight_int8();
     let acts = ObserverConfig::qat_activation_int8();
-    assert!(reference::observer::Observer::new(acts.clone(), 2).is_err());
-    assert!(reference::observer::Observer::new(weights.clone(), 0).is_err());
+    // A per-tensor observer takes any shape; a per-channel one needs its axis and a channel.
+    assert!(reference::observer::Observer::new(acts.clone(), &[]).is_ok());
+    assert!(reference::observer::Observer::new(acts.clone(), &[2, 3]).is_ok());
+    assert!(matches!(
+        reference::observer::Observer::new(weights.clone(), &[]),
+        Err(Error::AxisOutOfRange { axis: 0, rank: 0 })
+    ));
+    assert!(matches!(
+        reference::observer::Observer::new(weights.clone(), &[0, 5]),
+        Err(Error::InvalidObserver(_))
+    ));
     for ctx in contexts() {
+        assert!(ctx.create_observer(&acts, &[3]).is_ok());
         assert!(matches!(
-            ctx.create_observer(&acts, 3),
-            Err(Error::InvalidObserver(_))
+            ctx.create_observer(&weights, &[]),
+            Err(Error::AxisOutOfRange { axis: 0, rank: 0 })
         ));
         assert!(matches!(
-            ctx.create_observer(&weights, 0),
+            ctx.create_observer(&weights, &[0]),
             Err(Error::InvalidObserver(_))
         ));
     }
@@ -341,7 +351,7 @@ fn invalid_observer_configs_are_rejected() {
 fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
     use fakequant::{MinMax, Mode, ObserverConfig, ObserverState};
     let weights = ObserverConfig::qat_weight_int8();
-    let mut cpu = reference::observer::Observer::new(weights.clone(), 4).unwrap();
+    let mut cpu = reference::observer::Observer::new(weights.clone(), &[4]).unwrap();
     assert!(matches!(
         cpu.step(&[0.0; 12], &[3, 4], Mode::Qat),
         Err(Error::ChannelCountMismatch { .. })
@@ -381,7 +391,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
         (vec![0.0; 3], vec![1.0; 3], vec![1.0; 3], vec![0; 3]),
     ];
     for ctx in contexts() {
-        let gpu = ctx.create_observer(&weights, 4).unwrap();
+        let gpu = ctx.create_observer(&weights, &[4]).unwrap();
         assert!(matches!(
             gpu.step(&[0.0; 12], &[3, 4], Mode::Qat),
             Err(Error::ChannelCountMismatch { .. })
@@ -397,7 +407,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
             fakequant::Granularity::per_channel(2),
         )
         .unwrap();
-        let on_axis_2 = ctx.create_observer(&scalar_axis, 4).unwrap();
+        let on_axis_2 = ctx.create_observer(&scalar_axis, &[1, 1, 4]).unwrap();
         assert!(matches!(
             on_axis_2.step(&[0.0; 16], &[4, 4], Mode::Calibrate),
             Err(Error::AxisOutOfRange { .. })
@@ -424,7 +434,7 @@ fn observer_calls_with_bad_shapes_states_and_buffers_fail_cleanly() {
             Err(Error::InvalidBuffer { .. })
         ));
         let other = ctx
-            .create_observer(&weights, 5)
+            .create_observer(&weights, &[5])
             .unwrap()
             .create_batch_stats()
             .unwrap();
@@ -557,7 +567,7 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
             Err(Error::LengthMismatch { .. })
         ));
         let observer = ctx
-            .create_observer(&ObserverConfig::qat_weight_int8(), 3)
+            .create_observer(&ObserverConfig::qat_weight_int8(), &[3])
             .unwrap();
         assert!(matches!(
             lsq.record_init_from_observer(&mut encoder, &observer),
@@ -590,7 +600,7 @@ fn invalid_lsq_configs_parameters_and_buffers_fail_cleanly() {
 fn overflowing_sizes_are_errors() {
     let config = fakequant::ObserverConfig::qat_weight_int8();
     assert!(matches!(
-        fakequant::reference::Observer::new(config.clone(), 1 << 59),
+        fakequant::reference::Observer::new(config.clone(), &[1 << 59]),
         Err(Error::TooLarge { .. })
     ));
     for ctx in crate::common::contexts() {
@@ -604,7 +614,7 @@ fn overflowing_sizes_are_errors() {
             );
         }
         assert!(matches!(
-            ctx.create_observer(&config, 1 << 59),
+            ctx.create_observer(&config, &[1 << 59]),
             Err(Error::TooLarge { .. })
         ));
     }

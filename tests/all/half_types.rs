@@ -302,8 +302,7 @@ fn observers_on_16_bit_tensors() {
             )
             .unwrap();
             let shape = [256usize, 256];
-            let channels = config.channels_for(&shape).unwrap();
-            let gpu = ctx.create_observer(&config, channels).unwrap();
+            let gpu = ctx.create_observer(&config, &shape).unwrap();
             for (name, got, expected) in [
                 (
                     "f16",
@@ -322,10 +321,10 @@ fn observers_on_16_bit_tensors() {
             }
             // A sequence of fused steps on realistic data, in both types.
             let mut rng = Rng::new(4);
-            let gpu16 = ctx.create_observer(&config, channels).unwrap();
-            let gpub = ctx.create_observer(&config, channels).unwrap();
-            let mut cpu16 = Observer::new(config.clone(), channels).unwrap();
-            let mut cpub = Observer::new(config.clone(), channels).unwrap();
+            let gpu16 = ctx.create_observer(&config, &shape).unwrap();
+            let gpub = ctx.create_observer(&config, &shape).unwrap();
+            let mut cpu16 = Observer::new(config.clone(), &shape).unwrap();
+            let mut cpub = Observer::new(config.clone(), &shape).unwrap();
             for (step, mode) in [Mode::Calibrate, Mode::Qat, Mode::Frozen, Mode::Qat]
                 .into_iter()
                 .enumerate()
@@ -436,7 +435,7 @@ fn observers_and_lsq_read_and_write_16_bit_tensors_at_odd_offsets() {
         let dxb = place(ctx, &vec![f16::from_f32(7.0); n], dx_at);
 
         let config = ObserverConfig::qat_weight_int8();
-        let observer = ctx.create_observer(&config, 3).unwrap();
+        let observer = ctx.create_observer(&config, &[3]).unwrap();
         let stats = observer.create_batch_stats().unwrap();
         let lsq_config = LsqConfig::weight_int8();
         let (scales, zps) = ([0.01f32, 0.02, 0.03], [0.0f32, 1.0, -1.0]);

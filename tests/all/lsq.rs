@@ -355,7 +355,12 @@ fn initialization_from_an_observer_and_from_data() {
     let mut rng = Rng::new(8);
     for ctx in contexts() {
         let observer_config = ObserverConfig::qat_weight_int8();
-        let observer = ctx.create_observer(&observer_config, 8).unwrap();
+        let observer = ctx
+            .create_observer(
+                &observer_config,
+                &crate::common::channel_shape(&observer_config, 8),
+            )
+            .unwrap();
         let w: Vec<f32> = (0..8 * 300).map(|_| rng.normal() * 0.1).collect();
         observer.step(&w, &[8, 300], Mode::Calibrate).unwrap();
         let calibrated = observer.read_state().unwrap();

@@ -155,7 +155,7 @@ fn reference_batch_skips_non_finite_and_counts_zeros_as_plus_zero() {
     let b = reference::batch_min_max::<f32>(&per_tensor, &[], &[0]).unwrap();
     assert_eq!(b, MinMax::empty(1));
     // An empty batch leaves the state alone.
-    let mut obs = Observer::new(per_tensor, 1).unwrap();
+    let mut obs = Observer::new(per_tensor, &[]).unwrap();
     obs.step(&[1.0, -2.0], &[2], Mode::Calibrate).unwrap();
     let before = obs.state().clone();
     obs.step(&[f32::NAN], &[1], Mode::Calibrate).unwrap();
@@ -185,8 +185,7 @@ fn moving_average_is_three_rounded_operations() {
 }
 
 fn check_batch_on_gpu(ctx: &GpuContext, config: &ObserverConfig, x: &[f32], shape: &[usize]) {
-    let channels = config.channels_for(shape).unwrap();
-    let observer = ctx.create_observer(config, channels).unwrap();
+    let observer = ctx.create_observer(config, shape).unwrap();
     let expected = reference::batch_min_max(config, x, shape).unwrap();
     let got = observer.batch_min_max(x, shape).unwrap();
     assert_minmax_eq(
@@ -301,9 +300,8 @@ fn check_sequence(
     steps: &[(Mode, Vec<f32>)],
     label: &str,
 ) {
-    let channels = config.channels_for(shape).unwrap();
-    let mut cpu = Observer::new(config.clone(), channels).unwrap();
-    let gpu = ctx.create_observer(config, channels).unwrap();
+    let mut cpu = Observer::new(config.clone(), shape).unwrap();
+    let gpu = ctx.create_observer(config, shape).unwrap();
     for (i, (mode, x)) in steps.iter().enumerate() {
         let context = format!("{label} step {i} {mode:?} on {}", ctx.adapter_name());
         let expected = cpu.step(x, shape, *mode).unwrap();
@@ -387,8 +385,8 @@ fn moving_average_where_fusing_would_change_the_last_bit() {
             )
             .unwrap();
             let channels = 64;
-            let mut cpu = Observer::new(config.clone(), channels).unwrap();
-            let gpu = ctx.create_observer(&config, channels).unwrap();
+            let mut cpu = Observer::new(config.clone(), &[channels]).unwrap();
+            let gpu = ctx.create_observer(&config, &[channels]).unwrap();
             let mut lo: Vec<f32> = (0..channels).map(|_| -rng.unit() as f32 * 3.0).collect();
             let mut hi: Vec<f32> = (0..channels).map(|_| rng.unit() as f32 * 3.0).collect();
             for step in 0..40 {
@@ -452,7 +450,10 @@ fn data_parallel_merge_matches_one_big_batch() {
         let shape = [8, 500];
         let replicas: Vec<Vec<f32>> = (0..3).map(|r| data(&mut rng, 4000, r)).collect();
         let observers: Vec<_> = (0..3)
-            .map(|_| ctx.create_observer(&config, 8).unwrap())
+            .map(|_| {
+                ctx.create_observer(&config, &crate::common::channel_shape(&config, 8))
+                    .unwrap()
+            })
             .collect();
         let mut encoder = ctx.create_encoder("replicas");
         let uploads: Vec<_> = replicas.iter().map(|x| ctx.upload(x).unwrap()).collect();
@@ -497,7 +498,8 @@ fn data_parallel_merge_matches_one_big_batch() {
                 .fold(f32::INFINITY, f32::min);
             assert_eq!(lo.to_bits(), expected.min[c].to_bits());
         }
-        let mut cpu = Observer::new(config.clone(), 8).unwrap();
+        let mut cpu =
+            Observer::new(config.clone(), &crate::common::channel_shape(&config, 8)).unwrap();
         cpu.apply_batch(&expected).unwrap();
         for o in &observers {
             assert_state_eq("replica", cpu.state(), &o.read_state().unwrap());
@@ -525,7 +527,7 @@ fn merge_of_partial_and_invalid_statistics() {
             ctx.upload(&words).unwrap()
         };
         let observer = ctx
-            .create_observer(&ObserverConfig::qat_weight_int8(), 5)
+            .create_observer(&ObserverConfig::qat_weight_int8(), &[5])
             .unwrap();
         let into = observer.create_batch_stats().unwrap();
         let from = observer.create_batch_stats().unwrap();
@@ -552,8 +554,11 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         )
         .unwrap();
         let shape = [4, 6, 50];
-        let calibrating = ctx.create_observer(&config, 6).unwrap();
-        let mut cpu = Observer::new(config.clone(), 6).unwrap();
+        let calibrating = ctx
+            .create_observer(&config, &crate::common::channel_shape(&config, 6))
+            .unwrap();
+        let mut cpu =
+            Observer::new(config.clone(), &crate::common::channel_shape(&config, 6)).unwrap();
         for _ in 0..5 {
             let x: Vec<f32> = (0..1200).map(|_| rng.normal() * 2.0).collect();
             let y = calibrating.step(&x, &shape, Mode::Calibrate).unwrap();
@@ -564,7 +569,9 @@ fn calibrated_qparams_load_into_a_frozen_observer() {
         let calibrated = calibrating.read_state().unwrap();
         assert_state_eq("calibrated", cpu.state(), &calibrated);
 
-        let qat = ctx.create_observer(&config, 6).unwrap();
+        let qat = ctx
+            .create_observer(&config, &crate::common::channel_shape(&config, 6))
+            .unwrap();
         qat.load_state(&calibrated).unwrap();
         assert_state_eq("loaded", &calibrated, &qat.read_state().unwrap());
         // Frozen: the loaded qparams (fake-quant parameters derived on the host) give the same
@@ -612,7 +619,9 @@ fn device_derived_parameters_equal_host_derived_ones() {
                 [amax, -amax * 0.5]
             })
             .collect();
-        let observer = ctx.create_observer(&config, channels).unwrap();
+        let observer = ctx
+            .create_observer(&config, &crate::common::channel_shape(&config, channels))
+            .unwrap();
         observer
             .step(&x, &[channels, per], Mode::Calibrate)
             .unwrap();
@@ -640,13 +649,13 @@ fn fused_step_recorded_with_other_work_in_one_submission() {
     let mut rng = Rng::new(9);
     for ctx in contexts() {
         let weights = ctx
-            .create_observer(&ObserverConfig::qat_weight_int8(), 16)
+            .create_observer(&ObserverConfig::qat_weight_int8(), &[16])
             .unwrap();
         let acts = ctx
-            .create_observer(&ObserverConfig::qat_activation_int8(), 1)
+            .create_observer(&ObserverConfig::qat_activation_int8(), &[])
             .unwrap();
-        let mut cpu_w = Observer::new(ObserverConfig::qat_weight_int8(), 16).unwrap();
-        let mut cpu_a = Observer::new(ObserverConfig::qat_activation_int8(), 1).unwrap();
+        let mut cpu_w = Observer::new(ObserverConfig::qat_weight_int8(), &[16]).unwrap();
+        let mut cpu_a = Observer::new(ObserverConfig::qat_activation_int8(), &[]).unwrap();
         let w: Vec<f32> = (0..16 * 72).map(|_| rng.normal() * 0.1).collect();
         let a: Vec<f32> = (0..8 * 16 * 25).map(|_| rng.normal().max(0.0)).collect();
         let (w_dev, a_dev) = (ctx.upload(&w).unwrap(), ctx.upload(&a).unwrap());

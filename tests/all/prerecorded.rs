@@ -323,16 +323,16 @@ fn prerecorded_observer_qat_steps_equal_fresh_record_step_calls() {
     let (w_len, a_len) = (16 * 72, 8 * 16 * 25);
     for ctx in contexts() {
         let replayed = (
-            ctx.create_observer(&weight_config, 16).unwrap(),
-            ctx.create_observer(&act_config, 1).unwrap(),
+            ctx.create_observer(&weight_config, &[16]).unwrap(),
+            ctx.create_observer(&act_config, &[]).unwrap(),
         );
         let fresh = (
-            ctx.create_observer(&weight_config, 16).unwrap(),
-            ctx.create_observer(&act_config, 1).unwrap(),
+            ctx.create_observer(&weight_config, &[16]).unwrap(),
+            ctx.create_observer(&act_config, &[]).unwrap(),
         );
         let mut cpu = (
-            Observer::new(weight_config.clone(), 16).unwrap(),
-            Observer::new(act_config.clone(), 1).unwrap(),
+            Observer::new(weight_config.clone(), &[16]).unwrap(),
+            Observer::new(act_config.clone(), &[]).unwrap(),
         );
         let (w, a) = (
             ctx.create_tensor(w_len, fakequant::DType::F32).unwrap(),
@@ -666,7 +666,7 @@ fn failed_or_panicking_prerecord_restores_ordinary_recording() {
         let y_short = ctx.create_tensor(n - 1, fakequant::DType::F32).unwrap();
         let mask_short = ctx.create_mask(n - 40).unwrap();
         let observer = ctx
-            .create_observer(&ObserverConfig::qat_weight_int8(), 4)
+            .create_observer(&ObserverConfig::qat_weight_int8(), &[4])
             .unwrap();
         poison_tensor(ctx, &y);
 

@@ -491,8 +491,11 @@ fn cpu_reference_matches_pytorch_observers() {
         "CPU",
         &mut bad,
         |case| {
-            Observer::new(case.config(), case.channels)
-                .unwrap_or_else(|e| panic!("{}: reference observer: {e}", case.name))
+            Observer::new(
+                case.config(),
+                &crate::common::channel_shape(&case.config(), case.channels),
+            )
+            .unwrap_or_else(|e| panic!("{}: reference observer: {e}", case.name))
         },
         |observer, case, x| {
             observer
@@ -517,8 +520,11 @@ fn gpu_matches_pytorch_observers() {
             "GPU",
             &mut bad,
             |case| {
-                ctx.create_observer(&case.config(), case.channels)
-                    .unwrap_or_else(|e| panic!("{}: GPU observer on {adapter}: {e}", case.name))
+                ctx.create_observer(
+                    &case.config(),
+                    &crate::common::channel_shape(&case.config(), case.channels),
+                )
+                .unwrap_or_else(|e| panic!("{}: GPU observer on {adapter}: {e}", case.name))
             },
             |observer, case, x| {
                 observer

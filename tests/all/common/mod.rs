@@ -390,3 +390,16 @@ pub fn forward_without_mask<T: fakequant::Element>(
         .unwrap();
     ctx.read_tensor(&y_dev).unwrap()
 }
+
+/// The smallest shape with `channels` along `config`'s channel axis (`[]` per tensor): what the
+/// observers of the tests whose data shapes vary are created for.
+pub fn channel_shape(config: &fakequant::ObserverConfig, channels: usize) -> Vec<usize> {
+    match config.granularity().axis() {
+        None => Vec::new(),
+        Some(axis) => {
+            let mut shape = vec![1; axis + 1];
+            shape[axis] = channels;
+            shape
+        }
+    }
+}
