@@ -239,10 +239,13 @@ impl MinMax {
     }
 
     /// Whether channel `c` holds a range: both ends finite and `min <= max`. Anything else (the
-    /// empty sentinel, NaN, a reversed range) is treated as empty.
+    /// empty sentinel, NaN, a reversed range, a channel past the end) is treated as empty.
     pub fn is_observed(&self, c: usize) -> bool {
-        let (lo, hi) = (self.min[c], self.max[c]);
-        lo.is_finite() && hi.is_finite() && lo <= hi
+        match (self.min.get(c), self.max.get(c)) {
+            (Some(&lo), Some(&hi)) => lo.is_finite() && hi.is_finite() && lo <= hi,
+            // A channel that does not exist has observed nothing.
+            _ => false,
+        }
     }
 
     /// Checks the lengths and that every channel is either a finite range or exactly empty;
@@ -305,6 +308,12 @@ impl ObserverState {
 
     /// The fake-quantization these qparams define under `config` (validated like any other).
     pub fn fake_quant(&self, config: &ObserverConfig) -> Result<FakeQuant> {
+        if self.scales.is_empty() || self.zero_points.len() != self.scales.len() {
+            return Err(Error::ParamLengthMismatch {
+                scales: self.scales.len(),
+                zero_points: self.zero_points.len(),
+            });
+        }
         let params = match config.granularity().axis() {
             None => QuantParams::per_tensor(self.scales[0], self.zero_points[0]),
             Some(axis) => {
@@ -326,7 +335,7 @@ impl ObserverState {
         }
         let running = self.running.validated(channels)?;
         let state = Self { running, ..self };
-        if state.scales.len() != channels {
+        if state.scales.len() != channels || state.zero_points.len() != channels {
             return Err(Error::ParamLengthMismatch {
                 scales: state.scales.len(),
                 zero_points: state.zero_points.len(),

@@ -108,6 +108,12 @@ fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> 
 
 /// The fake-quantization that the learnable parameters define right now (effective parameters).
 pub fn effective_op(config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> Result<FakeQuant> {
+    if scales.is_empty() || zero_points.len() != scales.len() {
+        return Err(Error::ParamLengthMismatch {
+            scales: scales.len(),
+            zero_points: zero_points.len(),
+        });
+    }
     let s: Vec<f32> = scales.iter().map(|&s| effective_scale(config, s)).collect();
     let z: Vec<i32> = zero_points
         .iter()

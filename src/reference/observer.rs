@@ -47,6 +47,18 @@ pub fn batch_min_max<T: Element>(
     Ok(batch)
 }
 
+/// A min/max pair holds as many maxima as minima.
+fn check_min_max(what: &'static str, m: &MinMax) -> Result<()> {
+    if m.max.len() != m.min.len() {
+        return Err(Error::LengthMismatch {
+            what,
+            expected: m.min.len(),
+            actual: m.max.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Channel `c` of `m` as a range, zeros as `+0.0`; `None` when it is not a finite range (see
 /// [`MinMax::is_observed`]).
 fn observed(m: &MinMax, c: usize) -> Option<(f32, f32)> {
@@ -58,7 +70,9 @@ fn observed(m: &MinMax, c: usize) -> Option<(f32, f32)> {
 /// Merges two replicas' batch statistics: min of mins, max of maxes; a channel empty (or not a
 /// finite range) on one side takes the other side's.
 pub fn merge(a: &MinMax, b: &MinMax) -> Result<MinMax> {
-    if a.channels() != b.channels() || a.max.len() != b.max.len() {
+    check_min_max("statistics merged into", a)?;
+    check_min_max("merged statistics", b)?;
+    if a.channels() != b.channels() {
         return Err(Error::LengthMismatch {
             what: "channels of merged statistics",
             expected: a.channels(),
@@ -92,6 +106,8 @@ pub fn moving_average(running: f32, batch: f32, c: f32) -> f32 {
 
 /// Folds a batch's statistics into the running state, channel by channel.
 pub fn update_running(config: &ObserverConfig, running: &mut MinMax, batch: &MinMax) -> Result<()> {
+    check_min_max("running range", running)?;
+    check_min_max("batch statistics", batch)?;
     if running.channels() != batch.channels() {
         return Err(Error::LengthMismatch {
             what: "channels of the batch statistics",

@@ -619,3 +619,64 @@ fn overflowing_sizes_are_errors() {
         ));
     }
 }
+
+/// State and reference helpers refuse mismatched lengths instead of indexing out of bounds.
+#[test]
+fn state_and_reference_helpers_check_lengths() {
+    use fakequant::reference::{lsq as ref_lsq, observer as ref_observer};
+    use fakequant::{LsqConfig, MinMax, ObserverConfig, ObserverState};
+    let weights = ObserverConfig::qat_weight_int8();
+    let acts = ObserverConfig::qat_activation_int8();
+    let state = |scales: usize, zero_points: usize| ObserverState {
+        running: MinMax::empty(scales),
+        scales: vec![0.1; scales],
+        zero_points: vec![0; zero_points],
+    };
+    // Fewer or more zero points than scales.
+    for (config, shape, scales, zero_points) in [
+        (&acts, vec![], 1, 0),
+        (&acts, vec![], 1, 2),
+        (&weights, vec![3], 3, 2),
+        (&weights, vec![3], 3, 4),
+    ] {
+        let mut cpu = ref_observer::Observer::new(config.clone(), &shape).unwrap();
+        assert!(matches!(
+            cpu.load_state(state(scales, zero_points)),
+            Err(Error::ParamLengthMismatch { .. })
+        ));
+        assert!(state(scales, zero_points).fake_quant(config).is_err());
+        for ctx in contexts() {
+            let gpu = ctx.create_observer(config, &shape).unwrap();
+            assert!(matches!(
+                gpu.load_state(&state(scales, zero_points)),
+                Err(Error::ParamLengthMismatch { .. })
+            ));
+        }
+    }
+    // Minima and maxima of different lengths.
+    let ragged = MinMax {
+        min: vec![0.0; 3],
+        max: vec![1.0; 2],
+    };
+    let good = MinMax::empty(3);
+    assert!(matches!(
+        ref_observer::merge(&ragged, &good),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        ref_observer::merge(&good, &ragged),
+        Err(Error::LengthMismatch { .. })
+    ));
+    let mut running = MinMax::empty(3);
+    assert!(ref_observer::update_running(&weights, &mut running, &ragged).is_err());
+    let mut ragged_running = ragged.clone();
+    assert!(ref_observer::update_running(&weights, &mut ragged_running, &good).is_err());
+    // LSQ's effective parameters with missing zero points.
+    for config in [LsqConfig::activation_int8(), LsqConfig::weight_int8()] {
+        assert!(matches!(
+            ref_lsq::effective_op(&config, &[0.1], &[]),
+            Err(Error::ParamLengthMismatch { .. })
+        ));
+        assert!(ref_lsq::effective_op(&config, &[], &[]).is_err());
+    }
+}
