@@ -1,5 +1,5 @@
 // requires: quantize, elementwise_dispatch, fake_quant | fake_quant_half
-// provides: forward, ste_backward
+// provides: forward, forward_masked, ste_backward
 // The elementwise entry points (fused forward with an optional bit-packed mask, straight-through
 // backward), shared by the element-type families: fake_quant.wgsl (f32) and fake_quant_half.wgsl
 // (f16, bf16) declare the bindings and `load_x`, `store_y`, `copy_x_to_y`; this file is appended
@@ -27,6 +27,35 @@ fn channel_of(i: u32) -> u32 {
     return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
 }
 
+// One tile of the forward: y, and each element's mask bit into tile_mask when WITH_MASK. Only
+// `forward_masked` writes the mask binding, so `forward` binds no mask at all.
+fn forward_tile(tile: u32, lid: u32) {
+    if (WITH_MASK) {
+        if (lid < TILE_WORDS) {
+            atomicStore(&tile_mask[lid], 0u);
+        }
+        workgroupBarrier();
+    }
+    let base = tile * TILE;
+    for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+        let offset = k * WG_SIZE + lid;
+        let i = base + offset;
+        if (i < dispatch.len) {
+            var in_range = true;
+            if (IDENTITY) {
+                copy_x_to_y(i);
+            } else {
+                let q = fake_quant_bits(load_x(i), params[channel_of(i)]);
+                store_y(i, q.bits);
+                in_range = q.in_range;
+            }
+            if (WITH_MASK && in_range) {
+                atomicOr(&tile_mask[offset / 32u], 1u << (offset % 32u));
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(256)
 fn forward(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -34,36 +63,24 @@ fn forward(
     @builtin(local_invocation_index) lid: u32,
 ) {
     for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
-        if (WITH_MASK) {
-            if (lid < TILE_WORDS) {
-                atomicStore(&tile_mask[lid], 0u);
-            }
-            workgroupBarrier();
-        }
-        let base = tile * TILE;
-        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
-            let offset = k * WG_SIZE + lid;
-            let i = base + offset;
-            if (i < dispatch.len) {
-                var in_range = true;
-                if (IDENTITY) {
-                    copy_x_to_y(i);
-                } else {
-                    let q = fake_quant_bits(load_x(i), params[channel_of(i)]);
-                    store_y(i, q.bits);
-                    in_range = q.in_range;
-                }
-                if (WITH_MASK && in_range) {
-                    atomicOr(&tile_mask[offset / 32u], 1u << (offset % 32u));
-                }
-            }
-        }
-        if (WITH_MASK) {
-            workgroupBarrier();
-            let w = tile * TILE_WORDS + lid;
-            if (lid < TILE_WORDS && w < dispatch.mask_words) {
-                mask[w + dispatch.mask_shift] = atomicLoad(&tile_mask[lid]);
-            }
+        forward_tile(tile, lid);
+    }
+}
+
+// The forward with the mask (WITH_MASK is set for it): each tile's words, gathered in workgroup
+// memory, written once.
+@compute @workgroup_size(256)
+fn forward_masked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        forward_tile(tile, lid);
+        workgroupBarrier();
+        let w = tile * TILE_WORDS + lid;
+        if (lid < TILE_WORDS && w < dispatch.mask_words) {
+            mask[w + dispatch.mask_shift] = atomicLoad(&tile_mask[lid]);
         }
     }
 }

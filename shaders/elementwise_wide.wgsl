@@ -1,5 +1,5 @@
 // requires: half, quantize, elementwise_dispatch
-// provides: forward, ste_backward
+// provides: forward, forward_masked, ste_backward
 // The wide elementwise kernels: the fused forward (optional bit-packed mask), the pass-through and
 // the straight-through backward with one vec4<u32> load and store per group, a group being 4 f32
 // or 8 packed 16-bit elements. Prepended with exact_f32.wgsl, half.wgsl, quantize.wgsl and
@@ -156,51 +156,69 @@ fn ste_group(v: vec4<u32>, bits: u32) -> vec4<u32> {
     return vec4<u32>(ste_pair(v.x, bits, 0u), ste_pair(v.y, bits, 2u), ste_pair(v.z, bits, 4u), ste_pair(v.w, bits, 6u));
 }
 
+// One tile of the forward: y, and each group's mask bits into tile_bits when WITH_MASK. Only
+// `forward_masked` writes the mask binding, so `forward` binds no mask at all.
+fn forward_tile(tile: u32, lid: u32) {
+    let n = group_len();
+    let tile_groups = WG_SIZE * PER_THREAD;
+    for (var k = 0u; k < PER_THREAD; k = k + 1u) {
+        let local = k * WG_SIZE + lid;
+        let g = tile * tile_groups + local;
+        if (g < dispatch.len) {
+            let v = x[g + dispatch.x_shift];
+            var bits = (1u << n) - 1u;
+            if (IDENTITY) {
+                y[g + dispatch.y_shift] = v;
+            } else {
+                let q = quantize_group(v, g * n);
+                y[g + dispatch.y_shift] = q.v;
+                bits = q.bits;
+            }
+            if (WITH_MASK) {
+                tile_bits[local] = bits;
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(256)
 fn forward(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        forward_tile(tile, lid);
+    }
+}
+
+// The forward with the mask (WITH_MASK is set for it): each tile's words, gathered in workgroup
+// memory, written once.
+@compute @workgroup_size(256)
+fn forward_masked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
     let n = group_len();
     let groups_per_word = 32u / n;
-    let tile_groups = WG_SIZE * PER_THREAD;
-    let tile_words = tile_groups / groups_per_word;
+    let tile_words = WG_SIZE * PER_THREAD / groups_per_word;
     for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
-        for (var k = 0u; k < PER_THREAD; k = k + 1u) {
-            let local = k * WG_SIZE + lid;
-            let g = tile * tile_groups + local;
-            if (g < dispatch.len) {
-                let v = x[g + dispatch.x_shift];
-                var bits = (1u << n) - 1u;
-                if (IDENTITY) {
-                    y[g + dispatch.y_shift] = v;
-                } else {
-                    let q = quantize_group(v, g * n);
-                    y[g + dispatch.y_shift] = q.v;
-                    bits = q.bits;
-                }
-                if (WITH_MASK) {
-                    tile_bits[local] = bits;
-                }
+        forward_tile(tile, lid);
+        workgroupBarrier();
+        let w = tile * tile_words + lid;
+        // A word below mask_words covers groups below len, all written above in this tile (the
+        // body is whole words), so no entry is read before it is written (the pipelines skip
+        // WebGPU's workgroup zeroing).
+        if (lid < tile_words && w < dispatch.mask_words) {
+            var word = 0u;
+            for (var j = 0u; j < groups_per_word; j = j + 1u) {
+                word = word | (tile_bits[lid * groups_per_word + j] << (j * n));
             }
+            mask[w + dispatch.mask_shift] = word;
         }
-        if (WITH_MASK) {
-            workgroupBarrier();
-            let w = tile * tile_words + lid;
-            // A word below mask_words covers groups below len, all written above in this tile
-            // (the body is whole words), so no entry is read before it is written (the pipelines
-            // skip WebGPU's workgroup zeroing).
-            if (lid < tile_words && w < dispatch.mask_words) {
-                var word = 0u;
-                for (var j = 0u; j < groups_per_word; j = j + 1u) {
-                    word = word | (tile_bits[lid * groups_per_word + j] << (j * n));
-                }
-                mask[w + dispatch.mask_shift] = word;
-            }
-            // The next tile overwrites tile_bits.
-            workgroupBarrier();
-        }
+        // The next tile overwrites tile_bits.
+        workgroupBarrier();
     }
 }
 

@@ -205,9 +205,19 @@ fn accumulate(acc: u32, term: u32) -> u32 {
     return add_ieee_bits(acc, term);
 }
 
-// Block b of channel c: per element dx (backward) and the gradient terms, or |x| and the finite
-// count (init); then the block's sums.
-fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
+// The block's two sums through the fixed tree, stored as the pair of block b of channel c.
+fn store_block(c: u32, b: u32, lid: u32, sum_a: u32, sum_b: u32, counts: bool) {
+    let r = block_tree(lid, sum_a, sum_b, counts);
+    if (lid == 0u) {
+        let out = 2u * (c * d.blocks + b);
+        partials[out] = r.x;
+        partials[out + 1u] = r.y;
+    }
+}
+
+// Block b of channel c of the backward: per element dx and the gradient terms, then the block's
+// sums.
+fn backward_block(c: u32, b: u32, lid: u32) {
     let p = params[c];
     let inv = bitcast<u32>(p.inv);
     var sum_a = 0u;
@@ -217,75 +227,84 @@ fn reduce_block(c: u32, b: u32, lid: u32, init: bool) {
         if (j < d.per_channel) {
             let at = flat_index(c, j) - d.window_base;
             let xb = load_x(at);
-            if (init) {
-                let finite = is_finite_bits(xb);
-                sum_a = accumulate(sum_a, select(0u, xb & ABS_MASK, finite));
-                sum_b = sum_b + select(0u, 1u, finite);
-            } else {
-                let g = load_dy(at);
-                let q = fake_quant_bits(xb, p);
-                store_dx(at, ste_grad_bits(g, q.in_range));
-                var ts = DEFAULT_NAN;
-                var tz = DEFAULT_NAN;
-                if (!is_nan_bits(xb)) {
-                    // The scale's term is g times a factor in both cases, so one multiplication
-                    // serves a warp that mixes elements in and out of range.
-                    var factor = bitcast<u32>(select(p.hi, p.lo, q.below));
-                    tz = 0u;
-                    if (q.in_range) {
-                        factor = mul_rn_bits(sub_rn_bits(q.bits, xb), inv);
-                    } else {
-                        tz = mul_ieee_bits(g ^ SIGN_BIT, bitcast<u32>(p.scale));
-                    }
-                    ts = mul_ieee_bits(g, factor);
+            let g = load_dy(at);
+            let q = fake_quant_bits(xb, p);
+            store_dx(at, ste_grad_bits(g, q.in_range));
+            var ts = DEFAULT_NAN;
+            var tz = DEFAULT_NAN;
+            if (!is_nan_bits(xb)) {
+                // The scale's term is g times a factor in both cases, so one multiplication
+                // serves a warp that mixes elements in and out of range.
+                var factor = bitcast<u32>(select(p.hi, p.lo, q.below));
+                tz = 0u;
+                if (q.in_range) {
+                    factor = mul_rn_bits(sub_rn_bits(q.bits, xb), inv);
+                } else {
+                    tz = mul_ieee_bits(g ^ SIGN_BIT, bitcast<u32>(p.scale));
                 }
-                sum_a = accumulate(sum_a, ts);
-                sum_b = accumulate(sum_b, tz);
+                ts = mul_ieee_bits(g, factor);
             }
+            sum_a = accumulate(sum_a, ts);
+            sum_b = accumulate(sum_b, tz);
         }
     }
-    let r = block_tree(lid, sum_a, sum_b, init);
-    if (lid == 0u) {
-        let out = 2u * (c * d.blocks + b);
-        partials[out] = r.x;
-        partials[out + 1u] = r.y;
-    }
+    store_block(c, b, lid, sum_a, sum_b, false);
 }
 
-fn blocks_of_dispatch(
-    wg: vec3<u32>,
-    num_wg: vec3<u32>,
-    lid: u32,
-    init: bool,
-) {
-    if (d.contiguous != 0u) {
-        let unit = d.first_unit + wg.x;
-        reduce_block(unit / d.blocks, unit % d.blocks, lid, init);
-    } else {
-        for (var c = wg.y; c < d.channels; c = c + num_wg.y) {
-            reduce_block(c, d.first_unit + wg.x, lid, init);
-            // The lanes and groups are reused by the next block.
-            workgroupBarrier();
+// Block b of channel c of the initialization: |x| and the finite count, then the block's sums.
+// (Its own function, so that lsq_init_terms uses neither dy, dx nor the parameters.)
+fn init_block(c: u32, b: u32, lid: u32) {
+    var sum_a = 0u;
+    var sum_b = 0u;
+    for (var k = 0u; k < BLOCK / WG_SIZE; k = k + 1u) {
+        let j = b * BLOCK + k * WG_SIZE + lid;
+        if (j < d.per_channel) {
+            let xb = load_x(flat_index(c, j) - d.window_base);
+            let finite = is_finite_bits(xb);
+            sum_a = accumulate(sum_a, select(0u, xb & ABS_MASK, finite));
+            sum_b = sum_b + select(0u, 1u, finite);
         }
     }
+    store_block(c, b, lid, sum_a, sum_b, true);
 }
 
+// The blocks of a dispatch: contiguous channels (outer == 1) take unit = first_unit + workgroup
+// x as (channel, block); otherwise workgroup x is a block and the channels loop along y.
 @compute @workgroup_size(256)
 fn lsq_backward(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    blocks_of_dispatch(wg, num_wg, lid, false);
+    if (d.contiguous != 0u) {
+        let unit = d.first_unit + wg.x;
+        backward_block(unit / d.blocks, unit % d.blocks, lid);
+    } else {
+        for (var c = wg.y; c < d.channels; c = c + num_wg.y) {
+            backward_block(c, d.first_unit + wg.x, lid);
+            // The lanes and groups are reused by the next block.
+            workgroupBarrier();
+        }
+    }
 }
 
+// The same walk as lsq_backward, over init_block.
 @compute @workgroup_size(256)
 fn lsq_init_terms(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    blocks_of_dispatch(wg, num_wg, lid, true);
+    if (d.contiguous != 0u) {
+        let unit = d.first_unit + wg.x;
+        init_block(unit / d.blocks, unit % d.blocks, lid);
+    } else {
+        for (var c = wg.y; c < d.channels; c = c + num_wg.y) {
+            init_block(c, d.first_unit + wg.x, lid);
+            // The lanes and groups are reused by the next block.
+            workgroupBarrier();
+        }
+    }
 }
 
 // The second word of each pair is a count (init) instead of a float sum.

@@ -192,9 +192,7 @@ impl GpuContext {
             Some(wgpu::DeviceType::Cpu) => 4,
             _ => 1,
         };
-        let kernels = errors::capture(&device, "creating the kernel cache", || {
-            Ok(Kernels::new(&device))
-        })?;
+        let kernels = Kernels::new();
         let limits = DispatchLimits {
             max_binding_bytes: device_limits
                 .max_storage_buffer_binding_size

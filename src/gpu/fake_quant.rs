@@ -6,8 +6,7 @@ use super::kernel::planning::{chunk_elems, element_window, mask_window, Window};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, ELEMENTWISE_F32, ELEMENTWISE_HALF, ELEMENTWISE_VEC4};
 use super::kernel::{
-    bindings, dtype_constant, uniform, Access, EntryPointDecl, FamilyDecl, Kernel, Recorder,
-    StructDecl,
+    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
@@ -55,6 +54,10 @@ impl Kernel for ElementwiseKernel {
 
     fn entry_point(&self) -> &'static str {
         match self.op {
+            ElementwiseOp::Forward {
+                with_mask: true, ..
+            }
+            | ElementwiseOp::PassThrough { with_mask: true } => "forward_masked",
             ElementwiseOp::Forward { .. } | ElementwiseOp::PassThrough { .. } => "forward",
             ElementwiseOp::SteBackward => "ste_backward",
         }
@@ -89,10 +92,18 @@ impl Kernel for ElementwiseKernel {
 }
 
 bindings! {
-    /// The fused forward (and pass-through): the channels' parameters, x, y and the mask. The
-    /// entry point references `params` and `mask` whatever its constants say, so a pass-through
-    /// without parameters or a forward without a mask binds a placeholder there.
+    /// The fused forward (and pass-through) without a mask: the channels' parameters, x, y. (A
+    /// pass-through binds the parameters of the observer it runs for, which it does not read.)
     ForwardBindings {
+        params: Read @ 1,
+        x: Read @ 2,
+        y: ReadWrite @ 3,
+    }
+}
+
+bindings! {
+    /// `forward_masked`: the same, and the mask it writes.
+    MaskedForwardBindings {
         params: Read @ 1,
         x: Read @ 2,
         y: ReadWrite @ 3,
@@ -383,28 +394,46 @@ impl GpuContext {
                     .collect();
                 self.record_pass(recorder, kernel, &dispatches)?;
             } else {
-                let params = match b.params {
-                    Some(params) => params.as_entire_buffer_binding(),
-                    None => self.kernels().placeholder(Access::Read),
-                };
-                let placeholder_mask = self.kernels().placeholder(Access::ReadWrite);
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|p| Dispatch {
-                        uniform: p.uniform,
-                        bindings: ForwardBindings {
-                            params: params.clone(),
-                            x: p.x.bind(b.x.buffer),
-                            y: p.y.bind(b.y.buffer),
-                            mask: match &b.mask {
-                                Some(m) => p.mask.bind(m.buffer),
-                                None => placeholder_mask.clone(),
-                            },
-                        },
-                        grid: p.grid,
-                    })
-                    .collect();
-                self.record_pass(recorder, kernel, &dispatches)?;
+                let params = b
+                    .params
+                    .ok_or(Error::InvalidBuffer {
+                        what: "params",
+                        reason: "the forward needs the channels' parameters".into(),
+                    })?
+                    .as_entire_buffer_binding();
+                match &b.mask {
+                    Some(mask) => {
+                        let dispatches: Vec<_> = plans
+                            .iter()
+                            .map(|p| Dispatch {
+                                uniform: p.uniform,
+                                bindings: MaskedForwardBindings {
+                                    params: params.clone(),
+                                    x: p.x.bind(b.x.buffer),
+                                    y: p.y.bind(b.y.buffer),
+                                    mask: p.mask.bind(mask.buffer),
+                                },
+                                grid: p.grid,
+                            })
+                            .collect();
+                        self.record_pass(recorder, kernel, &dispatches)?;
+                    }
+                    None => {
+                        let dispatches: Vec<_> = plans
+                            .iter()
+                            .map(|p| Dispatch {
+                                uniform: p.uniform,
+                                bindings: ForwardBindings {
+                                    params: params.clone(),
+                                    x: p.x.bind(b.x.buffer),
+                                    y: p.y.bind(b.y.buffer),
+                                },
+                                grid: p.grid,
+                            })
+                            .collect();
+                        self.record_pass(recorder, kernel, &dispatches)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -552,6 +581,10 @@ pub(crate) fn declarations() -> FamilyDecl {
     let mut entry_points = Vec::new();
     for shader in [&ELEMENTWISE_F32, &ELEMENTWISE_HALF, &ELEMENTWISE_VEC4] {
         entry_points.push(EntryPointDecl::of::<ForwardBindings>(shader, "forward"));
+        entry_points.push(EntryPointDecl::of::<MaskedForwardBindings>(
+            shader,
+            "forward_masked",
+        ));
         entry_points.push(EntryPointDecl::of::<SteBindings>(shader, "ste_backward"));
     }
     FamilyDecl {

@@ -11,8 +11,7 @@ use super::kernel::planning::{contiguous_runs, element_window, per_channel_group
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, LSQ_KERNELS};
 use super::kernel::{
-    bindings, dtype_constant, uniform, Access, EntryPointDecl, FamilyDecl, Kernel, Recorder,
-    StructDecl,
+    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
@@ -94,14 +93,20 @@ bindings! {
 }
 
 bindings! {
-    /// `lsq_backward` and `lsq_init_terms` (one shared block reduction, so the initialization,
-    /// which reads neither dy nor writes dx, binds placeholders there): x, dy and dx windows, the
-    /// parameters, the first level of partial sums.
-    BlockBindings {
+    /// `lsq_backward`: x, dy and dx windows, the parameters, the first level of partial sums.
+    BackwardBindings {
         x: Read @ 1,
         dy: Read @ 2,
         dx: ReadWrite @ 3,
         params: ReadWrite @ 4,
+        partials: ReadWrite @ 5,
+    }
+}
+
+bindings! {
+    /// `lsq_init_terms`: x's window and the first level of (sum |x|, count) partials.
+    InitTermsBindings {
+        x: Read @ 1,
         partials: ReadWrite @ 5,
     }
 }
@@ -115,7 +120,8 @@ bindings! {
 }
 
 bindings! {
-    /// `lsq_finish`: the last level (a placeholder for an empty tensor) to the reduced gradients.
+    /// `lsq_finish`: the last level (the empty first level for an empty tensor, not read) to the
+    /// reduced gradients.
     FinishBindings {
         grads: ReadWrite @ 8,
         level: Read @ 9,
@@ -533,74 +539,85 @@ impl GpuLsq {
         Ok([out[0].clone(), out[1].clone()])
     }
 
-    /// Records the first pass (backward or init terms) and the tree levels; returns the buffer
-    /// holding the final level (one pair per channel) and whether there is one (an empty tensor
-    /// has none).
-    #[allow(clippy::too_many_arguments)]
+    /// Records the first pass (the backward when `grads` holds dy and dx, the initialization's
+    /// terms otherwise) and the tree levels; returns the buffer holding the final level (one pair
+    /// per channel) and whether it holds one (an empty tensor has none: the buffer is the empty
+    /// first level then).
     fn record_reduction<'a>(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
         layout: ChannelLayout,
-        init: bool,
         x: TensorBinding<'a>,
-        dy: Option<TensorBinding<'a>>,
-        dx: Option<TensorBinding<'a>>,
-    ) -> Result<Option<wgpu::Buffer>> {
+        grads: Option<(TensorBinding<'a>, TensorBinding<'a>)>,
+    ) -> Result<(wgpu::Buffer, bool)> {
+        let init = grads.is_none();
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         let plan = self.block_plan(layout, align, x.dtype)?;
-        if plan.blocks == 0 {
-            return Ok(None);
-        }
         let [mut src, mut dst] = self.partial_buffers(self.channels as u64 * plan.blocks * 8)?;
-        let placeholder_read = self.ctx.kernels().placeholder(Access::Read);
-        let placeholder_write = self.ctx.kernels().placeholder(Access::ReadWrite);
-        let dispatches: Vec<_> = plan
-            .dispatches
-            .iter()
-            .map(|&(first, start, end, grid)| {
-                let xw = element_window(x.offset, x.dtype, start, end, align);
-                let mut uniform = plan.uniform;
-                uniform.first_unit = first as u32;
-                uniform.window_base = start as u32;
-                uniform.x_shift = xw.shift as u32;
-                let dy = match &dy {
-                    Some(dy) => {
-                        let w = element_window(dy.offset, dy.dtype, start, end, align);
-                        uniform.dy_shift = w.shift as u32;
-                        w.bind(dy.buffer)
-                    }
-                    None => placeholder_read.clone(),
-                };
-                let dx = match &dx {
-                    Some(dx) => {
-                        let w = element_window(dx.offset, dx.dtype, start, end, align);
-                        uniform.dx_shift = w.shift as u32;
-                        w.bind(dx.buffer)
-                    }
-                    None => placeholder_write.clone(),
-                };
-                Dispatch {
-                    uniform,
-                    bindings: BlockBindings {
-                        x: xw.bind(x.buffer),
-                        dy,
-                        dx,
-                        params: self.params.as_entire_buffer_binding(),
-                        partials: src.as_entire_buffer_binding(),
-                    },
-                    grid,
-                }
-            })
-            .collect();
-        let first = LsqKernel {
-            entry: if init {
-                LsqEntry::InitTerms
-            } else {
-                LsqEntry::Backward
-            },
-            dtype: x.dtype,
+        if plan.blocks == 0 {
+            return Ok((src, false));
+        }
+        let window_of = |first: u64, start: u64, end: u64| {
+            let xw = element_window(x.offset, x.dtype, start, end, align);
+            let mut uniform = plan.uniform;
+            uniform.first_unit = first as u32;
+            uniform.window_base = start as u32;
+            uniform.x_shift = xw.shift as u32;
+            (uniform, xw.bind(x.buffer))
         };
-        self.ctx.record_pass(recorder, first, &dispatches)?;
+        match &grads {
+            Some((dy, dx)) => {
+                let dispatches: Vec<_> = plan
+                    .dispatches
+                    .iter()
+                    .map(|&(first, start, end, grid)| {
+                        let (mut uniform, xb) = window_of(first, start, end);
+                        let dyw = element_window(dy.offset, dy.dtype, start, end, align);
+                        let dxw = element_window(dx.offset, dx.dtype, start, end, align);
+                        uniform.dy_shift = dyw.shift as u32;
+                        uniform.dx_shift = dxw.shift as u32;
+                        Dispatch {
+                            uniform,
+                            bindings: BackwardBindings {
+                                x: xb,
+                                dy: dyw.bind(dy.buffer),
+                                dx: dxw.bind(dx.buffer),
+                                params: self.params.as_entire_buffer_binding(),
+                                partials: src.as_entire_buffer_binding(),
+                            },
+                            grid,
+                        }
+                    })
+                    .collect();
+                let kernel = LsqKernel {
+                    entry: LsqEntry::Backward,
+                    dtype: x.dtype,
+                };
+                self.ctx.record_pass(recorder, kernel, &dispatches)?;
+            }
+            None => {
+                let dispatches: Vec<_> = plan
+                    .dispatches
+                    .iter()
+                    .map(|&(first, start, end, grid)| {
+                        let (uniform, xb) = window_of(first, start, end);
+                        Dispatch {
+                            uniform,
+                            bindings: InitTermsBindings {
+                                x: xb,
+                                partials: src.as_entire_buffer_binding(),
+                            },
+                            grid,
+                        }
+                    })
+                    .collect();
+                let kernel = LsqKernel {
+                    entry: LsqEntry::InitTerms,
+                    dtype: x.dtype,
+                };
+                self.ctx.record_pass(recorder, kernel, &dispatches)?;
+            }
+        }
         // The tree over the blocks' sums, 4096 to 1 per level.
         let mut level = plan.blocks;
         while level > 1 {
@@ -628,7 +645,7 @@ impl GpuLsq {
             )?;
             level = next;
         }
-        Ok(Some(src))
+        Ok((src, true))
     }
 
     /// Recording level: the LSQ backward in one pass over `x` and `dy` (of `shape`): `dx`, and the
@@ -657,14 +674,11 @@ impl GpuLsq {
             });
         }
         self.record_params(recorder)?;
-        let last = self.record_reduction(recorder, layout, false, x, Some(dy), Some(dx))?;
+        let (last, has_level) = self.record_reduction(recorder, layout, x, Some((dy, dx)))?;
         let mut uniform = self.base_uniform(layout);
         uniform.grad_factor = self.config.grad_factor(layout.numel()).to_bits();
-        uniform.src_blocks = last.is_some() as u32;
-        let level = match &last {
-            Some(last) => last.as_entire_buffer_binding(),
-            None => self.ctx.kernels().placeholder(Access::Read),
-        };
+        uniform.src_blocks = has_level as u32;
+        let level = last.as_entire_buffer_binding();
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
         self.ctx.record_pass(
             recorder,
@@ -690,13 +704,10 @@ impl GpuLsq {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         self.ctx.check_tensor("x", &x, layout.numel())?;
-        let last = self.record_reduction(recorder, layout, true, x, None, None)?;
+        let (last, has_level) = self.record_reduction(recorder, layout, x, None)?;
         let mut uniform = self.base_uniform(layout);
-        uniform.src_blocks = last.is_some() as u32;
-        let level = match &last {
-            Some(last) => last.as_entire_buffer_binding(),
-            None => self.ctx.kernels().placeholder(Access::Read),
-        };
+        uniform.src_blocks = has_level as u32;
+        let level = last.as_entire_buffer_binding();
         let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
         self.ctx.record_pass(
             recorder,
@@ -840,8 +851,8 @@ pub(crate) fn declarations() -> FamilyDecl {
     FamilyDecl {
         entry_points: vec![
             EntryPointDecl::of::<ParamsBindings>(&LSQ_KERNELS, entry(LsqEntry::Params)),
-            EntryPointDecl::of::<BlockBindings>(&LSQ_KERNELS, entry(LsqEntry::Backward)),
-            EntryPointDecl::of::<BlockBindings>(&LSQ_KERNELS, entry(LsqEntry::InitTerms)),
+            EntryPointDecl::of::<BackwardBindings>(&LSQ_KERNELS, entry(LsqEntry::Backward)),
+            EntryPointDecl::of::<InitTermsBindings>(&LSQ_KERNELS, entry(LsqEntry::InitTerms)),
             EntryPointDecl::of::<SumBindings>(&LSQ_KERNELS, entry(LsqEntry::Sum { counts: false })),
             EntryPointDecl::of::<FinishBindings>(&LSQ_KERNELS, entry(LsqEntry::Finish)),
             EntryPointDecl::of::<InitFinishBindings>(&LSQ_KERNELS, entry(LsqEntry::InitFinish)),

@@ -743,11 +743,12 @@ impl GpuObserver {
         }
         match mode {
             Mode::Calibrate => {
+                // The pass-through binds the observer's parameters, which it does not read.
                 let bindings = ElementwiseBindings {
                     x,
                     y,
                     mask,
-                    params: None,
+                    params: Some(&self.params),
                 };
                 let op = ElementwiseOp::PassThrough {
                     with_mask: bindings.mask.is_some(),

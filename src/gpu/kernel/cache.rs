@@ -32,11 +32,6 @@ pub(crate) struct Kernels {
     modules: RwLock<HashMap<&'static str, wgpu::ShaderModule>>,
     layouts: RwLock<HashMap<&'static [Slot], std::sync::Arc<Layout>>>,
     pipelines: RwLock<HashMap<PipelineKey, (wgpu::ComputePipeline, std::sync::Arc<Layout>)>>,
-    /// Bound where an entry point references a binding that the variant at hand never touches
-    /// (a forward without a mask). Two, because one buffer bound both ways in one dispatch is a
-    /// usage conflict.
-    placeholder_read: wgpu::Buffer,
-    placeholder_write: wgpu::Buffer,
 }
 
 /// The cached value for `key`, created by `create` on a miss (outside the lock).
@@ -58,29 +53,11 @@ fn cached<K: Eq + Hash, V: Clone>(
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
-        let placeholder = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: 256,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            })
-        };
+    pub(crate) fn new() -> Self {
         Self {
             modules: RwLock::new(HashMap::new()),
             layouts: RwLock::new(HashMap::new()),
             pipelines: RwLock::new(HashMap::new()),
-            placeholder_read: placeholder("fakequant placeholder (read-only)"),
-            placeholder_write: placeholder("fakequant placeholder (read-write)"),
-        }
-    }
-
-    /// A binding for an entry point's binding that the variant at hand never touches.
-    pub(crate) fn placeholder(&self, access: Access) -> wgpu::BufferBinding<'_> {
-        match access {
-            Access::Read => self.placeholder_read.as_entire_buffer_binding(),
-            Access::ReadWrite => self.placeholder_write.as_entire_buffer_binding(),
         }
     }
 
