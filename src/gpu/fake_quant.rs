@@ -533,6 +533,11 @@ impl GpuFakeQuant {
         y: &GpuTensor,
         mask: Option<&GpuMask>,
     ) -> Result<()> {
+        check_len(
+            "x vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
         check_len("y vs x", x.len(), y.len())?;
         if let Some(m) = mask {
             check_len("mask vs x", x.len(), m.len())?;

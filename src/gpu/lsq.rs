@@ -759,6 +759,7 @@ impl GpuLsq {
         y: &GpuTensor,
         mask: Option<&GpuMask>,
     ) -> Result<()> {
+        check_len("x vs product of shape", numel(shape)?, x.len())?;
         check_len("y vs x", x.len(), y.len())?;
         let mut encoder = self.ctx.create_encoder("fakequant lsq forward");
         self.record_forward(
@@ -780,6 +781,7 @@ impl GpuLsq {
         dx: &GpuTensor,
         grads: &GpuLsqGrads,
     ) -> Result<()> {
+        check_len("x vs product of shape", numel(shape)?, x.len())?;
         check_len("dy vs x", x.len(), dy.len())?;
         check_len("dx vs x", x.len(), dx.len())?;
         let mut encoder = self.ctx.create_encoder("fakequant lsq backward");

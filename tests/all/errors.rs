@@ -680,3 +680,48 @@ fn state_and_reference_helpers_check_lengths() {
         assert!(ref_lsq::effective_op(&config, &[], &[]).is_err());
     }
 }
+
+/// Device-level calls check the tensors' lengths against the shape (issue 13, finding 4): a
+/// tensor shorter than its shape is refused, not fake-quantized past its end.
+#[test]
+fn device_level_lengths_are_checked_against_the_shape() {
+    use fakequant::{DType, LsqConfig};
+    let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.1, 0)).unwrap();
+    for ctx in contexts() {
+        let prepared = ctx.prepare(&op).unwrap();
+        let empty = ctx.create_tensor(0, DType::F32).unwrap();
+        assert!(matches!(
+            prepared.forward_device(&empty, &[1], &empty, None),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let three = ctx.create_tensor(3, DType::F16).unwrap();
+        let three_out = ctx.create_tensor(3, DType::F16).unwrap();
+        assert!(matches!(
+            prepared.forward_device(&three, &[4], &three_out, None),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let lsq = ctx
+            .create_lsq(&LsqConfig::activation_int8(), &[0.1], &[0.0])
+            .unwrap();
+        assert!(matches!(
+            lsq.forward_device(&empty, &[1], &empty, None),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let grads = lsq.create_grads().unwrap();
+        assert!(matches!(
+            lsq.backward_device(&three, &three, &[4], &three_out, &grads),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let observer = ctx
+            .create_observer(&fakequant::ObserverConfig::qat_activation_int8(), &[])
+            .unwrap();
+        assert!(matches!(
+            observer.step_device(&empty, &[1], &empty, None, fakequant::Mode::Qat),
+            Err(Error::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            observer.observe_device(&empty, &[1]),
+            Err(Error::LengthMismatch { .. })
+        ));
+    }
+}
