@@ -21,6 +21,18 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A bit width outside 2 to 16 (`QuantRange::signed`, `unsigned`, `signed_narrow`).
+    #[error("bit width {bits} is not supported: ranges have 2 to 16 bits")]
+    InvalidBitWidth {
+        /// The requested width.
+        bits: u32,
+    },
+    /// The product of a shape's dimensions does not fit a `usize`.
+    #[error("shape {shape:?} has more elements than a usize can count")]
+    ShapeOverflow {
+        /// The shape.
+        shape: Vec<usize>,
+    },
     /// A scale is not positive, finite and normal with a finite normal reciprocal.
     #[error("invalid scale at index {index}: {scale:e} (bits {:#010x}) {reason}", scale.to_bits())]
     InvalidScale {
@@ -44,7 +56,7 @@ pub enum Error {
         qmax: i32,
     },
     /// Per-channel parameters have different lengths, or none at all.
-    #[error("per-channel parameters need one scale and one zero point per channel (and at least one channel): got {scales} scales and {zero_points} zero points")]
+    #[error("parameters need one scale and one zero point per channel, exactly one of each per tensor: got {scales} scales and {zero_points} zero points")]
     ParamLengthMismatch {
         /// Number of scales given.
         scales: usize,

@@ -30,11 +30,7 @@ impl QuantRange {
     /// The full signed range of `bits` bits, `[-2^(bits-1), 2^(bits-1) - 1]`, for 2 to 16 bits.
     pub fn signed(bits: u32) -> Result<Self> {
         if !(2..=16).contains(&bits) {
-            return Err(Error::InvalidRange {
-                qmin: 0,
-                qmax: 0,
-                reason: "bit width must be 2 to 16",
-            });
+            return Err(Error::InvalidBitWidth { bits });
         }
         Self::new(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     }
@@ -48,11 +44,7 @@ impl QuantRange {
     /// The unsigned range of `bits` bits, `[0, 2^bits - 1]`, for 2 to 16 bits.
     pub fn unsigned(bits: u32) -> Result<Self> {
         if !(2..=16).contains(&bits) {
-            return Err(Error::InvalidRange {
-                qmin: 0,
-                qmax: 0,
-                reason: "bit width must be 2 to 16",
-            });
+            return Err(Error::InvalidBitWidth { bits });
         }
         Self::new(0, (1 << bits) - 1)
     }
@@ -320,13 +312,15 @@ impl FakeQuant {
 
 /// The product of a shape's dimensions, or an error if it overflows `usize`.
 pub fn numel(shape: &[usize]) -> Result<usize> {
+    // A zero dimension makes the tensor empty, whatever the others multiply to.
+    if shape.contains(&0) {
+        return Ok(0);
+    }
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(Error::TooLarge {
-            what: "product of the shape",
-            requested: u64::MAX,
-            limit: usize::MAX as u64,
+        .ok_or_else(|| Error::ShapeOverflow {
+            shape: shape.to_vec(),
         })
 }
 

@@ -224,23 +224,22 @@ impl GpuContext {
     /// identical; only the number of bindings and of workgroups per dispatch change.
     pub fn with_dispatch_limits(&self, limits: DispatchLimits) -> Result<Self> {
         let device = &self.shared.device_limits;
-        if limits.max_binding_bytes < CHUNK_GRANULE_ELEMS * 4
-            || limits.max_binding_bytes > device.max_storage_buffer_binding_size
-        {
-            return Err(Error::TooLarge {
-                what: "max_binding_bytes (must be at least 262144 and at most the device's limit)",
-                requested: limits.max_binding_bytes,
-                limit: device.max_storage_buffer_binding_size,
-            });
+        let (min_bytes, max_bytes) = (
+            CHUNK_GRANULE_ELEMS * 4,
+            device.max_storage_buffer_binding_size,
+        );
+        if !(min_bytes..=max_bytes).contains(&limits.max_binding_bytes) {
+            return Err(Error::InvalidSetting(format!(
+                "max_binding_bytes {} must lie in [{min_bytes}, {max_bytes}] (the device's limit)",
+                limits.max_binding_bytes
+            )));
         }
-        if limits.max_workgroups == 0
-            || limits.max_workgroups > device.max_compute_workgroups_per_dimension
-        {
-            return Err(Error::TooLarge {
-                what: "max_workgroups (must be at least 1 and at most the device's limit)",
-                requested: limits.max_workgroups as u64,
-                limit: device.max_compute_workgroups_per_dimension as u64,
-            });
+        let max_groups = device.max_compute_workgroups_per_dimension;
+        if !(1..=max_groups).contains(&limits.max_workgroups) {
+            return Err(Error::InvalidSetting(format!(
+                "max_workgroups {} must lie in [1, {max_groups}] (the device's limit)",
+                limits.max_workgroups
+            )));
         }
         Ok(Self {
             limits,

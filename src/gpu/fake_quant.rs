@@ -301,7 +301,11 @@ impl GpuContext {
     ) -> Result<()> {
         let len = layout.numel() as u64;
         let dtype = b.x.dtype;
-        self.check_elementwise(&b.x, &b.y, b.mask.as_ref(), layout.numel())?;
+        let roles = match op {
+            ElementwiseOp::SteBackward => ["dy", "dx"],
+            _ => ["x", "y"],
+        };
+        self.check_elementwise(roles, &b.x, &b.y, b.mask.as_ref(), layout.numel())?;
         if len == 0 {
             return Ok(());
         }

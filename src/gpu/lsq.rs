@@ -420,7 +420,7 @@ impl GpuLsq {
         let layout = self.layout(shape)?;
         // Checked before the parameters are recorded, so that a failed call records nothing.
         self.ctx
-            .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
+            .check_elementwise(["x", "y"], &x, &y, mask.as_ref(), layout.numel())?;
         self.record_params(recorder)?;
         let op = ElementwiseOp::Forward {
             // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).

@@ -123,7 +123,7 @@ impl GpuContext {
 
     /// Reads a device tensor of element type `T` back (waits for the queue).
     pub fn read_tensor<T: Element>(&self, tensor: &GpuTensor) -> Result<Vec<T>> {
-        T::DTYPE.check_same("read-back type", tensor.dtype)?;
+        tensor.dtype.check_same("read-back type", T::DTYPE)?;
         let bytes = self.read_buffer(&tensor.buffer, 0, tensor.dtype.bytes_for(tensor.len))?;
         let mut values: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
         values.truncate(tensor.len);
@@ -286,20 +286,22 @@ impl GpuContext {
     /// record other work first check here before recording anything.
     pub(crate) fn check_elementwise(
         &self,
+        roles: [&'static str; 2],
         x: &TensorBinding<'_>,
         y: &TensorBinding<'_>,
         mask: Option<&TensorBinding<'_>>,
         len: usize,
     ) -> Result<()> {
-        x.dtype.check_same("y", y.dtype)?;
-        self.check_tensor("x", x, len)?;
-        self.check_tensor("y", y, len)?;
+        let [x_role, y_role] = roles;
+        x.dtype.check_same(y_role, y.dtype)?;
+        self.check_tensor(x_role, x, len)?;
+        self.check_tensor(y_role, y, len)?;
         if let Some(m) = mask {
             self.check_binding("mask", m, PackedMask::words_for(len) as u64 * 4)?;
         }
         if x.buffer == y.buffer {
             return Err(Error::InvalidBuffer {
-                what: "y",
+                what: y_role,
                 reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
             });
         }

@@ -736,7 +736,7 @@ impl GpuObserver {
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
         self.ctx
-            .check_elementwise(&x, &y, mask.as_ref(), layout.numel())?;
+            .check_elementwise(["x", "y"], &x, &y, mask.as_ref(), layout.numel())?;
         if mode != Mode::Frozen {
             self.record_batch_min_max(recorder, x, shape, &self.batch)?;
             self.record_update(recorder, &self.batch)?;

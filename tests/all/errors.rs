@@ -126,7 +126,7 @@ fn shapes_axes_and_lengths_are_checked() {
     ));
     assert!(matches!(
         reference::fake_quant(&op, &x, &[usize::MAX, 2, 4]),
-        Err(Error::TooLarge { .. })
+        Err(Error::ShapeOverflow { .. })
     ));
     let mask = PackedMask::from_bools(&[true; 5]);
     assert!(matches!(
@@ -723,5 +723,98 @@ fn device_level_lengths_are_checked_against_the_shape() {
             observer.observe_device(&empty, &[1]),
             Err(Error::LengthMismatch { .. })
         ));
+    }
+}
+
+/// Messages name the argument by its role, the value given and what is allowed (issue 13,
+/// finding 6).
+#[test]
+fn messages_name_the_role_the_value_and_what_is_allowed() {
+    use fakequant::{DType, TensorBinding};
+    let message = |e: Error| e.to_string();
+    // A bit width, not "range [0, 0]".
+    for bits in [0, 1, 17] {
+        for r in [QuantRange::signed(bits), QuantRange::unsigned(bits)] {
+            let m = message(r.unwrap_err());
+            assert!(
+                m.contains(&format!("bit width {bits}")) && m.contains("2 to 16"),
+                "{m}"
+            );
+            assert!(!m.contains("[0, 0]"), "{m}");
+        }
+    }
+    // A shape overflow names the shape; a shape with a zero dimension is empty, not an overflow.
+    let m = message(fakequant::quant::numel(&[1 << 40, 1 << 40, 3]).unwrap_err());
+    assert!(m.contains("[1099511627776, 1099511627776, 3]"), "{m}");
+    assert_eq!(fakequant::quant::numel(&[1 << 40, 1 << 40, 0]).unwrap(), 0);
+    // A per-tensor LSQ with two scales is not described as per-channel.
+    let m = message(
+        fakequant::reference::Lsq::new(
+            fakequant::LsqConfig::activation_int8(),
+            &[0.1, 0.2],
+            &[0.0, 0.0],
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        m.contains("exactly one of each per tensor") && m.contains("2 scales"),
+        "{m}"
+    );
+    for ctx in contexts() {
+        // Dispatch limits below the minimum say so, with the allowed range.
+        let limits = ctx.dispatch_limits();
+        let m = message(
+            ctx.with_dispatch_limits(DispatchLimits {
+                max_binding_bytes: 1000,
+                ..limits
+            })
+            .unwrap_err(),
+        );
+        assert!(
+            m.contains("max_binding_bytes 1000 must lie in [262144,"),
+            "{m}"
+        );
+        let m = message(
+            ctx.with_dispatch_limits(DispatchLimits {
+                max_workgroups: 0,
+                ..limits
+            })
+            .unwrap_err(),
+        );
+        assert!(m.contains("max_workgroups 0 must lie in [1,"), "{m}");
+        // Straight-through errors name dy and dx.
+        let dy = ctx.create_tensor(64, DType::F32).unwrap();
+        let dx = ctx.create_tensor(64, DType::F16).unwrap();
+        let mask = ctx.create_mask(64).unwrap();
+        let mut encoder = ctx.create_encoder("messages");
+        let m = message(
+            ctx.record_ste_backward(
+                &mut encoder,
+                dy.binding(),
+                mask.binding(),
+                TensorBinding::new(dx.buffer(), 0).with_dtype(DType::F16),
+                64,
+            )
+            .unwrap_err(),
+        );
+        assert!(m.contains("`dx`"), "{m}");
+        let short = ctx.create_tensor(8, DType::F32).unwrap();
+        let m = message(
+            ctx.record_ste_backward(
+                &mut encoder,
+                short.binding(),
+                mask.binding(),
+                dy.binding(),
+                64,
+            )
+            .unwrap_err(),
+        );
+        assert!(m.contains("`dy`"), "{m}");
+        // Reading an f32 tensor as f16: the tensor's type is the input's, the requested the other.
+        let m = message(ctx.read_tensor::<half::f16>(&dy).unwrap_err());
+        assert!(
+            m.contains("element type F16 differs from the input's F32"),
+            "{m}"
+        );
     }
 }
