@@ -254,7 +254,7 @@ impl GpuContext {
         len: usize,
     ) -> Result<()> {
         if b.dtype == DType::F32 {
-            return self.check_binding(what, b, len as u64 * 4);
+            return self.check_binding(what, b, b.dtype.bytes_for(len));
         }
         if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::InvalidBuffer {
@@ -268,7 +268,12 @@ impl GpuContext {
                 reason: format!("offset {} of a 16-bit tensor is not even", b.offset),
             });
         }
-        let end = (b.offset + len as u64 * 2).next_multiple_of(4);
+        // Saturating: a length past any buffer fails the comparison below instead of wrapping.
+        let end = (len as u64)
+            .checked_mul(2)
+            .and_then(|bytes| b.offset.checked_add(bytes))
+            .and_then(|end| end.checked_next_multiple_of(4))
+            .unwrap_or(u64::MAX);
         if end > b.buffer.size() {
             return Err(Error::InvalidBuffer {
                 what,

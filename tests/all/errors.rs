@@ -617,6 +617,26 @@ fn overflowing_sizes_are_errors() {
             ctx.create_observer(&config, &[1 << 59]),
             Err(Error::TooLarge { .. })
         ));
+        // A shape whose byte count wraps u64 on a small tensor is refused before any planning.
+        let op = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(0.1, 0)).unwrap();
+        let prepared = ctx.prepare(&op).unwrap();
+        let small = ctx.create_tensor(4096, fakequant::DType::F32).unwrap();
+        let out = ctx.create_tensor(4096, fakequant::DType::F32).unwrap();
+        let small16 = ctx.create_tensor(4096, fakequant::DType::F16).unwrap();
+        let out16 = ctx.create_tensor(4096, fakequant::DType::F16).unwrap();
+        let mut encoder = ctx.create_encoder("overflow");
+        for (x, y) in [(&small, &out), (&small16, &out16)] {
+            assert!(matches!(
+                prepared.record_forward(
+                    &mut encoder,
+                    x.binding(),
+                    &[1 << 31, 1 << 31],
+                    y.binding(),
+                    None
+                ),
+                Err(Error::InvalidBuffer { what: "x", .. })
+            ));
+        }
     }
 }
 
