@@ -6,7 +6,9 @@
 
 @group(0) @binding(0) var<uniform> dispatch: Dispatch;
 @group(0) @binding(1) var<storage, read> params: array<ChannelParams>;
-@group(0) @binding(2) var<storage, read> x: array<u32>;
+// `read_write` though only read: a caller's input may share a buffer with the output (disjoint
+// ranges), and wgpu refuses one buffer bound read-only and read-write in one dispatch.
+@group(0) @binding(2) var<storage, read_write> x: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<u32>;
 @group(0) @binding(4) var<storage, read_write> mask: array<u32>;
 

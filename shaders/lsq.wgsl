@@ -51,8 +51,10 @@ struct LsqDispatch {
 }
 
 @group(0) @binding(0) var<uniform> d: LsqDispatch;
-@group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read> dy: array<u32>;
+// `read_write` though only read: a caller's input may share a buffer with the output (disjoint
+// ranges), and wgpu refuses one buffer bound read-only and read-write in one dispatch.
+@group(0) @binding(1) var<storage, read_write> x: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dy: array<u32>;
 // Atomic so that 16-bit elements, two to a word, can be stored by different invocations (see
 // store_dx); f32 elements are plain atomicStores.
 @group(0) @binding(3) var<storage, read_write> dx: array<atomic<u32>>;

@@ -156,6 +156,29 @@ pub enum Error {
         #[source]
         source: Arc<wgpu::Error>,
     },
+    /// wgpu reported an error outside this library's calls, in work the caller recorded or
+    /// submitted on the context's device (only for contexts that installed the handler: those of
+    /// [`crate::GpuContext::new`] and [`crate::GpuContext::from_adapter`]). Returned once, by the
+    /// next call into the device or by [`crate::GpuContext::poll`].
+    #[error("wgpu reported an error in the caller's own work on this device{}: {source}", if *.more > 0 { format!(" ({} more since)", .more) } else { String::new() })]
+    Uncaptured {
+        /// The first error reported since the last one returned.
+        #[source]
+        source: Arc<wgpu::Error>,
+        /// How many more were reported after it (dropped).
+        more: usize,
+    },
+    /// An object of one [`crate::GpuContext`] was passed to another: tensors, masks, observers,
+    /// LSQ quantizers, prepared ops and prerecordings belong to the device they were created on.
+    #[error("`{what}` belongs to another GpuContext (device {owner}); this call runs on device {device}: create it on this context, or use a clone of the context that created it")]
+    ForeignObject {
+        /// Which argument.
+        what: &'static str,
+        /// The device the object was created on (a number, unique in the process).
+        owner: u64,
+        /// The device of the call.
+        device: u64,
+    },
     /// Waiting for the device, or mapping a buffer to read it back, failed.
     #[error("GPU error while {operation}: {source}")]
     Device {
@@ -190,6 +213,16 @@ impl PartialEq for Error {
         match (self, other) {
             (RequestDevice(a), RequestDevice(b)) => Arc::ptr_eq(a, b),
             (
+                Uncaptured {
+                    source: a,
+                    more: m1,
+                },
+                Uncaptured {
+                    source: b,
+                    more: m2,
+                },
+            ) => m1 == m2 && Arc::ptr_eq(a, b),
+            (
                 Wgpu {
                     operation: o1,
                     source: a,
@@ -209,8 +242,8 @@ impl PartialEq for Error {
                     source: b,
                 },
             ) => o1 == o2 && Arc::ptr_eq(a, b),
-            (RequestDevice(_) | Wgpu { .. } | Device { .. }, _)
-            | (_, RequestDevice(_) | Wgpu { .. } | Device { .. }) => false,
+            (RequestDevice(_) | Wgpu { .. } | Device { .. } | Uncaptured { .. }, _)
+            | (_, RequestDevice(_) | Wgpu { .. } | Device { .. } | Uncaptured { .. }) => false,
             // Every other variant holds plain data: its message says everything it holds.
             (a, b) => {
                 std::mem::discriminant(a) == std::mem::discriminant(b)

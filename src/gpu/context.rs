@@ -25,7 +25,51 @@ pub(crate) const STAGING_MIN_BYTES: u64 = 1 << 20;
 /// The largest staging buffer kept between reads.
 pub(crate) const STAGING_KEEP_BYTES: u64 = 64 << 20;
 
+/// The device a context and the objects created on it belong to: a number unique in the process
+/// (wgpu's own ids are only unique within one wgpu instance, and a device cannot be asked which
+/// instance it came from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeviceId(u64);
+
+impl DeviceId {
+    fn next() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Every adapter of the one wgpu instance this library makes, enumerated once per process.
+///
+/// One instance: wgpu resolves an object inside the instance of the call, so an object of another
+/// instance would be looked up by a number that means something else there (a panic, or silently
+/// another buffer); within one instance wgpu itself refuses, as a validation error, a buffer of
+/// another device. Enumerated once: each enumeration of the GL backend wraps the instance's one
+/// EGL context in a new lock, and two devices behind different locks make it current on two
+/// threads at once (EGL_BAD_ACCESS, a panic in wgpu); devices of one adapter share its lock.
+fn all_adapters() -> &'static [wgpu::Adapter] {
+    static ADAPTERS: std::sync::OnceLock<Vec<wgpu::Adapter>> = std::sync::OnceLock::new();
+    ADAPTERS.get_or_init(|| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::all(),
+            flags: wgpu::InstanceFlags::from_env_or_default(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    })
+}
+
+/// The errors wgpu reported outside this library's error scopes: the first one kept, the rest
+/// counted (see [`GpuContext::poll`]).
+#[derive(Default)]
+struct Uncaptured {
+    first: Option<wgpu::Error>,
+    more: usize,
+}
+
 pub(crate) struct Shared {
+    id: DeviceId,
+    /// Filled by the uncaptured-error handler of a context that installed one.
+    uncaptured: Arc<std::sync::Mutex<Uncaptured>>,
     device: wgpu::Device,
     queue: wgpu::Queue,
     /// The staging buffer of the last read-back, reused by the next (see `read_buffer`).
@@ -108,31 +152,28 @@ fn preference(device_type: wgpu::DeviceType) -> u8 {
 impl GpuContext {
     /// Every compute-capable adapter that `FAKEQUANT_BACKEND` and `FAKEQUANT_ADAPTER` (a
     /// case-insensitive substring of the adapter's name) allow, best first (discrete, integrated,
-    /// virtual, other, CPU).
+    /// virtual, other, CPU). They come from one wgpu instance, enumerated once per process: a
+    /// later call lists the same adapters (cloned), and one that appears later is not seen.
     pub fn adapters() -> Result<Vec<wgpu::Adapter>> {
         let backends = backends_from_env()?;
         let name_filter = std::env::var("FAKEQUANT_ADAPTER")
             .ok()
             .map(|s| s.to_lowercase());
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends,
-            flags: wgpu::InstanceFlags::from_env_or_default(),
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let mut adapters: Vec<wgpu::Adapter> =
-            pollster::block_on(instance.enumerate_adapters(backends))
-                .into_iter()
-                .filter(|a| {
-                    a.get_downlevel_capabilities()
-                        .flags
-                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-                })
-                .filter(|a| {
-                    name_filter
-                        .as_ref()
-                        .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
-                })
-                .collect();
+        let mut adapters: Vec<wgpu::Adapter> = all_adapters()
+            .iter()
+            .filter(|a| backends.contains(wgpu::Backends::from(a.get_info().backend)))
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .filter(|a| {
+                name_filter
+                    .as_ref()
+                    .is_none_or(|f| a.get_info().name.to_lowercase().contains(f))
+            })
+            .cloned()
+            .collect();
         adapters.sort_by_key(|a| preference(a.get_info().device_type));
         Ok(adapters)
     }
@@ -151,6 +192,12 @@ impl GpuContext {
 
     /// A context on `adapter`, with a new device that has the adapter's own limits (wgpu's defaults
     /// would cap buffers at 256 MiB).
+    ///
+    /// wgpu errors in the caller's own use of the device (an encoder it finishes, a submission)
+    /// are kept and returned, as [`Error::Uncaptured`], by the next call of this library into the
+    /// device or by [`GpuContext::poll`]. Take `adapter` from [`GpuContext::adapters`]: an
+    /// adapter of the caller's own wgpu instance works, but buffers of that instance's other
+    /// devices cannot be told apart from this one's (see the README's reliability section).
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let descriptor = wgpu::DeviceDescriptor {
             label: Some("fakequant"),
@@ -167,23 +214,35 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&descriptor))
             .map_err(|e| Error::RequestDevice(Arc::new(e)))?;
         // Errors inside this library's calls are caught by error scopes and returned; anything
-        // else is reported here rather than panicking in wgpu's default handler.
-        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
-            eprintln!("fakequant: uncaptured wgpu error: {e}")
+        // else (the caller's own encoders and submissions) is kept for the next call, rather
+        // than panicking in wgpu's default handler.
+        let uncaptured = Arc::new(std::sync::Mutex::new(Uncaptured::default()));
+        let slot = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            // A poisoned slot only means a panic elsewhere; the count is still worth keeping.
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.first.is_none() {
+                slot.first = Some(e);
+            } else {
+                slot.more += 1;
+            }
         }));
-        Self::build(device, queue, Some(adapter.get_info()))
+        Self::build(device, queue, Some(adapter.get_info()), uncaptured)
     }
 
     /// A context on a device and queue that the caller already owns (a framework sharing its
-    /// device). The caller's uncaptured-error handler is left alone.
+    /// device). The caller's uncaptured-error handler is left alone. Each call makes a context of
+    /// its own: objects of one are refused by another ([`Error::ForeignObject`]) even on the same
+    /// device, so clone the context to share it.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
-        Self::build(device, queue, None)
+        Self::build(device, queue, None, Arc::default())
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter_info: Option<wgpu::AdapterInfo>,
+        uncaptured: Arc<std::sync::Mutex<Uncaptured>>,
     ) -> Result<Self> {
         let device_limits = device.limits();
         // CPU adapters (llvmpipe) run a workgroup as a loop over SIMD lanes: fewer, longer
@@ -208,6 +267,8 @@ impl GpuContext {
         }
         Ok(Self {
             shared: Arc::new(Shared {
+                id: DeviceId::next(),
+                uncaptured,
                 device,
                 queue,
                 adapter_info,
@@ -318,13 +379,65 @@ impl GpuContext {
     }
 
     /// Runs `f` inside error scopes; what wgpu reports becomes an [`Error::Wgpu`] naming
-    /// `operation`.
+    /// `operation`. An error the caller's own work left since the last call is returned first
+    /// (and `f` not run).
     pub(crate) fn capture<T>(
         &self,
         operation: &'static str,
         f: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        self.take_uncaptured()?;
         errors::capture(&self.shared.device, operation, f)
+    }
+
+    /// Returns, once, the first error wgpu reported outside this library's calls since the last
+    /// one returned, with the count of those after it.
+    fn take_uncaptured(&self) -> Result<()> {
+        let mut slot = self
+            .shared
+            .uncaptured
+            .lock()
+            .map_err(|_| Error::Poisoned("uncaptured wgpu errors"))?;
+        match slot.first.take() {
+            None => Ok(()),
+            Some(first) => {
+                let more = std::mem::take(&mut slot.more);
+                Err(Error::Uncaptured {
+                    source: Arc::new(first),
+                    more,
+                })
+            }
+        }
+    }
+
+    /// Polls the device without waiting and returns what wgpu reported in the caller's own work
+    /// since the last call of this library ([`Error::Uncaptured`], once), so that a caller who
+    /// submits its own encoders learns of an invalid submission (wgpu drops such a submission
+    /// whole). Contexts from [`GpuContext::from_device`] leave errors to the caller's handler and
+    /// always return `Ok` here unless the poll itself fails.
+    pub fn poll(&self) -> Result<()> {
+        self.shared
+            .device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| Error::device("polling the device", e))?;
+        self.take_uncaptured()
+    }
+
+    /// The device this context, and everything created on it, belongs to.
+    pub(crate) fn device_id(&self) -> DeviceId {
+        self.shared.id
+    }
+
+    /// An error unless `owner` is this context's device: `what` was created on another context.
+    pub(crate) fn check_owner(&self, what: &'static str, owner: DeviceId) -> Result<()> {
+        if owner != self.shared.id {
+            return Err(Error::ForeignObject {
+                what,
+                owner: owner.0,
+                device: self.shared.id.0,
+            });
+        }
+        Ok(())
     }
 
     /// Submits `encoder` and waits until the device has finished it.

@@ -96,7 +96,7 @@ bindings! {
     /// pass-through binds the parameters of the observer it runs for, which it does not read.)
     ForwardBindings {
         params: Read @ 1,
-        x: Read @ 2,
+        x: Input @ 2,
         y: ReadWrite @ 3,
     }
 }
@@ -105,7 +105,7 @@ bindings! {
     /// `forward_masked`: the same, and the mask it writes.
     MaskedForwardBindings {
         params: Read @ 1,
-        x: Read @ 2,
+        x: Input @ 2,
         y: ReadWrite @ 3,
         mask: ReadWrite @ 4,
     }
@@ -115,9 +115,9 @@ bindings! {
     /// The straight-through backward: `x` holds dy, `y` receives dx (the element access code is
     /// shared with the forward), `mask` is read.
     SteBindings {
-        x: Read @ 2,
+        x: Input @ 2,
         y: ReadWrite @ 3,
-        mask: ReadWrite @ 4,
+        mask: Input @ 4,
     }
 }
 
@@ -301,11 +301,12 @@ impl GpuContext {
     ) -> Result<()> {
         let len = layout.numel() as u64;
         let dtype = b.x.dtype;
-        let roles = match op {
-            ElementwiseOp::SteBackward => ["dy", "dx"],
-            _ => ["x", "y"],
+        let (roles, mask_written) = match op {
+            ElementwiseOp::SteBackward => (["dy", "dx"], false),
+            _ => (["x", "y"], true),
         };
-        self.check_elementwise(roles, &b.x, &b.y, b.mask.as_ref(), layout.numel())?;
+        let mask = b.mask.as_ref().map(|m| (m, mask_written));
+        self.check_elementwise(roles, &b.x, &b.y, mask, layout.numel())?;
         if len == 0 {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use super::context::GpuContext;
+use super::context::{DeviceId, GpuContext};
 use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
 use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups};
 use super::kernel::recording::Dispatch;
@@ -13,7 +13,7 @@ use super::kernel::shaders::{Shader, LSQ_KERNELS};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
+use super::memory::{check_disjoint, check_len, Footprint, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -87,18 +87,18 @@ bindings! {
     /// `lsq_params`: the learnable parameters in, the fake-quant parameters out.
     ParamsBindings {
         params: ReadWrite @ 4,
-        scale: ReadWrite @ 6,
-        zero_point: ReadWrite @ 7,
+        scale: Input @ 6,
+        zero_point: Input @ 7,
     }
 }
 
 bindings! {
     /// `lsq_backward`: x, dy and dx windows, the parameters, the first level of partial sums.
     BackwardBindings {
-        x: Read @ 1,
-        dy: Read @ 2,
+        x: Input @ 1,
+        dy: Input @ 2,
         dx: ReadWrite @ 3,
-        params: ReadWrite @ 4,
+        params: Input @ 4,
         partials: ReadWrite @ 5,
     }
 }
@@ -106,7 +106,7 @@ bindings! {
 bindings! {
     /// `lsq_init_terms`: x's window and the first level of (sum |x|, count) partials.
     InitTermsBindings {
-        x: Read @ 1,
+        x: Input @ 1,
         partials: ReadWrite @ 5,
     }
 }
@@ -177,6 +177,7 @@ uniform! {
 pub struct GpuLsqGrads {
     buffer: wgpu::Buffer,
     channels: usize,
+    owner: DeviceId,
 }
 
 impl GpuLsqGrads {
@@ -259,6 +260,7 @@ impl GpuContext {
         config: &LsqConfig,
         observer: &GpuObserver,
     ) -> Result<GpuLsq> {
+        self.check_owner("observer", observer.context().device_id())?;
         let ones = vec![1.0; observer.channels()];
         let zeros = vec![0.0; observer.channels()];
         let lsq = self.create_lsq(config, &ones, &zeros)?;
@@ -268,6 +270,7 @@ impl GpuContext {
 
     /// Reads reduced gradients back: `(dscale, dzero_point)`.
     pub fn read_lsq_grads(&self, grads: &GpuLsqGrads) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.check_owner("grads", grads.owner)?;
         let bytes = self.read_buffer(&grads.buffer, 0, grads.channels as u64 * 8)?;
         let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         let (dscale, dzero_point) = words.split_at(grads.channels);
@@ -313,6 +316,7 @@ impl GpuLsq {
                 .ctx
                 .storage_buffer_init("fakequant lsq grads", &vec![0u8; self.channels * 8])?,
             channels: self.channels,
+            owner: self.ctx.device_id(),
         })
     }
 
@@ -419,8 +423,13 @@ impl GpuLsq {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         // Checked before the parameters are recorded, so that a failed call records nothing.
-        self.ctx
-            .check_elementwise(["x", "y"], &x, &y, mask.as_ref(), layout.numel())?;
+        self.ctx.check_elementwise(
+            ["x", "y"],
+            &x,
+            &y,
+            mask.as_ref().map(|m| (m, true)),
+            layout.numel(),
+        )?;
         self.record_params(recorder)?;
         let op = ElementwiseOp::Forward {
             // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
@@ -661,18 +670,19 @@ impl GpuLsq {
         grads: &GpuLsqGrads,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
+        self.ctx.check_owner("grads", grads.owner)?;
         check_len("channels of the gradients", self.channels, grads.channels)?;
         x.dtype.check_same("dy", dy.dtype)?;
         x.dtype.check_same("dx", dx.dtype)?;
         self.ctx.check_tensor("x", &x, layout.numel())?;
         self.ctx.check_tensor("dy", &dy, layout.numel())?;
         self.ctx.check_tensor("dx", &dx, layout.numel())?;
-        if dx.buffer == x.buffer || dx.buffer == dy.buffer {
-            return Err(Error::InvalidBuffer {
-                what: "dx",
-                reason: "the output must be a different buffer from x and dy".into(),
-            });
-        }
+        let n = layout.numel();
+        check_disjoint(&[
+            Footprint::tensor("x", &x, n, false),
+            Footprint::tensor("dy", &dy, n, false),
+            Footprint::tensor("dx", &dx, n, true),
+        ])?;
         self.record_params(recorder)?;
         let (last, has_level) = self.record_reduction(recorder, layout, x, Some((dy, dx)))?;
         let mut uniform = self.base_uniform(layout);
@@ -730,6 +740,8 @@ impl GpuLsq {
         recorder: &mut (impl Recorder + ?Sized),
         observer: &GpuObserver,
     ) -> Result<()> {
+        self.ctx
+            .check_owner("observer", observer.context().device_id())?;
         check_len("observer channels", self.channels, observer.channels())?;
         let uniform = LsqDispatch {
             channels: self.channels as u32,

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 
 use wgpu::util::DeviceExt;
 
-use super::context::{GpuContext, STAGING_KEEP_BYTES, STAGING_MIN_BYTES};
+use super::context::{DeviceId, GpuContext, STAGING_KEEP_BYTES, STAGING_MIN_BYTES};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::PackedMask;
@@ -89,13 +89,19 @@ impl GpuContext {
             buffer,
             len: data.len(),
             dtype: T::DTYPE,
+            owner: self.device_id(),
         })
     }
 
     /// A new device tensor of `len` elements of `dtype` (contents unspecified until written).
     pub fn create_tensor(&self, len: usize, dtype: DType) -> Result<GpuTensor> {
         let buffer = self.storage_buffer("fakequant tensor", dtype.bytes_for(len), None)?;
-        Ok(GpuTensor { buffer, len, dtype })
+        Ok(GpuTensor {
+            buffer,
+            len,
+            dtype,
+            owner: self.device_id(),
+        })
     }
 
     /// A new device mask of `len` bits.
@@ -105,7 +111,11 @@ impl GpuContext {
             (PackedMask::words_for(len) as u64) * 4,
             None,
         )?;
-        Ok(GpuMask { buffer, len })
+        Ok(GpuMask {
+            buffer,
+            len,
+            owner: self.device_id(),
+        })
     }
 
     /// Uploads a packed mask.
@@ -118,11 +128,13 @@ impl GpuContext {
         Ok(GpuMask {
             buffer,
             len: mask.len(),
+            owner: self.device_id(),
         })
     }
 
     /// Reads a device tensor of element type `T` back (waits for the queue).
     pub fn read_tensor<T: Element>(&self, tensor: &GpuTensor) -> Result<Vec<T>> {
+        self.check_owner("tensor", tensor.owner)?;
         tensor.dtype.check_same("read-back type", T::DTYPE)?;
         let bytes = self.read_buffer(&tensor.buffer, 0, tensor.dtype.bytes_for(tensor.len))?;
         let mut values: Vec<T> = bytemuck::pod_collect_to_vec(&bytes);
@@ -132,6 +144,7 @@ impl GpuContext {
 
     /// Reads a device mask back (waits for the queue).
     pub fn read_mask(&self, mask: &GpuMask) -> Result<PackedMask> {
+        self.check_owner("mask", mask.owner)?;
         let bytes =
             self.read_buffer(&mask.buffer, 0, PackedMask::words_for(mask.len) as u64 * 4)?;
         PackedMask::from_words(bytemuck::pod_collect_to_vec(&bytes), mask.len)
@@ -253,6 +266,9 @@ impl GpuContext {
         b: &TensorBinding<'_>,
         len: usize,
     ) -> Result<()> {
+        if let Some(owner) = b.owner {
+            self.check_owner(what, owner)?;
+        }
         if b.dtype == DType::F32 {
             return self.check_binding(what, b, b.dtype.bytes_for(len));
         }
@@ -287,30 +303,30 @@ impl GpuContext {
     }
 
     /// Checks the bindings of an elementwise op on `len` elements: `x` and `y` of one element
-    /// type and usable, the mask (when given) large enough, `y` not the buffer of `x`. Callers that
-    /// record other work first check here before recording anything.
+    /// type and usable, the mask (when given) large enough, and no range the op writes (`y`, and
+    /// the mask when `mask_written`) overlapping another. Callers that record other work first
+    /// check here before recording anything.
     pub(crate) fn check_elementwise(
         &self,
         roles: [&'static str; 2],
         x: &TensorBinding<'_>,
         y: &TensorBinding<'_>,
-        mask: Option<&TensorBinding<'_>>,
+        mask: Option<(&TensorBinding<'_>, bool)>,
         len: usize,
     ) -> Result<()> {
         let [x_role, y_role] = roles;
         x.dtype.check_same(y_role, y.dtype)?;
         self.check_tensor(x_role, x, len)?;
         self.check_tensor(y_role, y, len)?;
-        if let Some(m) = mask {
+        let mut footprints = vec![
+            Footprint::tensor(x_role, x, len, false),
+            Footprint::tensor(y_role, y, len, true),
+        ];
+        if let Some((m, written)) = mask {
             self.check_binding("mask", m, PackedMask::words_for(len) as u64 * 4)?;
+            footprints.push(Footprint::mask(m, len, written));
         }
-        if x.buffer == y.buffer {
-            return Err(Error::InvalidBuffer {
-                what: y_role,
-                reason: "the output must be a different buffer from the input (in-place is not supported)".into(),
-            });
-        }
-        Ok(())
+        check_disjoint(&footprints)
     }
 
     pub(crate) fn check_binding(
@@ -319,6 +335,9 @@ impl GpuContext {
         b: &TensorBinding<'_>,
         bytes: u64,
     ) -> Result<()> {
+        if let Some(owner) = b.owner {
+            self.check_owner(what, owner)?;
+        }
         let align = self.device_limits().min_storage_buffer_offset_alignment as u64;
         if !b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::InvalidBuffer {
@@ -352,6 +371,93 @@ impl GpuContext {
     }
 }
 
+/// The bytes one binding of a call covers, and whether the call writes them.
+pub(crate) struct Footprint<'a> {
+    role: &'static str,
+    buffer: &'a wgpu::Buffer,
+    start: u64,
+    end: u64,
+    written: bool,
+}
+
+impl<'a> Footprint<'a> {
+    /// The `len` elements of a tensor binding.
+    pub(crate) fn tensor(
+        role: &'static str,
+        b: &TensorBinding<'a>,
+        len: usize,
+        written: bool,
+    ) -> Self {
+        Self {
+            role,
+            buffer: b.buffer,
+            start: b.offset,
+            // Exactly its elements (`bytes_for` rounds 16-bit tensors up to whole words).
+            end: b
+                .offset
+                .saturating_add((len as u64).saturating_mul(b.dtype.size())),
+            written,
+        }
+    }
+
+    /// The words of a mask of `len` bits.
+    pub(crate) fn mask(b: &TensorBinding<'a>, len: usize, written: bool) -> Self {
+        Self {
+            role: "mask",
+            buffer: b.buffer,
+            start: b.offset,
+            end: b
+                .offset
+                .saturating_add(PackedMask::words_for(len) as u64 * 4),
+            written,
+        }
+    }
+
+    /// The whole 4-byte words the range touches: a kernel stores 16-bit elements into their
+    /// words (atomically where a word is shared), so two written ranges must not share one.
+    fn words(&self) -> (u64, u64) {
+        (
+            self.start - self.start % 4,
+            self.end.checked_next_multiple_of(4).unwrap_or(u64::MAX),
+        )
+    }
+}
+
+/// Refuses a call in which a range it writes overlaps another range it binds in the same buffer.
+/// Disjoint ranges of one buffer are fine (a framework's memory pool keeps many tensors in one
+/// buffer): ranges are compared, not buffers. A written range is compared with a read one byte
+/// by byte (a shader never stores into a neighbour's bytes), with another written one word by word.
+pub(crate) fn check_disjoint(footprints: &[Footprint<'_>]) -> Result<()> {
+    for (i, a) in footprints.iter().enumerate() {
+        for b in &footprints[i + 1..] {
+            if a.buffer != b.buffer || !(a.written || b.written) {
+                continue;
+            }
+            if a.start == a.end || b.start == b.end {
+                continue;
+            }
+            let ((a0, a1), (b0, b1)) = if a.written && b.written {
+                (a.words(), b.words())
+            } else {
+                ((a.start, a.end), (b.start, b.end))
+            };
+            if a0 < b1 && b0 < a1 {
+                let (written, other) = if a.written { (a, b) } else { (b, a) };
+                return Err(Error::InvalidBuffer {
+                    what: written.role,
+                    reason: format!(
+                        "its bytes {}..{} overlap `{}` at bytes {}..{} of the same buffer \
+                         (a call may bind one buffer several times only in disjoint ranges, \
+                         and ranges it writes may not share a 4-byte word)",
+                        written.start, written.end, other.role, other.start, other.end
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An error unless `actual == expected`.
 pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
     if expected != actual {
@@ -370,6 +476,7 @@ pub struct GpuTensor {
     buffer: wgpu::Buffer,
     len: usize,
     dtype: DType,
+    owner: DeviceId,
 }
 
 impl GpuTensor {
@@ -393,9 +500,12 @@ impl GpuTensor {
         self.dtype
     }
 
-    /// A binding of the whole tensor.
+    /// A binding of the whole tensor (which remembers the context the tensor belongs to).
     pub fn binding(&self) -> TensorBinding<'_> {
-        TensorBinding::from(&self.buffer).with_dtype(self.dtype)
+        TensorBinding {
+            owner: Some(self.owner),
+            ..TensorBinding::from(&self.buffer).with_dtype(self.dtype)
+        }
     }
 }
 
@@ -404,6 +514,7 @@ impl GpuTensor {
 pub struct GpuMask {
     buffer: wgpu::Buffer,
     len: usize,
+    owner: DeviceId,
 }
 
 impl GpuMask {
@@ -422,9 +533,12 @@ impl GpuMask {
         self.len == 0
     }
 
-    /// A binding of the whole mask.
+    /// A binding of the whole mask (which remembers the context the mask belongs to).
     pub fn binding(&self) -> TensorBinding<'_> {
-        TensorBinding::from(&self.buffer)
+        TensorBinding {
+            owner: Some(self.owner),
+            ..TensorBinding::from(&self.buffer)
+        }
     }
 }
 
@@ -440,6 +554,9 @@ pub struct TensorBinding<'a> {
     pub offset: u64,
     /// Element type.
     pub dtype: DType,
+    /// The context of the library object it was taken from (a caller's own buffer has none:
+    /// wgpu checks its device).
+    owner: Option<DeviceId>,
 }
 
 impl<'a> TensorBinding<'a> {
@@ -449,6 +566,7 @@ impl<'a> TensorBinding<'a> {
             buffer,
             offset,
             dtype: DType::F32,
+            owner: None,
         }
     }
 

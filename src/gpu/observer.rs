@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::context::GpuContext;
+use super::context::{DeviceId, GpuContext};
 use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
 use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups, Run};
 use super::kernel::recording::Dispatch;
@@ -90,7 +90,7 @@ bindings! {
 bindings! {
     /// `finalize_batch(_narrow)`: the partials in, the batch statistics out.
     FinalizeBindings {
-        partials: ReadWrite @ 2,
+        partials: Input @ 2,
         batch: ReadWrite @ 3,
     }
 }
@@ -106,7 +106,7 @@ bindings! {
 bindings! {
     /// `update`: the batch statistics folded into the state, which derives the parameters.
     UpdateBindings {
-        batch: ReadWrite @ 3,
+        batch: Input @ 3,
         state: ReadWrite @ 4,
         params: ReadWrite @ 5,
     }
@@ -159,6 +159,7 @@ uniform! {
 pub struct GpuBatchStats {
     buffer: wgpu::Buffer,
     channels: usize,
+    owner: DeviceId,
 }
 
 impl GpuBatchStats {
@@ -327,11 +328,13 @@ impl GpuContext {
             buffer: self
                 .storage_buffer_init("fakequant batch stats", bytemuck::cast_slice(&words))?,
             channels,
+            owner: self.device_id(),
         })
     }
 
     /// Reads batch statistics back (waits for the queue).
     pub fn read_batch_stats(&self, stats: &GpuBatchStats) -> Result<MinMax> {
+        self.check_owner("stats", stats.owner)?;
         let bytes = self.read_buffer(&stats.buffer, 0, stats.channels as u64 * 8)?;
         let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         let (min, max) = words.split_at(stats.channels);
@@ -350,6 +353,8 @@ impl GpuContext {
         into: &GpuBatchStats,
         from: &GpuBatchStats,
     ) -> Result<()> {
+        self.check_owner("into", into.owner)?;
+        self.check_owner("from", from.owner)?;
         check_len(
             "channels of merged statistics",
             into.channels,
@@ -494,6 +499,7 @@ impl GpuObserver {
         stats: &GpuBatchStats,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
+        self.ctx.check_owner("stats", stats.owner)?;
         check_len("channels of the statistics", self.channels, stats.channels)?;
         let n = layout.numel() as u64;
         if n > MAX_OBSERVED_ELEMS {
@@ -617,6 +623,7 @@ impl GpuObserver {
         recorder: &mut (impl Recorder + ?Sized),
         stats: &GpuBatchStats,
     ) -> Result<()> {
+        self.ctx.check_owner("stats", stats.owner)?;
         check_len("channels of the statistics", self.channels, stats.channels)?;
         let config = &self.config;
         let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
@@ -735,8 +742,13 @@ impl GpuObserver {
         let layout = self.layout(shape)?;
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
-        self.ctx
-            .check_elementwise(["x", "y"], &x, &y, mask.as_ref(), layout.numel())?;
+        self.ctx.check_elementwise(
+            ["x", "y"],
+            &x,
+            &y,
+            mask.as_ref().map(|m| (m, true)),
+            layout.numel(),
+        )?;
         if mode != Mode::Frozen {
             self.record_batch_min_max(recorder, x, shape, &self.batch)?;
             self.record_update(recorder, &self.batch)?;

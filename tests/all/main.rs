@@ -15,6 +15,7 @@ mod exact_f32_helpers;
 mod gpu_matches_reference;
 mod half_conversions;
 mod half_types;
+mod isolation;
 mod lsq;
 mod observers;
 mod prerecorded;

@@ -3,7 +3,7 @@
 //! binding numbers and access modes; each mirrored struct has the WGSL struct's size and field
 //! offsets. So the two copies cannot drift apart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use wgpu::naga;
 
@@ -13,11 +13,12 @@ fn module(source: &str) -> naga::Module {
     naga::front::wgsl::parse_str(source).expect("the shader parses (see shaders::tests)")
 }
 
-/// The global variables an entry point uses, directly or through the functions it calls.
+/// The global variables an entry point uses, directly or through the functions it calls, with
+/// how it uses them.
 fn globals_used(
     module: &naga::Module,
     entry_point: &str,
-) -> BTreeSet<naga::Handle<naga::GlobalVariable>> {
+) -> BTreeMap<naga::Handle<naga::GlobalVariable>, naga::valid::GlobalUse> {
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
@@ -35,7 +36,7 @@ fn globals_used(
         .global_variables
         .iter()
         .filter(|(handle, _)| !function_info[*handle].is_empty())
-        .map(|(handle, _)| handle)
+        .map(|(handle, _)| (handle, function_info[handle]))
         .collect()
 }
 
@@ -50,7 +51,7 @@ fn every_binding_struct_matches_its_entry_point() {
         for decl in &family.entry_points {
             let module = module(&decl.shader.source());
             let mut used: BTreeMap<u32, (String, Access)> = BTreeMap::new();
-            for handle in globals_used(&module, decl.entry_point) {
+            for (handle, usage) in globals_used(&module, decl.entry_point) {
                 let var = &module.global_variables[handle];
                 // Workgroup and private variables are not bindings.
                 let Some(binding) = var.binding.as_ref() else {
@@ -63,10 +64,13 @@ fn every_binding_struct_matches_its_entry_point() {
                         continue;
                     }
                     naga::AddressSpace::Storage { access } => {
-                        if access.contains(naga::StorageAccess::STORE) {
-                            Access::ReadWrite
-                        } else {
-                            Access::Read
+                        let writes = usage.intersects(
+                            naga::valid::GlobalUse::WRITE | naga::valid::GlobalUse::ATOMIC,
+                        );
+                        match (access.contains(naga::StorageAccess::STORE), writes) {
+                            (false, _) => Access::Read,
+                            (true, false) => Access::Input,
+                            (true, true) => Access::ReadWrite,
                         }
                     }
                     other => panic!("{}: unexpected address space {other:?}", decl.entry_point),

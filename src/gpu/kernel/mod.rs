@@ -29,8 +29,13 @@ pub use recording::{Prerecorded, Prerecording, Recorder};
 pub(crate) enum Access {
     /// `var<storage, read>`.
     Read,
-    /// `var<storage, read_write>`.
+    /// `var<storage, read_write>`, written by the entry point.
     ReadWrite,
+    /// `var<storage, read_write>` that the entry point only reads (`layout_tests` checks that it
+    /// stores nothing there). A caller's input tensor is declared so: wgpu refuses a buffer bound
+    /// read-only and read-write in one dispatch, and an input may share a buffer with the
+    /// dispatch's output (disjoint ranges of one buffer, as a framework's memory pool hands out).
+    Input,
 }
 
 /// One storage binding of an entry point: the WGSL variable's name, its binding number in group 0

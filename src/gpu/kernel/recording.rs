@@ -4,7 +4,7 @@
 //! a call can neither slip into a recording it was not meant for nor be dropped silently.
 
 use super::{Bindings, Kernel, UniformLayout};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::GpuContext;
 
 mod sealed {
@@ -16,8 +16,6 @@ mod sealed {
         /// Held for the bind groups, which refer to it.
         pub(crate) _uniforms: wgpu::Buffer,
         pub(crate) dispatches: Vec<(wgpu::BindGroup, [u32; 2])>,
-        /// The device it was prepared on.
-        pub(crate) device: wgpu::Device,
     }
 
     pub trait Sealed {
@@ -76,13 +74,8 @@ impl std::fmt::Debug for Prerecording {
 }
 
 impl sealed::Sealed for Prerecording {
-    fn take_pass(&mut self, _ctx: &GpuContext, pass: PreparedPass) -> Result<()> {
-        if &pass.device != self.ctx.device() {
-            return Err(Error::InvalidBuffer {
-                what: "recorder",
-                reason: "the prerecording belongs to a context on another device".into(),
-            });
-        }
+    fn take_pass(&mut self, ctx: &GpuContext, pass: PreparedPass) -> Result<()> {
+        ctx.check_owner("recorder (a prerecording)", self.ctx.device_id())?;
         self.passes.push(pass);
         Ok(())
     }
@@ -192,7 +185,6 @@ impl GpuContext {
                 pipeline,
                 _uniforms: uniforms,
                 dispatches,
-                device: self.device().clone(),
             })
         })
     }
