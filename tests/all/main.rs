@@ -12,6 +12,7 @@ mod adapter_selection;
 mod backend;
 mod errors;
 mod exact_f32_helpers;
+mod fuzz;
 mod gpu_matches_reference;
 mod half_conversions;
 mod half_types;
