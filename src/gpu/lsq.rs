@@ -773,6 +773,9 @@ impl GpuLsq {
     ) -> Result<()> {
         check_len("x vs product of shape", numel(shape)?, x.len())?;
         check_len("y vs x", x.len(), y.len())?;
+        if let Some(m) = mask {
+            check_len("mask vs x", x.len(), m.len())?;
+        }
         let mut encoder = self.ctx.create_encoder("fakequant lsq forward");
         self.record_forward(
             &mut encoder,

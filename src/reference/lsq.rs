@@ -97,7 +97,12 @@ pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<Cha
 }
 
 fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> Result<()> {
-    if scales.len() != layout.channels || zero_points.len() != layout.channels {
+    // No channel at all (an axis of length 0) is refused as `effective_op` refuses it, so that
+    // the forward and the backward agree.
+    if layout.channels == 0
+        || scales.len() != layout.channels
+        || zero_points.len() != layout.channels
+    {
         return Err(Error::ParamLengthMismatch {
             scales: scales.len(),
             zero_points: zero_points.len(),
