@@ -377,6 +377,12 @@ impl PackedMask {
         len.div_ceil(32)
     }
 
+    /// Bytes of the words that hold `len` bits (`u64::MAX` when that does not fit a `u64`, so
+    /// that the size check that follows fails).
+    pub fn bytes_for(len: usize) -> u64 {
+        (Self::words_for(len) as u64).saturating_mul(4)
+    }
+
     /// Packs a slice of booleans.
     pub fn from_bools(bits: &[bool]) -> Self {
         let mut words = vec![0u32; Self::words_for(bits.len())];

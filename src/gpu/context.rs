@@ -224,7 +224,7 @@ impl GpuContext {
             if slot.first.is_none() {
                 slot.first = Some(e);
             } else {
-                slot.more += 1;
+                slot.more = slot.more.saturating_add(1);
             }
         }));
         Self::build(device, queue, Some(adapter.get_info()), uncaptured)
@@ -338,7 +338,7 @@ impl GpuContext {
 
     /// Groups (vec4s) a workgroup of the wide elementwise kernels covers per tile.
     pub(crate) fn wide_tile_groups(&self) -> u64 {
-        256 * self.wide_per_thread as u64
+        256u64.saturating_mul(self.wide_per_thread as u64)
     }
 
     /// Vec4 groups each invocation of the elementwise kernels takes per tile, and with it the

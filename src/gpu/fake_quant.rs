@@ -155,6 +155,10 @@ uniform! {
 }
 
 impl ChannelParams {
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "qmin, qmax and the zero point are validated 16-bit values, so their differences fit an i32"
+    )]
     pub(crate) fn new(scale: f32, zero_point: i32, range: QuantRange) -> Self {
         // IEEE division on the host: the correctly rounded reciprocal PyTorch uses.
         let inv = 1.0f32 / scale;
@@ -292,6 +296,10 @@ impl GpuContext {
     /// Records one elementwise kernel over a tensor of `layout.numel()` elements, split into
     /// chunks that each fit one storage binding, each dispatch looping over its tiles when it needs
     /// more workgroups than the limit.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     pub(crate) fn record_elementwise(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
@@ -464,6 +472,10 @@ struct PlannedDispatch {
 }
 
 /// The dispatch of elements `[start, end)` (`start` a multiple of 32).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+)]
 fn plan_dispatch(
     b: &ElementwiseBindings<'_, '_>,
     layout: ChannelLayout,

@@ -271,7 +271,8 @@ impl GpuContext {
     /// Reads reduced gradients back: `(dscale, dzero_point)`.
     pub fn read_lsq_grads(&self, grads: &GpuLsqGrads) -> Result<(Vec<f32>, Vec<f32>)> {
         self.check_owner("grads", grads.owner)?;
-        let bytes = self.read_buffer(&grads.buffer, 0, grads.channels as u64 * 8)?;
+        let bytes =
+            self.read_buffer(&grads.buffer, 0, (grads.channels as u64).saturating_mul(8))?;
         let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         let (dscale, dzero_point) = words.split_at(grads.channels);
         Ok((dscale.to_vec(), dzero_point.to_vec()))
@@ -312,9 +313,10 @@ impl GpuLsq {
     /// New gradient outputs sized for this quantizer.
     pub fn create_grads(&self) -> Result<GpuLsqGrads> {
         Ok(GpuLsqGrads {
-            buffer: self
-                .ctx
-                .storage_buffer_init("fakequant lsq grads", &vec![0u8; self.channels * 8])?,
+            buffer: self.ctx.storage_buffer_init(
+                "fakequant lsq grads",
+                &vec![0u8; self.channels.saturating_mul(8)],
+            )?,
             channels: self.channels,
             owner: self.ctx.device_id(),
         })
@@ -322,7 +324,7 @@ impl GpuLsq {
 
     /// Reads the learnable parameters back: `(scales, zero_points)`.
     pub fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let bytes = self.channels as u64 * 4;
+        let bytes = (self.channels as u64).saturating_mul(4);
         let scales = self.ctx.read_buffer(&self.scale, 0, bytes)?;
         let zero_points = self.ctx.read_buffer(&self.zero_point, 0, bytes)?;
         Ok((
@@ -371,6 +373,10 @@ impl GpuLsq {
         })
     }
 
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     fn base_uniform(&self, layout: ChannelLayout) -> LsqDispatch {
         let range = self.config.range();
         LsqDispatch {
@@ -447,6 +453,10 @@ impl GpuLsq {
     }
 
     /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     fn block_plan(&self, layout: ChannelLayout, align: u64, dtype: DType) -> Result<BlockPlan> {
         let limits = self.ctx.dispatch_limits();
         let max_elems = (limits.max_binding_bytes - align) / dtype.size();
@@ -552,6 +562,10 @@ impl GpuLsq {
     /// terms otherwise) and the tree levels; returns the buffer holding the final level (one pair
     /// per channel) and whether it holds one (an empty tensor has none: the buffer is the empty
     /// first level then).
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     fn record_reduction<'a>(
         &self,
         recorder: &mut (impl Recorder + ?Sized),

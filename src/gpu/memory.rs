@@ -106,11 +106,7 @@ impl GpuContext {
 
     /// A new device mask of `len` bits.
     pub fn create_mask(&self, len: usize) -> Result<GpuMask> {
-        let buffer = self.storage_buffer(
-            "fakequant mask",
-            (PackedMask::words_for(len) as u64) * 4,
-            None,
-        )?;
+        let buffer = self.storage_buffer("fakequant mask", PackedMask::bytes_for(len), None)?;
         Ok(GpuMask {
             buffer,
             len,
@@ -122,7 +118,7 @@ impl GpuContext {
     pub fn upload_mask(&self, mask: &PackedMask) -> Result<GpuMask> {
         let buffer = self.storage_buffer(
             "fakequant mask",
-            (mask.words().len() as u64) * 4,
+            PackedMask::bytes_for(mask.len()),
             Some(bytemuck::cast_slice(mask.words())),
         )?;
         Ok(GpuMask {
@@ -145,8 +141,7 @@ impl GpuContext {
     /// Reads a device mask back (waits for the queue).
     pub fn read_mask(&self, mask: &GpuMask) -> Result<PackedMask> {
         self.check_owner("mask", mask.owner)?;
-        let bytes =
-            self.read_buffer(&mask.buffer, 0, PackedMask::words_for(mask.len) as u64 * 4)?;
+        let bytes = self.read_buffer(&mask.buffer, 0, PackedMask::bytes_for(mask.len))?;
         PackedMask::from_words(bytemuck::pod_collect_to_vec(&bytes), mask.len)
     }
 
@@ -323,7 +318,7 @@ impl GpuContext {
             Footprint::tensor(y_role, y, len, true),
         ];
         if let Some((m, written)) = mask {
-            self.check_binding("mask", m, PackedMask::words_for(len) as u64 * 4)?;
+            self.check_binding("mask", m, PackedMask::bytes_for(len))?;
             footprints.push(Footprint::mask(m, len, written));
         }
         check_disjoint(&footprints)
@@ -406,9 +401,7 @@ impl<'a> Footprint<'a> {
             role: "mask",
             buffer: b.buffer,
             start: b.offset,
-            end: b
-                .offset
-                .saturating_add(PackedMask::words_for(len) as u64 * 4),
+            end: b.offset.saturating_add(PackedMask::bytes_for(len)),
             written,
         }
     }
@@ -417,7 +410,7 @@ impl<'a> Footprint<'a> {
     /// words (atomically where a word is shared), so two written ranges must not share one.
     fn words(&self) -> (u64, u64) {
         (
-            self.start - self.start % 4,
+            self.start & !3,
             self.end.checked_next_multiple_of(4).unwrap_or(u64::MAX),
         )
     }
@@ -429,7 +422,7 @@ impl<'a> Footprint<'a> {
 /// by byte (a shader never stores into a neighbour's bytes), with another written one word by word.
 pub(crate) fn check_disjoint(footprints: &[Footprint<'_>]) -> Result<()> {
     for (i, a) in footprints.iter().enumerate() {
-        for b in &footprints[i + 1..] {
+        for b in footprints[i..].iter().skip(1) {
             if a.buffer != b.buffer || !(a.written || b.written) {
                 continue;
             }

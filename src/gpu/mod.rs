@@ -3,6 +3,11 @@
 //! (fake-quant, observers, LSQ) in its own module, at three levels: host slices, device tensors,
 //! and recording into a [`Recorder`] (a caller's encoder, or a [`Prerecording`] replayed by
 //! [`Prerecorded`] without creating anything).
+//!
+//! Sizes, offsets and counts in this module are computed with checked or saturating arithmetic;
+//! the lint below makes new code say so, or say in an `allow` why a computation cannot overflow
+//! (its inputs bounded by a check made before).
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 
 mod backend;
 mod context;

@@ -187,6 +187,10 @@ struct ReducePlan {
 }
 
 impl ReducePlan {
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     fn new(layout: ChannelLayout, max_elems: u64, max_workgroups: u64) -> Self {
         let n = layout.numel() as u64;
         // One channel: the whole tensor is one row, cut into pieces for as many workgroups as it
@@ -335,7 +339,8 @@ impl GpuContext {
     /// Reads batch statistics back (waits for the queue).
     pub fn read_batch_stats(&self, stats: &GpuBatchStats) -> Result<MinMax> {
         self.check_owner("stats", stats.owner)?;
-        let bytes = self.read_buffer(&stats.buffer, 0, stats.channels as u64 * 8)?;
+        let bytes =
+            self.read_buffer(&stats.buffer, 0, (stats.channels as u64).saturating_mul(8))?;
         let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         let (min, max) = words.split_at(stats.channels);
         Ok(MinMax {
@@ -440,9 +445,9 @@ impl GpuObserver {
 
     /// Reads the running range and qparams back (waits for the queue).
     pub fn read_state(&self) -> Result<ObserverState> {
-        let bytes = self
-            .ctx
-            .read_buffer(&self.state, 0, self.channels as u64 * 16)?;
+        let bytes =
+            self.ctx
+                .read_buffer(&self.state, 0, (self.channels as u64).saturating_mul(16))?;
         let words: Vec<ObserverChannel> = bytemuck::pod_collect_to_vec(&bytes);
         Ok(ObserverState {
             running: MinMax {
@@ -491,6 +496,10 @@ impl GpuObserver {
 
     /// Recording level: reduces `x` (of `shape`) to per-channel statistics in `stats`, without
     /// touching the state: what a data-parallel step all-reduces before [`Self::record_update`].
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
     pub fn record_batch_min_max(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
@@ -618,6 +627,10 @@ impl GpuObserver {
 
     /// Recording level: folds `stats` into the running range and recomputes the qparams and the
     /// fake-quant parameters, on the device.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "qmin and qmax are validated 16-bit values"
+    )]
     pub fn record_update(
         &self,
         recorder: &mut (impl Recorder + ?Sized),

@@ -34,6 +34,10 @@ impl Window {
 /// The window of elements `[start, end)` of a tensor of `dtype` at byte `offset`: the binding
 /// starts at the byte offset aligned down to `align` and ends on a whole word. f32 tensors sit at
 /// aligned offsets, so f32 tensors bound over the same elements share the shift.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+)]
 pub(crate) fn element_window(
     offset: u64,
     dtype: DType,
@@ -53,6 +57,10 @@ pub(crate) fn element_window(
 }
 
 /// The window of mask words `[first, first + count)` of a mask at byte `offset`.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+)]
 pub(crate) fn mask_window(offset: u64, first: u64, count: u64, align: u64) -> Window {
     let byte = offset + first * 4;
     let aligned = byte / align * align;
@@ -76,6 +84,10 @@ pub(crate) struct Run {
 /// Splits `units` work units that tile memory in order (unit `u` starts at element `start_of(u)`,
 /// `start_of(units)` is the end) into runs of at most `max_units` whose elements span at most
 /// `max_elems`. One unit must fit.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+)]
 pub(crate) fn contiguous_runs(
     units: u64,
     start_of: impl Fn(u64) -> u64,
@@ -109,6 +121,10 @@ pub(crate) fn contiguous_runs(
 
 /// Elements of `dtype` per chunk of an elementwise op: a multiple of the granule that fits one
 /// binding of `max_binding_bytes` even when the window starts up to `slack` bytes early.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "divisions by nonzero constants; the product is at most max_binding_bytes"
+)]
 pub(crate) fn chunk_elems(max_binding_bytes: u64, slack: u64, dtype: DType) -> u64 {
     (max_binding_bytes.saturating_sub(slack) / dtype.size() / CHUNK_GRANULE_ELEMS
         * CHUNK_GRANULE_ELEMS)

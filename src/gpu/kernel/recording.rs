@@ -137,6 +137,10 @@ impl GpuContext {
         recorder.take_pass(self, pass)
     }
 
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "one aligned uniform slot (a few hundred bytes) per planned dispatch, and dispatches are bounded by the tensor's size"
+    )]
     fn prepare_pass<'a, K: Kernel, U: UniformLayout, B: Bindings<'a>>(
         &self,
         kernel: K,
