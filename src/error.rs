@@ -71,6 +71,18 @@ pub enum Error {
         /// Rank of the shape.
         rank: usize,
     },
+    /// A per-group granularity that does not fit the shape.
+    #[error("groups of {size} along axis {axis} of shape {shape:?}: {reason}")]
+    InvalidGroup {
+        /// The group axis.
+        axis: usize,
+        /// The group size.
+        size: usize,
+        /// The shape.
+        shape: Vec<usize>,
+        /// What is allowed.
+        reason: &'static str,
+    },
     /// The number of per-channel parameters differs from the size of the channel axis.
     #[error("axis {axis} has {channels} channels but {params} per-channel parameters were given")]
     ChannelCountMismatch {

@@ -29,6 +29,7 @@
 
 pub mod backend;
 pub mod dtype;
+pub mod dynamic;
 pub mod error;
 pub mod gpu;
 pub mod lsq;
@@ -38,6 +39,7 @@ pub mod reference;
 
 pub use backend::{Backend, LsqOps, ObserverOps};
 pub use dtype::{DType, Element};
+pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};
 pub use gpu::{
     DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,

@@ -314,12 +314,11 @@ impl ObserverState {
                 zero_points: self.zero_points.len(),
             });
         }
-        let params = match config.granularity().axis() {
-            None => QuantParams::per_tensor(self.scales[0], self.zero_points[0]),
-            Some(axis) => {
-                QuantParams::per_channel(axis, self.scales.clone(), self.zero_points.clone())
-            }
-        };
+        let params = QuantParams::new(
+            config.granularity(),
+            self.scales.clone(),
+            self.zero_points.clone(),
+        );
         Ok(FakeQuant::new(config.range(), params)?.with_rounding(config.rounding()))
     }
 

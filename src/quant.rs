@@ -108,6 +108,23 @@ pub enum Granularity {
         /// The channel axis.
         axis: usize,
     },
+    /// One per group of `size` consecutive elements along `axis` (torchao's per-group
+    /// granularity): with `shape = [outer..., len, inner...]`, the groups of flat index `i` number
+    /// `(i / inner) / size` along the axis. `size` divides `len`. The axis must be the last one
+    /// that is longer than 1 (the weights of a linear layer grouped along their input axis, the
+    /// common case); groups along an axis followed by longer ones are refused (`InvalidGroup`).
+    /// Parameters are ordered by flat index of the group's first element, so group `g` covers
+    /// the flat indices `g * size .. (g + 1) * size`.
+    PerGroup {
+        /// The axis the groups run along.
+        axis: usize,
+        /// Elements per group, at least 1.
+        size: usize,
+    },
+    /// One per token: a group per row of the last axis (per-group along the last axis with the
+    /// whole row as a group), the granularity of dynamic activation quantization. A scalar
+    /// (rank 0) is one token of one element.
+    PerToken,
 }
 
 impl Granularity {
@@ -116,11 +133,17 @@ impl Granularity {
         Granularity::PerChannel { axis }
     }
 
-    /// The channel axis, `None` per tensor.
+    /// Groups of `size` consecutive elements along `axis`.
+    pub fn per_group(axis: usize, size: usize) -> Self {
+        Granularity::PerGroup { axis, size }
+    }
+
+    /// The axis parameters are taken along: the channel or group axis, `None` per tensor and per
+    /// token (whose axis is the last one of the shape).
     pub fn axis(&self) -> Option<usize> {
         match *self {
-            Granularity::PerTensor => None,
-            Granularity::PerChannel { axis } => Some(axis),
+            Granularity::PerTensor | Granularity::PerToken => None,
+            Granularity::PerChannel { axis } | Granularity::PerGroup { axis, .. } => Some(axis),
         }
     }
 
@@ -142,6 +165,15 @@ impl Granularity {
                 inner: 1,
             }),
             Granularity::PerChannel { axis } => ChannelLayout::new(shape, axis),
+            Granularity::PerGroup { axis, size } => group_layout(shape, n, axis, size),
+            Granularity::PerToken => match shape.last() {
+                None => Ok(ChannelLayout {
+                    outer: 1,
+                    channels: 1,
+                    inner: 1,
+                }),
+                Some(&row) => group_layout(shape, n, shape.len() - 1, row),
+            },
         }
     }
 
@@ -155,8 +187,48 @@ impl Granularity {
                     rank: shape.len(),
                 })
             }
+            Granularity::PerGroup { .. } | Granularity::PerToken => {
+                Ok(self.layout(shape, numel(shape)?)?.channels)
+            }
         }
     }
+}
+
+/// Groups of `size` along `axis` as a channel layout: with nothing longer than 1 after the axis,
+/// the groups are consecutive runs of `size` flat elements, so group `g` is "channel" `g` of
+/// `[1, n / size, size]` and every per-channel path (reference and kernels) serves groups as is.
+fn group_layout(shape: &[usize], n: usize, axis: usize, size: usize) -> Result<ChannelLayout> {
+    let Some(&len) = shape.get(axis) else {
+        return Err(Error::AxisOutOfRange {
+            axis,
+            rank: shape.len(),
+        });
+    };
+    let refuse = |reason: &'static str| {
+        Err(Error::InvalidGroup {
+            axis,
+            size,
+            shape: shape.to_vec(),
+            reason,
+        })
+    };
+    if size == 0 {
+        return refuse("the group size must be at least 1");
+    }
+    if len % size != 0 {
+        return refuse("the group size must divide the axis length");
+    }
+    if shape[axis + 1..].iter().any(|&d| d > 1) {
+        return refuse(
+            "groups run along the last axis longer than 1 (move the group axis last, or use \
+             per-channel along the other axes)",
+        );
+    }
+    Ok(ChannelLayout {
+        outer: 1,
+        channels: n / size,
+        inner: size,
+    })
 }
 
 /// Per-tensor or per-channel scales and integer zero points.
@@ -179,10 +251,20 @@ impl QuantParams {
 
     /// One scale and zero point per index of `axis` (checked against the shape at call time).
     pub fn per_channel(axis: usize, scales: Vec<f32>, zero_points: Vec<i32>) -> Self {
+        Self::new(Granularity::PerChannel { axis }, scales, zero_points)
+    }
+
+    /// One scale and zero point per group of `size` along `axis` (see [`Granularity::PerGroup`]).
+    pub fn per_group(axis: usize, size: usize, scales: Vec<f32>, zero_points: Vec<i32>) -> Self {
+        Self::new(Granularity::PerGroup { axis, size }, scales, zero_points)
+    }
+
+    /// Parameters of any granularity (counts checked by [`FakeQuant::new`] and at call time).
+    pub fn new(granularity: Granularity, scales: Vec<f32>, zero_points: Vec<i32>) -> Self {
         Self {
             scales,
             zero_points,
-            granularity: Granularity::PerChannel { axis },
+            granularity,
         }
     }
 

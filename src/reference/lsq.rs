@@ -124,16 +124,13 @@ pub fn effective_op(config: &LsqConfig, scales: &[f32], zero_points: &[f32]) -> 
         .iter()
         .map(|&z| effective_zero_point(config, z))
         .collect();
-    let params = match config.granularity().axis() {
-        None if s.len() == 1 => QuantParams::per_tensor(s[0], z[0]),
-        None => {
-            return Err(Error::ParamLengthMismatch {
-                scales: s.len(),
-                zero_points: z.len(),
-            })
-        }
-        Some(axis) => QuantParams::per_channel(axis, s, z),
-    };
+    if config.granularity() == crate::Granularity::PerTensor && s.len() != 1 {
+        return Err(Error::ParamLengthMismatch {
+            scales: s.len(),
+            zero_points: z.len(),
+        });
+    }
+    let params = QuantParams::new(config.granularity(), s, z);
     Ok(FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal))
 }
 

@@ -14,6 +14,7 @@
 //! [`ste_grad_value`].
 
 mod backend;
+pub mod dynamic;
 pub mod lsq;
 pub mod observer;
 

@@ -1,0 +1,156 @@
+//! Dynamic quantization parameters: a scale and a zero point computed from each group's own
+//! values in the same call (torchao's per-group weight and per-token activation recipes), and the
+//! fake-quantization with them.
+//!
+//! The rules, per group of the [`Granularity`] (per tensor, per channel, per group, per token),
+//! over the group's finite values (NaN and infinities are skipped, as the observers skip them;
+//! a group with none counts as all zeros). `rd(v)` rounds an f32 result to the input's element
+//! type (identity for f32): torchao computes the qparams in the input's dtype.
+//!
+//! - [`DynamicScheme::Symmetric`] (torchao `get_group_qparams_symmetric`):
+//!   `mn = min(min, 0)`, `mx = max(max, 0)`, `s = max(rd(max(-mn, mx) / ((qmax - qmin) / 2)), eps)`,
+//!   zero point 0.
+//! - [`DynamicScheme::Asymmetric`] (torchao's per-token rule, `_choose_qparams_affine` with zero
+//!   preserved): `s = max(rd(rd(mx - mn) / (qmax - qmin)), eps)`,
+//!   `zp = clamp(qmin - rne(rd(mn / s)), qmin, qmax)`.
+//! - [`DynamicScheme::AsymmetricFloat`] (torchao's `ZeroPointDomain.FLOAT`, the tinygemm uint4
+//!   recipe): `mn`, `mx` without zero, `s = rd(max(rd(rd(mx - mn) / (qmax - qmin)), eps))`,
+//!   `zp = rd(mn + rd(s * mid))` with `mid = (qmin + qmax + 1) / 2`, both then rounded to the
+//!   qparams' precision (f32 or bf16).
+//!
+//! The integer-domain schemes then fake-quantize with the core op (see [`crate::reference`]),
+//! multiplying by the reciprocal as torchao does. The float domain computes, in torchao's order
+//! and dtypes: `mv = zp - s * mid` in the qparams' precision, `pre = (x - mv) / s`,
+//! `q = clamp(rne(pre), qmin, qmax)`, `y = rd(rd((q - mid) * s) + zp)`.
+//!
+//! `eps` defaults to torchao's: the smallest normal number of the input's type for the integer
+//! domain (2^-126 for f32 and bf16, 2^-14 for f16), `1e-6` for the float domain. Scales are
+//! capped at 2^126 (a group whose range overflows f32 gets that scale) so that every group has a
+//! valid reciprocal.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::quant::{Granularity, QuantRange};
+
+/// How a group's qparams follow from its values (see the [module](self) documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DynamicScheme {
+    /// Zero point 0, the range symmetric around zero.
+    #[default]
+    Symmetric,
+    /// An integer zero point; the range includes zero.
+    Asymmetric,
+    /// A float zero point (torchao's `ZeroPointDomain.FLOAT`); the range is the group's own.
+    AsymmetricFloat,
+}
+
+/// A dynamic fake-quantization: range, scheme, granularity, `eps` and the precision its float
+/// zero points and scales are kept in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicConfig {
+    range: QuantRange,
+    scheme: DynamicScheme,
+    granularity: Granularity,
+    eps: Option<f32>,
+    qparams_dtype: DType,
+}
+
+impl DynamicConfig {
+    /// A configuration with torchao's default `eps` and f32 qparams.
+    pub fn new(range: QuantRange, scheme: DynamicScheme, granularity: Granularity) -> Self {
+        Self {
+            range,
+            scheme,
+            granularity,
+            eps: None,
+            qparams_dtype: DType::F32,
+        }
+    }
+
+    /// torchao's int4 weights: symmetric groups of `group_size` along the last axis of a 2-D
+    /// weight (`axis` 1), range [-8, 7].
+    pub fn int4_weight(group_size: usize) -> Self {
+        Self::new(
+            QuantRange::INT4,
+            DynamicScheme::Symmetric,
+            Granularity::per_group(1, group_size),
+        )
+    }
+
+    /// torchao's int8 per-token activations: asymmetric, range [-128, 127].
+    pub fn int8_per_token() -> Self {
+        Self::new(
+            QuantRange::INT8,
+            DynamicScheme::Asymmetric,
+            Granularity::PerToken,
+        )
+    }
+
+    /// The smallest scale; positive, finite and at least 2^-126 (a smaller one would have no
+    /// finite reciprocal).
+    pub fn with_eps(mut self, eps: f32) -> Result<Self> {
+        if !(eps.is_finite() && eps >= f32::MIN_POSITIVE) {
+            return Err(Error::InvalidSetting(format!(
+                "dynamic eps {eps:e} must be finite and at least 2^-126"
+            )));
+        }
+        self.eps = Some(eps);
+        Ok(self)
+    }
+
+    /// The precision the float-domain scales and zero points are kept in: `DType::F32` (default)
+    /// or `DType::Bf16` (torchao's `Int4WeightOnlyQATQuantizer`). Integer-domain scales are f32.
+    pub fn with_qparams_dtype(mut self, dtype: DType) -> Result<Self> {
+        if dtype == DType::F16 {
+            return Err(Error::InvalidSetting(
+                "dynamic qparams are kept in f32 or bf16, not f16".into(),
+            ));
+        }
+        self.qparams_dtype = dtype;
+        Ok(self)
+    }
+
+    /// The quantization range.
+    pub fn range(&self) -> QuantRange {
+        self.range
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> DynamicScheme {
+        self.scheme
+    }
+
+    /// The granularity.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// The precision of the float-domain qparams.
+    pub fn qparams_dtype(&self) -> DType {
+        self.qparams_dtype
+    }
+
+    /// `eps` for inputs of `dtype`: the configured one, or torchao's default.
+    pub fn eps_for(&self, dtype: DType) -> f32 {
+        self.eps.unwrap_or(match (self.scheme, dtype) {
+            (DynamicScheme::AsymmetricFloat, _) => 1e-6,
+            (_, DType::F16) => 2f32.powi(-14),
+            _ => f32::MIN_POSITIVE,
+        })
+    }
+}
+
+/// What a dynamic fake-quantization returns: `y`, the clip mask, and the qparams it chose, one
+/// per group in flat order (integer zero points as exact f32 values), for export to the integer
+/// model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicOutput<T = f32> {
+    /// The fake-quantized tensor.
+    pub y: Vec<T>,
+    /// `true` where the rounded value lay inside `[qmin, qmax]` (the straight-through mask).
+    pub mask: crate::quant::PackedMask,
+    /// The scale of each group.
+    pub scales: Vec<f32>,
+    /// The zero point of each group.
+    pub zero_points: Vec<f32>,
+}

@@ -1,0 +1,146 @@
+//! The reference dynamic fake-quantization (see [`crate::dynamic`] for the rules).
+
+use half::bf16;
+
+use super::{fake_quant, widen};
+use crate::dtype::{DType, Element};
+use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
+use crate::error::Result;
+use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, Rounding};
+
+/// The largest scale with a normal f32 reciprocal.
+const MAX_SCALE: f32 = 8.507_059e37; // 2^126
+
+/// Rounds an f32 result to the element type `T` (torchao computes the qparams in the input's
+/// dtype: each op in f32, rounded once to the dtype).
+fn rd<T: Element>(v: f32) -> f32 {
+    T::from_f32(v).to_f32()
+}
+
+/// Rounds to the qparams' precision.
+fn rq(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::Bf16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// Min and max of the finite values of each group, in flat order of the groups (`(0, 0)` for a
+/// group without one). Comparisons treat `-0.0` and `+0.0` alike; the first one seen stays.
+fn group_min_max(x: &[f32], layout: &ChannelLayout) -> Vec<(f32, f32)> {
+    let mut out = vec![(f32::INFINITY, f32::NEG_INFINITY); layout.channels];
+    for (i, &v) in x.iter().enumerate() {
+        if !v.is_finite() {
+            continue;
+        }
+        let (lo, hi) = &mut out[layout.channel_of(i)];
+        if v < *lo {
+            *lo = v;
+        }
+        if v > *hi {
+            *hi = v;
+        }
+    }
+    out.into_iter()
+        .map(|(lo, hi)| if lo > hi { (0.0, 0.0) } else { (lo, hi) })
+        .collect()
+}
+
+/// The qparams of one group, for inputs of type `T`.
+fn group_qparams<T: Element>(config: &DynamicConfig, eps: f32, lo: f32, hi: f32) -> (f32, f32) {
+    let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
+    let levels = (qmax - qmin) as f32;
+    let cap = |s: f32| if s > MAX_SCALE { MAX_SCALE } else { s };
+    match config.scheme() {
+        DynamicScheme::Symmetric => {
+            let (mn, mx) = (lo.min(0.0), hi.max(0.0));
+            let s = rd::<T>((-mn).max(mx) / (levels / 2.0));
+            (cap(s.max(eps)), 0.0)
+        }
+        DynamicScheme::Asymmetric => {
+            let (mn, mx) = (lo.min(0.0), hi.max(0.0));
+            let s = cap(rd::<T>(rd::<T>(mx - mn) / levels).max(eps));
+            let zp =
+                (qmin as f32 - rd::<T>(mn / s).round_ties_even()).clamp(qmin as f32, qmax as f32);
+            (s, zp)
+        }
+        DynamicScheme::AsymmetricFloat => {
+            let mid = ((qmin + qmax + 1) / 2) as f32;
+            let s = cap(rd::<T>(rd::<T>(rd::<T>(hi - lo) / levels).max(eps)));
+            let zp = rd::<T>(lo + rd::<T>(s * mid));
+            let dtype = config.qparams_dtype();
+            (rq(dtype, s), rq(dtype, zp))
+        }
+    }
+}
+
+/// Dynamic fake-quantization of a row-major tensor of `shape` and element type `T`: each group's
+/// qparams from its own values, then `y`, the mask and the qparams (see [`crate::dynamic`]).
+pub fn fake_quant_dynamic<T: Element>(
+    config: &DynamicConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<DynamicOutput<T>> {
+    let layout = config.granularity().layout(shape, x.len())?;
+    let wide = widen(x);
+    let eps = config.eps_for(T::DTYPE);
+    let (scales, zero_points): (Vec<f32>, Vec<f32>) = group_min_max(&wide, &layout)
+        .into_iter()
+        .map(|(lo, hi)| group_qparams::<T>(config, eps, lo, hi))
+        .unzip();
+    if config.scheme() != DynamicScheme::AsymmetricFloat {
+        if layout.channels == 0 {
+            return Ok(DynamicOutput {
+                y: Vec::new(),
+                mask: PackedMask::from_bools(&[]),
+                scales,
+                zero_points,
+            });
+        }
+        // Integer zero points in range by construction; scales in [eps, 2^126].
+        let params = QuantParams::new(
+            config.granularity(),
+            scales.clone(),
+            zero_points.iter().map(|&z| z as i32).collect(),
+        );
+        let op = FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal);
+        let out = fake_quant(&op, x, shape)?;
+        return Ok(DynamicOutput {
+            y: out.y,
+            mask: out.mask,
+            scales,
+            zero_points,
+        });
+    }
+    let (qmin, qmax) = (config.range().qmin() as f32, config.range().qmax() as f32);
+    let mid = ((config.range().qmin() + config.range().qmax() + 1) / 2) as f32;
+    let qdtype = config.qparams_dtype();
+    // torchao's promotion: the arithmetic on x is bf16 only when x and the qparams are bf16.
+    let p = if T::DTYPE == DType::Bf16 && qdtype == DType::Bf16 {
+        DType::Bf16
+    } else {
+        DType::F32
+    };
+    let mut in_range = Vec::with_capacity(x.len());
+    let y = wide
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let g = layout.channel_of(i);
+            let (s, zp) = (scales[g], zero_points[g]);
+            let mv = rq(qdtype, zp - rq(qdtype, s * mid));
+            let pre = rq(p, rq(p, v - mv) / s);
+            let r = pre.round_ties_even();
+            in_range.push(qmin <= r && r <= qmax);
+            let q = if r.is_nan() { r } else { r.clamp(qmin, qmax) };
+            let t = rd::<T>(rq(p, (q - mid) * s));
+            T::from_f32(rq(p, t + zp))
+        })
+        .collect();
+    Ok(DynamicOutput {
+        y,
+        mask: PackedMask::from_bools(&in_range),
+        scales,
+        zero_points,
+    })
+}

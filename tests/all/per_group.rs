@@ -1,0 +1,222 @@
+//! Per-group and per-token granularity: the layout rules, static per-group fake-quant, observers
+//! and LSQ (range learning) per group on the device against the reference, and the dynamic
+//! reference's own properties.
+
+use crate::common::{adversarial, assert_bits_eq, assert_mask_eq, check_on_gpu, contexts, Rng};
+use fakequant::reference::dynamic::fake_quant_dynamic;
+use fakequant::{
+    reference, DynamicConfig, DynamicScheme, Element, Error, FakeQuant, Granularity, LsqConfig,
+    Mode, ObserverConfig, QuantParams, QuantRange,
+};
+use half::{bf16, f16};
+
+/// Shapes, group axes and sizes: the last axis with the common sizes, sizes 1, 2, 3, a group as
+/// long as the axis, trailing dimensions of 1, ranks 1 to 4.
+fn cases() -> Vec<(Vec<usize>, usize, usize)> {
+    vec![
+        (vec![8, 256], 1, 32),
+        (vec![8, 256], 1, 128),
+        (vec![12, 256], 1, 256),
+        (vec![4, 96], 1, 1),
+        (vec![4, 96], 1, 2),
+        (vec![4, 96], 1, 3),
+        (vec![4096], 0, 4096),
+        (vec![2, 3, 4, 96], 3, 32),
+        (vec![4, 64, 1], 1, 16),
+        (vec![3, 1, 5000], 2, 1000),
+    ]
+}
+
+fn group_params(rng: &mut Rng, groups: usize, range: QuantRange) -> (Vec<f32>, Vec<i32>) {
+    let scales = (0..groups)
+        .map(|_| 2f32.powf(rng.uniform(-8.0, 4.0)))
+        .collect();
+    let zero_points = (0..groups)
+        .map(|_| range.qmin() + rng.below((range.qmax() - range.qmin()) as usize + 1) as i32)
+        .collect();
+    (scales, zero_points)
+}
+
+#[test]
+fn group_layouts_are_checked() {
+    let bad = [
+        (vec![8, 256], 1, 0, "at least 1"),
+        (vec![8, 256], 1, 48, "divide"),
+        (vec![8, 256], 0, 4, "last axis"),
+        (vec![8, 256], 2, 4, ""),
+    ];
+    for (shape, axis, size, reason) in bad {
+        let r = Granularity::per_group(axis, size).layout(&shape, 2048);
+        match r {
+            Err(Error::InvalidGroup { reason: why, .. }) => {
+                assert!(why.contains(reason), "{shape:?} {axis} {size}: {why}")
+            }
+            Err(Error::AxisOutOfRange { .. }) if axis >= shape.len() => {}
+            other => panic!("{shape:?} axis {axis} size {size}: {other:?}"),
+        }
+    }
+    let layout = Granularity::per_group(1, 32)
+        .layout(&[8, 256], 2048)
+        .unwrap();
+    assert_eq!((layout.outer, layout.channels, layout.inner), (1, 64, 32));
+    let tokens = Granularity::PerToken.layout(&[2, 8, 128], 2048).unwrap();
+    assert_eq!((tokens.outer, tokens.channels, tokens.inner), (1, 16, 128));
+    // A group per row is per-channel along axis 0: the same parameters, the same bits.
+    let mut rng = Rng::new(7);
+    let x: Vec<f32> = (0..2048).map(|_| rng.normal() * 4.0).collect();
+    let (scales, zero_points) = group_params(&mut rng, 8, QuantRange::INT8);
+    let rows = FakeQuant::new(
+        QuantRange::INT8,
+        QuantParams::per_group(1, 256, scales.clone(), zero_points.clone()),
+    )
+    .unwrap();
+    let channels = FakeQuant::new(
+        QuantRange::INT8,
+        QuantParams::per_channel(0, scales, zero_points),
+    )
+    .unwrap();
+    let a = reference::fake_quant(&rows, &x, &[8, 256]).unwrap();
+    let b = reference::fake_quant(&channels, &x, &[8, 256]).unwrap();
+    assert_bits_eq("a group per row vs per channel", &x, &b.y, &a.y);
+}
+
+fn check_static<T: Element>(
+    ctx: &fakequant::GpuContext,
+    op: &FakeQuant,
+    x: &[T],
+    shape: &[usize],
+    label: &str,
+) {
+    let expected = reference::fake_quant(op, x, shape).unwrap();
+    let got = ctx.fake_quant(op, x, shape).unwrap();
+    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&got.y),
+        bits(&expected.y),
+        "{label} on {}",
+        ctx.adapter_name()
+    );
+    assert_mask_eq(label, &expected.mask, &got.mask);
+}
+
+#[test]
+fn static_per_group_on_the_device_matches_the_reference() {
+    let mut rng = Rng::new(0x9209);
+    for ctx in contexts() {
+        for (shape, axis, size) in cases() {
+            for range in [QuantRange::INT4, QuantRange::INT8, QuantRange::UINT4] {
+                let granularity = Granularity::per_group(axis, size);
+                let groups = granularity.channels(&shape).unwrap();
+                let (scales, zero_points) = group_params(&mut rng, groups, range);
+                let n: usize = shape.iter().product();
+                // Adversarial values of the first group's parameters, the rest random.
+                let mut x = adversarial(scales[0], zero_points[0], range);
+                x.truncate(n);
+                while x.len() < n {
+                    x.push(rng.normal() * scales[x.len() / size] * 10.0);
+                }
+                let op = FakeQuant::new(
+                    range,
+                    QuantParams::per_group(axis, size, scales, zero_points),
+                )
+                .unwrap();
+                let label = format!("{shape:?} groups of {size} along {axis}, {range:?}");
+                check_on_gpu(ctx, &op, &x, &shape, &label);
+                let x16: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                check_static(ctx, &op, &x16, &shape, &format!("{label} f16"));
+                let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                check_static(ctx, &op, &xb, &shape, &format!("{label} bf16"));
+            }
+        }
+    }
+}
+
+#[test]
+fn observers_and_lsq_per_group_on_the_device_match_the_reference() {
+    let mut rng = Rng::new(0x0b5e);
+    let shape = [6, 128];
+    let granularity = Granularity::per_group(1, 32);
+    for ctx in contexts() {
+        let config = ObserverConfig::new(
+            QuantRange::INT4,
+            fakequant::QScheme::Symmetric,
+            fakequant::Averaging::MinMax,
+            granularity,
+        )
+        .unwrap();
+        let mut cpu = reference::Observer::new(config.clone(), &shape).unwrap();
+        let gpu = ctx.create_observer(&config, &shape).unwrap();
+        for step in 0..3 {
+            let x: Vec<f32> = (0..768).map(|_| rng.normal() * (step + 1) as f32).collect();
+            let expected = cpu.step(&x, &shape, Mode::Qat).unwrap();
+            let got = gpu.step(&x, &shape, Mode::Qat).unwrap();
+            assert_bits_eq("per-group observer step", &x, &expected.y, &got.y);
+        }
+        let lsq_config = LsqConfig::new(QuantRange::INT4, granularity).unwrap();
+        let scales: Vec<f32> = (0..24).map(|_| 0.05 + rng.unit() as f32 * 0.2).collect();
+        let zero_points: Vec<f32> = (0..24).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        let cpu = reference::Lsq::new(lsq_config.clone(), &scales, &zero_points).unwrap();
+        let gpu = ctx.create_lsq(&lsq_config, &scales, &zero_points).unwrap();
+        let x: Vec<f32> = (0..768).map(|_| rng.normal()).collect();
+        let dy: Vec<f32> = (0..768).map(|_| rng.normal()).collect();
+        let expected = cpu.backward(&x, &dy, &shape).unwrap();
+        let got = gpu.backward(&x, &dy, &shape).unwrap();
+        assert_bits_eq("per-group LSQ dx", &x, &expected.dx, &got.dx);
+        assert_bits_eq(
+            "per-group LSQ dscale",
+            &scales,
+            &expected.dscale,
+            &got.dscale,
+        );
+        assert_bits_eq(
+            "per-group LSQ dzero_point",
+            &zero_points,
+            &expected.dzero_point,
+            &got.dzero_point,
+        );
+    }
+}
+
+#[test]
+fn dynamic_qparams_follow_the_rules() {
+    // An all-zero group: the smallest scale, zero point in range, zeros out.
+    let config = DynamicConfig::int4_weight(4);
+    let out = fake_quant_dynamic(&config, &[0.0f32; 8], &[1, 8]).unwrap();
+    assert_eq!(out.scales, vec![f32::MIN_POSITIVE; 2]);
+    assert!(out.y.iter().all(|&v| v.to_bits() == 0));
+    // Symmetric int4: max |x| maps to 7.5 -> 8, clipped to 7 (the positive maximum clips).
+    let out = fake_quant_dynamic(&config, &[-1.5f32, 0.25, 0.5, 1.5], &[1, 4]).unwrap();
+    assert_eq!(out.scales, vec![0.2]);
+    assert_eq!(out.mask.get(3), Some(false));
+    assert_eq!(out.mask.get(0), Some(true));
+    // Per token: one asymmetric int8 (scale, zero point) per row, from the row alone.
+    let x: Vec<f32> = (0..12).map(|i| i as f32 - 3.0).collect();
+    let out = fake_quant_dynamic(&DynamicConfig::int8_per_token(), &x, &[3, 4]).unwrap();
+    for row in 0..3 {
+        let alone = fake_quant_dynamic(
+            &DynamicConfig::int8_per_token(),
+            &x[row * 4..row * 4 + 4],
+            &[1, 4],
+        )
+        .unwrap();
+        assert_eq!(alone.scales[0], out.scales[row]);
+        assert_eq!(alone.zero_points[0], out.zero_points[row]);
+    }
+    // NaN and infinities are skipped by the qparams and pass through the op as the core does.
+    let out = fake_quant_dynamic(
+        &DynamicConfig::new(
+            QuantRange::INT8,
+            DynamicScheme::Asymmetric,
+            Granularity::PerToken,
+        ),
+        &[f32::NAN, f32::INFINITY, 1.0, -1.0],
+        &[4],
+    )
+    .unwrap();
+    assert_eq!(out.scales, vec![2.0 / 255.0]);
+    assert!(out.y[0].is_nan());
+    // Settings are checked.
+    assert!(config.clone().with_eps(0.0).is_err());
+    assert!(config.clone().with_eps(1e-40).is_err());
+    assert!(config.with_qparams_dtype(fakequant::DType::F16).is_err());
+}
