@@ -128,6 +128,10 @@ pub enum Error {
     /// An LSQ configuration or its parameters are unusable.
     #[error("invalid LSQ quantizer: {0}")]
     InvalidLsq(String),
+    /// A valid request this build does not implement on this path (the message says which, and
+    /// where it is available).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// A tuning setting of the context is out of its range.
     #[error("invalid context setting: {0}")]
     InvalidSetting(String),

@@ -42,8 +42,8 @@ pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};
 pub use gpu::{
-    DispatchLimits, GpuBatchStats, GpuContext, GpuFakeQuant, GpuLsq, GpuLsqGrads, GpuMask,
-    GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder, TensorBinding,
+    DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuLsq, GpuLsqGrads,
+    GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder, TensorBinding,
 };
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};

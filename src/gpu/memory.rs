@@ -33,6 +33,15 @@ impl GpuContext {
         self.storage_buffer(label, data.len() as u64, Some(data))
     }
 
+    /// A new storage buffer of `bytes` zeros (wgpu zeroes new buffers).
+    pub(crate) fn storage_buffer_zeroed(
+        &self,
+        label: &'static str,
+        bytes: u64,
+    ) -> Result<wgpu::Buffer> {
+        self.storage_buffer(label, bytes, None)
+    }
+
     fn storage_buffer(
         &self,
         label: &'static str,

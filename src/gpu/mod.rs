@@ -11,6 +11,7 @@
 
 mod backend;
 mod context;
+mod dynamic;
 mod errors;
 mod fake_quant;
 pub(crate) mod kernel;
@@ -24,9 +25,11 @@ pub(crate) const FAMILIES: &[fn() -> kernel::FamilyDecl] = &[
     fake_quant::declarations,
     observer::declarations,
     lsq::declarations,
+    dynamic::declarations,
 ];
 
 pub use context::{DispatchLimits, GpuContext};
+pub use dynamic::GpuDynamic;
 pub use fake_quant::GpuFakeQuant;
 pub use kernel::shaders::kernel_sources;
 pub use kernel::{Prerecorded, Prerecording, Recorder};

@@ -220,3 +220,101 @@ fn dynamic_qparams_follow_the_rules() {
     assert!(config.clone().with_eps(1e-40).is_err());
     assert!(config.with_qparams_dtype(fakequant::DType::F16).is_err());
 }
+
+/// Data for dynamic groups: random groups of several magnitudes, and groups that are all zero,
+/// constant, one-signed, dominated by one outlier, subnormal, near the f32 maximum (their range
+/// overflows), or hold NaN and infinities.
+fn dynamic_data(rng: &mut Rng, n: usize, group: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(n);
+    for g in 0..n.div_ceil(group) {
+        let len = group.min(n - x.len());
+        let scale = 2f32.powf(rng.uniform(-10.0, 10.0));
+        for j in 0..len {
+            let v = match g % 9 {
+                0 => 0.0,
+                1 => 1.25,
+                2 => rng.unit() as f32 * scale,
+                3 if j == len / 2 => 1e4 * scale,
+                4 => f32::from_bits(1 + rng.below(1 << 22) as u32),
+                5 => [3e38, -3e38][j % 2],
+                6 if j == 1 => [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][g % 3],
+                _ => rng.normal() * scale,
+            };
+            x.push(v);
+        }
+    }
+    x
+}
+
+fn check_dynamic<T: Element>(
+    ctx: &fakequant::GpuContext,
+    config: &DynamicConfig,
+    x: &[f32],
+    shape: &[usize],
+    label: &str,
+) {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let expected = fake_quant_dynamic(config, &x, shape).unwrap();
+    let got = ctx
+        .create_dynamic(config, shape)
+        .unwrap()
+        .forward(&x, shape)
+        .unwrap();
+    let label = format!("{label} {:?} on {}", T::DTYPE, ctx.adapter_name());
+    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
+    let fbits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        fbits(&got.scales),
+        fbits(&expected.scales),
+        "{label}: scales"
+    );
+    assert_eq!(
+        fbits(&got.zero_points),
+        fbits(&expected.zero_points),
+        "{label}: zero points"
+    );
+    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
+    assert_mask_eq(&label, &expected.mask, &got.mask);
+}
+
+#[test]
+fn dynamic_fake_quant_on_the_device_matches_the_reference() {
+    let mut rng = Rng::new(0xd1a);
+    let mut granularities: Vec<(Vec<usize>, Granularity)> = cases()
+        .into_iter()
+        .map(|(shape, axis, size)| (shape, Granularity::per_group(axis, size)))
+        .collect();
+    granularities.push((vec![2, 8, 128], Granularity::PerToken));
+    granularities.push((vec![300, 7], Granularity::PerToken));
+    granularities.push((vec![5, 333], Granularity::PerTensor));
+    granularities.push((vec![16, 3, 3], Granularity::per_channel(0)));
+    for ctx in contexts() {
+        for (shape, granularity) in &granularities {
+            let n: usize = shape.iter().product();
+            let group = n / granularity.channels(shape).unwrap();
+            let x = dynamic_data(&mut rng, n, group);
+            for (range, scheme) in [
+                (QuantRange::INT4, DynamicScheme::Symmetric),
+                (QuantRange::INT8, DynamicScheme::Symmetric),
+                (QuantRange::INT8, DynamicScheme::Asymmetric),
+                (QuantRange::UINT4, DynamicScheme::Asymmetric),
+            ] {
+                let config = DynamicConfig::new(range, scheme, *granularity);
+                let label = format!("{shape:?} {granularity:?} {range:?} {scheme:?}");
+                check_dynamic::<f32>(ctx, &config, &x, shape, &label);
+                check_dynamic::<f16>(ctx, &config, &x, shape, &label);
+                check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
+            }
+        }
+        // The float zero-point domain is the reference's only, and says so.
+        let float = DynamicConfig::new(
+            QuantRange::UINT4,
+            DynamicScheme::AsymmetricFloat,
+            Granularity::per_group(1, 32),
+        );
+        assert!(matches!(
+            ctx.create_dynamic(&float, &[4, 64]),
+            Err(Error::Unsupported(_))
+        ));
+    }
+}

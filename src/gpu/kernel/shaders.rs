@@ -53,6 +53,7 @@ shader_files! {
     ELEMENTWISE_WIDE = "elementwise_wide";
     OBSERVER = "observer";
     LSQ = "lsq";
+    DYNAMIC_QPARAMS = "dynamic";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -101,6 +102,12 @@ pub(crate) static LSQ_KERNELS: Shader = Shader {
     files: &[&EXACT_F32, &HALF, &QUANTIZE, &LSQ],
 };
 
+/// The dynamic qparams family.
+pub(crate) static DYNAMIC: Shader = Shader {
+    name: "dynamic",
+    files: &[&EXACT_F32, &HALF, &QUANTIZE, &DYNAMIC_QPARAMS],
+};
+
 /// Every shader module the library compiles: one line per kernel family's module.
 pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_F32,
@@ -108,6 +115,7 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_VEC4,
     &OBSERVERS,
     &LSQ_KERNELS,
+    &DYNAMIC,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.
