@@ -306,6 +306,25 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                 check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
             }
         }
+        // Over several bindings and with few workgroups: the chunked reduction and forward.
+        let small = ctx
+            .with_dispatch_limits(fakequant::DispatchLimits {
+                max_binding_bytes: 256 << 10,
+                max_workgroups: 3,
+            })
+            .unwrap();
+        // (The reduction's partial results, 8 bytes per group and partial, must fit one binding:
+        // few, long groups here.)
+        let shape = [8, 20480];
+        let x = dynamic_data(&mut rng, 8 * 20480, 4096);
+        for granularity in [Granularity::per_group(1, 4096), Granularity::PerToken] {
+            for scheme in [DynamicScheme::Symmetric, DynamicScheme::Asymmetric] {
+                let config = DynamicConfig::new(QuantRange::INT4, scheme, granularity);
+                let label = format!("lowered limits {granularity:?} {scheme:?}");
+                check_dynamic::<f32>(&small, &config, &x, &shape, &label);
+                check_dynamic::<bf16>(&small, &config, &x, &shape, &label);
+            }
+        }
         // The float zero-point domain is the reference's only, and says so.
         let float = DynamicConfig::new(
             QuantRange::UINT4,
