@@ -383,6 +383,44 @@ fn main() -> Result<()> {
             || baseline(8.0),
         )?;
 
+        // Dynamic qparams (torchao's recipes): int4 weights in groups of 32 and 128 along the last
+        // axis, int8 activations per token (rows of 4096). Two passes over x (min/max, then the
+        // forward), so 12 bytes per element move where per-channel moves 8: compare its row.
+        for (op, config, shape) in [
+            (
+                "dynamic_per_group_g32",
+                fakequant::DynamicConfig::int4_weight(32),
+                vec![n / 4096, 4096],
+            ),
+            (
+                "dynamic_per_group_g128",
+                fakequant::DynamicConfig::int4_weight(128),
+                vec![n / 4096, 4096],
+            ),
+            (
+                "dynamic_per_token",
+                fakequant::DynamicConfig::int8_per_token(),
+                vec![n / 4096, 4096],
+            ),
+        ] {
+            if n < 4096 || !report.wants(op) {
+                continue;
+            }
+            let dynamic = ctx.create_dynamic(&config, &shape)?;
+            report.measure(
+                op,
+                "f32",
+                n,
+                8.0,
+                || {
+                    timer.time(|e| {
+                        Ok(dynamic.record_forward(e, x.binding(), &shape, y.binding(), None)?)
+                    })
+                },
+                || baseline(8.0),
+            )?;
+        }
+
         for (dtype, name) in [(DType::F16, "f16"), (DType::Bf16, "bf16")] {
             let x16 = ctx.create_tensor(n, dtype)?;
             let y16 = ctx.create_tensor(n, dtype)?;
