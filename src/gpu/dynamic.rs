@@ -1,14 +1,20 @@
-//! The dynamic fake-quantization family (see [`crate::dynamic`]): per call, the groups' min and max
-//! (the observers' exact reductions), their qparams (`shaders/dynamic.wgsl`), then the elementwise
-//! forward with them. Two passes over `x`; the integer zero-point schemes run here, the float
-//! zero-point domain on the reference only (for now).
+//! The dynamic fake-quantization family (see [`crate::dynamic`]), integer zero-point schemes (the
+//! float domain runs on the reference only, for now). Groups of a power-of-two size from 32 to 4096
+//! take one pass over `x` (`shaders/dynamic_groups.wgsl`: a workgroup reduces whole groups, derives
+//! their qparams and fake-quantizes them); other groups two: the observers' exact min/max
+//! reduction, then their qparams (`shaders/dynamic.wgsl`) and the elementwise forward. Both share
+//! the rules of `shaders/dynamic_rules.wgsl`, set by `override` constants.
 
 use super::context::GpuContext;
-use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
-use super::kernel::planning::per_channel_groups;
+use super::fake_quant::{
+    plan_dispatch, ChannelParams, DispatchUniform, ElementwiseBindings, ElementwiseOp, Walk,
+};
+use super::kernel::planning::{chunk_elems, per_channel_groups};
 use super::kernel::recording::Dispatch;
-use super::kernel::shaders::{Shader, DYNAMIC};
-use super::kernel::{bindings, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl};
+use super::kernel::shaders::{Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS_HALF};
+use super::kernel::{
+    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
+};
 use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
@@ -17,11 +23,50 @@ use crate::error::{Error, Result};
 use crate::observer::{Averaging, ObserverConfig, QScheme};
 use crate::quant::{numel, ChannelLayout, Rounding};
 
-/// The one entry point of `shaders/dynamic.wgsl`.
+/// The rules of `shaders/dynamic_rules.wgsl` as `override` constants: a pipeline per rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct DynamicKernel;
+pub(crate) struct Rules {
+    symmetric: bool,
+    qmin: i32,
+    qmax: i32,
+    eps_bits: u32,
+    dtype: DType,
+}
 
-impl Kernel for DynamicKernel {
+impl Rules {
+    fn new(config: &DynamicConfig, dtype: DType) -> Self {
+        Self {
+            symmetric: config.scheme() == DynamicScheme::Symmetric,
+            qmin: config.range().qmin(),
+            qmax: config.range().qmax(),
+            eps_bits: config.eps_for(dtype).to_bits(),
+            dtype,
+        }
+    }
+
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "qmin and qmax are validated 16-bit values"
+    )]
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let levels = (self.qmax - self.qmin) as f32;
+        vec![
+            ("SCHEME", if self.symmetric { 0.0 } else { 1.0 }),
+            ("QMIN", self.qmin as f64),
+            ("QMAX", self.qmax as f64),
+            ("EPS_BITS", self.eps_bits as f64),
+            ("LEVELS_BITS", levels.to_bits() as f64),
+            ("HALF_LEVELS_BITS", (levels / 2.0).to_bits() as f64),
+            ("QPARAMS_DTYPE", dtype_constant(self.dtype)),
+        ]
+    }
+}
+
+/// The two-pass plan's qparams kernel (`shaders/dynamic.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct QparamsKernel(Rules);
+
+impl Kernel for QparamsKernel {
     fn shader(&self) -> &'static Shader {
         &DYNAMIC
     }
@@ -31,9 +76,47 @@ impl Kernel for DynamicKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        Vec::new()
+        self.0.constants()
     }
 }
+
+/// The one-pass kernel (`shaders/dynamic_groups.wgsl`) for groups of `group` elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct GroupsKernel {
+    rules: Rules,
+    group: u32,
+    masked: bool,
+}
+
+impl Kernel for GroupsKernel {
+    fn shader(&self) -> &'static Shader {
+        match self.rules.dtype {
+            DType::F32 => &DYNAMIC_GROUPS_F32,
+            _ => &DYNAMIC_GROUPS_HALF,
+        }
+    }
+
+    fn entry_point(&self) -> &'static str {
+        if self.masked {
+            "dynamic_groups_masked"
+        } else {
+            "dynamic_groups"
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut constants = self.rules.constants();
+        constants.push(("GROUP", self.group as f64));
+        if self.rules.dtype != DType::F32 {
+            constants.push(("DTYPE", dtype_constant(self.rules.dtype)));
+        }
+        constants
+    }
+}
+
+/// Groups of these sizes take the one-pass kernel: a power of two, whole mask words, and a tile
+/// (`max(group, 1024)` elements) that divides the chunk granule.
+const ONE_PASS_GROUPS: std::ops::RangeInclusive<usize> = 32..=4096;
 
 bindings! {
     /// `dynamic_qparams`: the groups' statistics in, their fake-quant parameters and qparams out.
@@ -44,17 +127,32 @@ bindings! {
     }
 }
 
+bindings! {
+    /// `dynamic_groups`: x's and y's windows, the qparams out.
+    GroupsBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        qparams: ReadWrite @ 5,
+    }
+}
+
+bindings! {
+    /// `dynamic_groups_masked`: the same, and the mask's window.
+    GroupsMaskedBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+        qparams: ReadWrite @ 5,
+    }
+}
+
 uniform! {
     /// The uniform of `dynamic_qparams`.
     struct DynamicDispatch as "DynamicDispatch" {
         groups: u32,
-        scheme: u32,
-        qmin: i32,
-        qmax: i32,
-        eps: u32,
-        levels: u32,
-        half_levels: u32,
-        dtype: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -164,32 +262,14 @@ impl GpuDynamic {
             mask.as_ref().map(|m| (m, true)),
             layout.numel(),
         )?;
+        let rules = Rules::new(&self.config, x.dtype);
+        let group = layout.inner;
+        if layout.outer == 1 && group.is_power_of_two() && ONE_PASS_GROUPS.contains(&group) {
+            return self.record_one_pass(recorder, rules, layout, x, y, mask);
+        }
         let stats = self.reducer.batch_stats();
         self.reducer
             .record_batch_min_max(recorder, x, shape, stats)?;
-        let (qmin, qmax) = (self.config.range().qmin(), self.config.range().qmax());
-        #[allow(
-            clippy::arithmetic_side_effects,
-            reason = "qmin and qmax are validated 16-bit values"
-        )]
-        let levels = (qmax - qmin) as f32;
-        let uniform = DynamicDispatch {
-            groups: self.groups as u32,
-            scheme: match self.config.scheme() {
-                DynamicScheme::Symmetric => 0,
-                _ => 1,
-            },
-            qmin,
-            qmax,
-            eps: self.config.eps_for(x.dtype).to_bits(),
-            levels: levels.to_bits(),
-            half_levels: (levels / 2.0).to_bits(),
-            dtype: match x.dtype {
-                DType::F32 => 0,
-                DType::F16 => 1,
-                DType::Bf16 => 2,
-            },
-        };
         let bindings = QparamsBindings {
             stats: stats.buffer().as_entire_buffer_binding(),
             params: self.params.as_entire_buffer_binding(),
@@ -198,9 +278,12 @@ impl GpuDynamic {
         let grid = per_channel_groups(self.groups, self.ctx.dispatch_limits().max_workgroups);
         self.ctx.record_pass(
             recorder,
-            DynamicKernel,
+            QparamsKernel(rules),
             &[Dispatch {
-                uniform,
+                uniform: DynamicDispatch {
+                    groups: self.groups as u32,
+                    ..Default::default()
+                },
                 bindings,
                 grid: [grid, 1],
             }],
@@ -218,6 +301,86 @@ impl GpuDynamic {
             params: Some(&self.params),
         };
         self.ctx.record_elementwise(recorder, op, bindings, layout)
+    }
+
+    /// The one-pass plan: per binding-sized chunk (whole tiles of whole groups), one dispatch.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "chunk bounds within the tensor the binding checks accepted"
+    )]
+    fn record_one_pass(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        rules: Rules,
+        layout: ChannelLayout,
+        x: TensorBinding<'_>,
+        y: TensorBinding<'_>,
+        mask: Option<TensorBinding<'_>>,
+    ) -> Result<()> {
+        let len = layout.numel() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let limits = self.ctx.dispatch_limits();
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let slack = if x.dtype == DType::F32 { 0 } else { align };
+        // A multiple of the 2^16 granule, so every chunk holds whole tiles and whole groups.
+        let chunk = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
+        let walk = Walk {
+            group: 1,
+            tile: (layout.inner as u64).max(1024),
+        };
+        let b = ElementwiseBindings {
+            x,
+            y,
+            mask,
+            params: None,
+        };
+        let plans: Vec<_> = (0..len.div_ceil(chunk))
+            .map(|c| {
+                let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
+                plan_dispatch(&b, layout, start, end, walk, align, &limits)
+            })
+            .collect();
+        let kernel = GroupsKernel {
+            rules,
+            group: layout.inner as u32,
+            masked: mask.is_some(),
+        };
+        let qparams = self.qparams.as_entire_buffer_binding();
+        match &mask {
+            Some(m) => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|p| Dispatch {
+                        uniform: p.uniform,
+                        bindings: GroupsMaskedBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            mask: p.mask.bind(m.buffer),
+                            qparams: qparams.clone(),
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+            None => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|p| Dispatch {
+                        uniform: p.uniform,
+                        bindings: GroupsBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            qparams: qparams.clone(),
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+        }
     }
 
     /// Device level: [`Self::record_forward`] on device tensors, submitted at once.
@@ -265,13 +428,23 @@ impl GpuDynamic {
 /// What the layout tests check for this family.
 pub(crate) fn declarations() -> FamilyDecl {
     FamilyDecl {
-        entry_points: vec![EntryPointDecl::of::<QparamsBindings>(
-            &DYNAMIC,
-            DynamicKernel.entry_point(),
-        )],
+        entry_points: vec![
+            EntryPointDecl::of::<QparamsBindings>(&DYNAMIC, "dynamic_qparams"),
+            EntryPointDecl::of::<GroupsBindings>(&DYNAMIC_GROUPS_F32, "dynamic_groups"),
+            EntryPointDecl::of::<GroupsMaskedBindings>(
+                &DYNAMIC_GROUPS_F32,
+                "dynamic_groups_masked",
+            ),
+            EntryPointDecl::of::<GroupsBindings>(&DYNAMIC_GROUPS_HALF, "dynamic_groups"),
+            EntryPointDecl::of::<GroupsMaskedBindings>(
+                &DYNAMIC_GROUPS_HALF,
+                "dynamic_groups_masked",
+            ),
+        ],
         structs: vec![
             StructDecl::of::<DynamicDispatch>(&DYNAMIC),
             StructDecl::of::<ChannelParams>(&DYNAMIC),
+            StructDecl::of::<DispatchUniform>(&DYNAMIC_GROUPS_F32),
         ],
     }
 }

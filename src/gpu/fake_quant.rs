@@ -123,7 +123,7 @@ bindings! {
 
 uniform! {
     /// One per binding-sized chunk of the tensor (and one for its scalar remainder).
-    struct DispatchUniform as "Dispatch" {
+    pub(crate) struct DispatchUniform as "Dispatch" {
         len: u32,
         num_tiles: u32,
         channels: u32,
@@ -457,18 +457,18 @@ impl GpuContext {
 /// a vec4's worth for the wide ones, whose shifts and lengths count groups), `tile` groups per
 /// workgroup and step.
 #[derive(Debug, Clone, Copy)]
-struct Walk {
-    group: u64,
-    tile: u64,
+pub(crate) struct Walk {
+    pub(crate) group: u64,
+    pub(crate) tile: u64,
 }
 
 /// One planned dispatch: its uniform, the windows of x, y and the mask, its grid.
-struct PlannedDispatch {
-    uniform: DispatchUniform,
-    x: Window,
-    y: Window,
-    mask: Window,
-    grid: [u32; 2],
+pub(crate) struct PlannedDispatch {
+    pub(crate) uniform: DispatchUniform,
+    pub(crate) x: Window,
+    pub(crate) y: Window,
+    pub(crate) mask: Window,
+    pub(crate) grid: [u32; 2],
 }
 
 /// The dispatch of elements `[start, end)` (`start` a multiple of 32).
@@ -476,7 +476,7 @@ struct PlannedDispatch {
     clippy::arithmetic_side_effects,
     reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
 )]
-fn plan_dispatch(
+pub(crate) fn plan_dispatch(
     b: &ElementwiseBindings<'_, '_>,
     layout: ChannelLayout,
     start: u64,

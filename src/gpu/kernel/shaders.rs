@@ -53,7 +53,9 @@ shader_files! {
     ELEMENTWISE_WIDE = "elementwise_wide";
     OBSERVER = "observer";
     LSQ = "lsq";
+    DYNAMIC_RULES = "dynamic_rules";
     DYNAMIC_QPARAMS = "dynamic";
+    DYNAMIC_GROUPS = "dynamic_groups";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -102,10 +104,42 @@ pub(crate) static LSQ_KERNELS: Shader = Shader {
     files: &[&EXACT_F32, &HALF, &QUANTIZE, &LSQ],
 };
 
-/// The dynamic qparams family.
+/// The dynamic family: the two-pass plan's qparams kernel.
 pub(crate) static DYNAMIC: Shader = Shader {
     name: "dynamic",
-    files: &[&EXACT_F32, &HALF, &QUANTIZE, &DYNAMIC_QPARAMS],
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &DYNAMIC_RULES,
+        &DYNAMIC_QPARAMS,
+    ],
+};
+/// The dynamic family: the one-pass kernel on f32 tensors.
+pub(crate) static DYNAMIC_GROUPS_F32: Shader = Shader {
+    name: "dynamic_groups",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT,
+        &ELEMENTWISE_DISPATCH,
+        &DYNAMIC_RULES,
+        &DYNAMIC_GROUPS,
+    ],
+};
+/// The dynamic family: the one-pass kernel on 16-bit tensors.
+pub(crate) static DYNAMIC_GROUPS_HALF: Shader = Shader {
+    name: "dynamic_groups_half",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT_HALF,
+        &ELEMENTWISE_DISPATCH,
+        &DYNAMIC_RULES,
+        &DYNAMIC_GROUPS,
+    ],
 };
 
 /// Every shader module the library compiles: one line per kernel family's module.
@@ -116,6 +150,8 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &OBSERVERS,
     &LSQ_KERNELS,
     &DYNAMIC,
+    &DYNAMIC_GROUPS_F32,
+    &DYNAMIC_GROUPS_HALF,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.

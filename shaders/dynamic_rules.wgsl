@@ -1,0 +1,76 @@
+// requires: exact_f32, half
+// provides: GroupQparams, group_qparams
+// The dynamic qparams rules of src/dynamic.rs (reference: src/reference/dynamic.rs) for one group
+// from its min and max, shared by the two-pass kernel (dynamic.wgsl) and the one-pass one
+// (dynamic_groups.wgsl). The configuration is in `override` constants: a pipeline per rule set.
+//
+// Exact on every device by design: every float operation is one of exact_f32.wgsl's integer
+// routines (one correctly rounded IEEE operation each: nothing to fuse, approximate or flush); the
+// rounding to the input's type (torchao computes the qparams in it) is half.wgsl's integer
+// narrowing; maxima, minima and caps of non-negative values compare their bits, which order like
+// the values.
+
+// 0 symmetric, 1 asymmetric (integer zero point).
+override SCHEME: u32 = 0u;
+override QMIN: i32 = -8;
+override QMAX: i32 = 7;
+// f32 bits of the smallest scale, of (qmax - qmin) and of (qmax - qmin) / 2.
+override EPS_BITS: u32 = 0x00800000u;
+override LEVELS_BITS: u32 = 0x41700000u;
+override HALF_LEVELS_BITS: u32 = 0x40f00000u;
+// The type the qparams are computed in (the input's): 0 f32, 1 f16, 2 bf16.
+override QPARAMS_DTYPE: u32 = 0u;
+
+// 2^126: the largest scale whose reciprocal is a normal f32.
+const MAX_SCALE_BITS: u32 = 0x7e800000u;
+const POS_INF_BITS: u32 = 0x7f800000u;
+
+struct GroupQparams {
+    scale: u32,
+    zero_point: i32,
+}
+
+// Rounds f32 bits to the qparams' type and back (identity for f32).
+fn rd(bits: u32) -> u32 {
+    if (QPARAMS_DTYPE == 1u) {
+        return f16_to_f32_bits(f32_to_f16_bits(bits));
+    }
+    if (QPARAMS_DTYPE == 2u) {
+        return bf16_to_f32_bits(f32_to_bf16_bits(bits));
+    }
+    return bits;
+}
+
+// `a / b` for a non-negative `a` that may be +inf (the range of a group that overflows) and a
+// positive normal `b`.
+fn div_or_inf(a: u32, b: u32) -> u32 {
+    return select(POS_INF_BITS, div_rn_bits(a, b), is_finite_bits(a));
+}
+
+// max(s, eps), then min(s, 2^126): both non-negative, so their bits order like their values.
+fn bounded_scale(s: u32) -> u32 {
+    return min(max(s, EPS_BITS), MAX_SCALE_BITS);
+}
+
+// The qparams of a group whose finite values have the minimum `lo` and the maximum `hi` (f32
+// bits; either non-finite means the group had no finite value and counts as all zeros).
+fn group_qparams(lo_bits: u32, hi_bits: u32) -> GroupQparams {
+    var lo = lo_bits;
+    var hi = hi_bits;
+    if (!is_finite_bits(lo) || !is_finite_bits(hi)) {
+        lo = 0u;
+        hi = 0u;
+    }
+    // mn = min(lo, 0) and mx = max(hi, 0), a zero as +0.0.
+    let mn = select(0u, lo, (lo & SIGN_BIT) != 0u && (lo & ABS_MASK) != 0u);
+    let mx = select(0u, hi, (hi & SIGN_BIT) == 0u);
+    if (SCHEME == 0u) {
+        let magnitude = max(mn & ABS_MASK, mx);
+        return GroupQparams(bounded_scale(rd(div_rn_bits(magnitude, HALF_LEVELS_BITS))), 0);
+    }
+    let width = rd(sub_rn_bits(mx, mn));
+    let scale = bounded_scale(rd(div_or_inf(width, LEVELS_BITS)));
+    let q = rd(div_rn_bits(mn, scale));
+    let r = round_half_even_clamp_i32(q, -16777216, 16777216);
+    return GroupQparams(scale, clamp(QMIN - r, QMIN, QMAX));
+}
