@@ -6,6 +6,7 @@
 //! level (`*_device`) and the recording level (`record_*`) under the same names.
 
 use crate::dtype::Element;
+use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
@@ -19,6 +20,8 @@ pub trait Backend {
     type Observer: ObserverOps;
     /// Its LSQ quantizers.
     type Lsq: LsqOps;
+    /// Its dynamic fake-quantizations.
+    type Dynamic: DynamicOps;
 
     /// A one-line description (the adapter, or "CPU reference").
     fn name(&self) -> String;
@@ -53,6 +56,16 @@ pub trait Backend {
         config: &LsqConfig,
         observer: &Self::Observer,
     ) -> Result<Self::Lsq>;
+
+    /// A dynamic fake-quantization for tensors with the groups of `shape` (see
+    /// [`crate::dynamic`]).
+    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Self::Dynamic>;
+}
+
+/// A dynamic fake-quantization's host-level call.
+pub trait DynamicOps {
+    /// Each group's qparams from `x` itself, then `y`, the mask and the qparams.
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>>;
 }
 
 /// An observer's host-level calls.

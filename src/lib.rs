@@ -37,7 +37,7 @@ pub mod observer;
 pub mod quant;
 pub mod reference;
 
-pub use backend::{Backend, LsqOps, ObserverOps};
+pub use backend::{Backend, DynamicOps, LsqOps, ObserverOps};
 pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! The seed document's workflow on real data: float pre-training, prepare, calibration, QAT with
 //! the statistics recipe and with the LSQ recipe, conversion to a fixed-point model evaluated with
-//! integer arithmetic only. Every fake-quant, observer, straight-through and LSQ operation goes
+//! integer arithmetic only; and torchao's LLM recipe (per-group weights, per-token dynamic int8
+//! activations, with and without range learning). Every fake-quant, observer, straight-through and LSQ operation goes
 //! through the library's [`Backend`] trait: its GPU path or its CPU reference, swapped with one
 //! line. The rest (matrix products, softmax, SGD) is plain,
 //! single-threaded CPU code, so both backends train bit-identical models.
@@ -8,8 +9,9 @@
 //! Shared by `examples/qat_digits/main.rs` and `tests/qat_digits.rs`.
 
 use fakequant::{
-    Averaging, Backend, Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps,
-    ObserverState, PackedMask, QScheme, QuantRange,
+    Averaging, Backend, DynamicConfig, DynamicOps, DynamicOutput, DynamicScheme, GradScale,
+    Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps, ObserverState, PackedMask,
+    QScheme, QuantRange,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -76,6 +78,9 @@ pub struct Ops<B: Backend> {
     backend: B,
     observers: Vec<B::Observer>,
     lsqs: Vec<B::Lsq>,
+    /// Per dynamic quantizer: its configuration, and one object per shape it has seen (the
+    /// groups of a per-token quantizer follow the batch size).
+    dynamics: Vec<(DynamicConfig, Vec<(Vec<usize>, B::Dynamic)>)>,
 }
 
 impl<B: Backend> Ops<B> {
@@ -84,6 +89,7 @@ impl<B: Backend> Ops<B> {
             backend,
             observers: Vec::new(),
             lsqs: Vec::new(),
+            dynamics: Vec::new(),
         }
     }
 
@@ -126,6 +132,36 @@ impl<B: Backend> Ops<B> {
         Ok(self.lsqs.len() - 1)
     }
 
+    /// An LSQ quantizer with the given initial parameters.
+    fn create_lsq_with(
+        &mut self,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<usize> {
+        self.lsqs
+            .push(self.backend.create_lsq(config, scales, zero_points)?);
+        Ok(self.lsqs.len() - 1)
+    }
+
+    fn create_dynamic(&mut self, config: &DynamicConfig) -> usize {
+        self.dynamics.push((config.clone(), Vec::new()));
+        self.dynamics.len() - 1
+    }
+
+    /// A dynamic fake-quantization: `y`, the mask and the qparams chosen for `x`.
+    fn dynamic(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<DynamicOutput> {
+        let (config, objects) = &mut self.dynamics[id];
+        let at = match objects.iter().position(|(s, _)| s == shape) {
+            Some(at) => at,
+            None => {
+                objects.push((shape.to_vec(), self.backend.create_dynamic(config, shape)?));
+                objects.len() - 1
+            }
+        };
+        Ok(objects[at].1.forward(x, shape)?)
+    }
+
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
         Ok(self.lsqs[id].forward(x, shape)?.y)
     }
@@ -153,6 +189,8 @@ impl<B: Backend> Ops<B> {
 // The model: an MLP 64 -> HIDDEN (ReLU) -> 10, plain f32 CPU arithmetic in a fixed order.
 
 pub const HIDDEN: usize = 32;
+/// torchao's smallest common group size: the weights' groups along their input axis.
+pub const GROUP: usize = 32;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mlp {
@@ -332,11 +370,13 @@ struct Lsqs {
     logits: usize,
 }
 
-/// A fake-quantizer at one place of the model, either recipe.
+/// A fake-quantizer at one place of the model, any recipe.
 #[derive(Clone, Copy)]
 enum Quantizer {
     Observer(usize),
     Lsq(usize),
+    /// Qparams from each tensor itself (torchao's per-group weights, per-token activations).
+    Dynamic(usize),
 }
 
 /// What the backward of one quantizer needs, kept from its forward.
@@ -358,6 +398,10 @@ fn quantize<B: Backend>(
             Ok((y, Saved::Mask(mask)))
         }
         Quantizer::Lsq(id) => Ok((ops.lsq_forward(id, x, shape)?, Saved::Input(x.to_vec()))),
+        Quantizer::Dynamic(id) => {
+            let out = ops.dynamic(id, x, shape)?;
+            Ok((out.y, Saved::Mask(out.mask)))
+        }
     }
 }
 
@@ -371,7 +415,7 @@ fn quantize_backward<B: Backend>(
     lr_scale: f32,
 ) -> Result<Vec<f32>> {
     match (q, saved) {
-        (Quantizer::Observer(_), Saved::Mask(mask)) => ops.ste(dy, mask),
+        (Quantizer::Observer(_) | Quantizer::Dynamic(_), Saved::Mask(mask)) => ops.ste(dy, mask),
         (Quantizer::Lsq(id), Saved::Input(x)) => {
             let grads = ops.lsq_backward(id, x, dy, shape)?;
             let (mut scales, zero_points) = ops.lsq_params(id)?;
@@ -654,9 +698,11 @@ impl Options {
 pub struct RecipeResult {
     pub name: &'static str,
     pub fake_quant_accuracy: f64,
-    pub fixed_point_accuracy: f64,
+    /// `None` for the dynamic recipes, which this fixed-point model (per-tensor activation scales
+    /// fixed at conversion) does not represent.
+    pub fixed_point_accuracy: Option<f64>,
     /// Fraction of test images on which the fake-quant and fixed-point models agree.
-    pub agreement: f64,
+    pub agreement: Option<f64>,
     pub model: Mlp,
     /// The quantizers' scales: input, w1, hidden, w2, logits.
     pub scales: Vec<Vec<f32>>,
@@ -727,12 +773,15 @@ pub fn table(reports: &[Report]) -> String {
     let recipes = reports.first().map_or(0, |r| r.recipes.len());
     for k in 0..recipes {
         let name = reports[0].recipes[k].name;
-        let column = |f: &dyn Fn(&RecipeResult) -> f64| -> Vec<String> {
-            reports.iter().map(|r| pct(f(&r.recipes[k]))).collect()
+        let column = |f: &dyn Fn(&RecipeResult) -> Option<f64>| -> Vec<String> {
+            reports
+                .iter()
+                .map(|r| f(&r.recipes[k]).map_or("n/a".to_string(), pct))
+                .collect()
         };
         rows.push((
             format!("QAT, {name}: fake-quant"),
-            column(&|r| r.fake_quant_accuracy),
+            column(&|r| Some(r.fake_quant_accuracy)),
         ));
         rows.push((
             format!("QAT, {name}: fixed point (integer-only)"),
@@ -752,7 +801,11 @@ pub fn table(reports: &[Report]) -> String {
         t.push_str("---|");
     }
     t.push('\n');
-    for (label, values) in rows {
+    // The dynamic recipes have no fixed-point rows.
+    for (label, values) in rows
+        .into_iter()
+        .filter(|(_, v)| v.iter().any(|v| v != "n/a"))
+    {
         t.push_str(&format!("| {label} | {} |\n", values.join(" | ")));
     }
     t
@@ -763,6 +816,8 @@ fn scales_of<B: Backend>(ops: &mut Ops<B>, p: &Places) -> Result<Vec<Vec<f32>>> 
         .into_iter()
         .map(|q| match q {
             Quantizer::Observer(id) => Ok(ops.observer_state(id)?.scales),
+            // Chosen anew for every tensor: nothing to keep.
+            Quantizer::Dynamic(_) => Ok(Vec::new()),
             Quantizer::Lsq(id) => {
                 // The effective scales (clamped to eps), as the kernels use them.
                 let (s, _) = ops.lsq_params(id)?;
@@ -785,6 +840,17 @@ fn finish_recipe<B: Backend>(
 ) -> Result<RecipeResult> {
     let (fq_acc, fq_pred) = fake_quant_accuracy(ops, &m, p, test)?;
     let scales = scales_of(ops, p)?;
+    let places = [p.input, p.w1, p.hidden, p.w2, p.logits];
+    if places.iter().any(|q| matches!(q, Quantizer::Dynamic(_))) {
+        return Ok(RecipeResult {
+            name,
+            fake_quant_accuracy: fq_acc,
+            fixed_point_accuracy: None,
+            agreement: None,
+            model: m,
+            scales,
+        });
+    }
     let fixed = FixedPointModel::convert(
         &m,
         [&scales[0], &scales[1], &scales[2], &scales[3], &scales[4]],
@@ -806,8 +872,8 @@ fn finish_recipe<B: Backend>(
     Ok(RecipeResult {
         name,
         fake_quant_accuracy: fq_acc,
-        fixed_point_accuracy: correct as f64 / test.len() as f64,
-        agreement: same as f64 / test.len() as f64,
+        fixed_point_accuracy: Some(correct as f64 / test.len() as f64),
+        agreement: Some(same as f64 / test.len() as f64),
         model: m,
         scales,
     })
@@ -941,6 +1007,43 @@ pub fn run<B: Backend>(
         logits: ops.create_lsq(&lsq_edges, obs.logits)?,
     };
 
+    // 5. torchao's LLM recipe: weights in symmetric groups of 32 along the input axis at the width
+    //    under test, activations int8 asymmetric per token (each row's own qparams), every
+    //    qparam chosen from the tensor itself at each call; and with range learning: the weights'
+    //    per-group scales learned (LSQ per group, unscaled gradients as torchao), initialized from
+    //    the calibrated weights' dynamic qparams as torchao's first forward does.
+    let per_token = ops.create_dynamic(&DynamicConfig::int8_per_token());
+    let per_group = ops.create_dynamic(&DynamicConfig::new(
+        range,
+        DynamicScheme::Symmetric,
+        Granularity::per_group(1, GROUP),
+    ));
+    let dynamic_places = Places {
+        input: Quantizer::Dynamic(per_token),
+        w1: Quantizer::Dynamic(per_group),
+        hidden: Quantizer::Dynamic(per_token),
+        w2: Quantizer::Dynamic(per_group),
+        logits: Quantizer::Dynamic(per_token),
+    };
+    let learned =
+        LsqConfig::new(range, Granularity::per_group(1, GROUP))?.with_grad_scale(GradScale::Off)?;
+    let mut learned_weights = |w: &[f32], shape: [usize; 2]| -> Result<Quantizer> {
+        let scales = ops.dynamic(per_group, w, &shape)?.scales;
+        let zero_points = vec![0.0; scales.len()];
+        Ok(Quantizer::Lsq(ops.create_lsq_with(
+            &learned,
+            &scales,
+            &zero_points,
+        )?))
+    };
+    let range_learning_places = Places {
+        input: Quantizer::Dynamic(per_token),
+        w1: learned_weights(&calibrated_model.w1, [HIDDEN, PIXELS])?,
+        hidden: Quantizer::Dynamic(per_token),
+        w2: learned_weights(&calibrated_model.w2, [CLASSES, HIDDEN])?,
+        logits: Quantizer::Dynamic(per_token),
+    };
+
     let mut recipes = Vec::new();
     for (name, places, lr_scale) in [
         (
@@ -949,6 +1052,16 @@ pub fn run<B: Backend>(
             0.0f32,
         ),
         ("LSQ (learned scales)", Places::from(lsqs), 0.01),
+        (
+            "torchao per-group weights (g=32) + per-token int8 activations, dynamic",
+            dynamic_places,
+            0.0,
+        ),
+        (
+            "torchao per-group + per-token, with range learning",
+            range_learning_places,
+            0.0005,
+        ),
     ] {
         let mut m = calibrated_model.clone();
         for epoch in 0..opts.qat_epochs {
@@ -976,11 +1089,15 @@ pub fn run<B: Backend>(
             ));
         }
         let result = finish_recipe(ops, name, m, &places, &test, range)?;
+        let Some(fixed_point_accuracy) = result.fixed_point_accuracy else {
+            recipes.push(result);
+            continue;
+        };
         log(format!(
             "convert {name}: fixed point (int{} weights and hidden activation stored in int8, int8 input and logits, int32 accumulation, requantization by integer multiplier and shift) accuracy {:.2}%, same class as fake-quant on {:.2}% of test images",
             opts.bits,
-            result.fixed_point_accuracy * 100.0,
-            result.agreement * 100.0
+            fixed_point_accuracy * 100.0,
+            result.agreement.unwrap_or(0.0) * 100.0
         ));
         recipes.push(result);
     }

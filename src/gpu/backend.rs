@@ -1,9 +1,10 @@
 //! The GPU as a [`Backend`]: the host-level calls of the context, its observers and LSQ
 //! quantizers, under the names the reference answers to.
 
-use super::{GpuContext, GpuLsq, GpuObserver};
-use crate::backend::{Backend, LsqOps, ObserverOps};
+use super::{GpuContext, GpuDynamic, GpuLsq, GpuObserver};
+use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
+use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
@@ -13,6 +14,7 @@ use crate::reference::FakeQuantOutput;
 impl Backend for GpuContext {
     type Observer = GpuObserver;
     type Lsq = GpuLsq;
+    type Dynamic = GpuDynamic;
 
     fn name(&self) -> String {
         format!("GPU: {}", self.adapter_name())
@@ -50,6 +52,16 @@ impl Backend for GpuContext {
         observer: &GpuObserver,
     ) -> Result<GpuLsq> {
         GpuContext::create_lsq_from_observer(self, config, observer)
+    }
+
+    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<GpuDynamic> {
+        GpuContext::create_dynamic(self, config, shape)
+    }
+}
+
+impl DynamicOps for GpuDynamic {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
+        GpuDynamic::forward(self, x, shape)
     }
 }
 

@@ -1,9 +1,11 @@
 //! The reference as a [`Backend`]: the same calls as the GPU, computed by the specification.
 
+use super::dynamic::Dynamic;
 use super::lsq::Lsq;
 use super::observer::Observer;
-use crate::backend::{Backend, LsqOps, ObserverOps};
+use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
+use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
@@ -17,6 +19,7 @@ pub struct Reference;
 impl Backend for Reference {
     type Observer = Observer;
     type Lsq = Lsq;
+    type Dynamic = Dynamic;
 
     fn name(&self) -> String {
         "CPU reference".to_string()
@@ -45,6 +48,16 @@ impl Backend for Reference {
 
     fn create_lsq_from_observer(&self, config: &LsqConfig, observer: &Observer) -> Result<Lsq> {
         Lsq::from_observer(config.clone(), observer.state())
+    }
+
+    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Dynamic> {
+        Dynamic::new(config.clone(), shape)
+    }
+}
+
+impl DynamicOps for Dynamic {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
+        Dynamic::forward(self, x, shape)
     }
 }
 

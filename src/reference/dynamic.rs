@@ -144,3 +144,37 @@ pub fn fake_quant_dynamic<T: Element>(
         zero_points,
     })
 }
+
+/// A dynamic fake-quantization for tensors with the groups of one shape: the reference's
+/// counterpart of [`crate::GpuDynamic`] (same checks, same results).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dynamic {
+    config: DynamicConfig,
+    groups: usize,
+}
+
+impl Dynamic {
+    /// For tensors with the groups of `shape`.
+    pub fn new(config: DynamicConfig, shape: &[usize]) -> Result<Self> {
+        let groups = config.granularity().channels(shape)?;
+        Ok(Self { config, groups })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DynamicConfig {
+        &self.config
+    }
+
+    /// [`fake_quant_dynamic`], for a shape with this object's number of groups.
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
+        let layout = self.config.granularity().layout(shape, x.len())?;
+        if layout.channels != self.groups {
+            return Err(crate::Error::LengthMismatch {
+                what: "groups of the shape",
+                expected: self.groups,
+                actual: layout.channels,
+            });
+        }
+        fake_quant_dynamic(&self.config, x, shape)
+    }
+}
