@@ -78,9 +78,14 @@ pub struct Ops<B: Backend> {
     backend: B,
     observers: Vec<B::Observer>,
     lsqs: Vec<B::Lsq>,
-    /// Per dynamic quantizer: its configuration, and one object per shape it has seen (the
-    /// groups of a per-token quantizer follow the batch size).
-    dynamics: Vec<(DynamicConfig, Vec<(Vec<usize>, B::Dynamic)>)>,
+    dynamics: Vec<DynamicQuantizer<B>>,
+}
+
+/// A dynamic quantizer: its configuration, and one backend object per shape it has seen (the
+/// groups of a per-token quantizer follow the batch size).
+struct DynamicQuantizer<B: Backend> {
+    config: DynamicConfig,
+    by_shape: Vec<(Vec<usize>, B::Dynamic)>,
 }
 
 impl<B: Backend> Ops<B> {
@@ -145,21 +150,25 @@ impl<B: Backend> Ops<B> {
     }
 
     fn create_dynamic(&mut self, config: &DynamicConfig) -> usize {
-        self.dynamics.push((config.clone(), Vec::new()));
+        self.dynamics.push(DynamicQuantizer {
+            config: config.clone(),
+            by_shape: Vec::new(),
+        });
         self.dynamics.len() - 1
     }
 
     /// A dynamic fake-quantization: `y`, the mask and the qparams chosen for `x`.
     fn dynamic(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<DynamicOutput> {
-        let (config, objects) = &mut self.dynamics[id];
-        let at = match objects.iter().position(|(s, _)| s == shape) {
+        let q = &mut self.dynamics[id];
+        let at = match q.by_shape.iter().position(|(s, _)| s == shape) {
             Some(at) => at,
             None => {
-                objects.push((shape.to_vec(), self.backend.create_dynamic(config, shape)?));
-                objects.len() - 1
+                let object = self.backend.create_dynamic(&q.config, shape)?;
+                q.by_shape.push((shape.to_vec(), object));
+                q.by_shape.len() - 1
             }
         };
-        Ok(objects[at].1.forward(x, shape)?)
+        Ok(q.by_shape[at].1.forward(x, shape)?)
     }
 
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
