@@ -12,6 +12,8 @@
 // the qparams and the element arithmetic are exact as their files explain.
 
 override GROUP: u32 = 32u;
+// The float zero-point domain's arithmetic is bf16 (x and the qparams bf16), else f32.
+override FLOAT_P_BF16: bool = false;
 
 // The chosen scales, then the zero points (f32 bits), one per group of the whole tensor.
 @group(0) @binding(5) var<storage, read_write> qparams: array<u32>;
@@ -22,7 +24,38 @@ const GROUPS_WG: u32 = 256u;
 var<workgroup> group_lo: array<atomic<u32>, 32>;
 var<workgroup> group_hi: array<atomic<u32>, 32>;
 var<workgroup> group_params: array<ChannelParams, 32>;
+// Float zero-point domain: per group its scale, zero point and `mv = zp - s * mid` (f32 bits).
+var<workgroup> group_float: array<vec3<u32>, 32>;
 var<workgroup> group_mask: array<atomic<u32>, 128>;
+
+fn rp(bits: u32) -> u32 {
+    if (FLOAT_P_BF16) {
+        return bf16_to_f32_bits(f32_to_bf16_bits(bits));
+    }
+    return bits;
+}
+
+// One element in the float zero-point domain (torchao's tinygemm arithmetic, in its dtypes):
+// `pre = (x - mv) / s`, `q = clamp(rne(pre), qmin, qmax)`, `y = rd(rd((q - mid) * s) + zp)`, each
+// operation one of exact_f32.wgsl's correctly rounded routines; `q - mid` is an exact small
+// integer. A NaN stays the same NaN, quieted; +-inf (or x - mv overflowing) lands on its side.
+fn float_domain_bits(x: u32, f: vec3<u32>) -> Quantized {
+    if (is_nan_bits(x)) {
+        return Quantized(x | QUIET_BIT, false, false);
+    }
+    let below = QMIN - 1;
+    let above = QMAX + 1;
+    var r = 0;
+    let d = select(x, rp(sub_rn_bits(x, f.z)), is_finite_bits(x));
+    if (!is_finite_bits(d)) {
+        r = select(above, below, (d & SIGN_BIT) != 0u);
+    } else {
+        r = round_half_even_clamp_i32(rp(div_rn_bits(d, f.x)), below, above);
+    }
+    let q = clamp(r, QMIN, QMAX);
+    let t = rd(rp(mul_rn_bits(bitcast<u32>(f32(q - (QMIN + QMAX + 1) / 2)), f.x)));
+    return Quantized(rp(add_rn_bits(t, f.y)), r >= QMIN && r <= QMAX, r < QMIN);
+}
 
 fn tile_len() -> u32 {
     return max(GROUP, 1024u);
@@ -77,17 +110,27 @@ fn group_tile(tile: u32, lid: u32) {
             hi = from_key(hi_key);
         }
         let q = group_qparams(lo, hi);
-        group_params[lid] = channel_params(q.scale, q.zero_point, QMIN, QMAX);
+        if (SCHEME == 2u) {
+            let mv = rq(sub_rn_bits(q.zero_bits, rq(mul_rn_bits(q.scale, MID_BITS))));
+            group_float[lid] = vec3<u32>(q.scale, q.zero_bits, mv);
+        } else {
+            group_params[lid] = channel_params(q.scale, q.zero_point, QMIN, QMAX);
+        }
         let g = dispatch.channel_start + base / GROUP + lid;
         qparams[g] = q.scale;
-        qparams[dispatch.channels + g] = bitcast<u32>(f32(q.zero_point));
+        qparams[dispatch.channels + g] = q.zero_bits;
     }
     workgroupBarrier();
     for (var k = 0u; k < per_thread; k = k + 1u) {
         let offset = first + k;
         let i = base + offset;
         if (i < dispatch.len) {
-            let q = fake_quant_bits(values[k], group_params[offset / GROUP]);
+            var q: Quantized;
+            if (SCHEME == 2u) {
+                q = float_domain_bits(values[k], group_float[offset / GROUP]);
+            } else {
+                q = fake_quant_bits(values[k], group_params[offset / GROUP]);
+            }
             store_y(i, q.bits);
             if (q.in_range) {
                 atomicOr(&group_mask[offset / 32u], 1u << (offset % 32u));

@@ -10,7 +10,7 @@
 // narrowing; maxima, minima and caps of non-negative values compare their bits, which order like
 // the values.
 
-// 0 symmetric, 1 asymmetric (integer zero point).
+// 0 symmetric, 1 asymmetric (integer zero point), 2 float zero point (one-pass kernel only).
 override SCHEME: u32 = 0u;
 override QMIN: i32 = -8;
 override QMAX: i32 = 7;
@@ -20,6 +20,9 @@ override LEVELS_BITS: u32 = 0x41700000u;
 override HALF_LEVELS_BITS: u32 = 0x40f00000u;
 // The type the qparams are computed in (the input's): 0 f32, 1 f16, 2 bf16.
 override QPARAMS_DTYPE: u32 = 0u;
+// Float zero point: the qparams kept in bf16 (else f32), and (qmin + qmax + 1) / 2 as f32 bits.
+override QP_BF16: bool = false;
+override MID_BITS: u32 = 0x41000000u;
 
 // 2^126: the largest scale whose reciprocal is a normal f32.
 const MAX_SCALE_BITS: u32 = 0x7e800000u;
@@ -27,7 +30,18 @@ const POS_INF_BITS: u32 = 0x7f800000u;
 
 struct GroupQparams {
     scale: u32,
+    // The integer zero point (SCHEME 0, 1).
     zero_point: i32,
+    // The zero point's f32 bits (every scheme).
+    zero_bits: u32,
+}
+
+// Rounds f32 bits to the float-domain qparams' precision.
+fn rq(bits: u32) -> u32 {
+    if (QP_BF16) {
+        return bf16_to_f32_bits(f32_to_bf16_bits(bits));
+    }
+    return bits;
 }
 
 // Rounds f32 bits to the qparams' type and back (identity for f32).
@@ -39,6 +53,17 @@ fn rd(bits: u32) -> u32 {
         return bf16_to_f32_bits(f32_to_bf16_bits(bits));
     }
     return bits;
+}
+
+// The largest finite value of the qparams' type, as f32 bits.
+fn max_finite_bits() -> u32 {
+    if (QPARAMS_DTYPE == 1u) {
+        return 0x477fe000u; // 65504
+    }
+    if (QPARAMS_DTYPE == 2u) {
+        return 0x7f7f0000u;
+    }
+    return 0x7f7fffffu;
 }
 
 // `a / b` for a non-negative `a` that may be +inf (the range of a group that overflows) and a
@@ -61,16 +86,30 @@ fn group_qparams(lo_bits: u32, hi_bits: u32) -> GroupQparams {
         lo = 0u;
         hi = 0u;
     }
+    if (SCHEME == 2u) {
+        // The group's own range, zero not included: s = rd(max(rd(w / levels), eps)), w = rd(hi - lo),
+        // zp = rd(lo + rd(s * mid)), both then kept in the qparams' precision.
+        // A range that overflows the input type is taken as its largest finite value, so that
+        // the scale, the zero point and `zp - s * mid` stay finite.
+        var width = rd(sub_rn_bits(hi, lo));
+        if (!is_finite_bits(width)) {
+            width = max_finite_bits();
+        }
+        let scale = rd(max(rd(div_rn_bits(width, LEVELS_BITS)), EPS_BITS));
+        let zero = rd(add_rn_bits(lo, rd(mul_rn_bits(scale, MID_BITS))));
+        return GroupQparams(rq(scale), 0, rq(zero));
+    }
     // mn = min(lo, 0) and mx = max(hi, 0), a zero as +0.0.
     let mn = select(0u, lo, (lo & SIGN_BIT) != 0u && (lo & ABS_MASK) != 0u);
     let mx = select(0u, hi, (hi & SIGN_BIT) == 0u);
     if (SCHEME == 0u) {
         let magnitude = max(mn & ABS_MASK, mx);
-        return GroupQparams(bounded_scale(rd(div_rn_bits(magnitude, HALF_LEVELS_BITS))), 0);
+        return GroupQparams(bounded_scale(rd(div_rn_bits(magnitude, HALF_LEVELS_BITS))), 0, 0u);
     }
     let width = rd(sub_rn_bits(mx, mn));
     let scale = bounded_scale(rd(div_or_inf(width, LEVELS_BITS)));
     let q = rd(div_rn_bits(mn, scale));
     let r = round_half_even_clamp_i32(q, -16777216, 16777216);
-    return GroupQparams(scale, clamp(QMIN - r, QMIN, QMAX));
+    let zero_point = clamp(QMIN - r, QMIN, QMAX);
+    return GroupQparams(scale, zero_point, bitcast<u32>(f32(zero_point)));
 }

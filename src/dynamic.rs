@@ -14,26 +14,28 @@
 //!   preserved): `s = max(rd(rd(mx - mn) / (qmax - qmin)), eps)`,
 //!   `zp = clamp(qmin - rne(rd(mn / s)), qmin, qmax)`.
 //! - [`DynamicScheme::AsymmetricFloat`] (torchao's `ZeroPointDomain.FLOAT`, the tinygemm uint4
-//!   recipe): `mn`, `mx` without zero, `s = rd(max(rd(rd(mx - mn) / (qmax - qmin)), eps))`,
+//!   recipe): `mn`, `mx` without zero, `s = rd(max(rd(w / (qmax - qmin)), eps))` with
+//!   `w = rd(mx - mn)` (the input type's largest finite value when that overflows),
 //!   `zp = rd(mn + rd(s * mid))` with `mid = (qmin + qmax + 1) / 2`, both then rounded to the
 //!   qparams' precision (f32 or bf16).
 //!
 //! The integer-domain schemes then fake-quantize with the core op (see [`crate::reference`]),
 //! multiplying by the reciprocal as torchao does. The float domain computes, in torchao's order
 //! and dtypes: `mv = zp - s * mid` in the qparams' precision, `pre = (x - mv) / s`,
-//! `q = clamp(rne(pre), qmin, qmax)`, `y = rd(rd((q - mid) * s) + zp)`.
+//! `q = clamp(rne(pre), qmin, qmax)`, `y = rd(rd((q - mid) * s) + zp)`; a NaN stays the same NaN,
+//! quieted (as in the core op), and `+-inf` lands on its side.
 //!
 //! `eps` defaults to torchao's: the smallest normal number of the input's type for the integer
-//! domain (2^-126 for f32 and bf16, 2^-14 for f16), `1e-6` for the float domain. Scales are
-//! capped at 2^126 (a group whose range overflows f32 gets that scale) so that every group has a
-//! valid reciprocal.
+//! domain (2^-126 for f32 and bf16, 2^-14 for f16), `1e-6` for the float domain. Integer-domain
+//! scales are capped at 2^126 (a group whose range overflows f32 gets that scale) so that every
+//! group has a valid reciprocal.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::{Granularity, QuantRange};
 
 /// How a group's qparams follow from its values (see the [module](self) documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DynamicScheme {
     /// Zero point 0, the range symmetric around zero.
     #[default]

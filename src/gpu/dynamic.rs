@@ -26,7 +26,8 @@ use crate::quant::{numel, ChannelLayout, Rounding};
 /// The rules of `shaders/dynamic_rules.wgsl` as `override` constants: a pipeline per rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Rules {
-    symmetric: bool,
+    scheme: DynamicScheme,
+    qparams_bf16: bool,
     qmin: i32,
     qmax: i32,
     eps_bits: u32,
@@ -36,7 +37,8 @@ pub(crate) struct Rules {
 impl Rules {
     fn new(config: &DynamicConfig, dtype: DType) -> Self {
         Self {
-            symmetric: config.scheme() == DynamicScheme::Symmetric,
+            scheme: config.scheme(),
+            qparams_bf16: config.qparams_dtype() == DType::Bf16,
             qmin: config.range().qmin(),
             qmax: config.range().qmax(),
             eps_bits: config.eps_for(dtype).to_bits(),
@@ -50,8 +52,18 @@ impl Rules {
     )]
     fn constants(&self) -> Vec<(&'static str, f64)> {
         let levels = (self.qmax - self.qmin) as f32;
+        let mid = ((self.qmin + self.qmax + 1) / 2) as f32;
         vec![
-            ("SCHEME", if self.symmetric { 0.0 } else { 1.0 }),
+            (
+                "SCHEME",
+                match self.scheme {
+                    DynamicScheme::Symmetric => 0.0,
+                    DynamicScheme::Asymmetric => 1.0,
+                    DynamicScheme::AsymmetricFloat => 2.0,
+                },
+            ),
+            ("QP_BF16", if self.qparams_bf16 { 1.0 } else { 0.0 }),
+            ("MID_BITS", mid.to_bits() as f64),
             ("QMIN", self.qmin as f64),
             ("QMAX", self.qmax as f64),
             ("EPS_BITS", self.eps_bits as f64),
@@ -107,6 +119,8 @@ impl Kernel for GroupsKernel {
     fn constants(&self) -> Vec<(&'static str, f64)> {
         let mut constants = self.rules.constants();
         constants.push(("GROUP", self.group as f64));
+        let bf16_arithmetic = self.rules.dtype == DType::Bf16 && self.rules.qparams_bf16;
+        constants.push(("FLOAT_P_BF16", if bf16_arithmetic { 1.0 } else { 0.0 }));
         if self.rules.dtype != DType::F32 {
             constants.push(("DTYPE", dtype_constant(self.rules.dtype)));
         }
@@ -117,6 +131,11 @@ impl Kernel for GroupsKernel {
 /// Groups of these sizes take the one-pass kernel: a power of two, whole mask words, and a tile
 /// (`max(group, 1024)` elements) that divides the chunk granule.
 const ONE_PASS_GROUPS: std::ops::RangeInclusive<usize> = 32..=4096;
+
+/// Whether the groups of `layout` take the one-pass kernel: contiguous, of a size it takes.
+fn one_pass(layout: ChannelLayout) -> bool {
+    layout.outer == 1 && layout.inner.is_power_of_two() && ONE_PASS_GROUPS.contains(&layout.inner)
+}
 
 bindings! {
     /// `dynamic_qparams`: the groups' statistics in, their fake-quant parameters and qparams out.
@@ -175,14 +194,16 @@ impl GpuContext {
     /// the same number of groups fits). The float zero-point domain is refused here
     /// ([`Error::Unsupported`]); the reference implements it.
     pub fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<GpuDynamic> {
-        if config.scheme() == DynamicScheme::AsymmetricFloat {
-            return Err(Error::Unsupported(
-                "the float zero-point domain (DynamicScheme::AsymmetricFloat) runs on the \
-                 reference only in this version"
-                    .into(),
-            ));
-        }
         let groups = config.granularity().channels(shape)?;
+        let layout = config.granularity().layout(shape, numel(shape)?)?;
+        if config.scheme() == DynamicScheme::AsymmetricFloat && !one_pass(layout) {
+            return Err(Error::Unsupported(format!(
+                "the float zero-point domain (DynamicScheme::AsymmetricFloat) runs on the device \
+                 for contiguous groups of a power-of-two size from 32 to 4096 (the one-pass \
+                 kernel), not for groups of {}; the reference takes any",
+                layout.inner
+            )));
+        }
         let reducer = self.create_observer(
             &ObserverConfig::new(
                 config.range(),
@@ -263,8 +284,7 @@ impl GpuDynamic {
             layout.numel(),
         )?;
         let rules = Rules::new(&self.config, x.dtype);
-        let group = layout.inner;
-        if layout.outer == 1 && group.is_power_of_two() && ONE_PASS_GROUPS.contains(&group) {
+        if one_pass(layout) {
             return self.record_one_pass(recorder, rules, layout, x, y, mask);
         }
         let stats = self.reducer.batch_stats();

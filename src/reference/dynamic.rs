@@ -17,6 +17,15 @@ fn rd<T: Element>(v: f32) -> f32 {
     T::from_f32(v).to_f32()
 }
 
+/// The largest finite value of an element type, as f32.
+fn max_finite(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => f32::MAX,
+        DType::F16 => half::f16::MAX.to_f32(),
+        DType::Bf16 => bf16::MAX.to_f32(),
+    }
+}
+
 /// Rounds to the qparams' precision.
 fn rq(dtype: DType, v: f32) -> f32 {
     match dtype {
@@ -66,7 +75,13 @@ fn group_qparams<T: Element>(config: &DynamicConfig, eps: f32, lo: f32, hi: f32)
         }
         DynamicScheme::AsymmetricFloat => {
             let mid = ((qmin + qmax + 1) / 2) as f32;
-            let s = cap(rd::<T>(rd::<T>(rd::<T>(hi - lo) / levels).max(eps)));
+            // A range that overflows the input type is taken as the type's largest finite value,
+            // so that the scale, the zero point and `zp - s * mid` stay finite.
+            let mut width = rd::<T>(hi - lo);
+            if width.is_infinite() {
+                width = max_finite(T::DTYPE);
+            }
+            let s = rd::<T>(rd::<T>(width / levels).max(eps));
             let zp = rd::<T>(lo + rd::<T>(s * mid));
             let dtype = config.qparams_dtype();
             (rq(dtype, s), rq(dtype, zp))
@@ -126,13 +141,19 @@ pub fn fake_quant_dynamic<T: Element>(
         .iter()
         .enumerate()
         .map(|(i, &v)| {
+            if v.is_nan() {
+                // As the core op: the same NaN, quieted, and out of range.
+                in_range.push(false);
+                return T::from_f32(f32::from_bits(v.to_bits() | super::QUIET_BIT));
+            }
             let g = layout.channel_of(i);
             let (s, zp) = (scales[g], zero_points[g]);
             let mv = rq(qdtype, zp - rq(qdtype, s * mid));
             let pre = rq(p, rq(p, v - mv) / s);
+            // +-inf (an infinite x, or x - mv overflowing) lands on its side.
             let r = pre.round_ties_even();
             in_range.push(qmin <= r && r <= qmax);
-            let q = if r.is_nan() { r } else { r.clamp(qmin, qmax) };
+            let q = r.clamp(qmin, qmax);
             let t = rd::<T>(rq(p, (q - mid) * s));
             T::from_f32(rq(p, t + zp))
         })

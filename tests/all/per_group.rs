@@ -5,8 +5,8 @@
 use crate::common::{adversarial, assert_bits_eq, assert_mask_eq, check_on_gpu, contexts, Rng};
 use fakequant::reference::dynamic::fake_quant_dynamic;
 use fakequant::{
-    reference, DynamicConfig, DynamicScheme, Element, Error, FakeQuant, Granularity, LsqConfig,
-    Mode, ObserverConfig, QuantParams, QuantRange,
+    reference, DType, DynamicConfig, DynamicScheme, Element, Error, FakeQuant, Granularity,
+    LsqConfig, Mode, ObserverConfig, QuantParams, QuantRange,
 };
 use half::{bf16, f16};
 
@@ -293,14 +293,38 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
             let n: usize = shape.iter().product();
             let group = n / granularity.channels(shape).unwrap();
             let x = dynamic_data(&mut rng, n, group);
-            for (range, scheme) in [
-                (QuantRange::INT4, DynamicScheme::Symmetric),
-                (QuantRange::INT8, DynamicScheme::Symmetric),
-                (QuantRange::INT8, DynamicScheme::Asymmetric),
-                (QuantRange::UINT4, DynamicScheme::Asymmetric),
+            let layout = granularity.layout(shape, n).unwrap();
+            let one_pass = layout.outer == 1
+                && layout.inner.is_power_of_two()
+                && (32..=4096).contains(&layout.inner);
+            for (range, scheme, qparams) in [
+                (QuantRange::INT4, DynamicScheme::Symmetric, DType::F32),
+                (QuantRange::INT8, DynamicScheme::Symmetric, DType::F32),
+                (QuantRange::INT8, DynamicScheme::Asymmetric, DType::F32),
+                (QuantRange::UINT4, DynamicScheme::Asymmetric, DType::F32),
+                (
+                    QuantRange::UINT4,
+                    DynamicScheme::AsymmetricFloat,
+                    DType::F32,
+                ),
+                (
+                    QuantRange::UINT4,
+                    DynamicScheme::AsymmetricFloat,
+                    DType::Bf16,
+                ),
             ] {
-                let config = DynamicConfig::new(range, scheme, *granularity);
-                let label = format!("{shape:?} {granularity:?} {range:?} {scheme:?}");
+                let config = DynamicConfig::new(range, scheme, *granularity)
+                    .with_qparams_dtype(qparams)
+                    .unwrap();
+                if scheme == DynamicScheme::AsymmetricFloat && !one_pass {
+                    // The float domain runs on the device in the one-pass kernel only, and says so.
+                    assert!(matches!(
+                        ctx.create_dynamic(&config, shape),
+                        Err(Error::Unsupported(_))
+                    ));
+                    continue;
+                }
+                let label = format!("{shape:?} {granularity:?} {range:?} {scheme:?} {qparams:?}");
                 check_dynamic::<f32>(ctx, &config, &x, shape, &label);
                 check_dynamic::<f16>(ctx, &config, &x, shape, &label);
                 check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
@@ -318,22 +342,20 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
         let shape = [8, 20480];
         let x = dynamic_data(&mut rng, 8 * 20480, 4096);
         for granularity in [Granularity::per_group(1, 4096), Granularity::PerToken] {
-            for scheme in [DynamicScheme::Symmetric, DynamicScheme::Asymmetric] {
+            for scheme in [
+                DynamicScheme::Symmetric,
+                DynamicScheme::Asymmetric,
+                DynamicScheme::AsymmetricFloat,
+            ] {
+                if scheme == DynamicScheme::AsymmetricFloat && granularity == Granularity::PerToken
+                {
+                    continue; // rows of 20480: beyond the one-pass kernel
+                }
                 let config = DynamicConfig::new(QuantRange::INT4, scheme, granularity);
                 let label = format!("lowered limits {granularity:?} {scheme:?}");
                 check_dynamic::<f32>(&small, &config, &x, &shape, &label);
                 check_dynamic::<bf16>(&small, &config, &x, &shape, &label);
             }
         }
-        // The float zero-point domain is the reference's only, and says so.
-        let float = DynamicConfig::new(
-            QuantRange::UINT4,
-            DynamicScheme::AsymmetricFloat,
-            Granularity::per_group(1, 32),
-        );
-        assert!(matches!(
-            ctx.create_dynamic(&float, &[4, 64]),
-            Err(Error::Unsupported(_))
-        ));
     }
 }
