@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::common::contexts;
 use crate::common::vectors::{data_lines, key_value, values};
 use fakequant::reference::dynamic::fake_quant_dynamic;
 use fakequant::{reference, DType, DynamicConfig, DynamicScheme, Element, Granularity, QuantRange};
@@ -375,4 +376,58 @@ fn dynamic_per_group_and_per_token_match_torchao() {
         );
     }
     assert!(tally.dx_edge > 0 && tally.dx_rounding > 0);
+}
+
+/// The device on torchao's cases: the same bits as the reference (which the test above compares
+/// with torchao), for every case the device takes (the float domain needs one-pass groups).
+fn run_on_device<T: FromBits>(ctx: &fakequant::GpuContext, case: &Case<'_>) -> bool {
+    let config = case.config();
+    let shape = case.shape();
+    let x: Vec<T> = case.rows["x"]
+        .iter()
+        .map(|&b| T::from_bits_u32(b))
+        .collect();
+    let Ok(dynamic) = ctx.create_dynamic(&config, &shape) else {
+        return false;
+    };
+    let expected = fake_quant_dynamic(&config, &x, &shape).unwrap();
+    let got = dynamic.forward(&x, &shape).unwrap();
+    let label = format!("{} on {}", case.name, ctx.adapter_name());
+    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
+    let fbits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
+    assert_eq!(
+        fbits(&got.scales),
+        fbits(&expected.scales),
+        "{label}: scales"
+    );
+    assert_eq!(
+        fbits(&got.zero_points),
+        fbits(&expected.zero_points),
+        "{label}: zero points"
+    );
+    assert_eq!(got.mask, expected.mask, "{label}: mask");
+    true
+}
+
+#[test]
+fn the_device_matches_the_reference_on_torchao_cases() {
+    let cases = cases();
+    for ctx in contexts() {
+        let mut ran = 0;
+        for case in &cases {
+            ran += match case.get("dtype") {
+                "f32" => run_on_device::<f32>(ctx, case),
+                "bf16" => run_on_device::<bf16>(ctx, case),
+                "f16" => run_on_device::<f16>(ctx, case),
+                other => panic!("{}: dtype {other}", case.name),
+            } as usize;
+        }
+        assert_eq!(
+            ran,
+            cases.len(),
+            "every torchao case runs on {}",
+            ctx.adapter_name()
+        );
+    }
 }
