@@ -15,7 +15,7 @@ use super::kernel::shaders::{Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
+use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
@@ -411,11 +411,7 @@ impl GpuDynamic {
         y: &GpuTensor,
         mask: Option<&GpuMask>,
     ) -> Result<()> {
-        check_len("x vs product of shape", numel(shape)?, x.len())?;
-        check_len("y vs x", x.len(), y.len())?;
-        if let Some(m) = mask {
-            check_len("mask vs x", x.len(), m.len())?;
-        }
+        check_forward_lengths(x, shape, y, mask)?;
         let mut encoder = self.ctx.create_encoder("fakequant dynamic forward");
         self.record_forward(
             &mut encoder,
@@ -430,15 +426,13 @@ impl GpuDynamic {
     /// Host level: the dynamic fake-quantization of host data of any element type, with the
     /// qparams it chose.
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload(x)?;
-        let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = self.ctx.create_mask(x.len())?;
-        self.forward_device(&x_dev, shape, &y_dev, Some(&mask_dev))?;
+        let out = self.ctx.forward_on_host(x, shape, |x, y, mask| {
+            self.forward_device(x, shape, y, Some(mask))
+        })?;
         let (scales, zero_points) = self.read_qparams()?;
         Ok(DynamicOutput {
-            y: self.ctx.read_tensor(&y_dev)?,
-            mask: self.ctx.read_mask(&mask_dev)?,
+            y: out.y,
+            mask: out.mask,
             scales,
             zero_points,
         })

@@ -8,7 +8,7 @@ use super::kernel::shaders::{Shader, ELEMENTWISE_F32, ELEMENTWISE_HALF, ELEMENTW
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
+use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::{ChannelLayout, FakeQuant, Granularity, PackedMask, QuantRange, Rounding};
@@ -230,13 +230,9 @@ impl GpuContext {
     ) -> Result<FakeQuantOutput<T>> {
         op.layout(shape, x.len())?;
         let prepared = self.prepare(op)?;
-        let x_dev = self.upload(x)?;
-        let y_dev = self.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = self.create_mask(x.len())?;
-        prepared.forward_device(&x_dev, shape, &y_dev, Some(&mask_dev))?;
-        let y = self.read_tensor(&y_dev)?;
-        let mask = self.read_mask(&mask_dev)?;
-        Ok(FakeQuantOutput { y, mask })
+        self.forward_on_host(x, shape, |x, y, mask| {
+            prepared.forward_device(x, shape, y, Some(mask))
+        })
     }
 
     /// Host level: the straight-through backward `dx = dy * mask` on the device, `dx` in the type
@@ -550,15 +546,7 @@ impl GpuFakeQuant {
         y: &GpuTensor,
         mask: Option<&GpuMask>,
     ) -> Result<()> {
-        check_len(
-            "x vs product of shape",
-            crate::quant::numel(shape)?,
-            x.len(),
-        )?;
-        check_len("y vs x", x.len(), y.len())?;
-        if let Some(m) = mask {
-            check_len("mask vs x", x.len(), m.len())?;
-        }
+        check_forward_lengths(x, shape, y, mask)?;
         let mut encoder = self.ctx.create_encoder("fakequant forward");
         self.record_forward(
             &mut encoder,

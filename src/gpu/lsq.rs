@@ -13,7 +13,9 @@ use super::kernel::shaders::{Shader, LSQ_KERNELS};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::memory::{check_disjoint, check_len, Footprint, GpuMask, GpuTensor, TensorBinding};
+use super::memory::{
+    check_disjoint, check_forward_lengths, check_len, Footprint, GpuMask, GpuTensor, TensorBinding,
+};
 use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -785,11 +787,7 @@ impl GpuLsq {
         y: &GpuTensor,
         mask: Option<&GpuMask>,
     ) -> Result<()> {
-        check_len("x vs product of shape", numel(shape)?, x.len())?;
-        check_len("y vs x", x.len(), y.len())?;
-        if let Some(m) = mask {
-            check_len("mask vs x", x.len(), m.len())?;
-        }
+        check_forward_lengths(x, shape, y, mask)?;
         let mut encoder = self.ctx.create_encoder("fakequant lsq forward");
         self.record_forward(
             &mut encoder,
@@ -828,14 +826,8 @@ impl GpuLsq {
     /// Host level: the forward on host data of any element type, `y` in the type of `x`, and
     /// the mask.
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
-        check_len("data length vs product of shape", numel(shape)?, x.len())?;
-        let x_dev = self.ctx.upload(x)?;
-        let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = self.ctx.create_mask(x.len())?;
-        self.forward_device(&x_dev, shape, &y_dev, Some(&mask_dev))?;
-        Ok(FakeQuantOutput {
-            y: self.ctx.read_tensor(&y_dev)?,
-            mask: self.ctx.read_mask(&mask_dev)?,
+        self.ctx.forward_on_host(x, shape, |x, y, mask| {
+            self.forward_device(x, shape, y, Some(mask))
         })
     }
 

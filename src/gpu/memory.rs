@@ -460,6 +460,51 @@ pub(crate) fn check_disjoint(footprints: &[Footprint<'_>]) -> Result<()> {
     Ok(())
 }
 
+/// The length checks of a device-level forward: `x` against the shape, `y` and the mask against
+/// `x`.
+pub(crate) fn check_forward_lengths(
+    x: &GpuTensor,
+    shape: &[usize],
+    y: &GpuTensor,
+    mask: Option<&GpuMask>,
+) -> Result<()> {
+    check_len(
+        "x vs product of shape",
+        crate::quant::numel(shape)?,
+        x.len(),
+    )?;
+    check_len("y vs x", x.len(), y.len())?;
+    if let Some(m) = mask {
+        check_len("mask vs x", x.len(), m.len())?;
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    /// A host-level forward: `x` uploaded, `device` run on it with a new `y` and mask, both read
+    /// back.
+    pub(crate) fn forward_on_host<T: Element>(
+        &self,
+        x: &[T],
+        shape: &[usize],
+        device: impl FnOnce(&GpuTensor, &GpuTensor, &GpuMask) -> Result<()>,
+    ) -> Result<crate::reference::FakeQuantOutput<T>> {
+        check_len(
+            "data length vs product of shape",
+            crate::quant::numel(shape)?,
+            x.len(),
+        )?;
+        let x_dev = self.upload(x)?;
+        let y_dev = self.create_tensor(x.len(), T::DTYPE)?;
+        let mask_dev = self.create_mask(x.len())?;
+        device(&x_dev, &y_dev, &mask_dev)?;
+        Ok(crate::reference::FakeQuantOutput {
+            y: self.read_tensor(&y_dev)?,
+            mask: self.read_mask(&mask_dev)?,
+        })
+    }
+}
+
 /// An error unless `actual == expected`.
 pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
     if expected != actual {

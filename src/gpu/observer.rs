@@ -12,7 +12,7 @@ use super::kernel::shaders::{Shader, OBSERVERS};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
-use super::memory::{check_len, GpuMask, GpuTensor, TensorBinding};
+use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
@@ -793,15 +793,7 @@ impl GpuObserver {
         mask: Option<&GpuMask>,
         mode: Mode,
     ) -> Result<()> {
-        check_len("y vs x", x.len(), y.len())?;
-        check_len(
-            "data length vs product of shape",
-            crate::quant::numel(shape)?,
-            x.len(),
-        )?;
-        if let Some(m) = mask {
-            check_len("mask vs x", x.len(), m.len())?;
-        }
+        check_forward_lengths(x, shape, y, mask)?;
         let mut encoder = self.ctx.create_encoder("fakequant observer step");
         self.record_step(
             &mut encoder,
@@ -823,18 +815,8 @@ impl GpuObserver {
         mode: Mode,
     ) -> Result<FakeQuantOutput<T>> {
         self.layout(shape)?;
-        check_len(
-            "data length vs product of shape",
-            crate::quant::numel(shape)?,
-            x.len(),
-        )?;
-        let x_dev = self.ctx.upload(x)?;
-        let y_dev = self.ctx.create_tensor(x.len(), T::DTYPE)?;
-        let mask_dev = self.ctx.create_mask(x.len())?;
-        self.step_device(&x_dev, shape, &y_dev, Some(&mask_dev), mode)?;
-        Ok(FakeQuantOutput {
-            y: self.ctx.read_tensor(&y_dev)?,
-            mask: self.ctx.read_mask(&mask_dev)?,
+        self.ctx.forward_on_host(x, shape, |x, y, mask| {
+            self.step_device(x, shape, y, Some(mask), mode)
         })
     }
 

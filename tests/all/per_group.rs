@@ -2,7 +2,9 @@
 //! and LSQ (range learning) per group on the device against the reference, and the dynamic
 //! reference's own properties.
 
-use crate::common::{adversarial, assert_bits_eq, assert_mask_eq, check_on_gpu, contexts, Rng};
+use crate::common::{
+    adversarial, assert_bits_eq, assert_dynamic_eq, assert_mask_eq, check_on_gpu, contexts, Rng,
+};
 use fakequant::reference::dynamic::fake_quant_dynamic;
 use fakequant::{
     reference, DType, DynamicConfig, DynamicScheme, Element, Error, FakeQuant, Granularity,
@@ -261,20 +263,7 @@ fn check_dynamic<T: Element>(
         .forward(&x, shape)
         .unwrap();
     let label = format!("{label} {:?} on {}", T::DTYPE, ctx.adapter_name());
-    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
-    let fbits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        fbits(&got.scales),
-        fbits(&expected.scales),
-        "{label}: scales"
-    );
-    assert_eq!(
-        fbits(&got.zero_points),
-        fbits(&expected.zero_points),
-        "{label}: zero points"
-    );
-    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
-    assert_mask_eq(&label, &expected.mask, &got.mask);
+    assert_dynamic_eq(&label, &expected, &got);
 }
 
 #[test]

@@ -393,20 +393,7 @@ fn run_on_device<T: FromBits>(ctx: &fakequant::GpuContext, case: &Case<'_>) -> b
     let expected = fake_quant_dynamic(&config, &x, &shape).unwrap();
     let got = dynamic.forward(&x, &shape).unwrap();
     let label = format!("{} on {}", case.name, ctx.adapter_name());
-    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
-    let fbits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
-    assert_eq!(
-        fbits(&got.scales),
-        fbits(&expected.scales),
-        "{label}: scales"
-    );
-    assert_eq!(
-        fbits(&got.zero_points),
-        fbits(&expected.zero_points),
-        "{label}: zero points"
-    );
-    assert_eq!(got.mask, expected.mask, "{label}: mask");
+    crate::common::assert_dynamic_eq(&label, &expected, &got);
     true
 }
 

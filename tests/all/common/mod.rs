@@ -403,3 +403,26 @@ pub fn channel_shape(config: &fakequant::ObserverConfig, channels: usize) -> Vec
         }
     }
 }
+
+/// A dynamic fake-quantization's outputs against the expected ones, bit for bit: y, the mask,
+/// the scales and the zero points.
+pub fn assert_dynamic_eq<T: fakequant::Element>(
+    label: &str,
+    expected: &fakequant::DynamicOutput<T>,
+    got: &fakequant::DynamicOutput<T>,
+) {
+    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
+    let fbits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        fbits(&got.scales),
+        fbits(&expected.scales),
+        "{label}: scales"
+    );
+    assert_eq!(
+        fbits(&got.zero_points),
+        fbits(&expected.zero_points),
+        "{label}: zero points"
+    );
+    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
+    assert_mask_eq(label, &expected.mask, &got.mask);
+}
