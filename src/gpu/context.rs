@@ -453,6 +453,17 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Records with `record` into a new encoder, submits it and waits: a device-level call.
+    pub(crate) fn run_recorded(
+        &self,
+        label: &str,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let mut encoder = self.create_encoder(label);
+        record(&mut encoder)?;
+        self.submit_and_wait(encoder)
+    }
+
     /// A new command encoder on this device.
     pub fn create_encoder(&self, label: &str) -> wgpu::CommandEncoder {
         self.shared

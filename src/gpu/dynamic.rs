@@ -412,15 +412,16 @@ impl GpuDynamic {
         mask: Option<&GpuMask>,
     ) -> Result<()> {
         check_forward_lengths(x, shape, y, mask)?;
-        let mut encoder = self.ctx.create_encoder("fakequant dynamic forward");
-        self.record_forward(
-            &mut encoder,
-            x.binding(),
-            shape,
-            y.binding(),
-            mask.map(GpuMask::binding),
-        )?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx
+            .run_recorded("fakequant dynamic forward", |encoder| {
+                self.record_forward(
+                    encoder,
+                    x.binding(),
+                    shape,
+                    y.binding(),
+                    mask.map(GpuMask::binding),
+                )
+            })
     }
 
     /// Host level: the dynamic fake-quantization of host data of any element type, with the

@@ -255,15 +255,15 @@ impl GpuContext {
     ) -> Result<()> {
         check_len("dy vs mask", mask.len(), dy.len())?;
         check_len("dx vs dy", dy.len(), dx.len())?;
-        let mut encoder = self.create_encoder("fakequant ste_backward");
-        self.record_ste_backward(
-            &mut encoder,
-            dy.binding(),
-            mask.binding(),
-            dx.binding(),
-            dy.len(),
-        )?;
-        self.submit_and_wait(encoder)
+        self.run_recorded("fakequant ste_backward", |encoder| {
+            self.record_ste_backward(
+                encoder,
+                dy.binding(),
+                mask.binding(),
+                dx.binding(),
+                dy.len(),
+            )
+        })
     }
 
     /// Recording level: records `dx = dy * mask` for `len` elements into the caller's encoder.
@@ -547,15 +547,15 @@ impl GpuFakeQuant {
         mask: Option<&GpuMask>,
     ) -> Result<()> {
         check_forward_lengths(x, shape, y, mask)?;
-        let mut encoder = self.ctx.create_encoder("fakequant forward");
-        self.record_forward(
-            &mut encoder,
-            x.binding(),
-            shape,
-            y.binding(),
-            mask.map(GpuMask::binding),
-        )?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx.run_recorded("fakequant forward", |encoder| {
+            self.record_forward(
+                encoder,
+                x.binding(),
+                shape,
+                y.binding(),
+                mask.map(GpuMask::binding),
+            )
+        })
     }
 
     /// Recording level: records the fused forward into the caller's encoder on the caller's

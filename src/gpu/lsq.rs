@@ -788,15 +788,15 @@ impl GpuLsq {
         mask: Option<&GpuMask>,
     ) -> Result<()> {
         check_forward_lengths(x, shape, y, mask)?;
-        let mut encoder = self.ctx.create_encoder("fakequant lsq forward");
-        self.record_forward(
-            &mut encoder,
-            x.binding(),
-            shape,
-            y.binding(),
-            mask.map(GpuMask::binding),
-        )?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx.run_recorded("fakequant lsq forward", |encoder| {
+            self.record_forward(
+                encoder,
+                x.binding(),
+                shape,
+                y.binding(),
+                mask.map(GpuMask::binding),
+            )
+        })
     }
 
     /// Device level: the backward on device tensors, submitted at once.
@@ -811,16 +811,16 @@ impl GpuLsq {
         check_len("x vs product of shape", numel(shape)?, x.len())?;
         check_len("dy vs x", x.len(), dy.len())?;
         check_len("dx vs x", x.len(), dx.len())?;
-        let mut encoder = self.ctx.create_encoder("fakequant lsq backward");
-        self.record_backward(
-            &mut encoder,
-            x.binding(),
-            dy.binding(),
-            shape,
-            dx.binding(),
-            grads,
-        )?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx.run_recorded("fakequant lsq backward", |encoder| {
+            self.record_backward(
+                encoder,
+                x.binding(),
+                dy.binding(),
+                shape,
+                dx.binding(),
+                grads,
+            )
+        })
     }
 
     /// Host level: the forward on host data of any element type, `y` in the type of `x`, and
@@ -852,18 +852,19 @@ impl GpuLsq {
     /// Host level: the learnable parameters from an observer's calibrated qparams, on the
     /// device (see [`Self::record_init_from_observer`]), submitted at once.
     pub fn init_from_observer(&self, observer: &GpuObserver) -> Result<()> {
-        let mut encoder = self.ctx.create_encoder("fakequant lsq from observer");
-        self.record_init_from_observer(&mut encoder, observer)?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx
+            .run_recorded("fakequant lsq from observer", |encoder| {
+                self.record_init_from_observer(encoder, observer)
+            })
     }
 
     /// Host level: initializes the scales from host data and returns them.
     pub fn init_from_data<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
         check_len("data length vs product of shape", numel(shape)?, x.len())?;
         let x_dev = self.ctx.upload(x)?;
-        let mut encoder = self.ctx.create_encoder("fakequant lsq init");
-        self.record_init_from_data(&mut encoder, x_dev.binding(), shape)?;
-        self.ctx.submit_and_wait(encoder)?;
+        self.ctx.run_recorded("fakequant lsq init", |encoder| {
+            self.record_init_from_data(encoder, x_dev.binding(), shape)
+        })?;
         Ok(self.read_params()?.0)
     }
 }

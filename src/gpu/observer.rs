@@ -724,9 +724,9 @@ impl GpuObserver {
             crate::quant::numel(shape)?,
             x.len(),
         )?;
-        let mut encoder = self.ctx.create_encoder("fakequant observe");
-        self.record_observe(&mut encoder, x.binding(), shape)?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx.run_recorded("fakequant observe", |encoder| {
+            self.record_observe(encoder, x.binding(), shape)
+        })
     }
 
     /// Host level: observes host data of any element type.
@@ -794,16 +794,16 @@ impl GpuObserver {
         mode: Mode,
     ) -> Result<()> {
         check_forward_lengths(x, shape, y, mask)?;
-        let mut encoder = self.ctx.create_encoder("fakequant observer step");
-        self.record_step(
-            &mut encoder,
-            x.binding(),
-            shape,
-            y.binding(),
-            mask.map(GpuMask::binding),
-            mode,
-        )?;
-        self.ctx.submit_and_wait(encoder)
+        self.ctx.run_recorded("fakequant observer step", |encoder| {
+            self.record_step(
+                encoder,
+                x.binding(),
+                shape,
+                y.binding(),
+                mask.map(GpuMask::binding),
+                mode,
+            )
+        })
     }
 
     /// Host level: the fused step on host data of any element type (`f32`, `half::f16`,
@@ -829,9 +829,10 @@ impl GpuObserver {
         )?;
         let x_dev = self.ctx.upload(x)?;
         let stats = self.create_batch_stats()?;
-        let mut encoder = self.ctx.create_encoder("fakequant batch min/max");
-        self.record_batch_min_max(&mut encoder, x_dev.binding(), shape, &stats)?;
-        self.ctx.submit_and_wait(encoder)?;
+        self.ctx
+            .run_recorded("fakequant batch min/max", |encoder| {
+                self.record_batch_min_max(encoder, x_dev.binding(), shape, &stats)
+            })?;
         self.ctx.read_batch_stats(&stats)
     }
 }
