@@ -28,7 +28,7 @@ fn dynamic_qparams(
 ) {
     for (var g = wg.x * 256u + lid; g < d.groups; g = g + num_wg.x * 256u) {
         let q = group_qparams(stats[g], stats[d.groups + g]);
-        params[g] = channel_params(q.scale, q.zero_point, QMIN, QMAX);
+        params[g] = channel_params(q.scale, q.zero_point, rules.qmin, rules.qmax);
         qparams[g] = q.scale;
         qparams[d.groups + g] = bitcast<u32>(f32(q.zero_point));
     }

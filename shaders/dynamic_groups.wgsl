@@ -1,8 +1,8 @@
 // requires: quantize, elementwise_dispatch, fake_quant | fake_quant_half, dynamic_rules
 // provides: dynamic_groups, dynamic_groups_masked
 // Dynamic fake-quant in one pass over x, for groups of a power-of-two size from 32 to 4096 (runs
-// of GROUP consecutive elements): a workgroup reads a tile of whole groups into registers, reduces
-// each group's min and max, derives its qparams (dynamic_rules.wgsl) and fake-quant parameters,
+// of GROUP consecutive elements): a workgroup reads a tile of whole groups into
+// registers, reduces each group's min and max, derives its qparams (dynamic_rules.wgsl) and fake-quant parameters,
 // then fake-quantizes the registers and writes y (and the mask, and the qparams for export). The
 // element access and bindings are the elementwise families' (fake_quant.wgsl, f32;
 // fake_quant_half.wgsl, f16 and bf16), the per-element arithmetic quantize.wgsl's.
@@ -11,15 +11,11 @@
 // finite values (both zeros as +0.0), exact and independent of the order the threads arrive in;
 // the qparams and the element arithmetic are exact as their files explain.
 
-override GROUP: u32 = 32u;
-// The float zero-point domain's arithmetic is bf16 (x and the qparams bf16), else f32.
-override FLOAT_P_BF16: bool = false;
-
 // The chosen scales, then the zero points (f32 bits), one per group of the whole tensor.
 @group(0) @binding(5) var<storage, read_write> qparams: array<u32>;
 
 const GROUPS_WG: u32 = 256u;
-// A tile is max(GROUP, 1024) elements: at most 32 groups, at most 128 mask words, at most 16
+// A tile is max(group, 1024) elements: at most 32 groups, at most 128 mask words, at most 16
 // elements a thread.
 var<workgroup> group_lo: array<atomic<u32>, 32>;
 var<workgroup> group_hi: array<atomic<u32>, 32>;
@@ -28,8 +24,17 @@ var<workgroup> group_params: array<ChannelParams, 32>;
 var<workgroup> group_float: array<vec3<u32>, 32>;
 var<workgroup> group_mask: array<atomic<u32>, 128>;
 
+// The group size (the dispatch's per-channel inner size), an `override` constant so that the
+// divisions by it are shifts and the loops over a thread's elements have constant bounds: the
+// kernel is three to four times slower on llvmpipe with it read from the uniform.
+override GROUP: u32 = 32u;
+
+fn group_len() -> u32 {
+    return GROUP;
+}
+
 fn rp(bits: u32) -> u32 {
-    if (FLOAT_P_BF16) {
+    if (rules.arithmetic_bf16 != 0u) {
         return bf16_to_f32_bits(f32_to_bf16_bits(bits));
     }
     return bits;
@@ -43,8 +48,8 @@ fn float_domain_bits(x: u32, f: vec3<u32>) -> Quantized {
     if (is_nan_bits(x)) {
         return Quantized(x | QUIET_BIT, false, false);
     }
-    let below = QMIN - 1;
-    let above = QMAX + 1;
+    let below = rules.qmin - 1;
+    let above = rules.qmax + 1;
     var r = 0;
     let d = select(x, rp(sub_rn_bits(x, f.z)), is_finite_bits(x));
     if (!is_finite_bits(d)) {
@@ -52,19 +57,19 @@ fn float_domain_bits(x: u32, f: vec3<u32>) -> Quantized {
     } else {
         r = round_half_even_clamp_i32(rp(div_rn_bits(d, f.x)), below, above);
     }
-    let q = clamp(r, QMIN, QMAX);
-    let t = rd(rp(mul_rn_bits(bitcast<u32>(f32(q - (QMIN + QMAX + 1) / 2)), f.x)));
-    return Quantized(rp(add_rn_bits(t, f.y)), r >= QMIN && r <= QMAX, r < QMIN);
+    let q = clamp(r, rules.qmin, rules.qmax);
+    let t = rd(rp(mul_rn_bits(bitcast<u32>(f32(q - (rules.qmin + rules.qmax + 1) / 2)), f.x)));
+    return Quantized(rp(add_rn_bits(t, f.y)), r >= rules.qmin && r <= rules.qmax, r < rules.qmin);
 }
 
 fn tile_len() -> u32 {
-    return max(GROUP, 1024u);
+    return max(group_len(), 1024u);
 }
 
 // One tile: y, and the mask bits into group_mask.
 fn group_tile(tile: u32, lid: u32) {
     let len = tile_len();
-    let groups = len / GROUP;
+    let groups = len / group_len();
     if (lid < groups) {
         atomicStore(&group_lo[lid], 0xffffffffu);
         atomicStore(&group_hi[lid], 0u);
@@ -95,11 +100,11 @@ fn group_tile(tile: u32, lid: u32) {
         values[k] = v;
     }
     if (lo_key != 0xffffffffu) {
-        atomicMin(&group_lo[first / GROUP], lo_key);
-        atomicMax(&group_hi[first / GROUP], hi_key);
+        atomicMin(&group_lo[first / group_len()], lo_key);
+        atomicMax(&group_hi[first / group_len()], hi_key);
     }
     workgroupBarrier();
-    if (lid < groups && base + lid * GROUP < dispatch.len) {
+    if (lid < groups && base + lid * group_len() < dispatch.len) {
         let lo_key = atomicLoad(&group_lo[lid]);
         let hi_key = atomicLoad(&group_hi[lid]);
         // No finite value: (+inf, -inf), which group_qparams counts as all zeros.
@@ -110,13 +115,13 @@ fn group_tile(tile: u32, lid: u32) {
             hi = from_key(hi_key);
         }
         let q = group_qparams(lo, hi);
-        if (SCHEME == 2u) {
-            let mv = rq(sub_rn_bits(q.zero_bits, rq(mul_rn_bits(q.scale, MID_BITS))));
+        if (rules.scheme == 2u) {
+            let mv = rq(sub_rn_bits(q.zero_bits, rq(mul_rn_bits(q.scale, rules.mid))));
             group_float[lid] = vec3<u32>(q.scale, q.zero_bits, mv);
         } else {
-            group_params[lid] = channel_params(q.scale, q.zero_point, QMIN, QMAX);
+            group_params[lid] = channel_params(q.scale, q.zero_point, rules.qmin, rules.qmax);
         }
-        let g = dispatch.channel_start + base / GROUP + lid;
+        let g = dispatch.channel_start + base / group_len() + lid;
         qparams[g] = q.scale;
         qparams[dispatch.channels + g] = q.zero_bits;
     }
@@ -126,10 +131,10 @@ fn group_tile(tile: u32, lid: u32) {
         let i = base + offset;
         if (i < dispatch.len) {
             var q: Quantized;
-            if (SCHEME == 2u) {
-                q = float_domain_bits(values[k], group_float[offset / GROUP]);
+            if (rules.scheme == 2u) {
+                q = float_domain_bits(values[k], group_float[offset / group_len()]);
             } else {
-                q = fake_quant_bits(values[k], group_params[offset / GROUP]);
+                q = fake_quant_bits(values[k], group_params[offset / group_len()]);
             }
             store_y(i, q.bits);
             if (q.in_range) {

@@ -10,19 +10,30 @@
 // narrowing; maxima, minima and caps of non-negative values compare their bits, which order like
 // the values.
 
-// 0 symmetric, 1 asymmetric (integer zero point), 2 float zero point (one-pass kernel only).
-override SCHEME: u32 = 0u;
-override QMIN: i32 = -8;
-override QMAX: i32 = 7;
-// f32 bits of the smallest scale, of (qmax - qmin) and of (qmax - qmin) / 2.
-override EPS_BITS: u32 = 0x00800000u;
-override LEVELS_BITS: u32 = 0x41700000u;
-override HALF_LEVELS_BITS: u32 = 0x40f00000u;
-// The type the qparams are computed in (the input's): 0 f32, 1 f16, 2 bf16.
-override QPARAMS_DTYPE: u32 = 0u;
-// Float zero point: the qparams kept in bf16 (else f32), and (qmin + qmax + 1) / 2 as f32 bits.
-override QP_BF16: bool = false;
-override MID_BITS: u32 = 0x41000000u;
+// The rule set, written once per dynamic quantizer and input type (a buffer, not `override`
+// constants: one pipeline serves every configuration).
+struct DynamicRules {
+    // 0 symmetric, 1 asymmetric (integer zero point), 2 float zero point (one-pass kernel only).
+    scheme: u32,
+    qmin: i32,
+    qmax: i32,
+    // f32 bits of the smallest scale, of (qmax - qmin), of (qmax - qmin) / 2 and of
+    // mid = (qmin + qmax + 1) / 2.
+    eps: u32,
+    levels: u32,
+    half_levels: u32,
+    mid: u32,
+    // The type the qparams are computed in (the input's): 0 f32, 1 f16, 2 bf16.
+    dtype: u32,
+    // Float zero point: the qparams kept in bf16 (else f32); its arithmetic on x in bf16 (x and
+    // the qparams bf16, else f32).
+    qparams_bf16: u32,
+    arithmetic_bf16: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(6) var<storage, read> rules: DynamicRules;
 
 // 2^126: the largest scale whose reciprocal is a normal f32.
 const MAX_SCALE_BITS: u32 = 0x7e800000u;
@@ -38,7 +49,7 @@ struct GroupQparams {
 
 // Rounds f32 bits to the float-domain qparams' precision.
 fn rq(bits: u32) -> u32 {
-    if (QP_BF16) {
+    if (rules.qparams_bf16 != 0u) {
         return bf16_to_f32_bits(f32_to_bf16_bits(bits));
     }
     return bits;
@@ -46,10 +57,10 @@ fn rq(bits: u32) -> u32 {
 
 // Rounds f32 bits to the qparams' type and back (identity for f32).
 fn rd(bits: u32) -> u32 {
-    if (QPARAMS_DTYPE == 1u) {
+    if (rules.dtype == 1u) {
         return f16_to_f32_bits(f32_to_f16_bits(bits));
     }
-    if (QPARAMS_DTYPE == 2u) {
+    if (rules.dtype == 2u) {
         return bf16_to_f32_bits(f32_to_bf16_bits(bits));
     }
     return bits;
@@ -57,10 +68,10 @@ fn rd(bits: u32) -> u32 {
 
 // The largest finite value of the qparams' type, as f32 bits.
 fn max_finite_bits() -> u32 {
-    if (QPARAMS_DTYPE == 1u) {
+    if (rules.dtype == 1u) {
         return 0x477fe000u; // 65504
     }
-    if (QPARAMS_DTYPE == 2u) {
+    if (rules.dtype == 2u) {
         return 0x7f7f0000u;
     }
     return 0x7f7fffffu;
@@ -74,7 +85,7 @@ fn div_or_inf(a: u32, b: u32) -> u32 {
 
 // max(s, eps), then min(s, 2^126): both non-negative, so their bits order like their values.
 fn bounded_scale(s: u32) -> u32 {
-    return min(max(s, EPS_BITS), MAX_SCALE_BITS);
+    return min(max(s, rules.eps), MAX_SCALE_BITS);
 }
 
 // The qparams of a group whose finite values have the minimum `lo` and the maximum `hi` (f32
@@ -86,7 +97,7 @@ fn group_qparams(lo_bits: u32, hi_bits: u32) -> GroupQparams {
         lo = 0u;
         hi = 0u;
     }
-    if (SCHEME == 2u) {
+    if (rules.scheme == 2u) {
         // The group's own range, zero not included: s = rd(max(rd(w / levels), eps)), w = rd(hi - lo),
         // zp = rd(lo + rd(s * mid)), both then kept in the qparams' precision.
         // A range that overflows the input type is taken as its largest finite value, so that
@@ -95,21 +106,21 @@ fn group_qparams(lo_bits: u32, hi_bits: u32) -> GroupQparams {
         if (!is_finite_bits(width)) {
             width = max_finite_bits();
         }
-        let scale = rd(max(rd(div_rn_bits(width, LEVELS_BITS)), EPS_BITS));
-        let zero = rd(add_rn_bits(lo, rd(mul_rn_bits(scale, MID_BITS))));
+        let scale = rd(max(rd(div_rn_bits(width, rules.levels)), rules.eps));
+        let zero = rd(add_rn_bits(lo, rd(mul_rn_bits(scale, rules.mid))));
         return GroupQparams(rq(scale), 0, rq(zero));
     }
     // mn = min(lo, 0) and mx = max(hi, 0), a zero as +0.0.
     let mn = select(0u, lo, (lo & SIGN_BIT) != 0u && (lo & ABS_MASK) != 0u);
     let mx = select(0u, hi, (hi & SIGN_BIT) == 0u);
-    if (SCHEME == 0u) {
+    if (rules.scheme == 0u) {
         let magnitude = max(mn & ABS_MASK, mx);
-        return GroupQparams(bounded_scale(rd(div_rn_bits(magnitude, HALF_LEVELS_BITS))), 0, 0u);
+        return GroupQparams(bounded_scale(rd(div_rn_bits(magnitude, rules.half_levels))), 0, 0u);
     }
     let width = rd(sub_rn_bits(mx, mn));
-    let scale = bounded_scale(rd(div_or_inf(width, LEVELS_BITS)));
+    let scale = bounded_scale(rd(div_or_inf(width, rules.levels)));
     let q = rd(div_rn_bits(mn, scale));
     let r = round_half_even_clamp_i32(q, -16777216, 16777216);
-    let zero_point = clamp(QMIN - r, QMIN, QMAX);
+    let zero_point = clamp(rules.qmin - r, rules.qmin, rules.qmax);
     return GroupQparams(scale, zero_point, bitcast<u32>(f32(zero_point)));
 }

@@ -3,7 +3,8 @@
 //! take one pass over `x` (`shaders/dynamic_groups.wgsl`: a workgroup reduces whole groups, derives
 //! their qparams and fake-quantizes them); other groups two: the observers' exact min/max
 //! reduction, then their qparams (`shaders/dynamic.wgsl`) and the elementwise forward. Both share
-//! the rules of `shaders/dynamic_rules.wgsl`, set by `override` constants.
+//! the rules of `shaders/dynamic_rules.wgsl`, read from a small buffer per input type (one
+//! pipeline serves every configuration).
 
 use super::context::GpuContext;
 use super::fake_quant::{
@@ -23,60 +24,57 @@ use crate::error::{Error, Result};
 use crate::observer::{Averaging, ObserverConfig, QScheme};
 use crate::quant::{numel, ChannelLayout, Rounding};
 
-/// The rules of `shaders/dynamic_rules.wgsl` as `override` constants: a pipeline per rule set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Rules {
-    scheme: DynamicScheme,
-    qparams_bf16: bool,
-    qmin: i32,
-    qmax: i32,
-    eps_bits: u32,
-    dtype: DType,
+uniform! {
+    /// The rule set of `shaders/dynamic_rules.wgsl` (a storage binding, so that one pipeline
+    /// serves every configuration), for one configuration and input type.
+    struct DynamicRules as "DynamicRules" {
+        scheme: u32,
+        qmin: i32,
+        qmax: i32,
+        eps: u32,
+        levels: u32,
+        half_levels: u32,
+        mid: u32,
+        dtype: u32,
+        qparams_bf16: u32,
+        arithmetic_bf16: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
-impl Rules {
-    fn new(config: &DynamicConfig, dtype: DType) -> Self {
-        Self {
-            scheme: config.scheme(),
-            qparams_bf16: config.qparams_dtype() == DType::Bf16,
-            qmin: config.range().qmin(),
-            qmax: config.range().qmax(),
-            eps_bits: config.eps_for(dtype).to_bits(),
-            dtype,
-        }
-    }
-
+impl DynamicRules {
     #[allow(
         clippy::arithmetic_side_effects,
         reason = "qmin and qmax are validated 16-bit values"
     )]
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        let levels = (self.qmax - self.qmin) as f32;
-        let mid = ((self.qmin + self.qmax + 1) / 2) as f32;
-        vec![
-            (
-                "SCHEME",
-                match self.scheme {
-                    DynamicScheme::Symmetric => 0.0,
-                    DynamicScheme::Asymmetric => 1.0,
-                    DynamicScheme::AsymmetricFloat => 2.0,
-                },
-            ),
-            ("QP_BF16", if self.qparams_bf16 { 1.0 } else { 0.0 }),
-            ("MID_BITS", mid.to_bits() as f64),
-            ("QMIN", self.qmin as f64),
-            ("QMAX", self.qmax as f64),
-            ("EPS_BITS", self.eps_bits as f64),
-            ("LEVELS_BITS", levels.to_bits() as f64),
-            ("HALF_LEVELS_BITS", (levels / 2.0).to_bits() as f64),
-            ("QPARAMS_DTYPE", dtype_constant(self.dtype)),
-        ]
+    fn new(config: &DynamicConfig, dtype: DType) -> Self {
+        let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
+        let levels = (qmax - qmin) as f32;
+        let qparams_bf16 = config.qparams_dtype() == DType::Bf16;
+        Self {
+            scheme: match config.scheme() {
+                DynamicScheme::Symmetric => 0,
+                DynamicScheme::Asymmetric => 1,
+                DynamicScheme::AsymmetricFloat => 2,
+            },
+            qmin,
+            qmax,
+            eps: config.eps_for(dtype).to_bits(),
+            levels: levels.to_bits(),
+            half_levels: (levels / 2.0).to_bits(),
+            mid: (((qmin + qmax + 1) / 2) as f32).to_bits(),
+            dtype: dtype_constant(dtype) as u32,
+            qparams_bf16: qparams_bf16 as u32,
+            arithmetic_bf16: (qparams_bf16 && dtype == DType::Bf16) as u32,
+            ..Default::default()
+        }
     }
 }
 
 /// The two-pass plan's qparams kernel (`shaders/dynamic.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct QparamsKernel(Rules);
+pub(crate) struct QparamsKernel;
 
 impl Kernel for QparamsKernel {
     fn shader(&self) -> &'static Shader {
@@ -88,21 +86,21 @@ impl Kernel for QparamsKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        self.0.constants()
+        Vec::new()
     }
 }
 
-/// The one-pass kernel (`shaders/dynamic_groups.wgsl`) for groups of `group` elements.
+/// The one-pass kernel (`shaders/dynamic_groups.wgsl`) for inputs of `dtype` in groups of `group`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct GroupsKernel {
-    rules: Rules,
+    dtype: DType,
     group: u32,
     masked: bool,
 }
 
 impl Kernel for GroupsKernel {
     fn shader(&self) -> &'static Shader {
-        match self.rules.dtype {
+        match self.dtype {
             DType::F32 => &DYNAMIC_GROUPS_F32,
             _ => &DYNAMIC_GROUPS_HALF,
         }
@@ -117,12 +115,9 @@ impl Kernel for GroupsKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        let mut constants = self.rules.constants();
-        constants.push(("GROUP", self.group as f64));
-        let bf16_arithmetic = self.rules.dtype == DType::Bf16 && self.rules.qparams_bf16;
-        constants.push(("FLOAT_P_BF16", if bf16_arithmetic { 1.0 } else { 0.0 }));
-        if self.rules.dtype != DType::F32 {
-            constants.push(("DTYPE", dtype_constant(self.rules.dtype)));
+        let mut constants = vec![("GROUP", self.group as f64)];
+        if self.dtype != DType::F32 {
+            constants.push(("DTYPE", dtype_constant(self.dtype)));
         }
         constants
     }
@@ -143,6 +138,7 @@ bindings! {
         stats: Read @ 1,
         params: ReadWrite @ 2,
         qparams: ReadWrite @ 3,
+        rules: Read @ 6,
     }
 }
 
@@ -152,6 +148,7 @@ bindings! {
         x: Input @ 2,
         y: ReadWrite @ 3,
         qparams: ReadWrite @ 5,
+        rules: Read @ 6,
     }
 }
 
@@ -162,6 +159,7 @@ bindings! {
         y: ReadWrite @ 3,
         mask: ReadWrite @ 4,
         qparams: ReadWrite @ 5,
+        rules: Read @ 6,
     }
 }
 
@@ -187,6 +185,8 @@ pub struct GpuDynamic {
     reducer: GpuObserver,
     params: wgpu::Buffer,
     qparams: wgpu::Buffer,
+    /// `DynamicRules` for f32, f16 and bf16 inputs.
+    rules: [wgpu::Buffer; 3],
 }
 
 impl GpuContext {
@@ -220,6 +220,17 @@ impl GpuContext {
             "fakequant dynamic qparams",
             (groups as u64).saturating_mul(8),
         )?;
+        let rules_for = |dtype| {
+            self.constant_storage(
+                "fakequant dynamic rules",
+                bytemuck::bytes_of(&DynamicRules::new(config, dtype)),
+            )
+        };
+        let rules = [
+            rules_for(DType::F32)?,
+            rules_for(DType::F16)?,
+            rules_for(DType::Bf16)?,
+        ];
         Ok(GpuDynamic {
             ctx: self.clone(),
             config: config.clone(),
@@ -227,6 +238,7 @@ impl GpuContext {
             reducer,
             params,
             qparams,
+            rules,
         })
     }
 }
@@ -283,7 +295,11 @@ impl GpuDynamic {
             mask.as_ref().map(|m| (m, true)),
             layout.numel(),
         )?;
-        let rules = Rules::new(&self.config, x.dtype);
+        let rules = &self.rules[match x.dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::Bf16 => 2,
+        }];
         if one_pass(layout) {
             return self.record_one_pass(recorder, rules, layout, x, y, mask);
         }
@@ -294,11 +310,12 @@ impl GpuDynamic {
             stats: stats.buffer().as_entire_buffer_binding(),
             params: self.params.as_entire_buffer_binding(),
             qparams: self.qparams.as_entire_buffer_binding(),
+            rules: rules.as_entire_buffer_binding(),
         };
         let grid = per_channel_groups(self.groups, self.ctx.dispatch_limits().max_workgroups);
         self.ctx.record_pass(
             recorder,
-            QparamsKernel(rules),
+            QparamsKernel,
             &[Dispatch {
                 uniform: DynamicDispatch {
                     groups: self.groups as u32,
@@ -331,7 +348,7 @@ impl GpuDynamic {
     fn record_one_pass(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
-        rules: Rules,
+        rules: &wgpu::Buffer,
         layout: ChannelLayout,
         x: TensorBinding<'_>,
         y: TensorBinding<'_>,
@@ -363,11 +380,12 @@ impl GpuDynamic {
             })
             .collect();
         let kernel = GroupsKernel {
-            rules,
+            dtype: x.dtype,
             group: layout.inner as u32,
             masked: mask.is_some(),
         };
         let qparams = self.qparams.as_entire_buffer_binding();
+        let rules = rules.as_entire_buffer_binding();
         match &mask {
             Some(m) => {
                 let dispatches: Vec<_> = plans
@@ -379,6 +397,7 @@ impl GpuDynamic {
                             y: p.y.bind(y.buffer),
                             mask: p.mask.bind(m.buffer),
                             qparams: qparams.clone(),
+                            rules: rules.clone(),
                         },
                         grid: p.grid,
                     })
@@ -394,6 +413,7 @@ impl GpuDynamic {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             qparams: qparams.clone(),
+                            rules: rules.clone(),
                         },
                         grid: p.grid,
                     })
@@ -460,6 +480,8 @@ pub(crate) fn declarations() -> FamilyDecl {
             StructDecl::of::<DynamicDispatch>(&DYNAMIC),
             StructDecl::of::<ChannelParams>(&DYNAMIC),
             StructDecl::of::<DispatchUniform>(&DYNAMIC_GROUPS_F32),
+            StructDecl::of::<DynamicRules>(&DYNAMIC),
+            StructDecl::of::<DynamicRules>(&DYNAMIC_GROUPS_HALF),
         ],
     }
 }
