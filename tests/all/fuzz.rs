@@ -16,17 +16,18 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fakequant::reference::{self, lsq::Lsq, observer::Observer};
+use fakequant::reference::{self, dynamic::Dynamic, lsq::Lsq, observer::Observer};
 use fakequant::{
-    Averaging, DType, DispatchLimits, Element, Error, FakeQuant, GpuContext, GradScale,
-    Granularity, LsqConfig, MinMax, Mode, ObserverConfig, ObserverState, PackedMask, QScheme,
-    QuantParams, QuantRange, Rounding, TensorBinding,
+    Averaging, DType, DispatchLimits, DynamicConfig, DynamicScheme, Element, Error, FakeQuant,
+    GpuContext, GpuDynamic, GradScale, Granularity, LsqConfig, MinMax, Mode, ObserverConfig,
+    ObserverState, PackedMask, QScheme, QuantParams, QuantRange, Rounding, TensorBinding,
 };
 use half::{bf16, f16};
 use wgpu::util::DeviceExt;
 
 use crate::common::{
-    assert_bits_eq, assert_mask_eq, assert_minmax_eq, assert_state_eq, contexts, Rng,
+    assert_bits_eq, assert_dynamic_eq, assert_mask_eq, assert_minmax_eq, assert_state_eq, contexts,
+    Rng,
 };
 
 const SEED: u64 = 0xf022_5eed;
@@ -322,6 +323,101 @@ fn draw_axis(rng: &mut Rng, rank: usize) -> Option<usize> {
     }
 }
 
+/// The divisors of `n` (none of 0).
+fn divisors(n: usize) -> Vec<usize> {
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
+}
+
+/// Per tensor, per channel (as [`draw_axis`]), per group or per token for `shape`. Groups are
+/// mostly legal (the last axis longer than 1, a size that divides it), sometimes not: size 0, a
+/// size that does not divide the axis, an axis followed by a longer one, an axis past the shape.
+fn draw_granularity(rng: &mut Rng, shape: &[usize]) -> Granularity {
+    let rank = shape.len();
+    match rng.below(16) {
+        0..=9 => match draw_axis(rng, rank) {
+            None => Granularity::PerTensor,
+            Some(a) => Granularity::per_channel(a),
+        },
+        10..=12 => {
+            // The last axis longer than 1 (or any axis of a shape of ones).
+            let last = shape.iter().rposition(|&d| d > 1);
+            let axis = match last {
+                Some(a) => a,
+                None if rank > 0 => rng.below(rank),
+                None => 0,
+            };
+            let len = shape.get(axis).copied().unwrap_or(1);
+            let size = match divisors(len).as_slice() {
+                [] => 1 + rng.below(4),
+                ds => pick(rng, ds),
+            };
+            Granularity::per_group(axis, size)
+        }
+        13 => {
+            let axis = if rank > 0 && rng.below(5) != 0 {
+                rng.below(rank)
+            } else {
+                rank + rng.below(2)
+            };
+            let len = shape.get(axis).copied().unwrap_or(4);
+            let size = match rng.below(4) {
+                0 => 0,
+                1 => len + 1,
+                2 => 2 + rng.below(len.max(2)),
+                _ => 1 + rng.below(len.max(1)),
+            };
+            Granularity::per_group(axis, size)
+        }
+        _ => Granularity::PerToken,
+    }
+}
+
+/// The documented layout rules, written out independently of the library: the number of
+/// parameter sets of `len` values of `shape` under `granularity`, or the error the rules give
+/// (checked in the documented order: length, axis, group).
+fn model_channels(
+    granularity: Granularity,
+    shape: &[usize],
+    len: usize,
+) -> Result<usize, &'static str> {
+    let n = numel(shape);
+    if n != len {
+        return Err("LengthMismatch");
+    }
+    let groups = |axis: usize, size: usize| {
+        let Some(&len) = shape.get(axis) else {
+            return Err("AxisOutOfRange");
+        };
+        if size == 0 || !len.is_multiple_of(size) || shape[axis + 1..].iter().any(|&d| d > 1) {
+            return Err("InvalidGroup");
+        }
+        Ok(n / size)
+    };
+    match granularity {
+        Granularity::PerTensor => Ok(1),
+        Granularity::PerChannel { axis } => shape.get(axis).copied().ok_or("AxisOutOfRange"),
+        Granularity::PerGroup { axis, size } => groups(axis, size),
+        Granularity::PerToken => match shape.last() {
+            None => Ok(1),
+            Some(&row) => groups(shape.len() - 1, row),
+        },
+        _ => unreachable!("a granularity the fuzz does not draw"),
+    }
+}
+
+/// The elements before, in and after the groups of `granularity` on `shape` (outer, inner), when
+/// the rules accept it: the device's one-pass kernel takes `outer == 1` and a power-of-two
+/// `inner` from 32 to 4096.
+fn model_outer_inner(granularity: Granularity, shape: &[usize]) -> (usize, usize) {
+    match granularity {
+        Granularity::PerTensor => (numel(shape), 1),
+        Granularity::PerChannel { axis } => (numel(&shape[..axis]), numel(&shape[axis + 1..])),
+        Granularity::PerGroup { size, .. } => (1, size),
+        Granularity::PerToken => (1, shape.last().copied().unwrap_or(1)),
+        _ => unreachable!("a granularity the fuzz does not draw"),
+    }
+}
+
 /// Mostly the shape's length; sometimes one more or one less.
 fn draw_len(rng: &mut Rng, n: usize) -> usize {
     match rng.below(12) {
@@ -490,16 +586,17 @@ fn draw_rounding(rng: &mut Rng) -> Rounding {
 /// A fake-quant for `shape`: per tensor or per channel along a random axis, a random range, legal
 /// scales and zero points with now and then an illegal one. `FakeQuant::new`'s verdict is
 /// checked against the documented rules; `None` when it (rightly) refuses.
-fn draw_op(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<(FakeQuant, Option<usize>)> {
+fn draw_op(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<(FakeQuant, Granularity)> {
     let range = draw_range(rng, case)?;
-    let axis = draw_axis(rng, shape.len());
-    let channels = match axis {
-        None => 1,
-        Some(a) => match shape.get(a) {
-            Some(&c) if rng.below(10) != 0 => c,
-            Some(&c) => c + 1,
-            None => 1 + rng.below(4),
-        },
+    let granularity = draw_granularity(rng, shape);
+    let channels = match (
+        granularity,
+        model_channels(granularity, shape, numel(shape)),
+    ) {
+        (Granularity::PerTensor, _) => 1,
+        (_, Ok(c)) if rng.below(10) != 0 => c,
+        (_, Ok(c)) => c + 1,
+        (_, Err(_)) => 1 + rng.below(4),
     };
     let mut scales: Vec<f32> = (0..channels).map(|_| draw_legal_scale(rng)).collect();
     let mut zero_points: Vec<i32> = (0..channels)
@@ -518,12 +615,20 @@ fn draw_op(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<(FakeQuant, Op
         && zero_points
             .iter()
             .all(|&z| (range.qmin()..=range.qmax()).contains(&z));
-    let params = match axis {
-        None => QuantParams::per_tensor(scales[0], zero_points[0]),
-        Some(a) => QuantParams::per_channel(a, scales.clone(), zero_points.clone()),
+    let params = match granularity {
+        Granularity::PerTensor => QuantParams::per_tensor(scales[0], zero_points[0]),
+        Granularity::PerChannel { axis } => {
+            QuantParams::per_channel(axis, scales.clone(), zero_points.clone())
+        }
+        Granularity::PerGroup { axis, size } => {
+            QuantParams::per_group(axis, size, scales.clone(), zero_points.clone())
+        }
+        g => QuantParams::new(g, scales.clone(), zero_points.clone()),
     };
     let rounding = draw_rounding(rng);
-    case.note(format!("axis {axis:?}, {channels} channels, {rounding:?}"));
+    case.note(format!(
+        "{granularity:?}, {channels} channels, {rounding:?}"
+    ));
     if channels <= 4 {
         case.note(format!(
             "scales {:?}, zero points {zero_points:?}",
@@ -533,7 +638,7 @@ fn draw_op(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<(FakeQuant, Op
     match FakeQuant::new(range, params) {
         Ok(op) => {
             assert!(legal, "FakeQuant::new accepted illegal parameters");
-            Some((op.with_rounding(rounding), axis))
+            Some((op.with_rounding(rounding), granularity))
         }
         Err(e) => {
             assert!(!legal, "FakeQuant::new refused legal parameters: {e}");
@@ -552,20 +657,18 @@ fn draw_op(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<(FakeQuant, Op
 }
 
 /// The error the layout rules give for `len` values of `shape` with parameters for `params`
-/// channels along `axis`, checked in the documented order (length, axis, channel count).
+/// channels of `granularity` (`None`: no parameters to check), in the documented order (length,
+/// axis, group, channel count).
 fn layout_error(
     shape: &[usize],
     len: usize,
-    axis: Option<usize>,
-    params: usize,
+    granularity: Granularity,
+    params: Option<usize>,
 ) -> Option<&'static str> {
-    if numel(shape) != len {
-        return Some("LengthMismatch");
-    }
-    match axis {
-        Some(a) if a >= shape.len() => Some("AxisOutOfRange"),
-        Some(a) if shape[a] != params => Some("ChannelCountMismatch"),
-        _ => None,
+    match model_channels(granularity, shape, len) {
+        Err(e) => Some(e),
+        Ok(c) if params.is_some_and(|p| p != c) => Some("ChannelCountMismatch"),
+        Ok(_) => None,
     }
 }
 
@@ -617,7 +720,11 @@ fn draw_data_scaled<T: Element>(rng: &mut Rng, n: usize) -> Vec<T> {
     draw_data(rng, n, scale)
 }
 
-fn draw_observer_config(rng: &mut Rng, case: &Case, axis: Option<usize>) -> Option<ObserverConfig> {
+fn draw_observer_config(
+    rng: &mut Rng,
+    case: &Case,
+    granularity: Granularity,
+) -> Option<ObserverConfig> {
     let range = draw_zero_range(rng, case)?;
     let averaging = match rng.below(8) {
         0 => Averaging::MinMax,
@@ -628,10 +735,6 @@ fn draw_observer_config(rng: &mut Rng, case: &Case, axis: Option<usize>) -> Opti
         _ => Averaging::MovingAverage(0.01),
     };
     let scheme = pick(rng, &[QScheme::Symmetric, QScheme::Affine]);
-    let granularity = match axis {
-        None => Granularity::PerTensor,
-        Some(a) => Granularity::per_channel(a),
-    };
     let legal = range.qmin() <= 0
         && match averaging {
             Averaging::MovingAverage(c) => c > 0.0 && c <= 1.0,
@@ -681,12 +784,8 @@ fn draw_observer_config(rng: &mut Rng, case: &Case, axis: Option<usize>) -> Opti
     Some(config)
 }
 
-fn draw_lsq_config(rng: &mut Rng, case: &Case, axis: Option<usize>) -> Option<LsqConfig> {
+fn draw_lsq_config(rng: &mut Rng, case: &Case, granularity: Granularity) -> Option<LsqConfig> {
     let range = draw_zero_range(rng, case)?;
-    let granularity = match axis {
-        None => Granularity::PerTensor,
-        Some(a) => Granularity::per_channel(a),
-    };
     let legal = range.qmin() <= 0 && range.qmax() > 0;
     let config = match LsqConfig::new(range, granularity) {
         Ok(c) => {
@@ -810,14 +909,14 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
     let len = draw_len(rng, n);
     case.note(format!("shape {shape:?}, len {len}"));
     let x: Vec<T> = draw_data_scaled(rng, len);
-    match rng.below(7) {
+    match rng.below(9) {
         0 => {
-            let Some((op, axis)) = draw_op(rng, case, &shape) else {
+            let Some((op, granularity)) = draw_op(rng, case, &shape) else {
                 return;
             };
             let params = op.params().scales().len();
             let r = reference::fake_quant(&op, &x, &shape);
-            match (layout_error(&shape, len, axis, params), r) {
+            match (layout_error(&shape, len, granularity, Some(params)), r) {
                 (Some(expected), Err(e)) => assert_eq!(variant(&e), expected, "{e}"),
                 (Some(expected), Ok(_)) => {
                     panic!("fake_quant accepted a call that breaks {expected}")
@@ -855,21 +954,15 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
             );
         }
         3 => {
-            let axis = draw_axis(rng, shape.len());
-            let Some(config) = draw_observer_config(rng, case, axis) else {
+            let granularity = draw_granularity(rng, &shape);
+            let Some(config) = draw_observer_config(rng, case, granularity) else {
                 return;
             };
             let r = reference::observer::batch_min_max(&config, &x, &shape);
-            match layout_error(
-                &shape,
-                len,
-                axis,
-                axis.and_then(|a| shape.get(a).copied()).unwrap_or(1),
-            ) {
-                Some(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
-                None => {
+            match model_channels(granularity, &shape, len) {
+                Err(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
+                Ok(channels) => {
                     let stats = r.expect("valid layout");
-                    let channels = axis.map_or(1, |a| shape[a]);
                     assert_eq!((stats.min.len(), stats.max.len()), (channels, channels));
                     // Merging and folding with statistics of random lengths.
                     let other_len = draw_len(rng, channels);
@@ -893,8 +986,8 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
             }
         }
         4 => {
-            let axis = draw_axis(rng, shape.len());
-            let Some(config) = draw_observer_config(rng, case, axis) else {
+            let granularity = draw_granularity(rng, &shape);
+            let Some(config) = draw_observer_config(rng, case, granularity) else {
                 return;
             };
             let obs_shape = if rng.below(4) == 0 {
@@ -908,14 +1001,21 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
             let mode = draw_mode(rng);
             let r = observer.step(&x, &shape, mode);
             let params = observer.state().channels();
-            match layout_error(&shape, len, axis, params) {
+            match layout_error(&shape, len, granularity, Some(params)) {
                 Some(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
                 None => assert_eq!(r.expect("valid layout").y.len(), len),
             }
         }
+        5 | 6 => {
+            let x: Vec<T> = match model_outer_inner(Granularity::PerToken, &shape) {
+                (1, inner) if rng.below(2) == 0 => draw_dynamic_data(rng, len, inner),
+                _ => x,
+            };
+            reference_dynamic(rng, case, &shape, &x);
+        }
         _ => {
-            let axis = draw_axis(rng, shape.len());
-            let Some(config) = draw_lsq_config(rng, case, axis) else {
+            let granularity = draw_granularity(rng, &shape);
+            let Some(config) = draw_lsq_config(rng, case, granularity) else {
                 return;
             };
             let (scales, zero_points) = draw_lsq_params(rng, &config, &shape);
@@ -924,11 +1024,10 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
                 let l = draw_len(rng, len);
                 draw_data(rng, l, 1.0)
             };
-            let layout = layout_error(&shape, len, axis, channels);
+            let layout = layout_error(&shape, len, granularity, None);
             let r = reference::lsq::forward(&config, &x, &shape, &scales, &zero_points);
-            let param_count_ok = axis.is_none_or(|a| shape.get(a) == Some(&channels))
-                && (axis.is_some() || channels == 1)
-                && channels > 0;
+            let param_count_ok =
+                model_channels(granularity, &shape, numel(&shape)) == Ok(channels) && channels > 0;
             match (layout, param_count_ok) {
                 (None, true) => assert_eq!(r.expect("valid call").y.len(), len),
                 _ => expect_err("lsq::forward", r),
@@ -948,8 +1047,9 @@ fn reference_case<T: Element>(rng: &mut Rng, case: &Case) {
                 _ => expect_err("lsq::backward", r),
             }
             let r = reference::lsq::init_scales(&config, &x, &shape);
-            if numel(&shape) != len || axis.is_some_and(|a| a >= shape.len()) {
-                expect_err("lsq::init_scales", r);
+            match model_channels(granularity, &shape, len) {
+                Err(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
+                Ok(c) => assert_eq!(r.expect("valid layout").len(), c),
             }
             if let Ok(mut lsq) = Lsq::new(config, &scales, &zero_points) {
                 let (s, z) = (draw_len(rng, channels), draw_len(rng, channels));
@@ -968,9 +1068,10 @@ fn fuzz_host_level() {
     run_gpu_cases("fuzz_host_level", HOST_CASES, |ctx, rng, case| {
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{dtype:?}"));
-        match rng.below(3) {
+        match rng.below(5) {
             0 => with_dtype!(dtype, host_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, host_observer(ctx, rng, case)),
+            2 => with_dtype!(dtype, host_dynamic(ctx, rng, case)),
             _ => with_dtype!(dtype, host_lsq(ctx, rng, case)),
         }
     });
@@ -982,14 +1083,14 @@ fn host_fake_quant<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, max);
     let len = draw_len(rng, numel(&shape));
     case.note(format!("fake_quant shape {shape:?}, len {len}"));
-    let Some((op, axis)) = draw_op(rng, case, &shape) else {
+    let Some((op, granularity)) = draw_op(rng, case, &shape) else {
         return;
     };
     let x: Vec<T> = draw_data(rng, len, op.params().scales()[0] * 40.0);
     let expected = reference::fake_quant(&op, &x, &shape);
     let got = ctx.fake_quant(&op, &x, &shape);
     let expected = match (
-        layout_error(&shape, len, axis, op.params().scales().len()),
+        layout_error(&shape, len, granularity, Some(op.params().scales().len())),
         expected,
     ) {
         (Some(rule), Err(e)) => {
@@ -1028,9 +1129,9 @@ fn host_fake_quant<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn host_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("observer shape {shape:?}"));
-    let Some(config) = draw_observer_config(rng, case, axis) else {
+    let Some(config) = draw_observer_config(rng, case, granularity) else {
         return;
     };
     let gpu = ctx.create_observer(&config, &shape);
@@ -1112,9 +1213,9 @@ fn host_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn host_lsq<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("lsq shape {shape:?}"));
-    let Some(config) = draw_lsq_config(rng, case, axis) else {
+    let Some(config) = draw_lsq_config(rng, case, granularity) else {
         return;
     };
     let (scales, zero_points) = draw_lsq_params(rng, &config, &shape);
@@ -1211,10 +1312,11 @@ fn fuzz_device_level() {
     run_gpu_cases("fuzz_device_level", DEVICE_CASES, |ctx, rng, case| {
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{dtype:?}"));
-        match rng.below(4) {
+        match rng.below(6) {
             0 => with_dtype!(dtype, device_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, device_ste(ctx, rng, case)),
             2 => with_dtype!(dtype, device_observer(ctx, rng, case)),
+            3 | 4 => with_dtype!(dtype, device_dynamic(ctx, rng, case)),
             _ => with_dtype!(dtype, device_lsq(ctx, rng, case)),
         }
     });
@@ -1326,9 +1428,9 @@ fn device_ste<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn device_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("observer shape {shape:?}"));
-    let Some(config) = draw_observer_config(rng, case, axis) else {
+    let Some(config) = draw_observer_config(rng, case, granularity) else {
         return;
     };
     let gpu = ctx.create_observer(&config, &shape);
@@ -1366,7 +1468,7 @@ fn device_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
             if bad_y
                 || bad_mask
                 || in_place
-                || layout_error(&shape, len, axis, gpu.channels()).is_some()
+                || layout_error(&shape, len, granularity, Some(gpu.channels())).is_some()
             {
                 expect_err("step_device", got);
             } else {
@@ -1394,9 +1496,9 @@ fn device_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn device_lsq<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("lsq shape {shape:?}"));
-    let Some(config) = draw_lsq_config(rng, case, axis) else {
+    let Some(config) = draw_lsq_config(rng, case, granularity) else {
         return;
     };
     let (scales, zero_points) = draw_lsq_params(rng, &config, &shape);
@@ -1632,10 +1734,11 @@ fn fuzz_record_level() {
     run_gpu_cases("fuzz_record_level", RECORD_CASES, |ctx, rng, case| {
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{dtype:?}"));
-        match rng.below(4) {
+        match rng.below(6) {
             0 => with_dtype!(dtype, record_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, record_ste(ctx, rng, case)),
             2 => with_dtype!(dtype, record_observer(ctx, rng, case)),
+            3 | 4 => with_dtype!(dtype, record_dynamic(ctx, rng, case)),
             _ => with_dtype!(dtype, record_lsq(ctx, rng, case)),
         }
     });
@@ -1832,9 +1935,9 @@ fn record_ste<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn record_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("observer shape {shape:?}"));
-    let Some(config) = draw_observer_config(rng, case, axis) else {
+    let Some(config) = draw_observer_config(rng, case, granularity) else {
         return;
     };
     let gpu = ctx.create_observer(&config, &shape);
@@ -1845,7 +1948,7 @@ fn record_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         return;
     };
     let n = numel(&shape);
-    let layout_ok = layout_error(&shape, n, axis, gpu.channels()).is_none();
+    let layout_ok = layout_error(&shape, n, granularity, Some(gpu.channels())).is_none();
     for step in 0..1 + rng.below(3) {
         let x: Vec<T> = draw_data_scaled(rng, n);
         let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
@@ -1942,9 +2045,9 @@ fn record_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
 
 fn record_lsq<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
-    let axis = draw_axis(rng, shape.len());
+    let granularity = draw_granularity(rng, &shape);
     case.note(format!("lsq shape {shape:?}"));
-    let Some(config) = draw_lsq_config(rng, case, axis) else {
+    let Some(config) = draw_lsq_config(rng, case, granularity) else {
         return;
     };
     let (scales, zero_points) = draw_lsq_params(rng, &config, &shape);
@@ -1956,7 +2059,7 @@ fn record_lsq<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         return;
     };
     let n = numel(&shape);
-    let layout_ok = layout_error(&shape, n, axis, gpu.channels()).is_none();
+    let layout_ok = layout_error(&shape, n, granularity, Some(gpu.channels())).is_none();
     let x: Vec<T> = draw_data_scaled(rng, n);
     let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
     let mut encoder = ctx.create_encoder("fuzz");
@@ -2197,14 +2300,25 @@ fn fuzz_aliasing_by_range() {
 
 fn aliasing_case<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let align = align_of(ctx);
-    let n = 1 + rng.below(2000);
-    let shape = [n];
+    let op_kind = rng.below(6);
+    // The dynamic forward (op 5): a configuration of the fixed set that takes a vector (per
+    // token, per tensor, per channel) or a row ([1, n], groups of 32, one pass).
+    let dynamic = (op_kind == 5).then(|| pick(rng, &[0usize, 1, 4, 5]));
+    let n = match dynamic {
+        Some(0) => 32 * (1 + rng.below(64)),
+        Some(1) if rng.below(2) == 0 => pick(rng, &[32, 64, 256, 1024, 2048]),
+        _ => 1 + rng.below(2000),
+    };
+    let shape: Vec<usize> = if dynamic == Some(0) {
+        vec![1, n]
+    } else {
+        vec![n]
+    };
     let t = Some(T::DTYPE);
-    let op_kind = rng.below(5);
     let with_mask = rng.below(2) == 0;
     let tensors: Vec<(&'static str, Option<DType>, bool, usize)> = match op_kind {
-        // Elementwise forwards: fake-quant, observer step, LSQ forward.
-        0..=2 => {
+        // Elementwise forwards: fake-quant, observer step, LSQ forward, dynamic forward.
+        0..=2 | 5 => {
             let mut v = vec![("x", t, false, n), ("y", t, true, n)];
             if with_mask {
                 v.push(("mask", None, true, n));
@@ -2237,6 +2351,9 @@ fn aliasing_case<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
                     .collect::<Vec<u32>>(),
             )
             .to_vec(),
+            Some(_) if op_kind == 5 => {
+                bytemuck::cast_slice(&draw_dynamic_data::<T>(rng, n, 32)).to_vec()
+            }
             Some(_) => bytemuck::cast_slice(&draw_data::<T>(rng, n, scale)).to_vec(),
         };
         arena.write(p, &content);
@@ -2255,8 +2372,10 @@ fn aliasing_case<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let mut encoder = ctx.create_encoder("fuzz aliasing");
     // The expected bytes of every written tensor.
     let mut outputs: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    // The dynamic object and its expected qparams, checked after the submission.
+    let mut qparams: Option<(GpuDynamic, fakequant::DynamicOutput<T>)> = None;
     let r = match op_kind {
-        0..=2 => {
+        0..=2 | 5 => {
             let x: Vec<T> = arena.read(get("x"), n);
             let mask = with_mask.then(|| bind("mask"));
             let (r, expected) = match op_kind {
@@ -2286,6 +2405,21 @@ fn aliasing_case<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
                         Mode::Qat,
                     );
                     (r, cpu.step(&x, &shape, Mode::Qat).expect("valid"))
+                }
+                5 => {
+                    let c = dynamic.expect("a dynamic case");
+                    let config = dynamic_configs()[c].clone();
+                    case.note(format!("dynamic config {c}"));
+                    let gpu = ctx.create_dynamic(&config, &shape).expect("create_dynamic");
+                    let cpu = Dynamic::new(config, &shape).expect("dynamic");
+                    let r = gpu.record_forward(&mut encoder, bind("x"), &shape, bind("y"), mask);
+                    let e = cpu.forward(&x, &shape).expect("valid");
+                    let out = fakequant::FakeQuantOutput {
+                        y: e.y.clone(),
+                        mask: e.mask.clone(),
+                    };
+                    qparams = Some((gpu, e));
+                    (r, out)
                 }
                 _ => {
                     let config = LsqConfig::activation_int8();
@@ -2354,6 +2488,9 @@ fn aliasing_case<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         panic!("a call whose ranges are disjoint was refused: {e}");
     }
     submit(ctx, encoder, true);
+    if let Some((gpu, e)) = &qparams {
+        assert_qparams_eq("qparams", e, gpu.read_qparams().expect("read"));
+    }
     for (b, buffer) in buffers.iter().enumerate() {
         let written: Vec<(u64, &[u8])> = outputs
             .iter()
@@ -2396,5 +2533,641 @@ fn ste_backward_with_dy_and_mask_in_one_buffer() {
             reference::ste_backward(&dy, &PackedMask::from_words(mask.to_vec(), 3).unwrap())
                 .unwrap();
         check_buffer(ctx, "dx", &dx, &[(0, bytemuck::cast_slice(&expected))]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic fake-quant: each group's qparams from its own values. The device levels draw from a
+// small fixed set of configurations (each compiles its own pipelines: the rules are override
+// constants) and vary the shapes, the data and the offsets instead; the reference takes any.
+
+/// The configurations the device levels draw from.
+fn dynamic_configs() -> Vec<DynamicConfig> {
+    let new = DynamicConfig::new;
+    vec![
+        // torchao's int4 weights: symmetric groups of 32 along axis 1.
+        DynamicConfig::int4_weight(32),
+        // torchao's int8 per-token activations.
+        DynamicConfig::int8_per_token(),
+        // torchao's tinygemm uint4: float zero points, bf16 qparams, groups of 128.
+        new(
+            QuantRange::UINT4,
+            DynamicScheme::AsymmetricFloat,
+            Granularity::per_group(1, 128),
+        )
+        .with_qparams_dtype(DType::Bf16)
+        .expect("bf16 qparams"),
+        // Float zero points per token (one-pass rows only), f32 qparams, the smallest eps.
+        new(
+            QuantRange::signed(3).expect("3 bits"),
+            DynamicScheme::AsymmetricFloat,
+            Granularity::PerToken,
+        )
+        .with_eps(2f32.powi(-126))
+        .expect("legal eps"),
+        // Per tensor (two passes), a large eps.
+        new(
+            QuantRange::INT8,
+            DynamicScheme::Symmetric,
+            Granularity::PerTensor,
+        )
+        .with_eps(1e-3)
+        .expect("legal eps"),
+        // Per channel along axis 0: one pass where the rows are a power of two from 32 to 4096.
+        new(
+            QuantRange::UINT8,
+            DynamicScheme::Asymmetric,
+            Granularity::per_channel(0),
+        ),
+        // 16 bits, groups of 64 along axis 2.
+        new(
+            QuantRange::INT16,
+            DynamicScheme::Symmetric,
+            Granularity::per_group(2, 64),
+        )
+        .with_eps(2f32.powi(-126))
+        .expect("legal eps"),
+        // An odd range without zero in the middle, groups of 3 (two passes), eps 0.5.
+        new(
+            QuantRange::new(-5, 9).expect("legal range"),
+            DynamicScheme::Asymmetric,
+            Granularity::per_group(0, 3),
+        )
+        .with_eps(0.5)
+        .expect("legal eps"),
+    ]
+}
+
+/// Whether the device takes the one-pass kernel for `granularity` on `shape` (the only place
+/// it runs the float zero-point domain).
+fn model_one_pass(granularity: Granularity, shape: &[usize]) -> bool {
+    let (outer, inner) = model_outer_inner(granularity, shape);
+    outer == 1 && inner.is_power_of_two() && (32..=4096).contains(&inner)
+}
+
+/// Where the reference accepts a dynamic call, the device may refuse it only as `TooLarge`, or as
+/// `Unsupported` for the float zero-point domain off the one-pass groups.
+fn dynamic_ok<V>(
+    what: &str,
+    config: &DynamicConfig,
+    shape: &[usize],
+    r: fakequant::Result<V>,
+) -> Option<V> {
+    match r {
+        Ok(v) => Some(v),
+        Err(Error::TooLarge { .. }) => None,
+        // Known: no group at all is refused by the device's min/max observer
+        // (`dynamic_with_no_groups_on_the_device`, failing); tolerated here so that it does not
+        // hide other failures.
+        Err(Error::InvalidObserver(_))
+            if model_channels(config.granularity(), shape, numel(shape)) == Ok(0) =>
+        {
+            None
+        }
+        Err(Error::Unsupported(_))
+            if config.scheme() == DynamicScheme::AsymmetricFloat
+                && !model_one_pass(config.granularity(), shape) =>
+        {
+            None
+        }
+        Err(e) => panic!("{what}: the reference accepts this call but the device returned: {e}"),
+    }
+}
+
+/// A shape for `granularity`: mostly one it accepts (now and then over one lowered binding),
+/// sometimes a random one.
+fn dynamic_shape(rng: &mut Rng, granularity: Granularity) -> Vec<usize> {
+    if rng.below(10) == 0 {
+        return draw_shape(rng, 3000);
+    }
+    let target = if rng.below(30) == 0 {
+        70_000 + rng.below(70_000)
+    } else {
+        1 + rng.below(6000)
+    };
+    let mut shape: Vec<usize> = match granularity {
+        Granularity::PerGroup { axis, size } => {
+            let mut shape: Vec<usize> = (0..axis)
+                .map(|_| {
+                    if rng.below(20) == 0 {
+                        0
+                    } else {
+                        1 + rng.below(4)
+                    }
+                })
+                .collect();
+            let before = numel(&shape).max(1);
+            let k = 1 + rng.below((target / (size * before)).max(1));
+            let mut len = size * k;
+            match rng.below(16) {
+                0 => len += 1,
+                1 => len = 0,
+                _ => {}
+            }
+            shape.push(len);
+            shape
+        }
+        Granularity::PerToken => {
+            let row = match rng.below(3) {
+                0 => 1 + rng.below(300),
+                _ => pick(rng, &[1, 3, 31, 32, 33, 64, 100, 128, 256, 512, 2048, 4096]),
+            };
+            let rows = 1 + rng.below((target / row).max(1));
+            match rng.below(8) {
+                0 => vec![],
+                1 => vec![row],
+                2 => vec![rows, 0],
+                3 => vec![1 + rng.below(3), rows, row],
+                _ => vec![rows, row],
+            }
+        }
+        Granularity::PerChannel { axis } => {
+            let inner = pick(rng, &[1, 7, 32, 64, 256, 1024]);
+            let mut shape: Vec<usize> = (0..axis).map(|_| 1 + rng.below(3)).collect();
+            shape.push(1 + rng.below((target / inner).max(1)));
+            if inner > 1 {
+                shape.push(inner);
+            }
+            shape
+        }
+        _ => match rng.below(3) {
+            0 => draw_shape(rng, target),
+            _ => vec![rng.below(target + 1)],
+        },
+    };
+    // Trailing ones change nothing; a trailing 2 breaks the groups.
+    for _ in 0..rng.below(3) {
+        shape.push(if rng.below(12) == 0 { 2 } else { 1 });
+    }
+    shape
+}
+
+/// Another shape with the same number of groups (the object serves any), when one is easy to
+/// make: per token any row length, per group other splits before the axis.
+fn regroup(rng: &mut Rng, granularity: Granularity, shape: &[usize]) -> Option<Vec<usize>> {
+    let groups = model_channels(granularity, shape, numel(shape)).ok()?;
+    match granularity {
+        Granularity::PerToken if groups > 0 && !shape.is_empty() => {
+            let row = pick(rng, &[1, 2, 3, 32, 64, 100, 128]);
+            Some(vec![groups, row])
+        }
+        Granularity::PerGroup { axis, size } if groups > 0 => {
+            let mut s = vec![1; axis];
+            if axis > 0 {
+                s[0] = groups;
+                s.push(size);
+            } else {
+                s.push(groups * size);
+            }
+            Some(s)
+        }
+        Granularity::PerChannel { axis: 0 } if groups > 0 => {
+            Some(vec![groups, pick(rng, &[1, 2, 32, 64, 5])])
+        }
+        _ => None,
+    }
+}
+
+fn bits_of<T: Element>(bits: u32) -> T {
+    let bytes = bits.to_le_bytes();
+    bytemuck::pod_read_unaligned(&bytes[..T::DTYPE.size() as usize])
+}
+
+fn max_finite_of(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => f32::MAX,
+        DType::F16 => f16::MAX.to_f32(),
+        DType::Bf16 => bf16::MAX.to_f32(),
+    }
+}
+
+/// Data in runs (mostly of the group size `group`), each of one kind: random values, a
+/// constant, zeros of both signs, huge values whose range overflows, subnormals, NaN and
+/// infinities alone or sprinkled in.
+fn draw_dynamic_data<T: Element>(rng: &mut Rng, n: usize, group: usize) -> Vec<T> {
+    let (sign, subnormal_max) = match T::DTYPE {
+        DType::F32 => (0x8000_0000u32, 0x007f_ffffu32),
+        DType::F16 => (0x8000, 0x3ff),
+        DType::Bf16 => (0x8000, 0x7f),
+    };
+    let huge = max_finite_of(T::DTYPE);
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    while out.len() < n {
+        let run = if group > 0 && rng.below(4) != 0 {
+            group
+        } else {
+            1 + rng.below(80)
+        };
+        let run = run.min(n - out.len());
+        let scale = data_scale(rng);
+        match rng.below(14) {
+            0 => {
+                let v = T::from_f32(draw_value(rng, scale));
+                out.extend(std::iter::repeat_n(v, run));
+            }
+            1 => out.extend((0..run).map(|_| T::from_f32(pick(rng, &[0.0, -0.0])))),
+            2 => out.extend((0..run).map(|_| {
+                let v = huge * rng.uniform(0.5, 1.0);
+                T::from_f32(if rng.below(2) == 0 { v } else { -v })
+            })),
+            3 => out.extend((0..run).map(|_| {
+                let bits = 1 + rng.next_u32() % subnormal_max;
+                bits_of::<T>(if rng.below(2) == 0 { bits } else { bits | sign })
+            })),
+            4 => out.extend((0..run).map(|_| {
+                T::from_f32(pick(
+                    rng,
+                    &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN],
+                ))
+            })),
+            5 => out.extend((0..run).map(|_| {
+                if rng.below(6) == 0 {
+                    T::from_f32(pick(rng, &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY]))
+                } else {
+                    T::from_f32(rng.normal() * scale)
+                }
+            })),
+            6 => {
+                // A huge value of one sign and a huge one of the other: the range overflows.
+                out.extend((0..run).map(|i| {
+                    T::from_f32(match i % 3 {
+                        0 => huge,
+                        1 => -huge,
+                        _ => rng.normal() * scale,
+                    })
+                }));
+            }
+            _ => out.extend(draw_data::<T>(rng, run, scale)),
+        }
+    }
+    out
+}
+
+/// The documented properties of the qparams the reference chose.
+fn check_dynamic_qparams<T: Element>(config: &DynamicConfig, out: &fakequant::DynamicOutput<T>) {
+    let (qmin, qmax) = (config.range().qmin() as f32, config.range().qmax() as f32);
+    let eps = config.eps_for(T::DTYPE);
+    for (g, (&s, &z)) in out.scales.iter().zip(&out.zero_points).enumerate() {
+        match config.scheme() {
+            DynamicScheme::AsymmetricFloat => {
+                if config.qparams_dtype() == DType::Bf16 {
+                    for v in [s, z] {
+                        assert_eq!(
+                            bf16::from_f32(v).to_f32().to_bits(),
+                            v.to_bits(),
+                            "group {g}: a bf16 qparam that is not a bf16 value"
+                        );
+                    }
+                }
+            }
+            scheme => {
+                assert!(
+                    s.is_normal() && s >= eps.min(2f32.powi(126)) && s <= 2f32.powi(126),
+                    "group {g}: scale {s:e} outside [eps, 2^126]"
+                );
+                assert!(
+                    z.fract() == 0.0 && (qmin..=qmax).contains(&z),
+                    "group {g}: zero point {z} not an integer in the range"
+                );
+                if scheme == DynamicScheme::Symmetric {
+                    assert_eq!(z, 0.0, "group {g}: a symmetric zero point");
+                }
+            }
+        }
+    }
+}
+
+/// The reference on random configurations (any scheme, range, granularity, `eps` and qparams
+/// precision), shapes and lengths: the layout rules, the setters' rules, no panic.
+fn reference_dynamic<T: Element>(rng: &mut Rng, case: &Case, shape: &[usize], x: &[T]) {
+    let Some(range) = draw_range(rng, case) else {
+        return;
+    };
+    let scheme = pick(
+        rng,
+        &[
+            DynamicScheme::Symmetric,
+            DynamicScheme::Asymmetric,
+            DynamicScheme::AsymmetricFloat,
+        ],
+    );
+    let granularity = draw_granularity(rng, shape);
+    case.note(format!("dynamic {scheme:?} {granularity:?}"));
+    let mut config = DynamicConfig::new(range, scheme, granularity);
+    if rng.below(3) == 0 {
+        let eps = pick(
+            rng,
+            &[
+                2f32.powi(-126),
+                1e-6,
+                0.5,
+                3.0,
+                2f32.powi(126),
+                f32::MAX,
+                0.0,
+                -1.0,
+                2f32.powi(-127),
+                f32::from_bits(1),
+                f32::NAN,
+                f32::INFINITY,
+            ],
+        );
+        case.note(format!("eps {eps:e}"));
+        let legal = eps.is_finite() && eps >= 2f32.powi(-126);
+        match config.clone().with_eps(eps) {
+            Ok(c) => {
+                assert!(legal, "with_eps accepted {eps:e}");
+                config = c;
+            }
+            Err(e) => {
+                assert!(!legal, "with_eps refused {eps:e}: {e}");
+                assert_eq!(variant(&e), "InvalidSetting");
+            }
+        }
+    }
+    if rng.below(3) == 0 {
+        let dtype = pick(rng, &DTYPES);
+        case.note(format!("qparams {dtype:?}"));
+        match config.clone().with_qparams_dtype(dtype) {
+            Ok(c) => {
+                assert_ne!(dtype, DType::F16, "f16 qparams accepted");
+                config = c;
+            }
+            Err(e) => assert_eq!(
+                (dtype, variant(&e).as_str()),
+                (DType::F16, "InvalidSetting")
+            ),
+        }
+    }
+    let r = reference::dynamic::fake_quant_dynamic(&config, x, shape);
+    match model_channels(granularity, shape, x.len()) {
+        Err(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
+        // A symmetric zero point (0) outside a range without zero: refused by the core op's
+        // check (InvalidZeroPoint), unless there is no group at all.
+        Ok(groups)
+            if scheme == DynamicScheme::Symmetric
+                && !(range.qmin() <= 0 && 0 <= range.qmax())
+                && groups > 0 =>
+        {
+            assert_eq!(
+                variant(&r.expect_err("zero outside the range")),
+                "InvalidZeroPoint"
+            );
+        }
+        Ok(groups) => {
+            let out = r.expect("valid layout");
+            assert_eq!(
+                (out.y.len(), out.mask.len(), out.scales.len()),
+                (x.len(), x.len(), groups)
+            );
+            assert_eq!(out.zero_points.len(), groups);
+            // The large eps values are legal but make the float domain's f16 scales infinite:
+            // only the integer domain's qparams have documented bounds for every eps.
+            check_dynamic_qparams(&config, &out);
+        }
+    }
+    // An object for another shape: the group counts must agree.
+    let other = if rng.below(2) == 0 {
+        draw_shape(rng, 3000)
+    } else {
+        shape.to_vec()
+    };
+    if let Ok(object) = Dynamic::new(config.clone(), &other) {
+        let r = object.forward(x, shape);
+        let groups = model_channels(granularity, &other, numel(&other)).expect("accepted");
+        match model_channels(granularity, shape, x.len()) {
+            Err(expected) => assert_eq!(variant(&r.expect_err("invalid layout")), expected),
+            Ok(g) if g != groups => assert_eq!(variant(&r.expect_err("groups")), "LengthMismatch"),
+            Ok(g)
+                if scheme == DynamicScheme::Symmetric
+                    && !(range.qmin() <= 0 && 0 <= range.qmax())
+                    && g > 0 =>
+            {
+                assert_eq!(variant(&r.expect_err("zero outside")), "InvalidZeroPoint")
+            }
+            Ok(_) => assert!(r.is_ok(), "{r:?}"),
+        }
+    } else {
+        assert!(model_channels(granularity, &other, numel(&other)).is_err());
+    }
+}
+
+/// The group size the data's runs follow.
+fn data_group(config: &DynamicConfig, shape: &[usize]) -> usize {
+    let (outer, inner) = model_outer_inner(config.granularity(), shape);
+    if outer == 1 {
+        inner
+    } else {
+        0
+    }
+}
+
+/// A configuration from the fixed set and a shape for it.
+fn draw_dynamic(rng: &mut Rng, case: &Case) -> (DynamicConfig, Vec<usize>) {
+    let configs = dynamic_configs();
+    let c = rng.below(configs.len());
+    let config = configs[c].clone();
+    let shape = dynamic_shape(rng, config.granularity());
+    case.note(format!("dynamic config {c}, shape {shape:?}"));
+    (config, shape)
+}
+
+/// The device object and the reference's for `shape`; `None` where either refuses (and then
+/// the device must have refused too, or only as documented).
+fn create_dynamic_pair(
+    ctx: &GpuContext,
+    config: &DynamicConfig,
+    shape: &[usize],
+) -> Option<(GpuDynamic, Dynamic)> {
+    let gpu = ctx.create_dynamic(config, shape);
+    let cpu = match Dynamic::new(config.clone(), shape) {
+        Ok(c) => c,
+        Err(e) => {
+            let expected = model_channels(config.granularity(), shape, numel(shape))
+                .expect_err("the reference refused a valid layout");
+            assert_eq!(variant(&e), expected, "reference: {e}");
+            expect_err("create_dynamic", gpu);
+            return None;
+        }
+    };
+    let gpu = dynamic_ok("create_dynamic", config, shape, gpu)?;
+    assert_eq!(
+        Ok(gpu.groups()),
+        model_channels(config.granularity(), shape, numel(shape)),
+        "groups"
+    );
+    Some((gpu, cpu))
+}
+
+/// The shape of a later call on the same object: the same, another with the same groups, or a
+/// fresh one.
+fn next_dynamic_shape(rng: &mut Rng, config: &DynamicConfig, shape: &[usize]) -> Vec<usize> {
+    match rng.below(4) {
+        0 => regroup(rng, config.granularity(), shape).unwrap_or_else(|| shape.to_vec()),
+        1 => dynamic_shape(rng, config.granularity()),
+        _ => shape.to_vec(),
+    }
+}
+
+fn assert_qparams_eq<T: Element>(
+    what: &str,
+    expected: &fakequant::DynamicOutput<T>,
+    got: (Vec<f32>, Vec<f32>),
+) {
+    assert_bits_eq(&format!("{what}: scales"), &[], &expected.scales, &got.0);
+    assert_bits_eq(
+        &format!("{what}: zero points"),
+        &[],
+        &expected.zero_points,
+        &got.1,
+    );
+}
+
+fn host_dynamic<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let (config, shape) = draw_dynamic(rng, case);
+    let Some((gpu, cpu)) = create_dynamic_pair(ctx, &config, &shape) else {
+        return;
+    };
+    for call in 0..1 + rng.below(3) {
+        let shape = if call == 0 {
+            shape.clone()
+        } else {
+            next_dynamic_shape(rng, &config, &shape)
+        };
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!("call {call}: shape {shape:?}, len {len}"));
+        let x: Vec<T> = draw_dynamic_data(rng, len, data_group(&config, &shape));
+        let got = gpu.forward(&x, &shape);
+        match cpu.forward(&x, &shape) {
+            Err(_) => expect_err("forward", got),
+            Ok(e) => {
+                let Some(g) = dynamic_ok("forward", &config, &shape, got) else {
+                    return;
+                };
+                assert_dynamic_eq("forward", &e, &g);
+                assert_qparams_eq("read_qparams", &e, gpu.read_qparams().expect("read"));
+            }
+        }
+    }
+}
+
+fn device_dynamic<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let (config, shape) = draw_dynamic(rng, case);
+    let Some((gpu, cpu)) = create_dynamic_pair(ctx, &config, &shape) else {
+        return;
+    };
+    for call in 0..1 + rng.below(2) {
+        let shape = if call == 0 {
+            shape.clone()
+        } else {
+            next_dynamic_shape(rng, &config, &shape)
+        };
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!(
+            "call {call}: forward_device shape {shape:?}, len {len}"
+        ));
+        let x: Vec<T> = draw_dynamic_data(rng, len, data_group(&config, &shape));
+        let x_dev = ctx.upload(&x).expect("upload");
+        let (y_dev, bad_y) = output_tensor::<T>(ctx, rng, case, "y", len);
+        let (mask_dev, bad_mask) = output_mask(ctx, rng, case, len);
+        let in_place = rng.below(12) == 0;
+        case.note(format!("in place {in_place}"));
+        let y_used = if in_place { &x_dev } else { &y_dev };
+        let got = gpu.forward_device(&x_dev, &shape, y_used, mask_dev.as_ref());
+        let expected = match cpu.forward(&x, &shape) {
+            Ok(e) if !bad_y && !bad_mask && !in_place => e,
+            _ => {
+                expect_err("forward_device", got);
+                continue;
+            }
+        };
+        if dynamic_ok("forward_device", &config, &shape, got).is_none() {
+            return;
+        }
+        assert_elems_eq(
+            "y",
+            &expected.y,
+            &ctx.read_tensor::<T>(&y_dev).expect("read y"),
+        );
+        if let Some(m) = &mask_dev {
+            assert_mask_eq(
+                "mask",
+                &expected.mask,
+                &ctx.read_mask(m).expect("read mask"),
+            );
+        }
+        assert_qparams_eq("qparams", &expected, gpu.read_qparams().expect("read"));
+    }
+}
+
+fn record_dynamic<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let (config, shape) = draw_dynamic(rng, case);
+    let Some((gpu, cpu)) = create_dynamic_pair(ctx, &config, &shape) else {
+        return;
+    };
+    let shape = if rng.below(4) == 0 {
+        next_dynamic_shape(rng, &config, &shape)
+    } else {
+        shape
+    };
+    let n = numel(&shape);
+    case.note(format!("record_forward shape {shape:?}"));
+    let x: Vec<T> = draw_dynamic_data(rng, n, data_group(&config, &shape));
+    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
+    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
+    let mask = mask_slot(ctx, rng, case, n);
+    let expected = cpu.forward(&x, &shape);
+    let invalid = x_slot.invalid
+        || y_slot.invalid
+        || mask.as_ref().is_some_and(|m| m.0.invalid)
+        || expected.is_err();
+    let mut encoder = ctx.create_encoder("fuzz");
+    let r = gpu.record_forward(
+        &mut encoder,
+        binding(&x_buf, &x_slot, T::DTYPE),
+        &shape,
+        binding(&y_buf, &y_slot, y_dtype),
+        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
+    );
+    if invalid {
+        expect_err("record_forward", r);
+        submit(ctx, encoder, false);
+        return check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
+    }
+    if dynamic_ok("record_forward", &config, &shape, r).is_none() {
+        return;
+    }
+    submit(ctx, encoder, true);
+    let e = expected.expect("valid");
+    let as_output = fakequant::FakeQuantOutput {
+        y: e.y.clone(),
+        mask: e.mask.clone(),
+    };
+    check_forward_outputs(
+        ctx,
+        &x_buf,
+        (&y_slot, &y_buf),
+        mask.as_ref(),
+        Some(&as_output),
+    );
+    assert_qparams_eq("qparams", &e, gpu.read_qparams().expect("read"));
+}
+
+/// Found by `fuzz_record_level` (case 55): a dynamic fake-quant whose shape has no group (an
+/// empty axis, here `int4_weight(32)` on `[4, 0, 1]`). The reference accepts it
+/// (`Dynamic::new` and `forward` return empty outputs); `create_dynamic` returns
+/// `Error::InvalidObserver("an observer needs one channel per-tensor and at least one
+/// per-channel, got 0")` from its internal min/max observer, although `GpuDynamic` is documented
+/// to make the same checks as the reference.
+#[test]
+fn dynamic_with_no_groups_on_the_device() {
+    let config = DynamicConfig::int4_weight(32);
+    let shape = [4, 0, 1];
+    let cpu = Dynamic::new(config.clone(), &shape).unwrap();
+    let expected = cpu.forward::<f32>(&[], &shape).unwrap();
+    for ctx in contexts() {
+        let gpu = ctx.create_dynamic(&config, &shape).unwrap();
+        let got = gpu.forward::<f32>(&[], &shape).unwrap();
+        assert_dynamic_eq("no groups", &expected, &got);
     }
 }
