@@ -59,7 +59,8 @@ fn float_domain_bits(x: u32, f: vec3<u32>) -> Quantized {
     }
     let q = clamp(r, rules.qmin, rules.qmax);
     let t = rd(rp(mul_rn_bits(bitcast<u32>(f32(q - (rules.qmin + rules.qmax + 1) / 2)), f.x)));
-    return Quantized(rp(add_rn_bits(t, f.y)), r >= rules.qmin && r <= rules.qmax, r < rules.qmin);
+    // `t` may have overflowed to +-inf (a huge scale times q - mid); the zero point is finite.
+    return Quantized(rp(add_ieee_bits(t, f.y)), r >= rules.qmin && r <= rules.qmax, r < rules.qmin);
 }
 
 fn tile_len() -> u32 {
@@ -116,7 +117,7 @@ fn group_tile(tile: u32, lid: u32) {
         }
         let q = group_qparams(lo, hi);
         if (rules.scheme == 2u) {
-            let mv = rq(sub_rn_bits(q.zero_bits, rq(mul_rn_bits(q.scale, rules.mid))));
+            let mv = sat_rq(sub_rn_bits(q.zero_bits, sat_rq(mul_rn_bits(q.scale, rules.mid))));
             group_float[lid] = vec3<u32>(q.scale, q.zero_bits, mv);
         } else {
             group_params[lid] = channel_params(q.scale, q.zero_point, rules.qmin, rules.qmax);

@@ -66,6 +66,24 @@ fn rd(bits: u32) -> u32 {
     return bits;
 }
 
+// The largest finite value of the float-domain qparams' precision, as f32 bits.
+fn max_finite_q_bits() -> u32 {
+    return select(0x7f7fffffu, 0x7f7f0000u, rules.qparams_bf16 != 0u);
+}
+
+// Rounds a finite result to the input's type (`rd`) or to the qparams' precision (`rq`),
+// saturating: a value that overflows the type becomes its largest finite value, sign kept, so
+// that the float domain's qparams stay finite.
+fn sat_rd(bits: u32) -> u32 {
+    let r = rd(bits);
+    return select((r & SIGN_BIT) | max_finite_bits(), r, is_finite_bits(r));
+}
+
+fn sat_rq(bits: u32) -> u32 {
+    let r = rq(bits);
+    return select((r & SIGN_BIT) | max_finite_q_bits(), r, is_finite_bits(r));
+}
+
 // The largest finite value of the qparams' type, as f32 bits.
 fn max_finite_bits() -> u32 {
     if (rules.dtype == 1u) {
@@ -107,8 +125,8 @@ fn group_qparams(lo_bits: u32, hi_bits: u32) -> GroupQparams {
             width = max_finite_bits();
         }
         let scale = rd(max(rd(div_rn_bits(width, rules.levels)), rules.eps));
-        let zero = rd(add_rn_bits(lo, rd(mul_rn_bits(scale, rules.mid))));
-        return GroupQparams(rq(scale), 0, rq(zero));
+        let zero = sat_rd(add_rn_bits(lo, sat_rd(mul_rn_bits(scale, rules.mid))));
+        return GroupQparams(sat_rq(scale), 0, sat_rq(zero));
     }
     // mn = min(lo, 0) and mx = max(hi, 0), a zero as +0.0.
     let mn = select(0u, lo, (lo & SIGN_BIT) != 0u && (lo & ABS_MASK) != 0u);

@@ -58,42 +58,54 @@ pub struct DynamicConfig {
 }
 
 impl DynamicConfig {
-    /// A configuration with torchao's default `eps` and f32 qparams.
-    pub fn new(range: QuantRange, scheme: DynamicScheme, granularity: Granularity) -> Self {
-        Self {
+    /// A configuration with torchao's default `eps` and f32 qparams. A symmetric range must
+    /// contain 0 (its zero point).
+    pub fn new(range: QuantRange, scheme: DynamicScheme, granularity: Granularity) -> Result<Self> {
+        if scheme == DynamicScheme::Symmetric && !(range.qmin() <= 0 && 0 <= range.qmax()) {
+            return Err(Error::InvalidRange {
+                qmin: range.qmin(),
+                qmax: range.qmax(),
+                reason: "a symmetric dynamic range must contain 0, its zero point",
+            });
+        }
+        Ok(Self {
             range,
             scheme,
             granularity,
             eps: None,
             qparams_dtype: DType::F32,
-        }
+        })
     }
 
     /// torchao's int4 weights: symmetric groups of `group_size` along the last axis of a 2-D
     /// weight (`axis` 1), range [-8, 7].
     pub fn int4_weight(group_size: usize) -> Self {
-        Self::new(
-            QuantRange::INT4,
-            DynamicScheme::Symmetric,
-            Granularity::per_group(1, group_size),
-        )
+        Self {
+            range: QuantRange::INT4,
+            scheme: DynamicScheme::Symmetric,
+            granularity: Granularity::per_group(1, group_size),
+            eps: None,
+            qparams_dtype: DType::F32,
+        }
     }
 
     /// torchao's int8 per-token activations: asymmetric, range [-128, 127].
     pub fn int8_per_token() -> Self {
-        Self::new(
-            QuantRange::INT8,
-            DynamicScheme::Asymmetric,
-            Granularity::PerToken,
-        )
+        Self {
+            range: QuantRange::INT8,
+            scheme: DynamicScheme::Asymmetric,
+            granularity: Granularity::PerToken,
+            eps: None,
+            qparams_dtype: DType::F32,
+        }
     }
 
-    /// The smallest scale; positive, finite and at least 2^-126 (a smaller one would have no
-    /// finite reciprocal).
+    /// The smallest scale, from 2^-126 (a smaller one would have no finite reciprocal) to 1 (a
+    /// larger one would make the float domain's 16-bit scales and zero points overflow).
     pub fn with_eps(mut self, eps: f32) -> Result<Self> {
-        if !(eps.is_finite() && eps >= f32::MIN_POSITIVE) {
+        if !(f32::MIN_POSITIVE..=1.0).contains(&eps) {
             return Err(Error::InvalidSetting(format!(
-                "dynamic eps {eps:e} must be finite and at least 2^-126"
+                "dynamic eps {eps:e} must lie in [2^-126, 1]"
             )));
         }
         self.eps = Some(eps);

@@ -1026,7 +1026,7 @@ pub fn run<B: Backend>(
         range,
         DynamicScheme::Symmetric,
         Granularity::per_group(1, GROUP),
-    ));
+    )?);
     let dynamic_places = Places {
         input: Quantizer::Dynamic(per_token),
         w1: Quantizer::Dynamic(per_group),

@@ -127,6 +127,16 @@ impl Kernel for GroupsKernel {
 /// (`max(group, 1024)` elements) that divides the chunk granule.
 const ONE_PASS_GROUPS: std::ops::RangeInclusive<usize> = 32..=4096;
 
+/// Why the float zero-point domain refuses `layout` on the device.
+fn float_domain_unsupported(layout: ChannelLayout) -> Error {
+    Error::Unsupported(format!(
+        "the float zero-point domain (DynamicScheme::AsymmetricFloat) runs on the device for \
+         contiguous groups of a power-of-two size from 32 to 4096 (the one-pass kernel), not for \
+         groups of {} in {} runs; the reference takes any",
+        layout.inner, layout.outer
+    ))
+}
+
 /// Whether the groups of `layout` take the one-pass kernel: contiguous, of a size it takes.
 fn one_pass(layout: ChannelLayout) -> bool {
     layout.outer == 1 && layout.inner.is_power_of_two() && ONE_PASS_GROUPS.contains(&layout.inner)
@@ -182,7 +192,8 @@ pub struct GpuDynamic {
     config: DynamicConfig,
     groups: usize,
     /// Reduces each group's min and max into its batch statistics (its state is never used).
-    reducer: GpuObserver,
+    /// None when the shape has no group (nothing to reduce).
+    reducer: Option<GpuObserver>,
     params: wgpu::Buffer,
     qparams: wgpu::Buffer,
     /// `DynamicRules` for f32, f16 and bf16 inputs.
@@ -197,22 +208,21 @@ impl GpuContext {
         let groups = config.granularity().channels(shape)?;
         let layout = config.granularity().layout(shape, numel(shape)?)?;
         if config.scheme() == DynamicScheme::AsymmetricFloat && !one_pass(layout) {
-            return Err(Error::Unsupported(format!(
-                "the float zero-point domain (DynamicScheme::AsymmetricFloat) runs on the device \
-                 for contiguous groups of a power-of-two size from 32 to 4096 (the one-pass \
-                 kernel), not for groups of {}; the reference takes any",
-                layout.inner
-            )));
+            return Err(float_domain_unsupported(layout));
         }
-        let reducer = self.create_observer(
-            &ObserverConfig::new(
-                config.range(),
-                QScheme::Symmetric,
-                Averaging::MinMax,
-                config.granularity(),
-            )?,
-            shape,
-        )?;
+        let reducer = if groups == 0 {
+            None
+        } else {
+            Some(self.create_observer(
+                &ObserverConfig::new(
+                    config.range(),
+                    QScheme::Symmetric,
+                    Averaging::MinMax,
+                    config.granularity(),
+                )?,
+                shape,
+            )?)
+        };
         let param_bytes =
             (groups as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
         let params = self.storage_buffer_zeroed("fakequant dynamic params", param_bytes)?;
@@ -303,9 +313,15 @@ impl GpuDynamic {
         if one_pass(layout) {
             return self.record_one_pass(recorder, rules, layout, x, y, mask);
         }
-        let stats = self.reducer.batch_stats();
-        self.reducer
-            .record_batch_min_max(recorder, x, shape, stats)?;
+        if self.config.scheme() == DynamicScheme::AsymmetricFloat {
+            // A shape with this object's group count whose groups the one-pass kernel does not take.
+            return Err(float_domain_unsupported(layout));
+        }
+        let Some(reducer) = &self.reducer else {
+            return Ok(()); // no group, no element
+        };
+        let stats = reducer.batch_stats();
+        reducer.record_batch_min_max(recorder, x, shape, stats)?;
         let bindings = QparamsBindings {
             stats: stats.buffer().as_entire_buffer_binding(),
             params: self.params.as_entire_buffer_binding(),

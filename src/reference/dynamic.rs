@@ -26,6 +26,21 @@ fn max_finite(dtype: DType) -> f32 {
     }
 }
 
+/// Rounds a finite result to `dtype`, saturating: a value that overflows the type becomes its
+/// largest finite value with the sign kept (the float domain's qparams stay finite).
+fn sat(dtype: DType, v: f32) -> f32 {
+    let r = match dtype {
+        DType::F32 => v,
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::Bf16 => bf16::from_f32(v).to_f32(),
+    };
+    if r.is_infinite() {
+        max_finite(dtype).copysign(r)
+    } else {
+        r
+    }
+}
+
 /// Rounds to the qparams' precision.
 fn rq(dtype: DType, v: f32) -> f32 {
     match dtype {
@@ -82,9 +97,9 @@ fn group_qparams<T: Element>(config: &DynamicConfig, eps: f32, lo: f32, hi: f32)
                 width = max_finite(T::DTYPE);
             }
             let s = rd::<T>(rd::<T>(width / levels).max(eps));
-            let zp = rd::<T>(lo + rd::<T>(s * mid));
+            let zp = sat(T::DTYPE, lo + sat(T::DTYPE, s * mid));
             let dtype = config.qparams_dtype();
-            (rq(dtype, s), rq(dtype, zp))
+            (sat(dtype, s), sat(dtype, zp))
         }
     }
 }
@@ -148,7 +163,7 @@ pub fn fake_quant_dynamic<T: Element>(
             }
             let g = layout.channel_of(i);
             let (s, zp) = (scales[g], zero_points[g]);
-            let mv = rq(qdtype, zp - rq(qdtype, s * mid));
+            let mv = sat(qdtype, zp - sat(qdtype, s * mid));
             let pre = rq(p, rq(p, v - mv) / s);
             // +-inf (an infinite x, or x - mv overflowing) lands on its side.
             let r = pre.round_ties_even();

@@ -210,7 +210,8 @@ fn dynamic_qparams_follow_the_rules() {
             QuantRange::INT8,
             DynamicScheme::Asymmetric,
             Granularity::PerToken,
-        ),
+        )
+        .unwrap(),
         &[f32::NAN, f32::INFINITY, 1.0, -1.0],
         &[4],
     )
@@ -220,6 +221,16 @@ fn dynamic_qparams_follow_the_rules() {
     // Settings are checked.
     assert!(config.clone().with_eps(0.0).is_err());
     assert!(config.clone().with_eps(1e-40).is_err());
+    assert!(config.clone().with_eps(2.0).is_err());
+    // A symmetric range must contain its zero point.
+    assert!(matches!(
+        DynamicConfig::new(
+            QuantRange::new(1, 15).unwrap(),
+            DynamicScheme::Symmetric,
+            Granularity::PerToken
+        ),
+        Err(Error::InvalidRange { .. })
+    ));
     assert!(config.with_qparams_dtype(fakequant::DType::F16).is_err());
 }
 
@@ -303,6 +314,7 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                 ),
             ] {
                 let config = DynamicConfig::new(range, scheme, *granularity)
+                    .unwrap()
                     .with_qparams_dtype(qparams)
                     .unwrap();
                 if scheme == DynamicScheme::AsymmetricFloat && !one_pass {
@@ -319,6 +331,19 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                 check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
             }
         }
+        // A float-domain object made for one-pass groups, called on a shape with as many groups
+        // that the one-pass kernel does not take: refused, never the integer path's output.
+        let float = DynamicConfig::new(
+            QuantRange::UINT4,
+            DynamicScheme::AsymmetricFloat,
+            Granularity::PerToken,
+        )
+        .unwrap();
+        let dynamic = ctx.create_dynamic(&float, &[4, 64]).unwrap();
+        assert!(matches!(
+            dynamic.forward(&[1.0f32; 4 * 48], &[4, 48]),
+            Err(Error::Unsupported(_))
+        ));
         // Over several bindings and with few workgroups: the chunked reduction and forward.
         let small = ctx
             .with_dispatch_limits(fakequant::DispatchLimits {
@@ -340,7 +365,7 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                 {
                     continue; // rows of 20480: beyond the one-pass kernel
                 }
-                let config = DynamicConfig::new(QuantRange::INT4, scheme, granularity);
+                let config = DynamicConfig::new(QuantRange::INT4, scheme, granularity).unwrap();
                 let label = format!("lowered limits {granularity:?} {scheme:?}");
                 check_dynamic::<f32>(&small, &config, &x, &shape, &label);
                 check_dynamic::<bf16>(&small, &config, &x, &shape, &label);

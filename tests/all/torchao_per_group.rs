@@ -65,7 +65,7 @@ impl Case<'_> {
             "channel" => Granularity::per_channel(0),
             _ => Granularity::per_group(shape.len() - 1, self.get("group").parse().unwrap()),
         };
-        let mut config = DynamicConfig::new(range, scheme, granularity);
+        let mut config = DynamicConfig::new(range, scheme, granularity).unwrap();
         if self.get("scale_precision") == "bf16" {
             config = config.with_qparams_dtype(DType::Bf16).unwrap();
         }
