@@ -116,7 +116,7 @@ fn group_tile(tile: u32, lid: u32) {
             hi = from_key(hi_key);
         }
         let q = group_qparams(lo, hi);
-        if (rules.scheme == 2u) {
+        if (SCHEME == 2u) {
             let mv = sat_rq(sub_rn_bits(q.zero_bits, sat_rq(mul_rn_bits(q.scale, rules.mid))));
             group_float[lid] = vec3<u32>(q.scale, q.zero_bits, mv);
         } else {
@@ -132,7 +132,7 @@ fn group_tile(tile: u32, lid: u32) {
         let i = base + offset;
         if (i < dispatch.len) {
             var q: Quantized;
-            if (rules.scheme == 2u) {
+            if (SCHEME == 2u) {
                 q = float_domain_bits(values[k], group_float[offset / group_len()]);
             } else {
                 q = fake_quant_bits(values[k], group_params[offset / group_len()]);

@@ -28,18 +28,14 @@ uniform! {
     /// The rule set of `shaders/dynamic_rules.wgsl` (a storage binding, so that one pipeline
     /// serves every configuration), for one configuration and input type.
     struct DynamicRules as "DynamicRules" {
-        scheme: u32,
         qmin: i32,
         qmax: i32,
         eps: u32,
         levels: u32,
         half_levels: u32,
         mid: u32,
-        dtype: u32,
         qparams_bf16: u32,
         arithmetic_bf16: u32,
-        _pad0: u32,
-        _pad1: u32,
     }
 }
 
@@ -53,28 +49,34 @@ impl DynamicRules {
         let levels = (qmax - qmin) as f32;
         let qparams_bf16 = config.qparams_dtype() == DType::Bf16;
         Self {
-            scheme: match config.scheme() {
-                DynamicScheme::Symmetric => 0,
-                DynamicScheme::Asymmetric => 1,
-                DynamicScheme::AsymmetricFloat => 2,
-            },
             qmin,
             qmax,
             eps: config.eps_for(dtype).to_bits(),
             levels: levels.to_bits(),
             half_levels: (levels / 2.0).to_bits(),
             mid: (((qmin + qmax + 1) / 2) as f32).to_bits(),
-            dtype: dtype_constant(dtype) as u32,
             qparams_bf16: qparams_bf16 as u32,
             arithmetic_bf16: (qparams_bf16 && dtype == DType::Bf16) as u32,
-            ..Default::default()
         }
     }
 }
 
+/// The `override` constants of `shaders/dynamic_rules.wgsl`: the scheme and the input type.
+fn rules_constants(scheme: DynamicScheme, dtype: DType) -> Vec<(&'static str, f64)> {
+    let scheme = match scheme {
+        DynamicScheme::Symmetric => 0.0,
+        DynamicScheme::Asymmetric => 1.0,
+        DynamicScheme::AsymmetricFloat => 2.0,
+    };
+    vec![("SCHEME", scheme), ("QPARAMS_DTYPE", dtype_constant(dtype))]
+}
+
 /// The two-pass plan's qparams kernel (`shaders/dynamic.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct QparamsKernel;
+pub(crate) struct QparamsKernel {
+    scheme: DynamicScheme,
+    dtype: DType,
+}
 
 impl Kernel for QparamsKernel {
     fn shader(&self) -> &'static Shader {
@@ -86,13 +88,14 @@ impl Kernel for QparamsKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        Vec::new()
+        rules_constants(self.scheme, self.dtype)
     }
 }
 
 /// The one-pass kernel (`shaders/dynamic_groups.wgsl`) for inputs of `dtype` in groups of `group`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct GroupsKernel {
+    scheme: DynamicScheme,
     dtype: DType,
     group: u32,
     masked: bool,
@@ -115,7 +118,8 @@ impl Kernel for GroupsKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        let mut constants = vec![("GROUP", self.group as f64)];
+        let mut constants = rules_constants(self.scheme, self.dtype);
+        constants.push(("GROUP", self.group as f64));
         if self.dtype != DType::F32 {
             constants.push(("DTYPE", dtype_constant(self.dtype)));
         }
@@ -331,7 +335,10 @@ impl GpuDynamic {
         let grid = per_channel_groups(self.groups, self.ctx.dispatch_limits().max_workgroups);
         self.ctx.record_pass(
             recorder,
-            QparamsKernel,
+            QparamsKernel {
+                scheme: self.config.scheme(),
+                dtype: x.dtype,
+            },
             &[Dispatch {
                 uniform: DynamicDispatch {
                     groups: self.groups as u32,
@@ -396,6 +403,7 @@ impl GpuDynamic {
             })
             .collect();
         let kernel = GroupsKernel {
+            scheme: self.config.scheme(),
             dtype: x.dtype,
             group: layout.inner as u32,
             masked: mask.is_some(),
