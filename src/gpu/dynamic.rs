@@ -7,9 +7,7 @@
 //! pipeline serves every configuration).
 
 use super::context::GpuContext;
-use super::fake_quant::{
-    plan_dispatch, ChannelParams, DispatchUniform, ElementwiseBindings, ElementwiseOp, Walk,
-};
+use super::fake_quant::{plan_dispatch, ChannelParams, DispatchUniform, ElementwiseBindings, Walk};
 use super::kernel::planning::{chunk_elems, per_channel_groups};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS_HALF};
@@ -302,13 +300,8 @@ impl GpuDynamic {
     ) -> Result<()> {
         let layout = self.layout(shape, numel(shape)?)?;
         // Everything the later passes bind is checked before the first is recorded.
-        self.ctx.check_elementwise(
-            ["x", "y"],
-            &x,
-            &y,
-            mask.as_ref().map(|m| (m, true)),
-            layout.numel(),
-        )?;
+        self.ctx
+            .check_forward(&x, &y, mask.as_ref(), layout.numel())?;
         let rules = &self.rules[match x.dtype {
             DType::F32 => 0,
             DType::F16 => 1,
@@ -348,19 +341,14 @@ impl GpuDynamic {
                 grid: [grid, 1],
             }],
         )?;
-        let op = ElementwiseOp::Forward {
-            // torchao multiplies by the reciprocal of the scale.
-            rounding: Rounding::Reciprocal,
-            per_channel: true,
-            with_mask: mask.is_some(),
-        };
-        let bindings = ElementwiseBindings {
-            x,
-            y,
-            mask,
-            params: Some(&self.params),
-        };
-        self.ctx.record_elementwise(recorder, op, bindings, layout)
+        // torchao multiplies by the reciprocal of the scale.
+        self.ctx.record_forward_with(
+            recorder,
+            &self.params,
+            Rounding::Reciprocal,
+            layout,
+            (x, y, mask),
+        )
     }
 
     /// The one-pass plan: per binding-sized chunk (whole tiles of whole groups), one dispatch.

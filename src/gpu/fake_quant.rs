@@ -11,7 +11,7 @@ use super::kernel::{
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, Granularity, PackedMask, QuantRange, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
 use crate::reference::FakeQuantOutput;
 
 /// Elements a workgroup of the scalar kernels covers per step of its loop (`TILE` in
@@ -292,6 +292,47 @@ impl GpuContext {
     /// Records one elementwise kernel over a tensor of `layout.numel()` elements, split into
     /// chunks that each fit one storage binding, each dispatch looping over its tiles when it needs
     /// more workgroups than the limit.
+    /// Checks the bindings of a fused forward on `len` elements (`y` and the mask written).
+    pub(crate) fn check_forward(
+        &self,
+        x: &TensorBinding<'_>,
+        y: &TensorBinding<'_>,
+        mask: Option<&TensorBinding<'_>>,
+        len: usize,
+    ) -> Result<()> {
+        self.check_elementwise(["x", "y"], x, y, mask.map(|m| (m, true)), len)
+    }
+
+    /// Records the fused forward of `x` into `y` (and the mask) with the channels' `params`:
+    /// what every family's forward ends with.
+    pub(crate) fn record_forward_with(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        params: &wgpu::Buffer,
+        rounding: Rounding,
+        layout: ChannelLayout,
+        bindings: (
+            TensorBinding<'_>,
+            TensorBinding<'_>,
+            Option<TensorBinding<'_>>,
+        ),
+    ) -> Result<()> {
+        let (x, y, mask) = bindings;
+        let op = ElementwiseOp::Forward {
+            rounding,
+            // With one channel every element is channel 0: no channel arithmetic.
+            per_channel: layout.channels > 1,
+            with_mask: mask.is_some(),
+        };
+        let bindings = ElementwiseBindings {
+            x,
+            y,
+            mask,
+            params: Some(params),
+        };
+        self.record_elementwise(recorder, op, bindings, layout)
+    }
+
     #[allow(
         clippy::arithmetic_side_effects,
         reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
@@ -571,18 +612,13 @@ impl GpuFakeQuant {
     ) -> Result<()> {
         let numel = crate::quant::numel(shape)?;
         let layout = self.op.layout(shape, numel)?;
-        let op = ElementwiseOp::Forward {
-            rounding: self.op.rounding(),
-            per_channel: self.op.params().granularity() != Granularity::PerTensor,
-            with_mask: mask.is_some(),
-        };
-        let bindings = ElementwiseBindings {
-            x,
-            y,
-            mask,
-            params: Some(&self.params),
-        };
-        self.ctx.record_elementwise(recorder, op, bindings, layout)
+        self.ctx.record_forward_with(
+            recorder,
+            &self.params,
+            self.op.rounding(),
+            layout,
+            (x, y, mask),
+        )
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use super::context::{DeviceId, GpuContext};
-use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
+use super::fake_quant::ChannelParams;
 use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, LSQ_KERNELS};
@@ -431,27 +431,17 @@ impl GpuLsq {
     ) -> Result<()> {
         let layout = self.layout(shape)?;
         // Checked before the parameters are recorded, so that a failed call records nothing.
-        self.ctx.check_elementwise(
-            ["x", "y"],
-            &x,
-            &y,
-            mask.as_ref().map(|m| (m, true)),
-            layout.numel(),
-        )?;
+        self.ctx
+            .check_forward(&x, &y, mask.as_ref(), layout.numel())?;
         self.record_params(recorder)?;
-        let op = ElementwiseOp::Forward {
-            // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
-            rounding: Rounding::Reciprocal,
-            per_channel: self.config.granularity() != Granularity::PerTensor,
-            with_mask: mask.is_some(),
-        };
-        let bindings = ElementwiseBindings {
-            x,
-            y,
-            mask,
-            params: Some(&self.params),
-        };
-        self.ctx.record_elementwise(recorder, op, bindings, layout)
+        // The reference LSQ forward multiplies by the reciprocal (`reference::lsq`).
+        self.ctx.record_forward_with(
+            recorder,
+            &self.params,
+            Rounding::Reciprocal,
+            layout,
+            (x, y, mask),
+        )
     }
 
     /// The dispatches of the first pass over the tensor: blocks of 4096 elements of one channel.

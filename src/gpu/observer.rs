@@ -16,7 +16,7 @@ use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, Tensor
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{ChannelLayout, Granularity};
+use crate::quant::ChannelLayout;
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -691,18 +691,13 @@ impl GpuObserver {
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
         let layout = self.layout(shape)?;
-        let op = ElementwiseOp::Forward {
-            rounding: self.config.rounding(),
-            per_channel: self.config.granularity() != Granularity::PerTensor,
-            with_mask: mask.is_some(),
-        };
-        let bindings = ElementwiseBindings {
-            x,
-            y,
-            mask,
-            params: Some(&self.params),
-        };
-        self.ctx.record_elementwise(recorder, op, bindings, layout)
+        self.ctx.record_forward_with(
+            recorder,
+            &self.params,
+            self.config.rounding(),
+            layout,
+            (x, y, mask),
+        )
     }
 
     /// Recording level: observes `x` (reduces it and folds the statistics into the state) with
@@ -755,13 +750,8 @@ impl GpuObserver {
         let layout = self.layout(shape)?;
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
-        self.ctx.check_elementwise(
-            ["x", "y"],
-            &x,
-            &y,
-            mask.as_ref().map(|m| (m, true)),
-            layout.numel(),
-        )?;
+        self.ctx
+            .check_forward(&x, &y, mask.as_ref(), layout.numel())?;
         if mode != Mode::Frozen {
             self.record_batch_min_max(recorder, x, shape, &self.batch)?;
             self.record_update(recorder, &self.batch)?;
