@@ -263,7 +263,12 @@ fn main() -> Result<()> {
     }
     let timer = Timer::new(&ctx);
     if !json {
-        println!("timing: {}\n", timer.method());
+        println!("timing: {}", timer.method());
+        println!(
+            "tuning: wide groups per thread {}, dynamic run {}\n",
+            ctx.wide_groups_per_thread(),
+            ctx.dynamic_run()
+        );
         println!(
             "| op | dtype | elements | bytes/element | time per call | GB/s | ratio to copy |"
         );

@@ -20,6 +20,9 @@ pub struct DispatchLimits {
     pub max_workgroups: u32,
 }
 
+/// The longest run of the one-pass dynamic kernel: its largest group.
+const MAX_DYNAMIC_RUN: u32 = 4096;
+
 /// Read-back staging buffers are at least this large, so that small reads share one.
 pub(crate) const STAGING_MIN_BYTES: u64 = 1 << 20;
 /// The largest staging buffer kept between reads.
@@ -88,6 +91,9 @@ pub struct GpuContext {
     /// Groups each invocation of the wide elementwise kernels takes per tile (`PER_THREAD` in
     /// elementwise_wide.wgsl).
     wide_per_thread: u32,
+    /// The longest run of elements an invocation of the one-pass dynamic kernel takes (`RUN` in
+    /// dynamic_groups.wgsl, at most one group).
+    dynamic_run: u32,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -247,10 +253,15 @@ impl GpuContext {
         let device_limits = device.limits();
         // CPU adapters (llvmpipe) run a workgroup as a loop over SIMD lanes: fewer, longer
         // workgroups cost less there. GPUs want the most loads in flight: one group per thread.
-        let wide_per_thread = match adapter_info.as_ref().map(|i| i.device_type) {
-            Some(wgpu::DeviceType::Cpu) => 4,
-            _ => 1,
-        };
+        let cpu = matches!(
+            adapter_info.as_ref().map(|i| i.device_type),
+            Some(wgpu::DeviceType::Cpu)
+        );
+        let wide_per_thread = if cpu { 4 } else { 1 };
+        // A barrier costs more than a group's whole reduction on a CPU adapter (measured on
+        // lavapipe at 16M f32: groups of 128 in runs of 32 took 99 ms, one run per group 62 ms);
+        // GPUs want every invocation busy and a group's loads spread over many of them.
+        let dynamic_run = if cpu { MAX_DYNAMIC_RUN } else { 32 };
         let kernels = Kernels::new();
         let limits = DispatchLimits {
             max_binding_bytes: device_limits
@@ -278,6 +289,7 @@ impl GpuContext {
             }),
             limits,
             wide_per_thread,
+            dynamic_run,
         })
     }
 
@@ -359,6 +371,30 @@ impl GpuContext {
         }
         Ok(Self {
             wide_per_thread: groups,
+            ..self.clone()
+        })
+    }
+
+    /// The longest run of consecutive elements, within one group, that an invocation of the
+    /// one-pass dynamic kernel reduces and fake-quantizes.
+    pub fn dynamic_run(&self) -> u32 {
+        self.dynamic_run
+    }
+
+    /// A context on the same device whose one-pass dynamic kernel (per-group and per-token
+    /// fake-quant with groups of 32 to 4096) gives each invocation runs of at most `elements`
+    /// consecutive elements of one group: a power of two from 32 to 4096. A tuning knob: the
+    /// results are the same bits for every value. Shorter runs than a group meet in workgroup
+    /// memory (a barrier a tile); a run of a whole group needs none. The default is 32 on GPUs and
+    /// 4096 (whole groups) on CPU adapters such as llvmpipe.
+    pub fn with_dynamic_run(&self, elements: u32) -> Result<Self> {
+        if !elements.is_power_of_two() || !(32..=MAX_DYNAMIC_RUN).contains(&elements) {
+            return Err(Error::InvalidSetting(format!(
+                "the dynamic run must be a power of two from 32 to {MAX_DYNAMIC_RUN}, not {elements}"
+            )));
+        }
+        Ok(Self {
+            dynamic_run: elements,
             ..self.clone()
         })
     }

@@ -96,6 +96,8 @@ pub(crate) struct GroupsKernel {
     scheme: DynamicScheme,
     dtype: DType,
     group: u32,
+    /// Elements per invocation (`RUN`): a power of two from 32 to `group`.
+    run: u32,
     masked: bool,
 }
 
@@ -118,6 +120,7 @@ impl Kernel for GroupsKernel {
     fn constants(&self) -> Vec<(&'static str, f64)> {
         let mut constants = rules_constants(self.scheme, self.dtype);
         constants.push(("GROUP", self.group as f64));
+        constants.push(("RUN", self.run as f64));
         if self.dtype != DType::F32 {
             constants.push(("DTYPE", dtype_constant(self.dtype)));
         }
@@ -125,9 +128,25 @@ impl Kernel for GroupsKernel {
     }
 }
 
-/// Groups of these sizes take the one-pass kernel: a power of two, whole mask words, and a tile
-/// (`max(group, 1024)` elements) that divides the chunk granule.
+/// Groups of these sizes take the one-pass kernel: a power of two, whole mask words (an
+/// invocation's run of at least 32 elements).
 const ONE_PASS_GROUPS: std::ops::RangeInclusive<usize> = 32..=4096;
+
+/// The one-pass kernel's run for groups of `group` in chunks of `chunk` elements: the context's
+/// run, at most a group, and short enough that a tile (256 runs) divides the chunk, so that every
+/// chunk but the last holds whole tiles. A chunk is a multiple of 2^16 elements, so runs of 256
+/// always fit: the run stays at least `min(group, 256, context run)`, at least 32.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "run <= 4096: 256 * run fits; the loop stops at 256 at the latest"
+)]
+fn one_pass_run(context_run: u32, group: u32, chunk: u64) -> u32 {
+    let mut run = context_run.min(group);
+    while !chunk.is_multiple_of(256 * run as u64) {
+        run /= 2;
+    }
+    run
+}
 
 /// Why the float zero-point domain refuses `layout` on the device.
 fn float_domain_unsupported(layout: ChannelLayout) -> Error {
@@ -374,9 +393,10 @@ impl GpuDynamic {
         let slack = if x.dtype == DType::F32 { 0 } else { align };
         // A multiple of the 2^16 granule, so every chunk holds whole tiles and whole groups.
         let chunk = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
+        let run = one_pass_run(self.ctx.dynamic_run(), layout.inner as u32, chunk);
         let walk = Walk {
             group: 1,
-            tile: (layout.inner as u64).max(1024),
+            tile: 256 * run as u64,
         };
         let b = ElementwiseBindings {
             x,
@@ -394,6 +414,7 @@ impl GpuDynamic {
             scheme: self.config.scheme(),
             dtype: x.dtype,
             group: layout.inner as u32,
+            run,
             masked: mask.is_some(),
         };
         let qparams = self.qparams.as_entire_buffer_binding();

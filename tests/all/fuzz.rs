@@ -203,7 +203,7 @@ fn run_gpu_cases(name: &'static str, cases: usize, body: fn(&GpuContext, &mut Rn
 }
 
 /// The same device with lowered dispatch limits (several bindings, the grid-stride loop) or
-/// another wide-kernel setting, some of the time: the results must not change.
+/// another wide-kernel or dynamic-run setting, some of the time: the results must not change.
 fn tuned(base: &GpuContext, rng: &mut Rng, case: &Case) -> GpuContext {
     let mut ctx = base.clone();
     if rng.below(3) == 0 {
@@ -222,6 +222,11 @@ fn tuned(base: &GpuContext, rng: &mut Rng, case: &Case) -> GpuContext {
         ctx = ctx
             .with_wide_groups_per_thread(groups)
             .expect("legal setting");
+    }
+    if rng.below(3) == 0 {
+        let run = 32 << rng.below(8);
+        case.note(format!("dynamic run {run}"));
+        ctx = ctx.with_dynamic_run(run).expect("legal setting");
     }
     ctx
 }
@@ -1374,13 +1379,15 @@ fn device_fake_quant<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let x_dev = ctx.upload(&x).expect("upload");
     let (y_dev, bad_y) = output_tensor::<T>(ctx, rng, case, "y", len);
     let (mask_dev, bad_mask) = output_mask(ctx, rng, case, len);
+    // In place: x and y in the same bytes, refused unless empty (empty ranges overlap nothing).
     let in_place = rng.below(12) == 0;
+    let overlaps = in_place && len > 0;
     let y_used = if in_place { &x_dev } else { &y_dev };
     case.note(format!("in place {in_place}"));
     let expected = reference::fake_quant(&op, &x, &shape);
     let got = prepared.forward_device(&x_dev, &shape, y_used, mask_dev.as_ref());
     let expected = match expected {
-        Ok(e) if !bad_y && !bad_mask && !in_place => e,
+        Ok(e) if !bad_y && !bad_mask && !overlaps => e,
         _ => return expect_err("forward_device", got),
     };
     if device_ok("forward_device", got).is_none() {
@@ -1411,10 +1418,11 @@ fn device_ste<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let mask_dev = ctx.upload_mask(&mask).expect("upload_mask");
     let (dx_dev, bad_dx) = output_tensor::<T>(ctx, rng, case, "dx", len);
     let in_place = rng.below(12) == 0;
+    let overlaps = in_place && len > 0;
     case.note(format!("in place {in_place}"));
     let got = ctx.ste_backward_device(&dy_dev, &mask_dev, if in_place { &dy_dev } else { &dx_dev });
     let expected = match reference::ste_backward(&dy, &mask) {
-        Ok(e) if !bad_dx && !in_place => e,
+        Ok(e) if !bad_dx && !overlaps => e,
         _ => return expect_err("ste_backward_device", got),
     };
     if device_ok("ste_backward_device", got).is_some() {
@@ -1461,13 +1469,14 @@ fn device_observer<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
             let (y_dev, bad_y) = output_tensor::<T>(ctx, rng, case, "y", len);
             let (mask_dev, bad_mask) = output_mask(ctx, rng, case, len);
             let in_place = rng.below(12) == 0;
+            let overlaps = in_place && len > 0;
             case.note(format!("in place {in_place}"));
             let y_used = if in_place { &x_dev } else { &y_dev };
             let got = gpu.step_device(&x_dev, &shape, y_used, mask_dev.as_ref(), mode);
             // A refused call changes nothing, so the reference steps only when the call is valid.
             if bad_y
                 || bad_mask
-                || in_place
+                || overlaps
                 || layout_error(&shape, len, granularity, Some(gpu.channels())).is_some()
             {
                 expect_err("step_device", got);
@@ -1517,11 +1526,12 @@ fn device_lsq<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         let (y_dev, bad_y) = output_tensor::<T>(ctx, rng, case, "y", len);
         let (mask_dev, mask_len_differs) = output_mask(ctx, rng, case, len);
         let in_place = rng.below(12) == 0;
+        let overlaps = in_place && len > 0;
         case.note(format!("forward_device, in place {in_place}"));
         let y_used = if in_place { &x_dev } else { &y_dev };
         let got = gpu.forward_device(&x_dev, &shape, y_used, mask_dev.as_ref());
         let expected = match cpu.forward(&x, &shape) {
-            Ok(e) if !bad_y && !in_place && !mask_len_differs => e,
+            Ok(e) if !bad_y && !overlaps && !mask_len_differs => e,
             _ => return expect_err("forward_device", got),
         };
         if device_ok("forward_device", got).is_none() {
@@ -1687,7 +1697,9 @@ fn draw_slot(rng: &mut Rng, align: u64, dtype: Option<DType>, len: usize) -> Slo
             };
             invalid = true;
         }
-        1 if len > 0 => {
+        // (A tensor within one word at offset 0 cannot be given a shorter buffer: a buffer has
+        // at least one word.)
+        1 if len > 0 && offset + slot_bytes(dtype, len) > 4 => {
             short = true;
             invalid = true;
         }
@@ -3080,11 +3092,12 @@ fn device_dynamic<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         let (y_dev, bad_y) = output_tensor::<T>(ctx, rng, case, "y", len);
         let (mask_dev, bad_mask) = output_mask(ctx, rng, case, len);
         let in_place = rng.below(12) == 0;
+        let overlaps = in_place && len > 0;
         case.note(format!("in place {in_place}"));
         let y_used = if in_place { &x_dev } else { &y_dev };
         let got = gpu.forward_device(&x_dev, &shape, y_used, mask_dev.as_ref());
         let expected = match cpu.forward(&x, &shape) {
-            Ok(e) if !bad_y && !bad_mask && !in_place => e,
+            Ok(e) if !bad_y && !bad_mask && !overlaps => e,
             _ => {
                 expect_err("forward_device", got);
                 continue;

@@ -449,6 +449,12 @@ fn every_wide_groups_per_thread_gives_the_same_bits() {
     for base in contexts() {
         assert!(base.with_wide_groups_per_thread(0).is_err());
         assert!(base.with_wide_groups_per_thread(5).is_err());
+        for run in [0, 16, 48, 8192] {
+            assert!(matches!(
+                base.with_dynamic_run(run),
+                Err(fakequant::Error::InvalidSetting(_))
+            ));
+        }
         for groups in 1..=4 {
             let ctx = base.with_wide_groups_per_thread(groups).unwrap();
             assert_eq!(ctx.wide_groups_per_thread(), groups);

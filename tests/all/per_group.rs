@@ -26,6 +26,7 @@ fn cases() -> Vec<(Vec<usize>, usize, usize)> {
         (vec![2, 3, 4, 96], 3, 32),
         (vec![4, 64, 1], 1, 16),
         (vec![3, 1, 5000], 2, 1000),
+        (vec![40, 1024], 1, 128),
     ]
 }
 
@@ -288,7 +289,14 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
     granularities.push((vec![300, 7], Granularity::PerToken));
     granularities.push((vec![5, 333], Granularity::PerTensor));
     granularities.push((vec![16, 3, 3], Granularity::per_channel(0)));
-    for ctx in contexts() {
+    for base in contexts() {
+        // The one-pass kernel's runs: the adapter's default (whole groups on these CPU adapters),
+        // and runs of 32 and 64 (a GPU's default) whose groups meet in workgroup memory.
+        let runs = [
+            base.clone(),
+            base.with_dynamic_run(32).unwrap(),
+            base.with_dynamic_run(64).unwrap(),
+        ];
         for (shape, granularity) in &granularities {
             let n: usize = shape.iter().product();
             let group = n / granularity.channels(shape).unwrap();
@@ -297,40 +305,45 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
             let one_pass = layout.outer == 1
                 && layout.inner.is_power_of_two()
                 && (32..=4096).contains(&layout.inner);
-            for (range, scheme, qparams) in [
-                (QuantRange::INT4, DynamicScheme::Symmetric, DType::F32),
-                (QuantRange::INT8, DynamicScheme::Symmetric, DType::F32),
-                (QuantRange::INT8, DynamicScheme::Asymmetric, DType::F32),
-                (QuantRange::UINT4, DynamicScheme::Asymmetric, DType::F32),
-                (
-                    QuantRange::UINT4,
-                    DynamicScheme::AsymmetricFloat,
-                    DType::F32,
-                ),
-                (
-                    QuantRange::UINT4,
-                    DynamicScheme::AsymmetricFloat,
-                    DType::Bf16,
-                ),
-            ] {
-                let config = DynamicConfig::new(range, scheme, *granularity)
-                    .unwrap()
-                    .with_qparams_dtype(qparams)
-                    .unwrap();
-                if scheme == DynamicScheme::AsymmetricFloat && !one_pass {
-                    // The float domain runs on the device in the one-pass kernel only, and says so.
-                    assert!(matches!(
-                        ctx.create_dynamic(&config, shape),
-                        Err(Error::Unsupported(_))
-                    ));
-                    continue;
+            for ctx in if one_pass { &runs[..] } else { &runs[..1] } {
+                for (range, scheme, qparams) in [
+                    (QuantRange::INT4, DynamicScheme::Symmetric, DType::F32),
+                    (QuantRange::INT8, DynamicScheme::Symmetric, DType::F32),
+                    (QuantRange::INT8, DynamicScheme::Asymmetric, DType::F32),
+                    (QuantRange::UINT4, DynamicScheme::Asymmetric, DType::F32),
+                    (
+                        QuantRange::UINT4,
+                        DynamicScheme::AsymmetricFloat,
+                        DType::F32,
+                    ),
+                    (
+                        QuantRange::UINT4,
+                        DynamicScheme::AsymmetricFloat,
+                        DType::Bf16,
+                    ),
+                ] {
+                    let config = DynamicConfig::new(range, scheme, *granularity)
+                        .unwrap()
+                        .with_qparams_dtype(qparams)
+                        .unwrap();
+                    if scheme == DynamicScheme::AsymmetricFloat && !one_pass {
+                        // The float domain runs on the device in the one-pass kernel only, and says so.
+                        assert!(matches!(
+                            ctx.create_dynamic(&config, shape),
+                            Err(Error::Unsupported(_))
+                        ));
+                        continue;
+                    }
+                    let label =
+                        format!("{shape:?} {granularity:?} {range:?} {scheme:?} {qparams:?}");
+                    let label = format!("{label} run {}", ctx.dynamic_run());
+                    check_dynamic::<f32>(ctx, &config, &x, shape, &label);
+                    check_dynamic::<f16>(ctx, &config, &x, shape, &label);
+                    check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
                 }
-                let label = format!("{shape:?} {granularity:?} {range:?} {scheme:?} {qparams:?}");
-                check_dynamic::<f32>(ctx, &config, &x, shape, &label);
-                check_dynamic::<f16>(ctx, &config, &x, shape, &label);
-                check_dynamic::<bf16>(ctx, &config, &x, shape, &label);
             }
         }
+        let ctx = &base;
         // A float-domain object made for one-pass groups, called on a shape with as many groups
         // that the one-pass kernel does not take: refused, never the integer path's output.
         let float = DynamicConfig::new(
@@ -366,9 +379,16 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                     continue; // rows of 20480: beyond the one-pass kernel
                 }
                 let config = DynamicConfig::new(QuantRange::INT4, scheme, granularity).unwrap();
-                let label = format!("lowered limits {granularity:?} {scheme:?}");
-                check_dynamic::<f32>(&small, &config, &x, &shape, &label);
-                check_dynamic::<bf16>(&small, &config, &x, &shape, &label);
+                // Runs of 256 (a tile fills a chunk) and of 32 (8 tiles a chunk on 3
+                // workgroups: every workgroup takes several tiles and turns of key sets).
+                for ctx in [small.clone(), small.with_dynamic_run(32).unwrap()] {
+                    let label = format!(
+                        "lowered limits {granularity:?} {scheme:?} run {}",
+                        ctx.dynamic_run()
+                    );
+                    check_dynamic::<f32>(&ctx, &config, &x, &shape, &label);
+                    check_dynamic::<bf16>(&ctx, &config, &x, &shape, &label);
+                }
             }
         }
     }
