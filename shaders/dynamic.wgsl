@@ -16,8 +16,9 @@ struct DynamicDispatch {
 // The groups' minima, then their maxima (f32 bits; an empty group is (+inf, -inf)).
 @group(0) @binding(1) var<storage, read> stats: array<u32>;
 @group(0) @binding(2) var<storage, read_write> params: array<ChannelParams>;
-// The chosen scales, then the zero points (f32 bits), for export.
-@group(0) @binding(3) var<storage, read_write> qparams: array<u32>;
+// The chosen scales and zero points (f32 bits), for export.
+@group(0) @binding(3) var<storage, read_write> scales: array<u32>;
+@group(0) @binding(4) var<storage, read_write> zero_points: array<u32>;
 
 // One invocation per group.
 @compute @workgroup_size(256)
@@ -29,7 +30,7 @@ fn dynamic_qparams(
     for (var g = wg.x * 256u + lid; g < d.groups; g = g + num_wg.x * 256u) {
         let q = group_qparams(stats[g], stats[d.groups + g]);
         params[g] = channel_params(q.scale, q.zero_point, rules.qmin, rules.qmax);
-        qparams[g] = q.scale;
-        qparams[d.groups + g] = bitcast<u32>(f32(q.zero_point));
+        scales[g] = q.scale;
+        zero_points[g] = bitcast<u32>(f32(q.zero_point));
     }
 }

@@ -13,8 +13,10 @@
 // elements and the invocations arrive in; the qparams and the element arithmetic are exact as
 // their files explain.
 
-// The chosen scales, then the zero points (f32 bits), one per group of the whole tensor.
-@group(0) @binding(5) var<storage, read_write> qparams: array<u32>;
+// The chosen scales and zero points (f32 bits): windows of the tables, this dispatch's first group
+// at index `dispatch.channel_start`.
+@group(0) @binding(5) var<storage, read_write> scales: array<u32>;
+@group(0) @binding(7) var<storage, read_write> zero_points: array<u32>;
 
 // The group size (the dispatch's per-channel inner size) and the run of consecutive elements each
 // invocation owns, `override` constants so that the divisions by them are shifts: the kernel is
@@ -131,8 +133,8 @@ fn run_params(first: u32, run_len: u32, turn: u32, lid: u32) -> RunParams {
     let q = group_qparams(lo, hi);
     if (first % GROUP == 0u) {
         let g = dispatch.channel_start + first / GROUP;
-        qparams[g] = q.scale;
-        qparams[dispatch.channels + g] = q.zero_bits;
+        scales[g] = q.scale;
+        zero_points[g] = q.zero_bits;
     }
     if (SCHEME == 2u) {
         let mv = sat_rq(sub_rn_bits(q.zero_bits, sat_rq(mul_rn_bits(q.scale, rules.mid))));

@@ -168,18 +168,20 @@ bindings! {
     QparamsBindings {
         stats: Read @ 1,
         params: ReadWrite @ 2,
-        qparams: ReadWrite @ 3,
+        scales: ReadWrite @ 3,
+        zero_points: ReadWrite @ 4,
         rules: Read @ 6,
     }
 }
 
 bindings! {
-    /// `dynamic_groups`: x's and y's windows, the qparams out.
+    /// `dynamic_groups`: x's and y's windows, the windows of the qparams out.
     GroupsBindings {
         x: Input @ 2,
         y: ReadWrite @ 3,
-        qparams: ReadWrite @ 5,
+        scales: ReadWrite @ 5,
         rules: Read @ 6,
+        zero_points: ReadWrite @ 7,
     }
 }
 
@@ -189,8 +191,9 @@ bindings! {
         x: Input @ 2,
         y: ReadWrite @ 3,
         mask: ReadWrite @ 4,
-        qparams: ReadWrite @ 5,
+        scales: ReadWrite @ 5,
         rules: Read @ 6,
+        zero_points: ReadWrite @ 7,
     }
 }
 
@@ -204,21 +207,32 @@ uniform! {
     }
 }
 
-/// A dynamic fake-quantization on the device for tensors of one shape's groups: its own group
-/// statistics, parameters and qparams buffers, reused by every call. Create with
-/// [`GpuContext::create_dynamic`].
+/// A dynamic fake-quantization on the device for tensors of one shape's groups: its own qparams
+/// tables (and, for groups the one-pass kernel does not take, statistics and parameters), reused
+/// by every call. Create with [`GpuContext::create_dynamic`].
 #[derive(Debug)]
 pub struct GpuDynamic {
     ctx: GpuContext,
     config: DynamicConfig,
     groups: usize,
-    /// Reduces each group's min and max into its batch statistics (its state is never used).
-    /// None when the shape has no group (nothing to reduce).
-    reducer: Option<GpuObserver>,
-    params: wgpu::Buffer,
-    qparams: wgpu::Buffer,
+    /// The two-pass plan's state, made by the first call that needs it: one-pass shapes (a 7B
+    /// model's int4 weights have hundreds of millions of groups) never allocate it.
+    two_pass: std::sync::OnceLock<TwoPass>,
+    /// The chosen scales and zero points (f32), one per group: tables the one-pass kernel binds a
+    /// window of per chunk, so they may exceed one binding.
+    scales: wgpu::Buffer,
+    zero_points: wgpu::Buffer,
     /// `DynamicRules` for f32, f16 and bf16 inputs.
     rules: [wgpu::Buffer; 3],
+}
+
+/// What the two-pass plan keeps between calls.
+#[derive(Debug)]
+struct TwoPass {
+    /// Reduces each group's min and max into its batch statistics (its state is never used).
+    reducer: GpuObserver,
+    /// The groups' fake-quant parameters for the elementwise forward.
+    params: wgpu::Buffer,
 }
 
 impl GpuContext {
@@ -231,26 +245,11 @@ impl GpuContext {
         if config.scheme() == DynamicScheme::AsymmetricFloat && !one_pass(layout) {
             return Err(float_domain_unsupported(layout));
         }
-        let reducer = if groups == 0 {
-            None
-        } else {
-            Some(self.create_observer(
-                &ObserverConfig::new(
-                    config.range(),
-                    QScheme::Symmetric,
-                    Averaging::MinMax,
-                    config.granularity(),
-                )?,
-                shape,
-            )?)
-        };
-        let param_bytes =
-            (groups as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
-        let params = self.storage_buffer_zeroed("fakequant dynamic params", param_bytes)?;
-        let qparams = self.storage_buffer_zeroed(
-            "fakequant dynamic qparams",
-            (groups as u64).saturating_mul(8),
-        )?;
+        let table = |label| self.storage_buffer_zeroed(label, (groups as u64).saturating_mul(4));
+        let (scales, zero_points) = (
+            table("fakequant dynamic scales")?,
+            table("fakequant dynamic zero points")?,
+        );
         let rules_for = |dtype| {
             self.constant_storage(
                 "fakequant dynamic rules",
@@ -266,9 +265,9 @@ impl GpuContext {
             ctx: self.clone(),
             config: config.clone(),
             groups,
-            reducer,
-            params,
-            qparams,
+            two_pass: std::sync::OnceLock::new(),
+            scales,
+            zero_points,
             rules,
         })
     }
@@ -285,20 +284,51 @@ impl GpuDynamic {
         self.groups
     }
 
-    /// The qparams of the last call: `groups` f32 scales, then `groups` f32 zero points (exact
-    /// integers), for recording their export into a caller's encoder.
-    pub fn qparams_buffer(&self) -> &wgpu::Buffer {
-        &self.qparams
+    /// The scales of the last call: `groups` f32, for recording their export into a caller's
+    /// encoder.
+    pub fn scales_buffer(&self) -> &wgpu::Buffer {
+        &self.scales
+    }
+
+    /// The zero points of the last call: `groups` f32 (exact integers for the integer schemes).
+    pub fn zero_points_buffer(&self) -> &wgpu::Buffer {
+        &self.zero_points
     }
 
     /// Reads the qparams of the last call back: `(scales, zero_points)`.
     pub fn read_qparams(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let bytes =
-            self.ctx
-                .read_buffer(&self.qparams, 0, (self.groups as u64).saturating_mul(8))?;
-        let words: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        let (scales, zero_points) = words.split_at(self.groups);
-        Ok((scales.to_vec(), zero_points.to_vec()))
+        let bytes = (self.groups as u64).saturating_mul(4);
+        let read = |buffer| -> Result<Vec<f32>> {
+            Ok(bytemuck::pod_collect_to_vec(
+                &self.ctx.read_buffer(buffer, 0, bytes)?,
+            ))
+        };
+        Ok((read(&self.scales)?, read(&self.zero_points)?))
+    }
+
+    /// The two-pass plan's state for tensors of `shape`, made on first use.
+    fn two_pass(&self, shape: &[usize]) -> Result<&TwoPass> {
+        if let Some(state) = self.two_pass.get() {
+            return Ok(state);
+        }
+        let reducer = self.ctx.create_observer(
+            &ObserverConfig::new(
+                self.config.range(),
+                QScheme::Symmetric,
+                Averaging::MinMax,
+                self.config.granularity(),
+            )?,
+            shape,
+        )?;
+        let params = self.ctx.storage_buffer_zeroed(
+            "fakequant dynamic params",
+            (self.groups as u64).saturating_mul(ChannelParams::BYTES),
+        )?;
+        // Another thread may have made it meanwhile: either is as good.
+        let _ = self.two_pass.set(TwoPass { reducer, params });
+        self.two_pass.get().ok_or(Error::Unsupported(
+            "the two-pass state vanished (unreachable: a OnceLock once set stays set)".into(),
+        ))
     }
 
     fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
@@ -308,7 +338,7 @@ impl GpuDynamic {
     }
 
     /// Recording level: the groups' qparams from `x` (of `shape`), then `y` (and the mask) with
-    /// them; the qparams stay in [`Self::qparams_buffer`].
+    /// them; the qparams stay in [`Self::scales_buffer`] and [`Self::zero_points_buffer`].
     pub fn record_forward(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
@@ -333,15 +363,17 @@ impl GpuDynamic {
             // A shape with this object's group count whose groups the one-pass kernel does not take.
             return Err(float_domain_unsupported(layout));
         }
-        let Some(reducer) = &self.reducer else {
+        if self.groups == 0 {
             return Ok(()); // no group, no element
-        };
+        }
+        let TwoPass { reducer, params } = self.two_pass(shape)?;
         let stats = reducer.batch_stats();
         reducer.record_batch_min_max(recorder, x, shape, stats)?;
         let bindings = QparamsBindings {
             stats: stats.buffer().as_entire_buffer_binding(),
-            params: self.params.as_entire_buffer_binding(),
-            qparams: self.qparams.as_entire_buffer_binding(),
+            params: params.as_entire_buffer_binding(),
+            scales: self.scales.as_entire_buffer_binding(),
+            zero_points: self.zero_points.as_entire_buffer_binding(),
             rules: rules.as_entire_buffer_binding(),
         };
         let grid = per_channel_groups(self.groups, self.ctx.dispatch_limits().max_workgroups);
@@ -361,13 +393,8 @@ impl GpuDynamic {
             }],
         )?;
         // torchao multiplies by the reciprocal of the scale.
-        self.ctx.record_forward_with(
-            recorder,
-            &self.params,
-            Rounding::Reciprocal,
-            layout,
-            (x, y, mask),
-        )
+        self.ctx
+            .record_forward_with(recorder, params, Rounding::Reciprocal, layout, (x, y, mask))
     }
 
     /// The one-pass plan: per binding-sized chunk (whole tiles of whole groups), one dispatch.
@@ -397,6 +424,7 @@ impl GpuDynamic {
         let walk = Walk {
             group: 1,
             tile: 256 * run as u64,
+            record: 4, // f32 scales and zero points
         };
         let b = ElementwiseBindings {
             x,
@@ -404,10 +432,14 @@ impl GpuDynamic {
             mask,
             params: None,
         };
+        // Per chunk, the window of its groups in the scale and zero-point tables (same offsets in
+        // both); the kernel indexes them from the uniform's channel_start.
         let plans: Vec<_> = (0..len.div_ceil(chunk))
             .map(|c| {
                 let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
-                plan_dispatch(&b, layout, start, end, walk, align, &limits)
+                let plan = plan_dispatch(&b, layout, start, end, walk, align, &limits);
+                let window = plan.channels.of(4, align);
+                (plan, window)
             })
             .collect();
         let kernel = GroupsKernel {
@@ -417,20 +449,20 @@ impl GpuDynamic {
             run,
             masked: mask.is_some(),
         };
-        let qparams = self.qparams.as_entire_buffer_binding();
         let rules = rules.as_entire_buffer_binding();
         match &mask {
             Some(m) => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|p| Dispatch {
+                    .map(|(p, w)| Dispatch {
                         uniform: p.uniform,
                         bindings: GroupsMaskedBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             mask: p.mask.bind(m.buffer),
-                            qparams: qparams.clone(),
+                            scales: w.bind(&self.scales),
                             rules: rules.clone(),
+                            zero_points: w.bind(&self.zero_points),
                         },
                         grid: p.grid,
                     })
@@ -440,13 +472,14 @@ impl GpuDynamic {
             None => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|p| Dispatch {
+                    .map(|(p, w)| Dispatch {
                         uniform: p.uniform,
                         bindings: GroupsBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
-                            qparams: qparams.clone(),
+                            scales: w.bind(&self.scales),
                             rules: rules.clone(),
+                            zero_points: w.bind(&self.zero_points),
                         },
                         grid: p.grid,
                     })

@@ -2,7 +2,7 @@
 //! an optional bit-packed mask, and the straight-through backward, at three levels of API.
 
 use super::context::{DispatchLimits, GpuContext};
-use super::kernel::planning::{chunk_elems, element_window, mask_window, Window};
+use super::kernel::planning::{chunk_elems, element_window, mask_window, table_window, Window};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, ELEMENTWISE_F32, ELEMENTWISE_HALF, ELEMENTWISE_VEC4};
 use super::kernel::{
@@ -155,6 +155,9 @@ uniform! {
 }
 
 impl ChannelParams {
+    /// Bytes of one record of a parameter table.
+    pub(crate) const BYTES: u64 = std::mem::size_of::<Self>() as u64;
+
     #[allow(
         clippy::arithmetic_side_effects,
         reason = "qmin, qmax and the zero point are validated 16-bit values, so their differences fit an i32"
@@ -202,14 +205,8 @@ impl GpuContext {
             .zip(p.zero_points())
             .map(|(&s, &zp)| ChannelParams::new(s, zp, op.range()))
             .collect();
-        let bytes = std::mem::size_of_val(params.as_slice()) as u64;
-        if bytes > self.dispatch_limits().max_binding_bytes {
-            return Err(Error::TooLarge {
-                what: "per-channel parameters (32 bytes per channel)",
-                requested: bytes,
-                limit: self.dispatch_limits().max_binding_bytes,
-            });
-        }
+        // A table larger than one binding is bound a window per chunk (see `plan_dispatch`); the
+        // buffer itself is checked against the device's largest buffer.
         let params =
             self.constant_storage("fakequant channel params", bytemuck::cast_slice(&params))?;
         Ok(GpuFakeQuant {
@@ -384,10 +381,12 @@ impl GpuContext {
         let wide_walk = Walk {
             group,
             tile: self.wide_tile_groups(),
+            record: ChannelParams::BYTES,
         };
         let scalar_walk = Walk {
             group: 1,
             tile: TILE_ELEMS,
+            record: ChannelParams::BYTES,
         };
         let (mut wide_plans, mut scalar_plans) = (Vec::new(), Vec::new());
         for c in 0..len.div_ceil(chunk) {
@@ -444,13 +443,15 @@ impl GpuContext {
                     .collect();
                 self.record_pass(recorder, kernel, &dispatches)?;
             } else {
-                let params = b
-                    .params
-                    .ok_or(Error::InvalidBuffer {
-                        what: "params",
-                        reason: "the forward needs the channels' parameters".into(),
-                    })?
-                    .as_entire_buffer_binding();
+                let params_buffer = b.params.ok_or(Error::InvalidBuffer {
+                    what: "params",
+                    reason: "the forward needs the channels' parameters".into(),
+                })?;
+                let params = |p: &PlannedDispatch| {
+                    p.channels
+                        .of(ChannelParams::BYTES, align)
+                        .bind(params_buffer)
+                };
                 match &b.mask {
                     Some(mask) => {
                         let dispatches: Vec<_> = plans
@@ -458,7 +459,7 @@ impl GpuContext {
                             .map(|p| Dispatch {
                                 uniform: p.uniform,
                                 bindings: MaskedForwardBindings {
-                                    params: params.clone(),
+                                    params: params(p),
                                     x: p.x.bind(b.x.buffer),
                                     y: p.y.bind(b.y.buffer),
                                     mask: p.mask.bind(mask.buffer),
@@ -474,7 +475,7 @@ impl GpuContext {
                             .map(|p| Dispatch {
                                 uniform: p.uniform,
                                 bindings: ForwardBindings {
-                                    params: params.clone(),
+                                    params: params(p),
                                     x: p.x.bind(b.x.buffer),
                                     y: p.y.bind(b.y.buffer),
                                 },
@@ -497,15 +498,36 @@ impl GpuContext {
 pub(crate) struct Walk {
     pub(crate) group: u64,
     pub(crate) tile: u64,
+    /// Bytes of one record of the per-channel table the kernel indexes from `channel_start`.
+    pub(crate) record: u64,
 }
 
-/// One planned dispatch: its uniform, the windows of x, y and the mask, its grid.
+/// One planned dispatch: its uniform, the windows of x, y, the mask and the channels' table, its
+/// grid.
 pub(crate) struct PlannedDispatch {
     pub(crate) uniform: DispatchUniform,
     pub(crate) x: Window,
     pub(crate) y: Window,
     pub(crate) mask: Window,
+    /// The records of the channels this dispatch reads (in records of any size: the shift is the
+    /// uniform's `channel_start`).
+    pub(crate) channels: ChannelWindow,
     pub(crate) grid: [u32; 2],
+}
+
+/// The channels a dispatch reads, as records of a per-channel table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelWindow {
+    /// First channel, and how many.
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+}
+
+impl ChannelWindow {
+    /// The window of this dispatch's records in a table of `record`-byte records at offset 0.
+    pub(crate) fn of(&self, record: u64, align: u64) -> Window {
+        table_window(record, 0, self.first, self.count, align)
+    }
 }
 
 /// The dispatch of elements `[start, end)` (`start` a multiple of 32).
@@ -523,7 +545,11 @@ pub(crate) fn plan_dispatch(
     limits: &DispatchLimits,
 ) -> PlannedDispatch {
     let n = end - start;
-    let Walk { group, tile } = walk;
+    let Walk {
+        group,
+        tile,
+        record,
+    } = walk;
     let units = n.div_ceil(group);
     let x = element_window(b.x.offset, b.x.dtype, start, end, align);
     let y = element_window(b.y.offset, b.y.dtype, start, end, align);
@@ -536,13 +562,33 @@ pub(crate) fn plan_dispatch(
         },
     };
     let inner = layout.inner as u64;
+    let channels = layout.channels as u64;
+    // The channels of [start, end): a window of the table when they do not wrap around (always
+    // for per-group and leading-axis layouts), so that a table larger than one binding is bound
+    // a piece at a time; the whole table when they do. The uniform's channel_start is then the
+    // first channel's index in the window: every channel index the kernels form stays below
+    // `channels` (the window starts at or before the first channel), so their `% channels`
+    // never wraps inside a window.
+    let (first_run, last_run) = (start / inner, (end - 1) / inner);
+    let window = if first_run / channels == last_run / channels {
+        ChannelWindow {
+            first: first_run % channels,
+            count: last_run - first_run + 1,
+        }
+    } else {
+        ChannelWindow {
+            first: 0,
+            count: channels,
+        }
+    };
+    let channel_start = (first_run % channels - window.first) + window.of(record, align).shift;
     PlannedDispatch {
         uniform: DispatchUniform {
             len: units as u32,
             num_tiles: units.div_ceil(tile) as u32,
             channels: layout.channels as u32,
             inner: layout.inner as u32,
-            channel_start: ((start / inner) % layout.channels as u64) as u32,
+            channel_start: channel_start as u32,
             inner_start: (start % inner) as u32,
             mask_words: n.div_ceil(32) as u32,
             x_shift: (x.shift / group) as u32,
@@ -553,6 +599,7 @@ pub(crate) fn plan_dispatch(
         x,
         y,
         mask,
+        channels: window,
         grid: [
             units.div_ceil(tile).min(limits.max_workgroups as u64) as u32,
             1,

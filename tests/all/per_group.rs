@@ -393,3 +393,74 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
         }
     }
 }
+
+/// Per-group tables larger than one binding (a 7B model's int4 weights have hundreds of millions
+/// of groups; here the binding is lowered to 256 KiB): the static parameters (32 bytes a group)
+/// and the dynamic scales and zero points (4 bytes each a group) are bound a window per chunk, and
+/// the results stay the reference's. Every binding a plan makes is checked against the limits in
+/// force, so a table bound whole would be refused here. The two-pass plan's tables must fit one
+/// binding, and a call beyond that is refused with `TooLarge`.
+#[test]
+fn per_group_tables_larger_than_a_binding() {
+    let mut rng = Rng::new(0x7ab1e);
+    let limits = fakequant::DispatchLimits {
+        max_binding_bytes: 256 << 10,
+        max_workgroups: 65535,
+    };
+    // 96 Ki groups of 32: static parameters of 3 MiB, qparams tables of 384 KiB.
+    let shape = [96, 32768];
+    let n = 96 * 32768;
+    let groups = n / 32;
+    for base in contexts() {
+        let ctx = base.with_dispatch_limits(limits).unwrap();
+        let (scales, zero_points) = group_params(&mut rng, groups, QuantRange::INT4);
+        let x: Vec<f32> = (0..n)
+            .map(|i| rng.normal() * scales[i / 32] * 10.0)
+            .collect();
+        let op = FakeQuant::new(
+            QuantRange::INT4,
+            QuantParams::per_group(1, 32, scales, zero_points),
+        )
+        .unwrap();
+        check_on_gpu(
+            &ctx,
+            &op,
+            &x,
+            &shape,
+            "static per-group, tables over a binding",
+        );
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        check_static(
+            &ctx,
+            &op,
+            &xb,
+            &shape,
+            "static per-group bf16, tables over a binding",
+        );
+        let x = dynamic_data(&mut rng, n, 32);
+        for ctx in [ctx.clone(), ctx.with_dynamic_run(32).unwrap()] {
+            for scheme in [DynamicScheme::Asymmetric, DynamicScheme::AsymmetricFloat] {
+                let config =
+                    DynamicConfig::new(QuantRange::UINT4, scheme, Granularity::per_group(1, 32))
+                        .unwrap();
+                let label = format!("dynamic {scheme:?}, tables over a binding");
+                check_dynamic::<f32>(&ctx, &config, &x, &shape, &label);
+            }
+        }
+        // Groups of 2 take the two-pass plan, whose per-group statistics and parameters
+        // (1.5 Mi groups) must fit one binding: refused, naming the limit.
+        let config = DynamicConfig::new(
+            QuantRange::INT8,
+            DynamicScheme::Symmetric,
+            Granularity::per_group(1, 2),
+        )
+        .unwrap();
+        let got = ctx
+            .create_dynamic(&config, &shape)
+            .and_then(|d| d.forward(&x, &shape));
+        assert!(
+            matches!(got, Err(Error::TooLarge { limit, .. }) if limit == 256 << 10),
+            "{got:?}"
+        );
+    }
+}

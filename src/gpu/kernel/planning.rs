@@ -57,17 +57,26 @@ pub(crate) fn element_window(
 }
 
 /// The window of mask words `[first, first + count)` of a mask at byte `offset`.
+pub(crate) fn mask_window(offset: u64, first: u64, count: u64, align: u64) -> Window {
+    table_window(4, offset, first, count, align)
+}
+
+/// The window of records `[first, first + count)` of `record` bytes each (a power of two: mask
+/// words, per-group scales, per-channel parameters) in a table at byte `offset`, the shift counted
+/// in records. The window starts at a multiple of both the alignment and the record size (both
+/// powers of two), so the shift is a whole number of records.
 #[allow(
     clippy::arithmetic_side_effects,
     reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
 )]
-pub(crate) fn mask_window(offset: u64, first: u64, count: u64, align: u64) -> Window {
-    let byte = offset + first * 4;
+pub(crate) fn table_window(record: u64, offset: u64, first: u64, count: u64, align: u64) -> Window {
+    let align = align.max(record);
+    let byte = offset + first * record;
     let aligned = byte / align * align;
-    let shift = (byte - aligned) / 4;
+    let shift = (byte - aligned) / record;
     Window {
         offset: aligned,
-        size: (count + shift) * 4,
+        size: (count + shift) * record,
         shift,
     }
 }
@@ -213,6 +222,22 @@ mod tests {
                 shift: 0
             }
         );
+    }
+
+    #[test]
+    fn table_windows_start_aligned_on_whole_records() {
+        for record in [4u64, 32] {
+            for align in [4u64, 16, 32, 256] {
+                for (first, count) in [(0, 1), (5, 3), (1000, 77), (8191, 2)] {
+                    let w = table_window(record, 0, first, count, align);
+                    assert_eq!(w.offset % align, 0);
+                    assert_eq!(w.offset % record, 0, "a whole number of records before");
+                    assert_eq!(w.offset + w.shift * record, first * record);
+                    assert_eq!(w.size, (count + w.shift) * record);
+                    assert!(w.shift * record < align.max(record));
+                }
+            }
+        }
     }
 
     #[test]

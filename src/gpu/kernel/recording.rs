@@ -4,7 +4,7 @@
 //! a call can neither slip into a recording it was not meant for nor be dropped silently.
 
 use super::{Bindings, Kernel, UniformLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 
 mod sealed {
@@ -137,6 +137,45 @@ impl GpuContext {
         recorder.take_pass(self, pass)
     }
 
+    /// Refuses a planned pass that binds more than [`DispatchLimits::max_binding_bytes`] in one
+    /// storage binding or launches more than `max_workgroups`: the limits in force, lowered ones
+    /// included, hold for every binding a plan makes (a device with those limits would refuse the
+    /// pass), so tests with lowered limits prove that tables larger than a binding are windowed.
+    ///
+    /// [`DispatchLimits::max_binding_bytes`]: crate::DispatchLimits::max_binding_bytes
+    fn check_within_limits<'a, U, B: Bindings<'a>>(
+        &self,
+        dispatches: &[Dispatch<U, B>],
+    ) -> Result<()> {
+        let limits = self.dispatch_limits();
+        for d in dispatches {
+            for b in d.bindings.buffers() {
+                let bytes = match b.size {
+                    Some(size) => size.get(),
+                    None => b.buffer.size().saturating_sub(b.offset),
+                };
+                if bytes > limits.max_binding_bytes {
+                    return Err(Error::TooLarge {
+                        // The plans window every tensor: what overflows is a table that one
+                        // binding must hold.
+                        what: "a table one storage binding must hold (per-channel or per-group \
+                               parameters or statistics)",
+                        requested: bytes,
+                        limit: limits.max_binding_bytes,
+                    });
+                }
+            }
+            if d.grid[0] > limits.max_workgroups {
+                return Err(Error::TooLarge {
+                    what: "workgroups of one dispatch",
+                    requested: d.grid[0] as u64,
+                    limit: limits.max_workgroups as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+
     #[allow(
         clippy::arithmetic_side_effects,
         reason = "one aligned uniform slot (a few hundred bytes) per planned dispatch, and dispatches are bounded by the tensor's size"
@@ -146,6 +185,7 @@ impl GpuContext {
         kernel: K,
         dispatches: &[Dispatch<U, B>],
     ) -> Result<PreparedPass> {
+        self.check_within_limits(dispatches)?;
         let (pipeline, layout) = self.kernels().pipeline(self.device(), &kernel, B::SLOTS)?;
         let size = std::mem::size_of::<U>();
         let alignment = self.device_limits().min_uniform_buffer_offset_alignment as usize;
