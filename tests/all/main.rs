@@ -27,3 +27,4 @@ mod pytorch_vectors;
 mod qat_digits;
 mod reference_semantics;
 mod torchao_per_group;
+mod torchao_range_learning;
