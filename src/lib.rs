@@ -4,6 +4,8 @@
 //! for bit identical to a CPU reference that is the executable specification.
 //!
 //! - [`quant`]: ranges, scales and zero points, validated on construction.
+//! - [`dynamic`] and [`float_quant`]: qparams computed per group in the call (torchao's LLM
+//!   recipes), and the floating-point formats (FP8, MX, NVFP4).
 //! - [`reference`](mod@reference): the CPU reference (read it for the exact semantics).
 //! - [`gpu`]: the device path, at three levels with one naming rule: host slices
 //!   ([`GpuContext::fake_quant`]), device tensors (`*_device`: [`GpuFakeQuant::forward_device`])
@@ -31,6 +33,7 @@ pub mod backend;
 pub mod dtype;
 pub mod dynamic;
 pub mod error;
+pub mod float_quant;
 pub mod gpu;
 pub mod lsq;
 pub mod observer;
@@ -41,6 +44,9 @@ pub use backend::{Backend, DynamicOps, LsqOps, ObserverOps};
 pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};
+pub use float_quant::{
+    ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
+};
 pub use gpu::{
     DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuLsq, GpuLsqGrads,
     GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder, TensorBinding,

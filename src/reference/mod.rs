@@ -15,6 +15,7 @@
 
 mod backend;
 pub mod dynamic;
+pub mod float_quant;
 pub mod lsq;
 pub mod observer;
 

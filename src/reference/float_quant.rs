@@ -1,0 +1,223 @@
+//! The reference floating-point fake-quantization (see [`crate::float_quant`] for the rules).
+
+use super::{widen, QUIET_BIT};
+use crate::dtype::Element;
+use crate::error::Result;
+use crate::float_quant::{
+    pow2, ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
+};
+use crate::quant::{ChannelLayout, PackedMask};
+
+/// Rounds an f32 result to the element type `T` and back.
+fn rd<T: Element>(v: f32) -> f32 {
+    T::from_f32(v).to_f32()
+}
+
+/// One element's scaled value `data` (before the clamp) converted: its code, its value, and
+/// whether it was in range (not saturated, not NaN).
+fn convert(format: ElementFormat, data: f32) -> (u32, f32, bool) {
+    let max = format.max();
+    let in_range = data.abs() <= max;
+    let clamped = if data.is_nan() {
+        data
+    } else {
+        data.clamp(-max, max)
+    };
+    let code = format.encode(clamped);
+    (code, format.decode(code), in_range)
+}
+
+/// The value of an E8M0 byte, `2^(byte - 127)` (2^-127 is an f32 subnormal), NaN for 255.
+fn e8m0_value(byte: u32) -> f32 {
+    if byte == 255 {
+        f32::NAN
+    } else {
+        pow2(byte as i32 - 127)
+    }
+}
+
+/// `ceil(log2(d))` for a positive finite f32 `d`, exactly, from its bits.
+fn ceil_log2(d: f32) -> i32 {
+    let bits = d.to_bits();
+    let field = (bits >> 23) as i32;
+    if field == 0 {
+        // d = b * 2^-149: floor(log2(b)) - 149, plus one unless b is a power of two.
+        let floor = 31 - bits.leading_zeros() as i32 - 149;
+        return floor + i32::from(!bits.is_power_of_two());
+    }
+    field - 127 + i32::from(bits & 0x7f_ffff != 0)
+}
+
+/// The E8M0 byte of an MX block with `amax` (f32, non-negative or NaN).
+pub fn mx_scale_byte(format: ElementFormat, rule: MxScaleRule, amax: f32) -> u32 {
+    if amax.is_nan() {
+        return 255;
+    }
+    let max_pow2 = format.max_pow2();
+    if rule == MxScaleRule::Rceil {
+        let descale = amax / format.max();
+        if descale.is_infinite() {
+            return 254;
+        }
+        if descale == 0.0 {
+            return 0;
+        }
+        return (ceil_log2(descale).clamp(-127, 127) + 127) as u32;
+    }
+    let mut bits = amax.to_bits();
+    if rule == MxScaleRule::Even {
+        bits = (bits + (1 << (22 - format.mantissa_bits()))) & 0xff80_0000;
+    }
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    if rule == MxScaleRule::Ceil {
+        e += i32::from(bits & 0x7f_ffff != 0);
+    }
+    ((e - max_pow2).clamp(-127, 128) + 127) as u32
+}
+
+/// The factor an MX block's elements are scaled by before conversion, and whether it divides
+/// (`FLOOR`, `CEIL`, `EVEN`: `x / sf`) or multiplies (`RCEIL`: `x * rcp`), as torchao forms them.
+fn mx_element_factor(rule: MxScaleRule, byte: u32, amax: f32, max: f32) -> (f32, bool) {
+    if rule == MxScaleRule::Rceil {
+        let rcp = match byte {
+            255 => amax / max, // NaN
+            254 => pow2(-127),
+            0 => 1.0,
+            _ => pow2(127 - byte as i32),
+        };
+        return (rcp, false);
+    }
+    // The byte's bits as an f32, at least 2^-126: byte 255 (a NaN amax) divides by +inf, so the
+    // block's finite elements get code 0 and its NaN the NaN code (its values are all NaN anyway).
+    (f32::from_bits(byte << 23).max(f32::MIN_POSITIVE), true)
+}
+
+/// Floating-point fake-quantization of a row-major tensor of `shape` and element type `T` (see
+/// [`crate::float_quant`]).
+pub fn fake_quant_float<T: Element>(
+    config: &FloatQuantConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<FloatQuantOutput<T>> {
+    let layout = config.granularity(shape).layout(shape, x.len())?;
+    let wide = widen(x);
+    let format = config.format();
+    let mut y = Vec::with_capacity(x.len());
+    let mut codes = Vec::with_capacity(x.len());
+    let mut in_range = Vec::with_capacity(x.len());
+    let mut push = |v: f32, code: u32, ok: bool| {
+        y.push(T::from_f32(v));
+        codes.push(code as u8);
+        in_range.push(ok);
+    };
+    let nan_of = |v: f32| f32::from_bits(v.to_bits() | QUIET_BIT);
+    let scales = match config.scaling() {
+        FloatScaling::Amax { lower, upper, .. } => {
+            let scales: Vec<f32> = channel_amax(&wide, &layout, true)
+                .into_iter()
+                .map(|a| {
+                    let a = upper.map_or(a, |u| a.min(u));
+                    let a = lower.map_or(a, |l| a.max(l));
+                    rd::<T>(rd::<T>(a) / format.max())
+                })
+                .collect();
+            for (i, &v) in wide.iter().enumerate() {
+                let s = scales[layout.channel_of(i)];
+                if v.is_nan() {
+                    push(nan_of(v), format.encode(v), false);
+                } else if s == 0.0 {
+                    // A block without a usable scale: zeros with x's sign (torchao: 0 / 0).
+                    push(0.0f32.copysign(v), format.encode(0.0f32.copysign(v)), true);
+                } else {
+                    let (code, value, ok) = convert(format, v / s);
+                    push(rd::<T>(value * s), code, ok);
+                }
+            }
+            FloatScales::F32(scales)
+        }
+        FloatScaling::Mx(rule) => {
+            let amaxes = channel_amax(&wide, &layout, false);
+            let bytes: Vec<u32> = amaxes
+                .iter()
+                .map(|&a| mx_scale_byte(format, rule, a))
+                .collect();
+            for (i, &v) in wide.iter().enumerate() {
+                let block = layout.channel_of(i);
+                let (byte, amax) = (bytes[block], amaxes[block]);
+                let (factor, divide) = mx_element_factor(rule, byte, amax, format.max());
+                let data = if divide { v / factor } else { v * factor };
+                let (code, value, ok) = convert(format, data);
+                let out = if v.is_nan() {
+                    nan_of(v)
+                } else {
+                    rd::<T>(rd::<T>(value) * rd::<T>(e8m0_value(byte)))
+                };
+                push(out, code, ok && !v.is_nan());
+            }
+            FloatScales::E8M0(bytes.into_iter().map(|b| b as u8).collect())
+        }
+        FloatScaling::Nvfp4(tensor) => {
+            let e4m3 = ElementFormat::Fp8E4M3;
+            let clamp_scale = |bs: f32| {
+                if bs.is_nan() {
+                    bs
+                } else {
+                    bs.clamp(pow2(-6), 448.0)
+                }
+            };
+            let blocks: Vec<u32> = channel_amax(&wide, &layout, false)
+                .into_iter()
+                .map(|a| {
+                    let bs = a / 6.0;
+                    let bs = tensor.map_or(bs, |g| bs / g);
+                    e4m3.encode(clamp_scale(bs))
+                })
+                .collect();
+            for (i, &v) in wide.iter().enumerate() {
+                let s8 = e4m3.decode(blocks[layout.channel_of(i)]);
+                // torchao: x * (1 / s8), or x * ((1 / g) / s8); y = value * s8, or value * (g * s8).
+                let (factor, dequant) = match tensor {
+                    None => (1.0 / s8, s8),
+                    Some(g) => ((1.0 / g) / s8, g * s8),
+                };
+                let (code, value, ok) = convert(format, v * factor);
+                let out = if v.is_nan() {
+                    nan_of(v)
+                } else {
+                    rd::<T>(value * dequant)
+                };
+                push(out, code, ok && !v.is_nan());
+            }
+            FloatScales::E4M3 {
+                blocks: blocks.into_iter().map(|b| b as u8).collect(),
+                tensor,
+            }
+        }
+    };
+    Ok(FloatQuantOutput {
+        y,
+        mask: PackedMask::from_bools(&in_range),
+        codes,
+        scales,
+    })
+}
+
+/// `max |x|` per channel of `layout`: over the finite values (a channel without one has 0) when
+/// `finite_only`, else over every value with NaN propagating (torchao's block amax: a NaN makes
+/// the block's scale NaN, an infinity makes it infinite).
+fn channel_amax(x: &[f32], layout: &ChannelLayout, finite_only: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; layout.channels];
+    for (i, &v) in x.iter().enumerate() {
+        let a = &mut out[layout.channel_of(i)];
+        if v.is_nan() {
+            if !finite_only {
+                *a = f32::NAN;
+            }
+        } else if (finite_only && v.is_infinite()) || a.is_nan() {
+            continue;
+        } else if v.abs() > *a {
+            *a = v.abs();
+        }
+    }
+    out
+}

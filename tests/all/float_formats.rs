@@ -1,0 +1,240 @@
+//! The element formats and scale rules of `float_quant` against independent implementations in
+//! f64 (nearest representable value by search, ties to the even code; scale exponents from
+//! `log2` in f64 with exact corrections): every representable value, every midpoint between
+//! neighbours and its +-1 and +-2 f32 ulp neighbours, signed zeros, subnormals, the saturation
+//! edges, NaN and infinities, and all 65536 f16 and bf16 patterns.
+
+use fakequant::reference::float_quant::mx_scale_byte;
+use fakequant::{ElementFormat, MxScaleRule};
+use half::{bf16, f16};
+
+const FORMATS: [ElementFormat; 5] = [
+    ElementFormat::Fp8E4M3,
+    ElementFormat::Fp8E5M2,
+    ElementFormat::Fp6E2M3,
+    ElementFormat::Fp6E3M2,
+    ElementFormat::Fp4E2M1,
+];
+
+/// The finite non-negative values of `format` with their codes, ascending, by the definition
+/// (sign 0, exponent field e, mantissa m: `m * 2^(1 - bias - mbits)` for e = 0, else
+/// `(2^mbits + m) * 2^(e - bias - mbits)`), without the NaN and infinity codes.
+fn grid(format: ElementFormat) -> Vec<(f64, u32)> {
+    let (ebits, mbits, bias) = (
+        format.exponent_bits(),
+        format.mantissa_bits(),
+        format.bias(),
+    );
+    let mut out = Vec::new();
+    for code in 0..1u32 << (ebits + mbits) {
+        let (e, m) = ((code >> mbits) as i32, (code & ((1 << mbits) - 1)) as f64);
+        let value = if e == 0 {
+            m * 2f64.powi(1 - bias - mbits as i32)
+        } else {
+            (m + (1u32 << mbits) as f64) * 2f64.powi(e - bias - mbits as i32)
+        };
+        let special = match format {
+            ElementFormat::Fp8E4M3 => code == 0x7f,
+            ElementFormat::Fp8E5M2 => code >= 0x7c,
+            _ => false,
+        };
+        if !special {
+            out.push((value, code));
+        }
+    }
+    out
+}
+
+/// The code of `v` by search: the nearest grid value, a tie to the even code, saturating.
+fn independent_encode(format: ElementFormat, v: f32) -> u32 {
+    let sign = (v.is_sign_negative() as u32) << (format.bits() - 1);
+    if v.is_nan() {
+        return sign | format.nan_code().unwrap_or(format.max_code());
+    }
+    let a = (v as f64).abs();
+    let grid = grid(format);
+    if a >= format.max() as f64 {
+        return sign | format.max_code(); // saturation (infinities included)
+    }
+    let mut best = grid[0];
+    for &(value, code) in &grid {
+        let (d, db) = ((value - a).abs(), (best.0 - a).abs());
+        if d < db || (d == db && code % 2 == 0) {
+            best = (value, code);
+        }
+    }
+    sign | best.1
+}
+
+#[test]
+fn maxima_are_the_documented_ones() {
+    let expected = [(448.0, 8), (57344.0, 15), (7.5, 2), (28.0, 4), (6.0, 2)];
+    for (format, (max, max_pow2)) in FORMATS.iter().zip(expected) {
+        assert_eq!(format.max(), max, "{format:?}");
+        assert_eq!(format.max_pow2(), max_pow2, "{format:?}");
+        assert_eq!(grid(*format).last().unwrap().0, max as f64, "{format:?}");
+    }
+}
+
+#[test]
+fn every_code_decodes_to_its_value_and_back() {
+    for format in FORMATS {
+        for (value, code) in grid(format) {
+            for sign in [0, 1u32 << (format.bits() - 1)] {
+                let v = format.decode(sign | code);
+                assert_eq!(v.abs() as f64, value, "{format:?} {code:#x}");
+                assert_eq!(v.is_sign_negative(), sign != 0, "{format:?} {code:#x}");
+                assert_eq!(format.encode(v), sign | code, "{format:?} {v:e}");
+            }
+        }
+        if let Some(nan) = format.nan_code() {
+            assert!(format.decode(nan).is_nan());
+        }
+    }
+    assert_eq!(ElementFormat::Fp8E5M2.decode(0x7c), f32::INFINITY);
+    assert_eq!(ElementFormat::Fp8E5M2.decode(0xfc), f32::NEG_INFINITY);
+}
+
+#[test]
+fn midpoints_neighbours_and_specials_round_as_the_independent_search() {
+    for format in FORMATS {
+        let grid = grid(format);
+        let mut inputs = vec![
+            0.0f32,
+            f32::from_bits(1),
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+            format.max() * 1.0001,
+            format.max() * 2.0,
+        ];
+        for pair in grid.windows(2) {
+            // Both values and their midpoint are exact in f32 (at most 5 significant bits).
+            for v in [pair[0].0, pair[1].0, (pair[0].0 + pair[1].0) / 2.0] {
+                let v = v as f32;
+                let mut u = v;
+                let mut d = v;
+                inputs.push(v);
+                for _ in 0..2 {
+                    u = u.next_up();
+                    d = d.next_down();
+                    inputs.extend([u, d]);
+                }
+            }
+        }
+        // Half the smallest subnormal and its neighbours (a tie to zero).
+        let tiny = (grid[1].0 / 2.0) as f32;
+        inputs.extend([tiny, tiny.next_up(), tiny.next_down()]);
+        for v in inputs {
+            for v in [v, -v] {
+                assert_eq!(
+                    format.encode(v),
+                    independent_encode(format, v),
+                    "{format:?} {v:e} ({:#010x})",
+                    v.to_bits()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_f16_and_bf16_pattern_rounds_as_the_independent_search() {
+    for format in FORMATS {
+        for bits in 0..=u16::MAX {
+            for v in [
+                f16::from_bits(bits).to_f32(),
+                bf16::from_bits(bits).to_f32(),
+            ] {
+                assert_eq!(
+                    format.encode(v),
+                    independent_encode(format, v),
+                    "{format:?} {v:e} ({:#010x})",
+                    v.to_bits()
+                );
+            }
+        }
+    }
+}
+
+/// The E8M0 byte by the rules' definitions, in f64: FLOOR `floor(log2(amax))` (the exponent field
+/// for subnormals: -127), CEIL the same plus one off powers of two, RCEIL `ceil(log2(amax / max))`
+/// with the quotient rounded to f32 first, each minus `max_pow2` where the rule says, clamped.
+fn independent_byte(format: ElementFormat, rule: MxScaleRule, amax: f32) -> u32 {
+    if amax.is_nan() {
+        return 255;
+    }
+    let exponent_field = |v: f32| {
+        if v.is_subnormal() || v == 0.0 {
+            -127
+        } else {
+            (v as f64).log2().floor() as i32
+        }
+    };
+    let power_of_two = |v: f32| v.to_bits() & 0x7f_ffff == 0;
+    match rule {
+        MxScaleRule::Floor | MxScaleRule::Ceil => {
+            let mut e = if amax.is_infinite() {
+                128
+            } else {
+                exponent_field(amax)
+            };
+            if rule == MxScaleRule::Ceil && !power_of_two(amax) {
+                e += 1;
+            }
+            ((e - format.max_pow2()).clamp(-127, 128) + 127) as u32
+        }
+        MxScaleRule::Rceil => {
+            let d = amax / format.max();
+            if d.is_infinite() {
+                return 254;
+            }
+            if d == 0.0 {
+                return 0;
+            }
+            // log2 of an f32 in f64 is within 1e-15 relative: exact at powers of two.
+            let l = (d as f64).log2();
+            let exact = if d.is_subnormal() {
+                d.to_bits().is_power_of_two()
+            } else {
+                power_of_two(d)
+            };
+            let c = if exact {
+                l.round() as i32
+            } else {
+                l.ceil() as i32
+            };
+            (c.clamp(-127, 127) + 127) as u32
+        }
+        MxScaleRule::Even => unreachable!("checked against torchao's vectors"),
+    }
+}
+
+#[test]
+fn mx_scale_bytes_follow_the_rules() {
+    let mut amaxes = vec![0.0f32, f32::MAX, f32::INFINITY, f32::NAN, f32::from_bits(1)];
+    for k in -149..=127 {
+        let p = 2f32.powi(k.max(-126)) * if k < -126 { 2f32.powi(k + 126) } else { 1.0 };
+        let mut u = p;
+        let mut d = p;
+        amaxes.push(p);
+        for _ in 0..3 {
+            u = u.next_up();
+            d = d.next_down();
+            amaxes.extend([u, d]);
+        }
+        amaxes.push(p * 1.5);
+    }
+    for format in FORMATS {
+        for &amax in &amaxes {
+            for rule in [MxScaleRule::Floor, MxScaleRule::Ceil, MxScaleRule::Rceil] {
+                assert_eq!(
+                    mx_scale_byte(format, rule, amax),
+                    independent_byte(format, rule, amax),
+                    "{format:?} {rule:?} {amax:e}"
+                );
+            }
+        }
+    }
+}
