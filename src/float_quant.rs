@@ -35,7 +35,8 @@
 //!   emax_elem`), `Ceil`, `Even` (torchao's variants), and [`MxScaleRule::Rceil`]
 //!   (`ceil(log2(amax / max))`, NVIDIA's and torchao's QAT default), each an exponent read from the
 //!   bits, clamped to E8M0's range. Elements `x * 2^-e` converted to the element format, then
-//!   `y = rd(rd(value) * rd(2^e))`.
+//!   `y = rd(value * 2^e)` (the product exact in f32; torchao's `rd(rd(value) * rd(2^e))` for its
+//!   f32 and bf16, where both factors are exact in the type).
 //! - NVFP4 (blocks of 16 of E2M1 with an E4M3 block scale; optionally an f32 tensor scale `g`,
 //!   two-level): `bs = amax / 6`, `s8 = e4m3(clamp(bs / g, 2^-6, 448))`, elements
 //!   `x * ((1 / g) / s8)` (each operation rounded to f32), `y = rd(value * (g * s8))`.
@@ -247,8 +248,8 @@ pub enum FloatScaling {
     /// OCP microscaling: blocks of 32 consecutive elements of the last axis, an E8M0 scale each.
     Mx(MxScaleRule),
     /// NVFP4: blocks of 16 consecutive elements of the last axis, an E4M3 scale each, and with
-    /// `Some(g)` a per-tensor f32 scale `g` (two-level; torchao's `per_tensor_amax_to_scale`
-    /// gives `amax / 2688`).
+    /// `Some(g)` a per-tensor f32 scale `g` in `[2^-119, 2^119]` (two-level; torchao's
+    /// `per_tensor_amax_to_scale` gives `amax / 2688`).
     Nvfp4(Option<f32>),
 }
 
@@ -306,7 +307,14 @@ impl FloatQuantConfig {
                         "NVFP4 takes E2M1 elements, not {format:?}"
                     )));
                 }
-                positive("the NVFP4 tensor scale", tensor_scale)?;
+                // (1 / g) / s8 and g * s8, with s8 in [2^-6, 448], must stay finite and normal.
+                if let Some(g) = tensor_scale {
+                    if !(pow2(-119)..=pow2(119)).contains(&g) {
+                        return Err(Error::InvalidSetting(format!(
+                            "the NVFP4 tensor scale must lie in [2^-119, 2^119], got {g:e}"
+                        )));
+                    }
+                }
             }
         }
         Ok(Self { format, scaling })

@@ -48,8 +48,9 @@ pub use float_quant::{
     ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
 pub use gpu::{
-    DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuLsq, GpuLsqGrads,
-    GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder, TensorBinding,
+    DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuFloatQuant, GpuLsq,
+    GpuLsqGrads, GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder,
+    TensorBinding,
 };
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};

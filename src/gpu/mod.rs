@@ -1,6 +1,6 @@
 //! The GPU path. A [`GpuContext`] owns the device (`context.rs`); memory, upload and read-back are
 //! in `memory.rs`; the kernel registry, cache, recording and planners in `kernel/`; each op family
-//! (fake-quant, observers, LSQ) in its own module, at three levels: host slices, device tensors,
+//! (fake-quant, observers, LSQ, dynamic, floating-point formats) in its own module, at three levels: host slices, device tensors,
 //! and recording into a [`Recorder`] (a caller's encoder, or a [`Prerecording`] replayed by
 //! [`Prerecorded`] without creating anything).
 //!
@@ -14,6 +14,7 @@ mod context;
 mod dynamic;
 mod errors;
 mod fake_quant;
+mod float_quant;
 pub(crate) mod kernel;
 mod lsq;
 mod memory;
@@ -26,11 +27,13 @@ pub(crate) const FAMILIES: &[fn() -> kernel::FamilyDecl] = &[
     observer::declarations,
     lsq::declarations,
     dynamic::declarations,
+    float_quant::declarations,
 ];
 
 pub use context::{DispatchLimits, GpuContext};
 pub use dynamic::GpuDynamic;
 pub use fake_quant::GpuFakeQuant;
+pub use float_quant::GpuFloatQuant;
 pub use kernel::shaders::kernel_sources;
 pub use kernel::{Prerecorded, Prerecording, Recorder};
 pub use lsq::{GpuLsq, GpuLsqGrads};

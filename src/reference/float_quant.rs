@@ -27,6 +27,32 @@ fn convert(format: ElementFormat, data: f32) -> (u32, f32, bool) {
     (code, format.decode(code), in_range)
 }
 
+/// `x` scaled by a block's `factor` (dividing or multiplying), with every special case explicit so
+/// that no NaN's sign or payload is left to the platform: a NaN `x` stays that NaN, quieted; a NaN
+/// factor (a block whose amax is NaN) gives the canonical NaN; dividing by `+inf` (torchao's
+/// E8M0 byte 255) gives `+-0` for a finite `x` and the canonical NaN for an infinite one. Else one
+/// correctly rounded operation (the factor is positive, so an infinite `x` stays infinite).
+fn scale_element(x: f32, factor: f32, divide: bool) -> f32 {
+    if x.is_nan() {
+        return f32::from_bits(x.to_bits() | QUIET_BIT);
+    }
+    if factor.is_nan() {
+        return f32::NAN;
+    }
+    if divide && factor.is_infinite() {
+        return if x.is_infinite() {
+            f32::NAN
+        } else {
+            0.0f32.copysign(x)
+        };
+    }
+    if divide {
+        x / factor
+    } else {
+        x * factor
+    }
+}
+
 /// The value of an E8M0 byte, `2^(byte - 127)` (2^-127 is an f32 subnormal), NaN for 255.
 fn e8m0_value(byte: u32) -> f32 {
     if byte == 255 {
@@ -129,7 +155,7 @@ pub fn fake_quant_float<T: Element>(
                     // A block without a usable scale: zeros with x's sign (torchao: 0 / 0).
                     push(0.0f32.copysign(v), format.encode(0.0f32.copysign(v)), true);
                 } else {
-                    let (code, value, ok) = convert(format, v / s);
+                    let (code, value, ok) = convert(format, scale_element(v, s, true));
                     push(rd::<T>(value * s), code, ok);
                 }
             }
@@ -145,12 +171,17 @@ pub fn fake_quant_float<T: Element>(
                 let block = layout.channel_of(i);
                 let (byte, amax) = (bytes[block], amaxes[block]);
                 let (factor, divide) = mx_element_factor(rule, byte, amax, format.max());
-                let data = if divide { v / factor } else { v * factor };
-                let (code, value, ok) = convert(format, data);
+                let (code, value, ok) = convert(format, scale_element(v, factor, divide));
                 let out = if v.is_nan() {
                     nan_of(v)
+                } else if byte == 255 {
+                    f32::NAN
                 } else {
-                    rd::<T>(rd::<T>(value) * rd::<T>(e8m0_value(byte)))
+                    // Exact in f32 (a 4-bit significand times 2^-127 or more), rounded once to
+                    // T: torchao's rd(rd(value) * rd(2^e)) for f32 and bf16, where both factors
+                    // are exact in T; for f16 it also keeps a block with an infinity from
+                    // giving 0 * rd(2^126) = NaN.
+                    rd::<T>(value * e8m0_value(byte))
                 };
                 push(out, code, ok && !v.is_nan());
             }
@@ -180,9 +211,11 @@ pub fn fake_quant_float<T: Element>(
                     None => (1.0 / s8, s8),
                     Some(g) => ((1.0 / g) / s8, g * s8),
                 };
-                let (code, value, ok) = convert(format, v * factor);
+                let (code, value, ok) = convert(format, scale_element(v, factor, false));
                 let out = if v.is_nan() {
                     nan_of(v)
+                } else if s8.is_nan() {
+                    f32::NAN
                 } else {
                     rd::<T>(value * dequant)
                 };

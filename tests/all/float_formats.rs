@@ -2,10 +2,11 @@
 //! f64 (nearest representable value by search, ties to the even code; scale exponents from
 //! `log2` in f64 with exact corrections): every representable value, every midpoint between
 //! neighbours and its +-1 and +-2 f32 ulp neighbours, signed zeros, subnormals, the saturation
-//! edges, NaN and infinities, and all 65536 f16 and bf16 patterns.
+//! edges, NaN and infinities, and all 65536 f16 and bf16 patterns; and the device's MX and NVFP4
+//! kernel against the reference on every output (`y`, mask, codes, scales).
 
-use fakequant::reference::float_quant::mx_scale_byte;
-use fakequant::{ElementFormat, MxScaleRule};
+use fakequant::reference::float_quant::{fake_quant_float, mx_scale_byte};
+use fakequant::{Element, ElementFormat, FloatQuantConfig, FloatScales, MxScaleRule};
 use half::{bf16, f16};
 
 const FORMATS: [ElementFormat; 5] = [
@@ -235,6 +236,172 @@ fn mx_scale_bytes_follow_the_rules() {
                     "{format:?} {rule:?} {amax:e}"
                 );
             }
+        }
+    }
+}
+
+/// Data for block-scaled formats: random blocks of many magnitudes, and blocks that are all zero,
+/// constant, dominated by one outlier, subnormal, at the f32 extremes (E8M0's range ends), or hold
+/// a NaN or an infinity.
+fn block_data(rng: &mut crate::common::Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let (block, j) = (i / 32, i % 32);
+            let scale = 2f32.powf(rng.uniform(-30.0, 30.0));
+            match block % 11 {
+                0 => 0.0,
+                1 => -0.75,
+                2 if j == 5 => 1e4 * scale,
+                3 => f32::from_bits(1 + rng.below(1 << 22) as u32),
+                4 => [3.4e38, -1.7e38, 1e38][j % 3],
+                5 => f32::from_bits(1 + rng.below(8) as u32) * [1.0, -1.0][j % 2],
+                6 if j == 3 => [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][block % 3],
+                _ => rng.normal() * scale,
+            }
+        })
+        .collect()
+}
+
+fn block_configs() -> Vec<FloatQuantConfig> {
+    let mut configs = Vec::new();
+    for format in FORMATS {
+        for rule in [
+            MxScaleRule::Floor,
+            MxScaleRule::Ceil,
+            MxScaleRule::Even,
+            MxScaleRule::Rceil,
+        ] {
+            configs.push(FloatQuantConfig::mx(format, rule).unwrap());
+        }
+    }
+    for g in [
+        None,
+        Some(1.0 / 2688.0),
+        Some(3.5e-3),
+        Some(2f32.powi(-119)),
+        Some(2f32.powi(119)),
+    ] {
+        configs.push(FloatQuantConfig::nvfp4(g).unwrap());
+    }
+    configs
+}
+
+fn check_float_on_gpu<T: Element>(
+    ctx: &fakequant::GpuContext,
+    config: &FloatQuantConfig,
+    x: &[f32],
+    shape: &[usize],
+    label: &str,
+) {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let expected = fake_quant_float(config, &x, shape).unwrap();
+    let got = ctx
+        .create_float_quant(config, shape)
+        .unwrap()
+        .forward(&x, shape)
+        .unwrap();
+    let label = format!(
+        "{label} {config:?} {:?} on {}",
+        T::DTYPE,
+        ctx.adapter_name()
+    );
+    let bits = |v: &[T]| v.iter().map(|e| e.to_bits_u32()).collect::<Vec<_>>();
+    let (e, g) = (bits(&expected.y), bits(&got.y));
+    if let Some(i) = (0..e.len()).find(|&i| e[i] != g[i]) {
+        panic!(
+            "{label}: y[{i}] {:#x} vs reference {:#x} (x {:e})",
+            g[i],
+            e[i],
+            x[i].to_f32()
+        );
+    }
+    // (Compared by index: a failing assert_eq! of whole vectors would print megabytes.)
+    let first_diff = |a: &[u8], b: &[u8]| (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i));
+    if let Some(i) = first_diff(&got.codes, &expected.codes) {
+        panic!(
+            "{label}: codes[{i}] {:?} vs reference {:?}",
+            got.codes.get(i),
+            expected.codes.get(i)
+        );
+    }
+    let scale_bytes = |s: &FloatScales| match s {
+        FloatScales::F32(v) => v.iter().flat_map(|f| f.to_le_bytes()).collect(),
+        FloatScales::E8M0(b) | FloatScales::E4M3 { blocks: b, .. } => b.clone(),
+    };
+    let (gs, es) = (scale_bytes(&got.scales), scale_bytes(&expected.scales));
+    if let Some(i) = first_diff(&gs, &es) {
+        panic!(
+            "{label}: scale byte {i}: {:?} vs reference {:?}",
+            gs.get(i),
+            es.get(i)
+        );
+    }
+    assert!(
+        std::mem::discriminant(&got.scales) == std::mem::discriminant(&expected.scales),
+        "{label}: scale kinds"
+    );
+    if got.mask != expected.mask {
+        panic!("{label}: masks differ");
+    }
+}
+
+#[test]
+fn block_formats_on_the_device_match_the_reference() {
+    let mut rng = crate::common::Rng::new(0xf10a7);
+    let shape = [12, 352];
+    let x = block_data(&mut rng, 12 * 352);
+    for ctx in crate::common::contexts() {
+        for config in block_configs() {
+            check_float_on_gpu::<f32>(ctx, &config, &x, &shape, "blocks");
+            check_float_on_gpu::<bf16>(ctx, &config, &x, &shape, "blocks");
+            check_float_on_gpu::<f16>(ctx, &config, &x, &shape, "blocks");
+        }
+    }
+}
+
+#[test]
+fn every_f16_and_bf16_pattern_through_the_device() {
+    // All 65536 patterns of each type, in blocks of 32 neighbouring patterns.
+    let shape = [2048, 32];
+    let f16s: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let bf16s: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    for ctx in crate::common::contexts() {
+        for config in [
+            FloatQuantConfig::mx(ElementFormat::Fp8E4M3, MxScaleRule::Rceil).unwrap(),
+            FloatQuantConfig::mx(ElementFormat::Fp4E2M1, MxScaleRule::Floor).unwrap(),
+            FloatQuantConfig::mx(ElementFormat::Fp6E3M2, MxScaleRule::Even).unwrap(),
+            FloatQuantConfig::nvfp4(Some(0.02)).unwrap(),
+        ] {
+            let gpu = ctx.create_float_quant(&config, &shape).unwrap();
+            let label = format!("{config:?} on {}", ctx.adapter_name());
+            let _ = gpu;
+            let x: Vec<f32> = f16s.iter().map(|v| v.to_f32()).collect();
+            check_float_on_gpu::<f16>(ctx, &config, &x, &shape, &format!("{label} f16"));
+            let x: Vec<f32> = bf16s.iter().map(|v| v.to_f32()).collect();
+            check_float_on_gpu::<bf16>(ctx, &config, &x, &shape, &format!("{label} bf16"));
+        }
+    }
+}
+
+#[test]
+fn block_formats_over_several_bindings() {
+    let mut rng = crate::common::Rng::new(0xb10c);
+    // 3 chunks of 2^16 elements and a ragged tail, on 2 workgroups.
+    let shape = [7, 32768];
+    let x = block_data(&mut rng, 7 * 32768);
+    for base in crate::common::contexts() {
+        let ctx = base
+            .with_dispatch_limits(fakequant::DispatchLimits {
+                max_binding_bytes: 256 << 10,
+                max_workgroups: 2,
+            })
+            .unwrap();
+        for config in [
+            FloatQuantConfig::mx(ElementFormat::Fp8E5M2, MxScaleRule::Floor).unwrap(),
+            FloatQuantConfig::nvfp4(None).unwrap(),
+        ] {
+            check_float_on_gpu::<f32>(&ctx, &config, &x, &shape, "lowered limits");
+            check_float_on_gpu::<bf16>(&ctx, &config, &x, &shape, "lowered limits");
         }
     }
 }

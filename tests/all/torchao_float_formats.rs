@@ -379,3 +379,103 @@ fn float_formats_match_torchao() {
         println!("  {case} {what}: {n} ({cause:?})");
     }
 }
+
+#[test]
+fn the_device_matches_the_reference_on_torchao_cases() {
+    for case in cases() {
+        let Ok(config) = case.config() else {
+            continue; // the refused non-finite tensor scale
+        };
+        if matches!(config.scaling(), FloatScaling::Amax { .. }) || case.get("family") == "probe" {
+            continue; // FP8 amax scaling runs on the reference only
+        }
+        let shape = case.shape();
+        for ctx in crate::common::contexts() {
+            let gpu = ctx.create_float_quant(&config, &shape).unwrap();
+            let label = format!("{} on {}", case.name, ctx.adapter_name());
+            let (same_y, same_rest) = if case.get("dtype") == "bf16" {
+                let x: Vec<bf16> = case
+                    .row("x")
+                    .iter()
+                    .map(|&b| bf16::from_bits(b as u16))
+                    .collect();
+                let (e, g) = (
+                    fake_quant_float(&config, &x, &shape).unwrap(),
+                    gpu.forward(&x, &shape).unwrap(),
+                );
+                (
+                    e.y.iter()
+                        .zip(&g.y)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    (e.codes, e.scales, e.mask) == (g.codes, g.scales, g.mask),
+                )
+            } else {
+                let x: Vec<f32> = case.row("x").iter().map(|&b| f32::from_bits(b)).collect();
+                let (e, g) = (
+                    fake_quant_float(&config, &x, &shape).unwrap(),
+                    gpu.forward(&x, &shape).unwrap(),
+                );
+                (
+                    e.y.iter()
+                        .zip(&g.y)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    (e.codes, e.scales, e.mask) == (g.codes, g.scales, g.mask),
+                )
+            };
+            assert!(
+                same_y && same_rest,
+                "{label}: y {same_y}, codes/scales/mask {same_rest}"
+            );
+        }
+    }
+}
+
+#[test]
+fn float_configs_are_checked() {
+    use fakequant::Error;
+    let amax = |lower, upper| FloatScaling::Amax {
+        granularity: Granularity::PerTensor,
+        lower,
+        upper,
+    };
+    for (format, scaling) in [
+        (ElementFormat::Fp4E2M1, amax(None, None)),
+        (ElementFormat::Fp8E4M3, amax(Some(-1.0), None)),
+        (ElementFormat::Fp8E4M3, amax(None, Some(f32::INFINITY))),
+        (ElementFormat::Fp8E4M3, amax(Some(2.0), Some(1.0))),
+        (ElementFormat::Fp8E4M3, FloatScaling::Nvfp4(None)),
+        (ElementFormat::Fp4E2M1, FloatScaling::Nvfp4(Some(0.0))),
+        (ElementFormat::Fp4E2M1, FloatScaling::Nvfp4(Some(f32::NAN))),
+        (ElementFormat::Fp4E2M1, FloatScaling::Nvfp4(Some(1e-37))),
+        (ElementFormat::Fp4E2M1, FloatScaling::Nvfp4(Some(1e37))),
+    ] {
+        let got = FloatQuantConfig::new(format, scaling);
+        assert!(
+            matches!(got, Err(Error::InvalidSetting(_) | Error::Unsupported(_))),
+            "{format:?} {scaling:?}: {got:?}"
+        );
+    }
+    // Blocks must divide the last axis; the device refuses what the reference refuses, and FP8
+    // amax scaling (reference only, for now) with Unsupported.
+    let mx = FloatQuantConfig::mx(ElementFormat::Fp8E4M3, MxScaleRule::Rceil).unwrap();
+    assert!(matches!(
+        fake_quant_float(&mx, &[0.0f32; 48], &[48]),
+        Err(Error::InvalidGroup { .. })
+    ));
+    for ctx in crate::common::contexts() {
+        assert!(matches!(
+            ctx.create_float_quant(&mx, &[2, 40]),
+            Err(Error::InvalidGroup { .. })
+        ));
+        let fp8 = FloatQuantConfig::fp8_per_row(ElementFormat::Fp8E4M3).unwrap();
+        assert!(matches!(
+            ctx.create_float_quant(&fp8, &[2, 64]),
+            Err(Error::Unsupported(_))
+        ));
+        let gpu = ctx.create_float_quant(&mx, &[2, 64]).unwrap();
+        assert!(matches!(
+            gpu.forward(&[0.0f32; 96], &[3, 32]),
+            Err(Error::LengthMismatch { .. })
+        ));
+    }
+}

@@ -56,6 +56,8 @@ shader_files! {
     DYNAMIC_RULES = "dynamic_rules";
     DYNAMIC_QPARAMS = "dynamic";
     DYNAMIC_GROUPS = "dynamic_groups";
+    FLOAT_FORMATS = "float_formats";
+    FLOAT_BLOCKS = "float_blocks";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -142,6 +144,33 @@ pub(crate) static DYNAMIC_GROUPS_HALF: Shader = Shader {
     ],
 };
 
+/// The floating-point family: MX and NVFP4 blocks in one pass, on f32 tensors.
+pub(crate) static FLOAT_BLOCKS_F32: Shader = Shader {
+    name: "float_blocks",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT,
+        &ELEMENTWISE_DISPATCH,
+        &FLOAT_FORMATS,
+        &FLOAT_BLOCKS,
+    ],
+};
+/// The floating-point family on 16-bit tensors.
+pub(crate) static FLOAT_BLOCKS_HALF: Shader = Shader {
+    name: "float_blocks_half",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT_HALF,
+        &ELEMENTWISE_DISPATCH,
+        &FLOAT_FORMATS,
+        &FLOAT_BLOCKS,
+    ],
+};
+
 /// Every shader module the library compiles: one line per kernel family's module.
 pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_F32,
@@ -152,6 +181,8 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &DYNAMIC,
     &DYNAMIC_GROUPS_F32,
     &DYNAMIC_GROUPS_HALF,
+    &FLOAT_BLOCKS_F32,
+    &FLOAT_BLOCKS_HALF,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.
