@@ -426,6 +426,47 @@ fn main() -> Result<()> {
             )?;
         }
 
+        // Floating-point block formats (issue 15): one pass over x writing y, the element codes
+        // (a byte each) and a scale word per block: 9 bytes per element and a little.
+        for (op, config) in [
+            (
+                "float_mxfp8_e4m3_rceil",
+                fakequant::FloatQuantConfig::mx(
+                    fakequant::ElementFormat::Fp8E4M3,
+                    fakequant::MxScaleRule::Rceil,
+                ),
+            ),
+            (
+                "float_mxfp4_rceil",
+                fakequant::FloatQuantConfig::mx(
+                    fakequant::ElementFormat::Fp4E2M1,
+                    fakequant::MxScaleRule::Rceil,
+                ),
+            ),
+            (
+                "float_nvfp4_two_level",
+                fakequant::FloatQuantConfig::nvfp4(Some(1.0 / 2688.0)),
+            ),
+        ] {
+            if n < 4096 || !report.wants(op) {
+                continue;
+            }
+            let shape = vec![n / 4096, 4096];
+            let float = ctx.create_float_quant(&config?, &shape)?;
+            report.measure(
+                op,
+                "f32",
+                n,
+                9.0,
+                || {
+                    timer.time(|e| {
+                        Ok(float.record_forward(e, x.binding(), &shape, y.binding(), None)?)
+                    })
+                },
+                || baseline(9.0),
+            )?;
+        }
+
         for (dtype, name) in [(DType::F16, "f16"), (DType::Bf16, "bf16")] {
             let x16 = ctx.create_tensor(n, dtype)?;
             let y16 = ctx.create_tensor(n, dtype)?;

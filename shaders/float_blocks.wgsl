@@ -69,6 +69,9 @@ struct BlockScale {
     divide: bool,
     // The f32 bits the element values are multiplied by.
     dequant: u32,
+    // MX: the factor and the dequantization are powers of two, 2^factor_k and 2^dequant_k.
+    factor_k: i32,
+    dequant_k: i32,
     // The block's amax is NaN: every y of the block is NaN.
     nan: bool,
     // The exported scale byte.
@@ -103,22 +106,25 @@ fn mx_scale(amax: u32) -> BlockScale {
     var s: BlockScale;
     s.byte = byte;
     s.nan = byte == 255u;
-    s.dequant = pow2_bits(i32(byte) - 127);
+    s.dequant_k = i32(byte) - 127;
+    s.dequant = pow2_bits(s.dequant_k);
+    // Dividing by 2^e is multiplying by 2^-e (both exact operands, the same real result).
     if (RULE == 3u) {
         s.divide = false;
         if (byte == 255u) {
             s.factor = DEFAULT_NAN;
         } else if (byte == 254u) {
-            s.factor = pow2_bits(-127);
+            s.factor_k = -127;
         } else if (byte == 0u) {
-            s.factor = ONE_BITS;
+            s.factor_k = 0;
         } else {
-            s.factor = pow2_bits(127 - i32(byte));
+            s.factor_k = 127 - i32(byte);
         }
     } else {
-        // The byte's bits as an f32, at least 2^-126; byte 255 is +inf.
+        // Torchao divides by the byte's bits as an f32, at least 2^-126; byte 255 is +inf.
         s.divide = true;
         s.factor = max(byte << 23u, 0x00800000u);
+        s.factor_k = -max(i32(byte) - 127, -126);
     }
     return s;
 }
@@ -157,6 +163,17 @@ fn nvfp4_scale(amax: u32) -> BlockScale {
     return s;
 }
 
+// bits * 2^k for finite bits and k in [-149, 127], correctly rounded: a normal value whose result
+// stays normal only moves its exponent field (exact); anything else (zeros, subnormals in or out,
+// overflow) takes the one correctly rounded product with 2^k.
+fn scale_pow2_bits(bits: u32, k: i32) -> u32 {
+    let field = i32((bits >> 23u) & 0xffu);
+    if (field != 0 && field + k >= 1 && field + k <= 254) {
+        return u32(i32(bits) + k * 0x00800000);
+    }
+    return mul_rn_bits(bits, pow2_bits(k));
+}
+
 // x scaled by the block's factor, every special case explicit as the reference's scale_element:
 // a NaN x stays that NaN, quieted; a NaN factor gives the canonical NaN; a division by +inf gives
 // +-0 for a finite x and NaN for an infinite one; an infinite x stays infinite (the factor is
@@ -169,13 +186,16 @@ fn scale_element(x: u32, s: BlockScale) -> u32 {
         return DEFAULT_NAN;
     }
     let infinite = (x & ABS_MASK) == EXP_MASK;
-    if (s.divide) {
-        if (s.factor == EXP_MASK) {
-            return select(x & SIGN_BIT, DEFAULT_NAN, infinite);
-        }
-        return select(div_rn_bits(x, s.factor), x, infinite);
+    if (s.divide && s.factor == EXP_MASK) {
+        return select(x & SIGN_BIT, DEFAULT_NAN, infinite);
     }
-    return select(mul_rn_bits(x, s.factor), x, infinite);
+    if (infinite) {
+        return x;
+    }
+    if (SCALING == 0u) {
+        return scale_pow2_bits(x, s.factor_k);
+    }
+    return mul_rn_bits(x, s.factor);
 }
 
 // One block: its scale exported, its elements converted into y and codes; returns the block's
@@ -205,8 +225,10 @@ fn quantize_block(first: u32) -> u32 {
             y = x | QUIET_BIT;
         } else if (s.nan) {
             y = DEFAULT_NAN;
+        } else if (SCALING == 0u) {
+            // Exact: a 4-bit significand times 2^-127 or more.
+            y = rd_input(scale_pow2_bits(decode_element(code), s.dequant_k));
         } else {
-            // MX: exact (a 4-bit significand times 2^-127 or more); NVFP4: correctly rounded.
             y = rd_input(mul_rn_bits(decode_element(code), s.dequant));
         }
         store_y(first + k, y);
