@@ -31,7 +31,7 @@ fn is_finite_bits(bits: u32) -> bool {
 }
 
 // Correctly rounded (to nearest, ties to even) f32 division `a / b` on bit patterns, for finite `a`
-// (zero and subnormals included) and positive, normal, finite `b`. Device division is only
+// (zero and subnormals included) and positive finite `b` (subnormals included). Device division is only
 // required to be within 2.5 ULP and `1/x` is no better, so exact paths divide here, in integers:
 // a restoring long division of the 24-bit significands yields 26 quotient bits plus a sticky bit,
 // then one rounding step handles normal, subnormal and overflowing results alike.
@@ -50,8 +50,14 @@ fn div_rn_bits(a: u32, b: u32) -> u32 {
     } else {
         ma = ma | 0x00800000u;
     }
-    let eb = i32((b >> 23u) & 0xffu);
-    let mb = (b & 0x007fffffu) | 0x00800000u;
+    var eb = i32((b >> 23u) & 0xffu);
+    var mb = (b & 0x007fffffu) | 0x00800000u;
+    if (eb == 0) {
+        // Subnormal divisor (an FP8 scale that underflowed): normalized as the dividend.
+        let shift = countLeadingZeros(b & 0x007fffffu) - 8u;
+        mb = (b & 0x007fffffu) << shift;
+        eb = 1 - i32(shift);
+    }
 
     // Biased exponent of the quotient once its significand is in [1, 2).
     var e = ea - eb + 127;

@@ -154,6 +154,16 @@ uniform! {
     }
 }
 
+impl DispatchUniform {
+    /// The uniform of a kernel with one invocation per channel, which reads only the count.
+    pub(crate) fn for_channels(channels: u32) -> Self {
+        Self {
+            channels,
+            ..Default::default()
+        }
+    }
+}
+
 impl ChannelParams {
     /// Bytes of one record of a parameter table.
     pub(crate) const BYTES: u64 = std::mem::size_of::<Self>() as u64;

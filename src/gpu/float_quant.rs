@@ -1,23 +1,30 @@
 //! The floating-point fake-quantization family (see [`crate::float_quant`]): MX and NVFP4 block
 //! scaling in one pass over `x` (`shaders/float_blocks.wgsl`, with the integer element
 //! conversions of `shaders/float_formats.wgsl`), writing `y`, the mask, the element codes and the
-//! block scales. FP8 amax scaling runs on the reference only for now.
+//! block scales; FP8 amax scaling after the observers' exact min/max reduction
+//! (`shaders/float_amax.wgsl`: the channels' scales, then the elements).
 
 use super::context::GpuContext;
-use super::fake_quant::{plan_dispatch, DispatchUniform, ElementwiseBindings, Walk};
-use super::kernel::planning::{chunk_elems, table_window};
+use super::fake_quant::{
+    plan_dispatch, DispatchUniform, ElementwiseBindings, PlannedDispatch, Walk,
+};
+use super::kernel::planning::{chunk_elems, per_channel_groups, table_window, Window};
 use super::kernel::recording::Dispatch;
-use super::kernel::shaders::{Shader, FLOAT_BLOCKS_F32, FLOAT_BLOCKS_HALF};
+use super::kernel::shaders::{
+    Shader, FLOAT_AMAX_F32, FLOAT_AMAX_HALF, FLOAT_BLOCKS_F32, FLOAT_BLOCKS_HALF,
+};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
+use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::float_quant::{
     ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
-use crate::quant::{numel, ChannelLayout};
+use crate::observer::{Averaging, ObserverConfig, QScheme};
+use crate::quant::{numel, ChannelLayout, QuantRange};
 
 uniform! {
     /// The rules of `shaders/float_blocks.wgsl` that are values, not pipeline constants.
@@ -26,6 +33,16 @@ uniform! {
         tensor_scale: u32,
         inv_tensor_scale: u32,
         _pad0: u32,
+    }
+}
+
+uniform! {
+    /// The rules of `shaders/float_amax.wgsl`: amax's bounds (f32 bits; 0 and +inf for none).
+    struct Fp8Rules as "Fp8Rules" {
+        lower: u32,
+        upper: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -87,6 +104,74 @@ impl Kernel for BlocksKernel {
     }
 }
 
+/// The FP8 amax kernels (`shaders/float_amax.wgsl`) for one format and input type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AmaxKernel {
+    format: ElementFormat,
+    dtype: DType,
+    /// `fp8_scales`, else the forward.
+    scales: bool,
+    masked: bool,
+}
+
+impl Kernel for AmaxKernel {
+    fn shader(&self) -> &'static Shader {
+        match self.dtype {
+            DType::F32 => &FLOAT_AMAX_F32,
+            _ => &FLOAT_AMAX_HALF,
+        }
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match (self.scales, self.masked) {
+            (true, _) => "fp8_scales",
+            (false, true) => "fp8_forward_masked",
+            (false, false) => "fp8_forward",
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![
+            ("FORMAT", format_constant(self.format)),
+            ("INPUT_DTYPE", dtype_constant(self.dtype)),
+        ];
+        if self.dtype != DType::F32 {
+            constants.push(("DTYPE", dtype_constant(self.dtype)));
+        }
+        constants
+    }
+}
+
+bindings! {
+    /// `fp8_scales`: the channels' statistics in, their scales out.
+    Fp8ScalesBindings {
+        scales: ReadWrite @ 5,
+        rules: Read @ 6,
+        stats: Read @ 8,
+    }
+}
+
+bindings! {
+    /// `fp8_forward`: x's and y's windows, the scales' window in, the codes' window out.
+    Fp8ForwardBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        scales: ReadWrite @ 5,
+        codes: ReadWrite @ 7,
+    }
+}
+
+bindings! {
+    /// `fp8_forward_masked`: the same, and the mask's window.
+    Fp8ForwardMaskedBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+        scales: ReadWrite @ 5,
+        codes: ReadWrite @ 7,
+    }
+}
+
 bindings! {
     /// `float_blocks`: x's and y's windows, the windows of the codes and scales out.
     BlocksBindings {
@@ -121,39 +206,62 @@ pub struct GpuFloatQuant {
     blocks: usize,
     /// One byte per element, four to a word.
     codes: wgpu::Buffer,
-    /// One word per block, the scale byte in its low 8 bits.
+    /// One word per block: the scale byte in its low 8 bits (MX, NVFP4), or the f32 scale (FP8
+    /// amax scaling, a block being a tensor, channel or group).
     scales: wgpu::Buffer,
+    /// `FloatRules` (MX, NVFP4) or `Fp8Rules` (amax scaling).
     rules: wgpu::Buffer,
+    /// Amax scaling: reduces each block's min and max (its state is never used).
+    reducer: Option<GpuObserver>,
 }
 
 impl GpuContext {
     /// A floating-point fake-quantization for tensors of `shape` (any shape with as many elements
-    /// and blocks fits). MX and NVFP4 run on the device; FP8 amax scaling is refused here
-    /// ([`Error::Unsupported`]), the reference implements it.
+    /// and blocks fits).
     pub fn create_float_quant(
         &self,
         config: &FloatQuantConfig,
         shape: &[usize],
     ) -> Result<GpuFloatQuant> {
         let len = numel(shape)?;
-        let (block, tensor_scale) =
-            match config.scaling() {
-                FloatScaling::Amax { .. } => return Err(Error::Unsupported(
-                    "FP8 amax scaling runs on the reference (reference::float_quant) only, for \
-                     now; MX and NVFP4 block scaling run on the device"
-                        .into(),
-                )),
-                FloatScaling::Mx(_) => (32, None),
-                FloatScaling::Nvfp4(g) => (16, g),
-            };
-        let layout = config.granularity(shape).layout(shape, len)?;
-        debug_assert_eq!(layout.inner, block);
-        let rules = FloatRules {
-            two_level: u32::from(tensor_scale.is_some()),
-            tensor_scale: tensor_scale.unwrap_or(1.0).to_bits(),
-            // The host's IEEE division: the correctly rounded reciprocal torchao uses.
-            inv_tensor_scale: (1.0 / tensor_scale.unwrap_or(1.0)).to_bits(),
-            ..Default::default()
+        let granularity = config.granularity(shape);
+        let layout = granularity.layout(shape, len)?;
+        let (rules, reducer) = match config.scaling() {
+            FloatScaling::Amax { lower, upper, .. } => {
+                let rules = Fp8Rules {
+                    lower: lower.unwrap_or(0.0).to_bits(),
+                    upper: upper.unwrap_or(f32::INFINITY).to_bits(),
+                    ..Default::default()
+                };
+                let reducer = if layout.channels == 0 {
+                    None
+                } else {
+                    Some(self.create_observer(
+                        &ObserverConfig::new(
+                            QuantRange::INT8,
+                            QScheme::Symmetric,
+                            Averaging::MinMax,
+                            granularity,
+                        )?,
+                        shape,
+                    )?)
+                };
+                (bytemuck::bytes_of(&rules).to_vec(), reducer)
+            }
+            FloatScaling::Mx(_) | FloatScaling::Nvfp4(_) => {
+                let tensor_scale = match config.scaling() {
+                    FloatScaling::Nvfp4(g) => g,
+                    _ => None,
+                };
+                let rules = FloatRules {
+                    two_level: u32::from(tensor_scale.is_some()),
+                    tensor_scale: tensor_scale.unwrap_or(1.0).to_bits(),
+                    // The host's IEEE division: the correctly rounded reciprocal torchao uses.
+                    inv_tensor_scale: (1.0 / tensor_scale.unwrap_or(1.0)).to_bits(),
+                    ..Default::default()
+                };
+                (bytemuck::bytes_of(&rules).to_vec(), None)
+            }
         };
         Ok(GpuFloatQuant {
             ctx: self.clone(),
@@ -166,7 +274,8 @@ impl GpuContext {
                 "fakequant float scales",
                 (layout.channels as u64).saturating_mul(4),
             )?,
-            rules: self.constant_storage("fakequant float rules", bytemuck::bytes_of(&rules))?,
+            rules: self.constant_storage("fakequant float rules", &rules)?,
+            reducer,
         })
     }
 }
@@ -205,13 +314,16 @@ impl GpuFloatQuant {
             0,
             (self.blocks as u64).saturating_mul(4),
         )?);
-        let bytes = words.into_iter().map(|w| w as u8).collect();
+        let bytes = || words.iter().map(|&w| w as u8).collect();
         Ok(match self.config.scaling() {
+            FloatScaling::Amax { .. } => {
+                FloatScales::F32(words.iter().map(|&w| f32::from_bits(w)).collect())
+            }
             FloatScaling::Nvfp4(tensor) => FloatScales::E4M3 {
-                blocks: bytes,
+                blocks: bytes(),
                 tensor,
             },
-            _ => FloatScales::E8M0(bytes),
+            FloatScaling::Mx(_) => FloatScales::E8M0(bytes()),
         })
     }
 
@@ -271,6 +383,9 @@ impl GpuFloatQuant {
                 (plan, scales, codes)
             })
             .collect();
+        if let Some(reducer) = &self.reducer {
+            return self.record_amax(recorder, reducer, (x, shape, y), mask, &plans);
+        }
         let kernel = BlocksKernel {
             format: self.config.format(),
             nvfp4: matches!(self.config.scaling(), FloatScaling::Nvfp4(_)),
@@ -321,6 +436,76 @@ impl GpuFloatQuant {
         }
     }
 
+    /// FP8 amax scaling: the blocks' min and max, their scales, then the elements.
+    fn record_amax(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        reducer: &GpuObserver,
+        (x, shape, y): (TensorBinding<'_>, &[usize], TensorBinding<'_>),
+        mask: Option<TensorBinding<'_>>,
+        plans: &[(PlannedDispatch, Window, Window)],
+    ) -> Result<()> {
+        let stats = reducer.batch_stats();
+        reducer.record_batch_min_max(recorder, x, shape, stats)?;
+        let kernel = |scales, masked| AmaxKernel {
+            format: self.config.format(),
+            dtype: x.dtype,
+            scales,
+            masked,
+        };
+        let grid = per_channel_groups(self.blocks, self.ctx.dispatch_limits().max_workgroups);
+        self.ctx.record_pass(
+            recorder,
+            kernel(true, false),
+            &[Dispatch {
+                uniform: DispatchUniform::for_channels(self.blocks as u32),
+                bindings: Fp8ScalesBindings {
+                    scales: self.scales.as_entire_buffer_binding(),
+                    rules: self.rules.as_entire_buffer_binding(),
+                    stats: stats.buffer().as_entire_buffer_binding(),
+                },
+                grid: [grid, 1],
+            }],
+        )?;
+        match &mask {
+            Some(m) => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, scales, codes)| Dispatch {
+                        uniform: p.uniform,
+                        bindings: Fp8ForwardMaskedBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            mask: p.mask.bind(m.buffer),
+                            scales: scales.bind(&self.scales),
+                            codes: codes.bind(&self.codes),
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.ctx
+                    .record_pass(recorder, kernel(false, true), &dispatches)
+            }
+            None => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, scales, codes)| Dispatch {
+                        uniform: p.uniform,
+                        bindings: Fp8ForwardBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            scales: scales.bind(&self.scales),
+                            codes: codes.bind(&self.codes),
+                        },
+                        grid: p.grid,
+                    })
+                    .collect();
+                self.ctx
+                    .record_pass(recorder, kernel(false, false), &dispatches)
+            }
+        }
+    }
+
     /// Device level: [`Self::record_forward`] on device tensors, submitted at once.
     pub fn forward_device(
         &self,
@@ -364,10 +549,18 @@ pub(crate) fn declarations() -> FamilyDecl {
             EntryPointDecl::of::<BlocksMaskedBindings>(&FLOAT_BLOCKS_F32, "float_blocks_masked"),
             EntryPointDecl::of::<BlocksBindings>(&FLOAT_BLOCKS_HALF, "float_blocks"),
             EntryPointDecl::of::<BlocksMaskedBindings>(&FLOAT_BLOCKS_HALF, "float_blocks_masked"),
+            EntryPointDecl::of::<Fp8ScalesBindings>(&FLOAT_AMAX_F32, "fp8_scales"),
+            EntryPointDecl::of::<Fp8ForwardBindings>(&FLOAT_AMAX_F32, "fp8_forward"),
+            EntryPointDecl::of::<Fp8ForwardMaskedBindings>(&FLOAT_AMAX_F32, "fp8_forward_masked"),
+            EntryPointDecl::of::<Fp8ScalesBindings>(&FLOAT_AMAX_HALF, "fp8_scales"),
+            EntryPointDecl::of::<Fp8ForwardBindings>(&FLOAT_AMAX_HALF, "fp8_forward"),
+            EntryPointDecl::of::<Fp8ForwardMaskedBindings>(&FLOAT_AMAX_HALF, "fp8_forward_masked"),
         ],
         structs: vec![
             StructDecl::of::<FloatRules>(&FLOAT_BLOCKS_F32),
             StructDecl::of::<DispatchUniform>(&FLOAT_BLOCKS_F32),
+            StructDecl::of::<Fp8Rules>(&FLOAT_AMAX_F32),
+            StructDecl::of::<DispatchUniform>(&FLOAT_AMAX_F32),
         ],
     }
 }

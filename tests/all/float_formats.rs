@@ -405,3 +405,58 @@ fn block_formats_over_several_bindings() {
         }
     }
 }
+
+#[test]
+fn fp8_amax_scaling_on_the_device_matches_the_reference() {
+    use fakequant::{FloatScaling, Granularity};
+    let mut rng = crate::common::Rng::new(0xf8);
+    let shape = [6, 5, 64];
+    let n = 6 * 5 * 64;
+    let mut x = block_data(&mut rng, n);
+    // A channel of axis 0 all zero and one of subnormals (its scale underflows to a subnormal or
+    // to zero).
+    x[..320].fill(0.0);
+    for (i, v) in x[320..640].iter_mut().enumerate() {
+        *v = f32::from_bits(1 + (i as u32 % 7)) * if i % 3 == 0 { -1.0 } else { 1.0 };
+    }
+    let granularities = [
+        Granularity::PerTensor,
+        Granularity::per_channel(0),
+        Granularity::per_channel(1),
+        Granularity::per_channel(2),
+        Granularity::per_group(2, 32),
+        Granularity::per_group(2, 16),
+    ];
+    for ctx in crate::common::contexts() {
+        for format in [ElementFormat::Fp8E4M3, ElementFormat::Fp8E5M2] {
+            for granularity in granularities {
+                for (lower, upper) in [(None, None), (Some(1e-12), None), (None, Some(0.5))] {
+                    let config = FloatQuantConfig::new(
+                        format,
+                        FloatScaling::Amax {
+                            granularity,
+                            lower,
+                            upper,
+                        },
+                    )
+                    .unwrap();
+                    check_float_on_gpu::<f32>(ctx, &config, &x, &shape, "fp8");
+                    check_float_on_gpu::<bf16>(ctx, &config, &x, &shape, "fp8");
+                    check_float_on_gpu::<f16>(ctx, &config, &x, &shape, "fp8");
+                }
+            }
+        }
+        // Several bindings, few workgroups, a length off the tile.
+        let small = ctx
+            .with_dispatch_limits(fakequant::DispatchLimits {
+                max_binding_bytes: 256 << 10,
+                max_workgroups: 3,
+            })
+            .unwrap();
+        let big = block_data(&mut rng, (3 * 2048 + 3) * 32);
+        for granularity in [Granularity::PerTensor, Granularity::per_channel(0)] {
+            let config = FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, granularity).unwrap();
+            check_float_on_gpu::<f32>(&small, &config, &big, &[3 * 2048 + 3, 32], "fp8 lowered");
+        }
+    }
+}

@@ -58,6 +58,7 @@ shader_files! {
     DYNAMIC_GROUPS = "dynamic_groups";
     FLOAT_FORMATS = "float_formats";
     FLOAT_BLOCKS = "float_blocks";
+    FLOAT_AMAX = "float_amax";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -171,6 +172,33 @@ pub(crate) static FLOAT_BLOCKS_HALF: Shader = Shader {
     ],
 };
 
+/// The floating-point family: FP8 amax scaling (scales, then elements), on f32 tensors.
+pub(crate) static FLOAT_AMAX_F32: Shader = Shader {
+    name: "float_amax",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT,
+        &ELEMENTWISE_DISPATCH,
+        &FLOAT_FORMATS,
+        &FLOAT_AMAX,
+    ],
+};
+/// FP8 amax scaling on 16-bit tensors.
+pub(crate) static FLOAT_AMAX_HALF: Shader = Shader {
+    name: "float_amax_half",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT_HALF,
+        &ELEMENTWISE_DISPATCH,
+        &FLOAT_FORMATS,
+        &FLOAT_AMAX,
+    ],
+};
+
 /// Every shader module the library compiles: one line per kernel family's module.
 pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_F32,
@@ -183,6 +211,8 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &DYNAMIC_GROUPS_HALF,
     &FLOAT_BLOCKS_F32,
     &FLOAT_BLOCKS_HALF,
+    &FLOAT_AMAX_F32,
+    &FLOAT_AMAX_HALF,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.

@@ -1,0 +1,133 @@
+// requires: exact_f32, half, elementwise_dispatch, fake_quant | fake_quant_half, float_formats
+// provides: fp8_scales, fp8_forward, fp8_forward_masked
+// FP8 with an f32 scale per tensor, channel or group (src/float_quant.rs's amax scaling;
+// reference: src/reference/float_quant.rs), after the observers' exact min/max reduction:
+// `fp8_scales` derives each channel's scale from its statistics, `fp8_forward` converts the
+// elements, 32 per invocation (one mask word, eight code words), writing y and the codes.
+//
+// Exact on every device by construction: amax is the larger magnitude of the reduced min and max
+// (bits order like non-negative values); the clamp compares bits; the scale is exact_f32.wgsl's
+// correctly rounded division, rounded to the input's type with half.wgsl's integer narrowing;
+// each element is a correctly rounded division by its scale (a subnormal scale included), the
+// integer conversions of float_formats.wgsl, and a correctly rounded product.
+
+// The input's type: 0 f32, 1 f16, 2 bf16.
+override INPUT_DTYPE: u32 = 0u;
+
+struct Fp8Rules {
+    // f32 bits of amax's bounds (0 and +inf when none).
+    lower: u32,
+    upper: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(6) var<storage, read> rules: Fp8Rules;
+// The channels' scales (f32 bits): written by fp8_scales, a window of them read by fp8_forward
+// (the dispatch's first channel at its channel_start).
+@group(0) @binding(5) var<storage, read_write> scales: array<u32>;
+// fp8_scales: the channels' minima, then their maxima (f32 bits; an empty channel +inf, -inf).
+@group(0) @binding(8) var<storage, read> stats: array<u32>;
+// fp8_forward: element codes, four to a word, from the dispatch's first element.
+@group(0) @binding(7) var<storage, read_write> codes: array<u32>;
+
+fn rd_input(bits: u32) -> u32 {
+    if (INPUT_DTYPE == 1u) {
+        return f16_to_f32_bits(f32_to_f16_bits(bits));
+    }
+    if (INPUT_DTYPE == 2u) {
+        return bf16_to_f32_bits(f32_to_bf16_bits(bits));
+    }
+    return bits;
+}
+
+// One invocation per channel (dispatch.channels of them): s = rd(rd(clamp(amax, lower, upper)) /
+// max).
+@compute @workgroup_size(256)
+fn fp8_scales(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var c = wg.x * 256u + lid; c < dispatch.channels; c = c + num_wg.x * 256u) {
+        let lo = stats[c];
+        let hi = stats[dispatch.channels + c];
+        var amax = 0u;
+        if (is_finite_bits(lo) && is_finite_bits(hi)) {
+            amax = max(lo & ABS_MASK, hi & ABS_MASK);
+        }
+        // Non-negative bits order like the values.
+        amax = max(min(amax, rules.upper), rules.lower);
+        scales[c] = rd_input(div_rn_bits(rd_input(amax), max_value_bits()));
+    }
+}
+
+fn channel_of(i: u32) -> u32 {
+    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
+}
+
+// The 32 elements from `first` (dispatch-local; `len` of them in the dispatch): y and the codes;
+// returns their mask word.
+fn quantize_run(first: u32, len: u32) -> u32 {
+    let max_bits = max_value_bits();
+    var word = 0u;
+    var packed = 0u;
+    for (var k = 0u; k < len; k = k + 1u) {
+        let x = load_x(first + k);
+        let s = scales[channel_of(first + k)];
+        var data = 0u;
+        var y = 0u;
+        if (is_nan_bits(x)) {
+            data = x | QUIET_BIT;
+            y = data;
+        } else if (s == 0u) {
+            // A block without a usable scale: zeros with x's sign.
+            data = x & SIGN_BIT;
+            y = data;
+        } else {
+            data = select(div_rn_bits(x, s), x, (x & ABS_MASK) == EXP_MASK);
+            y = 0xffffffffu; // set below, from the code
+        }
+        let code = encode_element(data);
+        if (y == 0xffffffffu) {
+            y = rd_input(mul_rn_bits(decode_element(code), s));
+        }
+        store_y(first + k, y);
+        word = word | (u32((data & ABS_MASK) <= max_bits) << k);
+        packed = packed | (code << (8u * (k % 4u)));
+        if (k % 4u == 3u || k + 1u == len) {
+            codes[(first + k) / 4u] = packed;
+            packed = 0u;
+        }
+    }
+    return word;
+}
+
+@compute @workgroup_size(256)
+fn fp8_forward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * 32u;
+        if (first < dispatch.len) {
+            _ = quantize_run(first, min(32u, dispatch.len - first));
+        }
+    }
+}
+
+// The same, writing the mask words (one binding only this entry point uses).
+@compute @workgroup_size(256)
+fn fp8_forward_masked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * 32u;
+        if (first < dispatch.len) {
+            mask[first / 32u + dispatch.mask_shift] = quantize_run(first, min(32u, dispatch.len - first));
+        }
+    }
+}
