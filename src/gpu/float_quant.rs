@@ -156,7 +156,7 @@ bindings! {
     Fp8ForwardBindings {
         x: Input @ 2,
         y: ReadWrite @ 3,
-        scales: ReadWrite @ 5,
+        scales: Input @ 5,
         codes: ReadWrite @ 7,
     }
 }
@@ -167,7 +167,7 @@ bindings! {
         x: Input @ 2,
         y: ReadWrite @ 3,
         mask: ReadWrite @ 4,
-        scales: ReadWrite @ 5,
+        scales: Input @ 5,
         codes: ReadWrite @ 7,
     }
 }
