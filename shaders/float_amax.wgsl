@@ -58,7 +58,13 @@ fn fp8_scales(
         }
         // Non-negative bits order like the values.
         amax = max(min(amax, rules.upper), rules.lower);
-        scales[c] = rd_input(div_rn_bits(rd_input(amax), max_value_bits()));
+        // Rounded to the input's type saturating (a bound beyond the type, or f32::MAX rounding
+        // up in bf16), so that the scale stays finite.
+        var a = rd_input(amax);
+        if (!is_finite_bits(a)) {
+            a = select(select(0x7f7fffffu, 0x477fe000u, INPUT_DTYPE == 1u), 0x7f7f0000u, INPUT_DTYPE == 2u);
+        }
+        scales[c] = rd_input(div_rn_bits(a, max_value_bits()));
     }
 }
 

@@ -144,13 +144,20 @@ impl DynamicConfig {
         self.qparams_dtype
     }
 
-    /// `eps` for inputs of `dtype`: the configured one, or torchao's default.
+    /// `eps` for inputs of `dtype`: the configured one, or torchao's default. The float domain
+    /// rounds its scale to the input's type after the `max` with `eps`, so there `eps` is at
+    /// least the type's smallest positive value (f16: 2^-24): a configured eps that would
+    /// round to 0 would give a scale of 0, and NaN out of finite input.
     pub fn eps_for(&self, dtype: DType) -> f32 {
-        self.eps.unwrap_or(match (self.scheme, dtype) {
+        let eps = self.eps.unwrap_or(match (self.scheme, dtype) {
             (DynamicScheme::AsymmetricFloat, _) => 1e-6,
             (_, DType::F16) => 2f32.powi(-14),
             _ => f32::MIN_POSITIVE,
-        })
+        });
+        match (self.scheme, dtype) {
+            (DynamicScheme::AsymmetricFloat, DType::F16) => eps.max(2f32.powi(-24)),
+            _ => eps,
+        }
     }
 }
 

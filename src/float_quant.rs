@@ -26,7 +26,8 @@
 //! ## Scales (see [`FloatScaling`])
 //!
 //! - Amax (torchao's `Float8FakeQuantizer`, per tensor, per channel on any axis, per group):
-//!   `a = rd(clamp(amax, lower, upper))` in the input's type, `s = rd(a / max)` as f32, elements
+//!   `a = rd(clamp(amax, lower, upper))` in the input's type (saturating at its largest finite
+//!   value, where torchao's would be infinite), `s = rd(a / max)` as f32, elements
 //!   `q = encode(clamp(x / s, -max, max))` (a correctly rounded division), `y = rd(q * s)`. A
 //!   block whose scale is 0 (all zeros, or subnormals whose scale underflows) has `y = +-0` with
 //!   the sign of `x` instead of torchao's NaN.

@@ -13,6 +13,22 @@ fn rd<T: Element>(v: f32) -> f32 {
     T::from_f32(v).to_f32()
 }
 
+/// Rounds to `T` saturating: a value beyond `T`'s largest finite one (an amax bound beyond the
+/// type, or `f32::MAX` rounding up in bf16) becomes that largest value, so that a scale stays
+/// finite.
+fn sat<T: Element>(v: f32) -> f32 {
+    let r = rd::<T>(v);
+    if r.is_infinite() {
+        match T::DTYPE {
+            crate::DType::F32 => f32::MAX,
+            crate::DType::F16 => half::f16::MAX.to_f32(),
+            crate::DType::Bf16 => half::bf16::MAX.to_f32(),
+        }
+    } else {
+        r
+    }
+}
+
 /// One element's scaled value `data` (before the clamp) converted: its code, its value, and
 /// whether it was in range (not saturated, not NaN).
 fn convert(format: ElementFormat, data: f32) -> (u32, f32, bool) {
@@ -144,7 +160,7 @@ pub fn fake_quant_float<T: Element>(
                 .map(|a| {
                     let a = upper.map_or(a, |u| a.min(u));
                     let a = lower.map_or(a, |l| a.max(l));
-                    rd::<T>(rd::<T>(a) / format.max())
+                    rd::<T>(sat::<T>(a) / format.max())
                 })
                 .collect();
             for (i, &v) in wide.iter().enumerate() {

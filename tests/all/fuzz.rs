@@ -16,11 +16,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fakequant::reference::float_quant::fake_quant_float;
 use fakequant::reference::{self, dynamic::Dynamic, lsq::Lsq, observer::Observer};
 use fakequant::{
-    Averaging, DType, DispatchLimits, DynamicConfig, DynamicScheme, Element, Error, FakeQuant,
-    GpuContext, GpuDynamic, GradScale, Granularity, LsqConfig, MinMax, Mode, ObserverConfig,
-    ObserverState, PackedMask, QScheme, QuantParams, QuantRange, Rounding, TensorBinding,
+    Averaging, DType, DispatchLimits, DynamicConfig, DynamicScheme, Element, ElementFormat, Error,
+    FakeQuant, FloatQuantConfig, FloatScaling, GpuContext, GpuDynamic, GradScale, Granularity,
+    LsqConfig, MinMax, Mode, MxScaleRule, ObserverConfig, ObserverState, PackedMask, QScheme,
+    QuantParams, QuantRange, Rounding, TensorBinding,
 };
 use half::{bf16, f16};
 use wgpu::util::DeviceExt;
@@ -1073,10 +1075,11 @@ fn fuzz_host_level() {
     run_gpu_cases("fuzz_host_level", HOST_CASES, |ctx, rng, case| {
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{dtype:?}"));
-        match rng.below(5) {
+        match rng.below(6) {
             0 => with_dtype!(dtype, host_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, host_observer(ctx, rng, case)),
             2 => with_dtype!(dtype, host_dynamic(ctx, rng, case)),
+            3 => with_dtype!(dtype, host_float(ctx, rng, case)),
             _ => with_dtype!(dtype, host_lsq(ctx, rng, case)),
         }
     });
@@ -3190,4 +3193,94 @@ fn dynamic_with_no_groups_on_the_device() {
         let got = gpu.forward::<f32>(&[], &shape).unwrap();
         assert_dynamic_eq("no groups", &expected, &got);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floating-point formats.
+
+/// A floating-point configuration, valid or not: any format with any scaling, bounds and tensor
+/// scales of every kind (the constructor must refuse the invalid ones with an error).
+fn draw_float_config(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<FloatQuantConfig> {
+    let formats = [
+        ElementFormat::Fp8E4M3,
+        ElementFormat::Fp8E5M2,
+        ElementFormat::Fp6E2M3,
+        ElementFormat::Fp6E3M2,
+        ElementFormat::Fp4E2M1,
+    ];
+    let format = pick(rng, &formats);
+    let odd = [
+        0.0,
+        -1.0,
+        f32::NAN,
+        f32::INFINITY,
+        1e-40,
+        1e-12,
+        0.25,
+        3.0,
+        1e37,
+        f32::MAX,
+    ];
+    let maybe = |rng: &mut Rng| (rng.below(3) == 0).then(|| pick(rng, &odd));
+    let scaling = match rng.below(3) {
+        0 => FloatScaling::Amax {
+            granularity: draw_granularity(rng, shape),
+            lower: maybe(rng),
+            upper: maybe(rng),
+        },
+        1 => FloatScaling::Mx(pick(
+            rng,
+            &[
+                MxScaleRule::Floor,
+                MxScaleRule::Ceil,
+                MxScaleRule::Even,
+                MxScaleRule::Rceil,
+            ],
+        )),
+        _ => FloatScaling::Nvfp4(maybe(rng)),
+    };
+    case.note(format!("float {format:?} {scaling:?}"));
+    FloatQuantConfig::new(format, scaling).ok()
+}
+
+fn host_float<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let mut shape = draw_shape(rng, 3000);
+    if rng.below(2) == 0 {
+        // Often a last axis of whole blocks.
+        if let Some(last) = shape.last_mut() {
+            *last = 16 * (1 + rng.below(6));
+        }
+    }
+    let Some(config) = draw_float_config(rng, case, &shape) else {
+        return;
+    };
+    let len = draw_len(rng, numel(&shape));
+    case.note(format!("shape {shape:?}, len {len}"));
+    let scale = data_scale(rng);
+    let x: Vec<T> = draw_data(rng, len, scale);
+    let expected = fake_quant_float(&config, &x, &shape);
+    let gpu = match ctx.create_float_quant(&config, &shape) {
+        Ok(g) => g,
+        Err(e) => {
+            // Only a shape the reference refuses too (its layout), or a size limit.
+            let zeros = vec![T::from_f32(0.0); numel(&shape)];
+            assert!(
+                matches!(e, Error::TooLarge { .. })
+                    || fake_quant_float(&config, &zeros, &shape).is_err(),
+                "create_float_quant refused a shape the reference takes: {e}"
+            );
+            return;
+        }
+    };
+    let got = gpu.forward(&x, &shape);
+    let Ok(expected) = expected else {
+        return expect_err("float forward", got);
+    };
+    let Some(got) = device_ok("float forward", got) else {
+        return;
+    };
+    assert_elems_eq("float y", &expected.y, &got.y);
+    assert_mask_eq("float mask", &expected.mask, &got.mask);
+    assert_eq!(expected.codes, got.codes, "float codes");
+    assert_eq!(expected.scales, got.scales, "float scales");
 }

@@ -423,6 +423,14 @@ pub fn assert_dynamic_eq<T: fakequant::Element>(
         fbits(&expected.zero_points),
         "{label}: zero points"
     );
-    assert_eq!(bits(&got.y), bits(&expected.y), "{label}: y");
+    let (g, e) = (bits(&got.y), bits(&expected.y));
+    assert_eq!(g.len(), e.len(), "{label}: y length");
+    if let Some(i) = (0..e.len()).find(|&i| g[i] != e[i]) {
+        let n = (0..e.len()).filter(|&i| g[i] != e[i]).count();
+        panic!(
+            "{label}: y differs at {n} elements, first [{i}]: {:#x} vs reference {:#x}",
+            g[i], e[i]
+        );
+    }
     assert_mask_eq(label, &expected.mask, &got.mask);
 }
