@@ -8,6 +8,7 @@
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
+use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -22,6 +23,8 @@ pub trait Backend {
     type Lsq: LsqOps;
     /// Its dynamic fake-quantizations.
     type Dynamic: DynamicOps;
+    /// Its floating-point fake-quantizations.
+    type FloatQuant: FloatQuantOps;
 
     /// A one-line description (the adapter, or "CPU reference").
     fn name(&self) -> String;
@@ -60,6 +63,20 @@ pub trait Backend {
     /// A dynamic fake-quantization for tensors with the groups of `shape` (see
     /// [`crate::dynamic`]).
     fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Self::Dynamic>;
+
+    /// A floating-point fake-quantization (FP8, MX, NVFP4) for tensors with the elements and
+    /// blocks of `shape` (see [`crate::float_quant`]).
+    fn create_float_quant(
+        &self,
+        config: &FloatQuantConfig,
+        shape: &[usize],
+    ) -> Result<Self::FloatQuant>;
+}
+
+/// A floating-point fake-quantization's host-level call.
+pub trait FloatQuantOps {
+    /// `y`, the mask, the element codes and the scales of `x`.
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>>;
 }
 
 /// A dynamic fake-quantization's host-level call.

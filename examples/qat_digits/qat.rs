@@ -1,7 +1,8 @@
 //! The seed document's workflow on real data: float pre-training, prepare, calibration, QAT with
 //! the statistics recipe and with the LSQ recipe, conversion to a fixed-point model evaluated with
-//! integer arithmetic only; and torchao's LLM recipe (per-group weights, per-token dynamic int8
-//! activations, with and without range learning). Every fake-quant, observer, straight-through and LSQ operation goes
+//! integer arithmetic only; torchao's LLM recipe (per-group weights, per-token dynamic int8
+//! activations, with and without range learning); and MXFP4 weights with FP8 activations (the
+//! floating-point formats, pass-through backward). Every fake-quant, observer, straight-through and LSQ operation goes
 //! through the library's [`Backend`] trait: its GPU path or its CPU reference, swapped with one
 //! line. The rest (matrix products, softmax, SGD) is plain,
 //! single-threaded CPU code, so both backends train bit-identical models.
@@ -9,9 +10,9 @@
 //! Shared by `examples/qat_digits/main.rs` and `tests/qat_digits.rs`.
 
 use fakequant::{
-    Averaging, Backend, DynamicConfig, DynamicOps, DynamicOutput, DynamicScheme, GradScale,
-    Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps, ObserverState, PackedMask,
-    QScheme, QuantRange,
+    Averaging, Backend, DynamicConfig, DynamicOps, DynamicOutput, DynamicScheme, ElementFormat,
+    FloatQuantConfig, FloatQuantOps, GradScale, Granularity, LsqConfig, LsqOps, Mode, MxScaleRule,
+    ObserverConfig, ObserverOps, ObserverState, PackedMask, QScheme, QuantRange,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -79,6 +80,7 @@ pub struct Ops<B: Backend> {
     observers: Vec<B::Observer>,
     lsqs: Vec<B::Lsq>,
     dynamics: Vec<DynamicQuantizer<B>>,
+    floats: Vec<FloatQuantizer<B>>,
 }
 
 /// A dynamic quantizer: its configuration, and one backend object per shape it has seen (the
@@ -88,6 +90,12 @@ struct DynamicQuantizer<B: Backend> {
     by_shape: Vec<(Vec<usize>, B::Dynamic)>,
 }
 
+/// A floating-point quantizer, likewise one backend object per shape.
+struct FloatQuantizer<B: Backend> {
+    config: FloatQuantConfig,
+    by_shape: Vec<(Vec<usize>, B::FloatQuant)>,
+}
+
 impl<B: Backend> Ops<B> {
     pub fn new(backend: B) -> Self {
         Self {
@@ -95,6 +103,7 @@ impl<B: Backend> Ops<B> {
             observers: Vec::new(),
             lsqs: Vec::new(),
             dynamics: Vec::new(),
+            floats: Vec::new(),
         }
     }
 
@@ -169,6 +178,28 @@ impl<B: Backend> Ops<B> {
             }
         };
         Ok(q.by_shape[at].1.forward(x, shape)?)
+    }
+
+    fn create_float(&mut self, config: FloatQuantConfig) -> usize {
+        self.floats.push(FloatQuantizer {
+            config,
+            by_shape: Vec::new(),
+        });
+        self.floats.len() - 1
+    }
+
+    /// A floating-point fake-quantization: `y`.
+    fn float(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+        let q = &mut self.floats[id];
+        let at = match q.by_shape.iter().position(|(s, _)| s == shape) {
+            Some(at) => at,
+            None => {
+                let object = self.backend.create_float_quant(&q.config, shape)?;
+                q.by_shape.push((shape.to_vec(), object));
+                q.by_shape.len() - 1
+            }
+        };
+        Ok(q.by_shape[at].1.forward(x, shape)?.y)
     }
 
     fn lsq_forward(&mut self, id: usize, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
@@ -386,12 +417,16 @@ enum Quantizer {
     Lsq(usize),
     /// Qparams from each tensor itself (torchao's per-group weights, per-token activations).
     Dynamic(usize),
+    /// A floating-point format (FP8, MX, NVFP4), its scales from each tensor itself.
+    Float(usize),
 }
 
 /// What the backward of one quantizer needs, kept from its forward.
 enum Saved {
     Mask(PackedMask),
     Input(Vec<f32>),
+    /// Nothing: the backward passes `dy` through (torchao's MX and NVFP4 QAT).
+    PassThrough,
 }
 
 fn quantize<B: Backend>(
@@ -411,6 +446,7 @@ fn quantize<B: Backend>(
             let out = ops.dynamic(id, x, shape)?;
             Ok((out.y, Saved::Mask(out.mask)))
         }
+        Quantizer::Float(id) => Ok((ops.float(id, x, shape)?, Saved::PassThrough)),
     }
 }
 
@@ -425,6 +461,7 @@ fn quantize_backward<B: Backend>(
 ) -> Result<Vec<f32>> {
     match (q, saved) {
         (Quantizer::Observer(_) | Quantizer::Dynamic(_), Saved::Mask(mask)) => ops.ste(dy, mask),
+        (Quantizer::Float(_), Saved::PassThrough) => Ok(dy.to_vec()),
         (Quantizer::Lsq(id), Saved::Input(x)) => {
             let grads = ops.lsq_backward(id, x, dy, shape)?;
             let (mut scales, zero_points) = ops.lsq_params(id)?;
@@ -826,7 +863,7 @@ fn scales_of<B: Backend>(ops: &mut Ops<B>, p: &Places) -> Result<Vec<Vec<f32>>> 
         .map(|q| match q {
             Quantizer::Observer(id) => Ok(ops.observer_state(id)?.scales),
             // Chosen anew for every tensor: nothing to keep.
-            Quantizer::Dynamic(_) => Ok(Vec::new()),
+            Quantizer::Dynamic(_) | Quantizer::Float(_) => Ok(Vec::new()),
             Quantizer::Lsq(id) => {
                 // The effective scales (clamped to eps), as the kernels use them.
                 let (s, _) = ops.lsq_params(id)?;
@@ -850,7 +887,10 @@ fn finish_recipe<B: Backend>(
     let (fq_acc, fq_pred) = fake_quant_accuracy(ops, &m, p, test)?;
     let scales = scales_of(ops, p)?;
     let places = [p.input, p.w1, p.hidden, p.w2, p.logits];
-    if places.iter().any(|q| matches!(q, Quantizer::Dynamic(_))) {
+    if places
+        .iter()
+        .any(|q| matches!(q, Quantizer::Dynamic(_) | Quantizer::Float(_)))
+    {
         return Ok(RecipeResult {
             name,
             fake_quant_accuracy: fq_acc,
@@ -1053,6 +1093,23 @@ pub fn run<B: Backend>(
         logits: Quantizer::Dynamic(per_token),
     };
 
+    // 6. The floating-point formats: MXFP4 weights (blocks of 32 along the input axis, E8M0 scales
+    //    by RCEIL, torchao's QAT default) and FP8 E4M3 activations with a scale per row, every
+    //    scale from the tensor itself; the backward passes the gradient through (torchao's MX
+    //    QAT). The integer width under test does not apply.
+    let mxfp4 = ops.create_float(FloatQuantConfig::mx(
+        ElementFormat::Fp4E2M1,
+        MxScaleRule::Rceil,
+    )?);
+    let fp8_rows = ops.create_float(FloatQuantConfig::fp8_per_row(ElementFormat::Fp8E4M3)?);
+    let float_places = Places {
+        input: Quantizer::Float(fp8_rows),
+        w1: Quantizer::Float(mxfp4),
+        hidden: Quantizer::Float(fp8_rows),
+        w2: Quantizer::Float(mxfp4),
+        logits: Quantizer::Float(fp8_rows),
+    };
+
     let mut recipes = Vec::new();
     for (name, places, lr_scale) in [
         (
@@ -1070,6 +1127,11 @@ pub fn run<B: Backend>(
             "torchao per-group + per-token, with range learning",
             range_learning_places,
             0.0005,
+        ),
+        (
+            "MXFP4 weights + FP8 E4M3 per-row activations",
+            float_places,
+            0.0,
         ),
     ] {
         let mut m = calibrated_model.clone();

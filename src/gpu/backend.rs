@@ -1,11 +1,12 @@
 //! The GPU as a [`Backend`]: the host-level calls of the context, its observers and LSQ
 //! quantizers, under the names the reference answers to.
 
-use super::{GpuContext, GpuDynamic, GpuLsq, GpuObserver};
-use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
+use super::{GpuContext, GpuDynamic, GpuFloatQuant, GpuLsq, GpuObserver};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
+use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -15,6 +16,7 @@ impl Backend for GpuContext {
     type Observer = GpuObserver;
     type Lsq = GpuLsq;
     type Dynamic = GpuDynamic;
+    type FloatQuant = GpuFloatQuant;
 
     fn name(&self) -> String {
         format!("GPU: {}", self.adapter_name())
@@ -56,6 +58,20 @@ impl Backend for GpuContext {
 
     fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<GpuDynamic> {
         GpuContext::create_dynamic(self, config, shape)
+    }
+
+    fn create_float_quant(
+        &self,
+        config: &FloatQuantConfig,
+        shape: &[usize],
+    ) -> Result<GpuFloatQuant> {
+        GpuContext::create_float_quant(self, config, shape)
+    }
+}
+
+impl FloatQuantOps for GpuFloatQuant {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
+        GpuFloatQuant::forward(self, x, shape)
     }
 }
 

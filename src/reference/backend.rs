@@ -1,12 +1,14 @@
 //! The reference as a [`Backend`]: the same calls as the GPU, computed by the specification.
 
 use super::dynamic::Dynamic;
+use super::float_quant::FloatQuant;
 use super::lsq::Lsq;
 use super::observer::Observer;
-use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
+use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -20,6 +22,7 @@ impl Backend for Reference {
     type Observer = Observer;
     type Lsq = Lsq;
     type Dynamic = Dynamic;
+    type FloatQuant = FloatQuant;
 
     fn name(&self) -> String {
         "CPU reference".to_string()
@@ -52,6 +55,16 @@ impl Backend for Reference {
 
     fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Dynamic> {
         Dynamic::new(config.clone(), shape)
+    }
+
+    fn create_float_quant(&self, config: &FloatQuantConfig, shape: &[usize]) -> Result<FloatQuant> {
+        FloatQuant::new(config.clone(), shape)
+    }
+}
+
+impl FloatQuantOps for FloatQuant {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
+        FloatQuant::forward(self, x, shape)
     }
 }
 

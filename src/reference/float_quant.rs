@@ -270,3 +270,50 @@ fn channel_amax(x: &[f32], layout: &ChannelLayout, finite_only: bool) -> Vec<f32
     }
     out
 }
+
+/// A floating-point fake-quantization for tensors with the elements and blocks of one shape: the
+/// reference's counterpart of [`crate::GpuFloatQuant`] (same checks, same results).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatQuant {
+    config: FloatQuantConfig,
+    len: usize,
+    blocks: usize,
+}
+
+impl FloatQuant {
+    /// For tensors of `shape`.
+    pub fn new(config: FloatQuantConfig, shape: &[usize]) -> Result<Self> {
+        let len = crate::quant::numel(shape)?;
+        let blocks = config.granularity(shape).layout(shape, len)?.channels;
+        Ok(Self {
+            config,
+            len,
+            blocks,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FloatQuantConfig {
+        &self.config
+    }
+
+    /// [`fake_quant_float`], for a shape with this object's elements and blocks.
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
+        let len = crate::quant::numel(shape)?;
+        let check = |what, expected, actual| {
+            if expected == actual {
+                Ok(())
+            } else {
+                Err(crate::Error::LengthMismatch {
+                    what,
+                    expected,
+                    actual,
+                })
+            }
+        };
+        check("elements of the shape", self.len, len)?;
+        let layout = self.config.granularity(shape).layout(shape, len)?;
+        check("blocks of the shape", self.blocks, layout.channels)?;
+        fake_quant_float(&self.config, x, shape)
+    }
+}
