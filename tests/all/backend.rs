@@ -1,11 +1,12 @@
 //! The `Backend` interface: one generic recipe (fake-quant, straight-through, observers with
 //! observe-only calibration and fused steps, LSQ initialized from an observer, forward, backward,
-//! parameter updates) runs on the CPU reference and on every GPU adapter, and every value it
+//! parameter updates, floating-point formats) runs on the CPU reference and on every GPU adapter, and every value it
 //! produces has the same bits.
 
 use fakequant::{
-    Backend, FakeQuant, GradScale, Granularity, LsqConfig, LsqOps, Mode, ObserverConfig,
-    ObserverOps, QuantParams, QuantRange, Reference,
+    Backend, ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale, Granularity,
+    LsqConfig, LsqOps, Mode, MxScaleRule, ObserverConfig, ObserverOps, QuantParams, QuantRange,
+    Reference,
 };
 use half::{bf16, f16};
 
@@ -99,6 +100,30 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
     ));
     let init = lsq.init_from_data(&x, &shape)?;
     out.push(("lsq init from data".into(), f32_bits(&init)));
+    // Floating-point formats: MXFP4 on a [26, 32] view (the last axis holds whole blocks), FP8
+    // per channel along axis 1.
+    for (name, config, view) in [
+        (
+            "mxfp4",
+            FloatQuantConfig::mx(ElementFormat::Fp4E2M1, MxScaleRule::Rceil)?,
+            vec![26, 32],
+        ),
+        (
+            "fp8",
+            FloatQuantConfig::fp8(ElementFormat::Fp8E5M2, Granularity::per_channel(1))?,
+            shape.to_vec(),
+        ),
+    ] {
+        let len: usize = view.iter().product();
+        let mut float = backend.create_float_quant(&config, &view)?;
+        let got = float.forward(&x[..len], &view)?;
+        out.push((format!("{name} y"), f32_bits(&got.y)));
+        out.push((format!("{name} mask"), got.mask.words().to_vec()));
+        out.push((
+            format!("{name} codes"),
+            bits(got.codes.iter().map(|&c| u32::from(c))),
+        ));
+    }
     Ok(out)
 }
 
