@@ -426,8 +426,9 @@ fn main() -> Result<()> {
             )?;
         }
 
-        // Floating-point block formats (issue 15): one pass over x writing y, the element codes
-        // (a byte each) and a scale word per block: 9 bytes per element and a little.
+        // Floating-point formats (issue 15): MX and NVFP4 in one pass over x writing y, the
+        // element codes (a byte each) and a scale word per block: 9 bytes per element and a
+        // little; FP8 per row reads x once more for the rows' amax (13 bytes).
         for (op, config) in [
             (
                 "float_mxfp8_e4m3_rceil",
@@ -446,6 +447,10 @@ fn main() -> Result<()> {
             (
                 "float_nvfp4_two_level",
                 fakequant::FloatQuantConfig::nvfp4(Some(1.0 / 2688.0)),
+            ),
+            (
+                "float_fp8_e4m3_per_row",
+                fakequant::FloatQuantConfig::fp8_per_row(fakequant::ElementFormat::Fp8E4M3),
             ),
         ] {
             if n < 4096 || !report.wants(op) {
