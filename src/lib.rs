@@ -35,6 +35,7 @@ pub mod dynamic;
 pub mod error;
 pub mod float_quant;
 pub mod gpu;
+pub mod histogram;
 pub mod lsq;
 pub mod observer;
 pub mod quant;
@@ -52,6 +53,7 @@ pub use gpu::{
     GpuLsqGrads, GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder,
     TensorBinding,
 };
+pub use histogram::{CalibrationMethod, Histogram, HistogramConfig, HistogramDomain};
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
 pub use quant::{

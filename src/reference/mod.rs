@@ -16,6 +16,7 @@
 mod backend;
 pub mod dynamic;
 pub mod float_quant;
+pub mod histogram;
 pub mod lsq;
 pub mod observer;
 

@@ -17,6 +17,7 @@ mod fuzz;
 mod gpu_matches_reference;
 mod half_conversions;
 mod half_types;
+mod histogram;
 mod isolation;
 mod lsq;
 mod observers;
