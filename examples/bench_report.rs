@@ -569,6 +569,39 @@ fn main() -> Result<()> {
             }
         }
 
+        // Histogram calibration (issue 16): the batch's min/max reduction, the range growth and
+        // the counting pass (x read twice: 8 bytes per element); compare with the min/max rows.
+        for (op_name, granularity, shape) in [
+            (
+                "histogram_per_tensor",
+                fakequant::Granularity::PerTensor,
+                vec![n],
+            ),
+            (
+                "histogram_per_channel_axis0",
+                fakequant::Granularity::per_channel(0),
+                vec![64, n / 64],
+            ),
+        ] {
+            if n < 64 || !report.wants(op_name) {
+                continue;
+            }
+            let config = fakequant::HistogramConfig::new(
+                2048,
+                fakequant::HistogramDomain::Magnitude,
+                granularity,
+            )?;
+            let histogram = ctx.create_histogram_observer(&config, &shape)?;
+            report.measure(
+                op_name,
+                "f32",
+                n,
+                8.0,
+                || timer.time(|e| Ok(histogram.record_observe(e, x.binding(), &shape)?)),
+                || baseline(8.0),
+            )?;
+        }
+
         let lsq = ctx.create_lsq(&LsqConfig::activation_int8(), &[0.03], &[0.0])?;
         let grads = lsq.create_grads()?;
         report.measure(

@@ -1,4 +1,4 @@
-// requires: quantize, elementwise_dispatch, elementwise | dynamic_groups | float_blocks | float_amax
+// requires: quantize, elementwise_dispatch, elementwise | dynamic_groups | float_blocks | float_amax | histogram
 // provides: load_x, store_y, copy_x_to_y
 // The f32 element family of the elementwise kernels (forward, straight-through backward): the
 // bindings and element access; the entry points are elementwise.wgsl's. Prepended with

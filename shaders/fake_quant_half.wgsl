@@ -1,4 +1,4 @@
-// requires: half, quantize, elementwise_dispatch, elementwise | dynamic_groups | float_blocks | float_amax
+// requires: half, quantize, elementwise_dispatch, elementwise | dynamic_groups | float_blocks | float_amax | histogram
 // provides: load_x, store_y, copy_x_to_y
 // The 16-bit element family (f16, bf16) of the elementwise kernels: two elements per u32 word,
 // widened to f32 exactly and rounded back to nearest even with half.wgsl's integer conversions

@@ -49,9 +49,9 @@ pub use float_quant::{
     ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
 pub use gpu::{
-    DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuFloatQuant, GpuLsq,
-    GpuLsqGrads, GpuMask, GpuObserver, GpuTensor, Prerecorded, Prerecording, Recorder,
-    TensorBinding,
+    DispatchLimits, GpuBatchStats, GpuContext, GpuDynamic, GpuFakeQuant, GpuFloatQuant,
+    GpuHistogramObserver, GpuLsq, GpuLsqGrads, GpuMask, GpuObserver, GpuTensor, Prerecorded,
+    Prerecording, Recorder, TensorBinding,
 };
 pub use histogram::{CalibrationMethod, Histogram, HistogramConfig, HistogramDomain};
 pub use lsq::{GradScale, LsqConfig, LsqGrads};

@@ -15,6 +15,7 @@ mod dynamic;
 mod errors;
 mod fake_quant;
 mod float_quant;
+mod histogram;
 pub(crate) mod kernel;
 mod lsq;
 mod memory;
@@ -28,12 +29,14 @@ pub(crate) const FAMILIES: &[fn() -> kernel::FamilyDecl] = &[
     lsq::declarations,
     dynamic::declarations,
     float_quant::declarations,
+    histogram::declarations,
 ];
 
 pub use context::{DispatchLimits, GpuContext};
 pub use dynamic::GpuDynamic;
 pub use fake_quant::GpuFakeQuant;
 pub use float_quant::GpuFloatQuant;
+pub use histogram::GpuHistogramObserver;
 pub use kernel::shaders::kernel_sources;
 pub use kernel::{Prerecorded, Prerecording, Recorder};
 pub use lsq::{GpuLsq, GpuLsqGrads};

@@ -69,28 +69,38 @@ impl HistogramObserver {
         Ok(())
     }
 
-    /// The observer state `method` picks for `observer` (whose range, scheme and eps give the
-    /// qparams, as for min/max): each channel's range as its running min and max, ready to load
-    /// into an observer and continue into QAT. A channel that saw nothing stays empty.
+    /// The observer state `method` picks for `observer` (see [`calibrate`]).
     pub fn calibrate(
         &self,
         method: &CalibrationMethod,
         observer: &ObserverConfig,
     ) -> Result<ObserverState> {
-        let mut state = ObserverState::initial(self.histograms.len());
-        state.running = MinMax::empty(self.histograms.len());
-        for (c, h) in self.histograms.iter().enumerate() {
-            let Some((lo, hi)) = choose_range(h, method, observer.range())? else {
-                continue;
-            };
-            // Edges are multiples of a power of two: exact in f32 but for 2^128, beyond it.
-            let (lo, hi) = ((lo as f32).max(-f32::MAX), (hi as f32).min(f32::MAX));
-            state.running.min[c] = lo;
-            state.running.max[c] = hi;
-            let (s, z) = qparams(observer, lo, hi);
-            state.scales[c] = s;
-            state.zero_points[c] = z;
-        }
-        Ok(state)
+        calibrate(&self.histograms, method, observer)
     }
+}
+
+/// The observer state `method` picks from `histograms` (one per channel) for `observer` (whose
+/// range, scheme and eps give the qparams, as for min/max): each channel's range as its running
+/// min and max, ready to load into an observer, reference or GPU, and continue into QAT. A
+/// channel that saw nothing stays empty.
+pub fn calibrate(
+    histograms: &[Histogram],
+    method: &CalibrationMethod,
+    observer: &ObserverConfig,
+) -> Result<ObserverState> {
+    let mut state = ObserverState::initial(histograms.len());
+    state.running = MinMax::empty(histograms.len());
+    for (c, h) in histograms.iter().enumerate() {
+        let Some((lo, hi)) = choose_range(h, method, observer.range())? else {
+            continue;
+        };
+        // Edges are multiples of a power of two: exact in f32 but for 2^128, beyond it.
+        let (lo, hi) = ((lo as f32).max(-f32::MAX), (hi as f32).min(f32::MAX));
+        state.running.min[c] = lo;
+        state.running.max[c] = hi;
+        let (s, z) = qparams(observer, lo, hi);
+        state.scales[c] = s;
+        state.zero_points[c] = z;
+    }
+    Ok(state)
 }

@@ -448,3 +448,78 @@ fn pytorch_method_on_our_histograms_is_near_pytorch() {
     }
     println!("{}", report.join("\n"));
 }
+
+#[test]
+fn device_counts_equal_the_reference() {
+    use half::{bf16, f16};
+    let mut rng = Rng::new(0xde71);
+    let data = batches(&mut rng);
+    for base in crate::common::contexts() {
+        let small = base
+            .with_dispatch_limits(fakequant::DispatchLimits {
+                max_binding_bytes: 256 << 10,
+                max_workgroups: 2,
+            })
+            .unwrap();
+        for ctx in [base.clone(), small] {
+            for domain in [HistogramDomain::Magnitude, HistogramDomain::Signed] {
+                for (bins, granularity, shape) in [
+                    (2048, Granularity::PerTensor, vec![5000]),
+                    (128, Granularity::PerTensor, vec![5000]),
+                    (256, Granularity::per_channel(0), vec![8, 625]),
+                    (512, Granularity::per_channel(1), vec![25, 8, 25]),
+                    (4096, Granularity::per_channel(2), vec![5, 100, 10]),
+                ] {
+                    let config = HistogramConfig::new(bins, domain, granularity).unwrap();
+                    let mut reference = HistogramObserver::new(config, &shape).unwrap();
+                    let gpu = ctx.create_histogram_observer(&config, &shape).unwrap();
+                    let channels = granularity.channels(&shape).unwrap();
+                    if (channels * bins * 8) as u64 > ctx.dispatch_limits().max_binding_bytes {
+                        // The counts must fit one binding: refused, naming the limit.
+                        assert!(matches!(
+                            gpu.observe(&data[0], &shape),
+                            Err(fakequant::Error::TooLarge { .. })
+                        ));
+                        continue;
+                    }
+                    for (i, b) in data.iter().enumerate() {
+                        // Batches of every element type.
+                        match i % 3 {
+                            0 => {
+                                reference.observe(b, &shape).unwrap();
+                                gpu.observe(b, &shape).unwrap();
+                            }
+                            1 => {
+                                let h: Vec<bf16> = b.iter().map(|&v| bf16::from_f32(v)).collect();
+                                reference.observe(&h, &shape).unwrap();
+                                gpu.observe(&h, &shape).unwrap();
+                            }
+                            _ => {
+                                let h: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
+                                reference.observe(&h, &shape).unwrap();
+                                gpu.observe(&h, &shape).unwrap();
+                            }
+                        }
+                    }
+                    let got = gpu.read_histograms().unwrap();
+                    for (c, (g, e)) in got.iter().zip(reference.histograms()).enumerate() {
+                        assert_eq!(
+                            g.exponent,
+                            e.exponent,
+                            "{domain:?} {bins} {granularity:?} channel {c} on {}",
+                            ctx.adapter_name()
+                        );
+                        if let Some(i) = (0..e.counts.len()).find(|&i| g.counts[i] != e.counts[i]) {
+                            panic!(
+                                "{domain:?} {bins} {granularity:?} channel {c} on {}: bin {i}: {} vs reference {}",
+                                ctx.adapter_name(),
+                                g.counts[i],
+                                e.counts[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -59,6 +59,7 @@ shader_files! {
     FLOAT_FORMATS = "float_formats";
     FLOAT_BLOCKS = "float_blocks";
     FLOAT_AMAX = "float_amax";
+    HISTOGRAM = "histogram";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -199,6 +200,31 @@ pub(crate) static FLOAT_AMAX_HALF: Shader = Shader {
     ],
 };
 
+/// The histogram family on f32 tensors.
+pub(crate) static HISTOGRAM_F32: Shader = Shader {
+    name: "histogram",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT,
+        &ELEMENTWISE_DISPATCH,
+        &HISTOGRAM,
+    ],
+};
+/// The histogram family on 16-bit tensors.
+pub(crate) static HISTOGRAM_HALF: Shader = Shader {
+    name: "histogram_half",
+    files: &[
+        &EXACT_F32,
+        &HALF,
+        &QUANTIZE,
+        &FAKE_QUANT_HALF,
+        &ELEMENTWISE_DISPATCH,
+        &HISTOGRAM,
+    ],
+};
+
 /// Every shader module the library compiles: one line per kernel family's module.
 pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_F32,
@@ -213,6 +239,8 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &FLOAT_BLOCKS_HALF,
     &FLOAT_AMAX_F32,
     &FLOAT_AMAX_HALF,
+    &HISTOGRAM_F32,
+    &HISTOGRAM_HALF,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.

@@ -1,0 +1,284 @@
+//! The histogram calibration family (see [`crate::histogram`]): per batch, the observers' exact
+//! min/max reduction, then `shaders/histogram.wgsl`'s range growth (pairwise merges) and counting
+//! (integer atomics); nothing is read back until the counts are asked for, once, at the end of
+//! calibration.
+
+use super::context::GpuContext;
+use super::fake_quant::{plan_dispatch, DispatchUniform, ElementwiseBindings, Walk};
+use super::kernel::planning::{chunk_elems, per_channel_groups};
+use super::kernel::recording::Dispatch;
+use super::kernel::shaders::{Shader, HISTOGRAM_F32, HISTOGRAM_HALF};
+use super::kernel::{bindings, dtype_constant, EntryPointDecl, FamilyDecl, Kernel, Recorder};
+use super::memory::{check_len, GpuTensor, TensorBinding};
+use super::observer::GpuObserver;
+use crate::dtype::{DType, Element};
+use crate::error::Result;
+use crate::histogram::{
+    CalibrationMethod, Histogram, HistogramConfig, HistogramDomain, INITIAL_EXPONENT,
+};
+use crate::observer::{Averaging, ObserverConfig, ObserverState, QScheme};
+use crate::quant::{numel, QuantRange};
+
+/// The histogram kernels for one configuration and input type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct HistogramKernel {
+    signed: bool,
+    log2_bins: u32,
+    dtype: DType,
+    /// `histogram_grow`, else `histogram_count`.
+    grow: bool,
+}
+
+impl Kernel for HistogramKernel {
+    fn shader(&self) -> &'static Shader {
+        match self.dtype {
+            DType::F32 => &HISTOGRAM_F32,
+            _ => &HISTOGRAM_HALF,
+        }
+    }
+
+    fn entry_point(&self) -> &'static str {
+        if self.grow {
+            "histogram_grow"
+        } else {
+            "histogram_count"
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut constants = vec![
+            ("SIGNED", f64::from(u8::from(self.signed))),
+            ("LOG2_BINS", f64::from(self.log2_bins)),
+        ];
+        if self.dtype != DType::F32 {
+            constants.push(("DTYPE", dtype_constant(self.dtype)));
+        }
+        constants
+    }
+}
+
+bindings! {
+    /// `histogram_grow`: the batch's statistics in, the exponents and counts updated.
+    GrowBindings {
+        exponents: ReadWrite @ 5,
+        counts: ReadWrite @ 6,
+        stats: Read @ 8,
+    }
+}
+
+bindings! {
+    /// `histogram_count`: x's window in, the counts updated.
+    CountBindings {
+        x: Input @ 2,
+        exponents: Input @ 5,
+        counts: ReadWrite @ 6,
+    }
+}
+
+/// Histograms of a tensor's values on the device, one per channel (or one), accumulated over
+/// calibration batches. Create with [`GpuContext::create_histogram_observer`].
+#[derive(Debug)]
+pub struct GpuHistogramObserver {
+    ctx: GpuContext,
+    config: HistogramConfig,
+    channels: usize,
+    /// Reduces each batch's per-channel min and max (its own state is never used).
+    reducer: GpuObserver,
+    /// Per channel, the exponent of its range (i32).
+    exponents: wgpu::Buffer,
+    /// Per channel and bin, the count's low and high words.
+    counts: wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// A histogram observer for tensors of `shape` (only the channel axis matters) that has seen
+    /// nothing.
+    pub fn create_histogram_observer(
+        &self,
+        config: &HistogramConfig,
+        shape: &[usize],
+    ) -> Result<GpuHistogramObserver> {
+        let channels = config.granularity().channels(shape)?;
+        let reducer = self.create_observer(
+            &ObserverConfig::new(
+                QuantRange::INT8,
+                QScheme::Symmetric,
+                Averaging::MinMax,
+                config.granularity(),
+            )?,
+            shape,
+        )?;
+        let exponents: Vec<i32> = vec![INITIAL_EXPONENT; channels];
+        let bins = (channels as u64).saturating_mul(config.bins() as u64);
+        Ok(GpuHistogramObserver {
+            ctx: self.clone(),
+            config: *config,
+            channels,
+            reducer,
+            exponents: self.storage_buffer_init(
+                "fakequant histogram exponents",
+                bytemuck::cast_slice(&exponents),
+            )?,
+            counts: self
+                .storage_buffer_zeroed("fakequant histogram counts", bins.saturating_mul(8))?,
+        })
+    }
+}
+
+impl GpuHistogramObserver {
+    /// The configuration.
+    pub fn config(&self) -> &HistogramConfig {
+        &self.config
+    }
+
+    /// Recording level: counts the batch `x` of `shape` (any element type; NaN and infinities
+    /// skipped), growing each channel's range first.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "chunk bounds within the tensor the binding checks accepted"
+    )]
+    pub fn record_observe(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        x: TensorBinding<'_>,
+        shape: &[usize],
+    ) -> Result<()> {
+        let layout = self.config.granularity().layout(shape, numel(shape)?)?;
+        check_len(
+            "channels of the shape vs the observer's",
+            self.channels,
+            layout.channels,
+        )?;
+        self.ctx.check_tensor("x", &x, layout.numel())?;
+        let len = layout.numel() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let stats = self.reducer.batch_stats();
+        self.reducer
+            .record_batch_min_max(recorder, x, shape, stats)?;
+        let kernel = |grow| HistogramKernel {
+            signed: self.config.domain() == HistogramDomain::Signed,
+            log2_bins: self.config.bins().trailing_zeros(),
+            dtype: x.dtype,
+            grow,
+        };
+        let limits = self.ctx.dispatch_limits();
+        self.ctx.record_pass(
+            recorder,
+            kernel(true),
+            &[Dispatch {
+                uniform: DispatchUniform::for_channels(self.channels as u32),
+                bindings: GrowBindings {
+                    exponents: self.exponents.as_entire_buffer_binding(),
+                    counts: self.counts.as_entire_buffer_binding(),
+                    stats: stats.buffer().as_entire_buffer_binding(),
+                },
+                grid: [per_channel_groups(self.channels, limits.max_workgroups), 1],
+            }],
+        )?;
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let slack = if x.dtype == DType::F32 { 0 } else { align };
+        let chunk = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
+        // Only x is bound; the forward planner's y window is computed and not used.
+        let b = ElementwiseBindings {
+            x,
+            y: x,
+            mask: None,
+            params: None,
+        };
+        let walk = Walk {
+            group: 1,
+            tile: 256 * 32,
+            record: 4,
+        };
+        let dispatches: Vec<_> = (0..len.div_ceil(chunk))
+            .map(|c| {
+                let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
+                let p = plan_dispatch(&b, layout, start, end, walk, align, &limits);
+                Dispatch {
+                    uniform: p.uniform,
+                    bindings: CountBindings {
+                        x: p.x.bind(x.buffer),
+                        exponents: self.exponents.as_entire_buffer_binding(),
+                        counts: self.counts.as_entire_buffer_binding(),
+                    },
+                    grid: p.grid,
+                }
+            })
+            .collect();
+        self.ctx.record_pass(recorder, kernel(false), &dispatches)
+    }
+
+    /// Device level: [`Self::record_observe`] on a device tensor, submitted at once.
+    pub fn observe_device(&self, x: &GpuTensor, shape: &[usize]) -> Result<()> {
+        check_len("x vs product of shape", numel(shape)?, x.len())?;
+        self.ctx
+            .run_recorded("fakequant histogram observe", |encoder| {
+                self.record_observe(encoder, x.binding(), shape)
+            })
+    }
+
+    /// Host level: uploads and counts a batch.
+    pub fn observe<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<()> {
+        check_len("data length vs product of shape", numel(shape)?, x.len())?;
+        let x = self.ctx.upload(x)?;
+        self.observe_device(&x, shape)
+    }
+
+    /// Reads the histograms back (the one read-back of a calibration).
+    pub fn read_histograms(&self) -> Result<Vec<Histogram>> {
+        let bins = self.config.bins();
+        let exponents: Vec<i32> = bytemuck::pod_collect_to_vec(&self.ctx.read_buffer(
+            &self.exponents,
+            0,
+            (self.channels as u64).saturating_mul(4),
+        )?);
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(
+            &self.ctx.read_buffer(
+                &self.counts,
+                0,
+                (self.channels as u64)
+                    .saturating_mul(bins as u64)
+                    .saturating_mul(8),
+            )?,
+        );
+        Ok(exponents
+            .iter()
+            .enumerate()
+            .map(|(c, &exponent)| Histogram {
+                domain: self.config.domain(),
+                exponent,
+                counts: words
+                    .chunks_exact(2)
+                    .skip(c.saturating_mul(bins))
+                    .take(bins)
+                    .map(|w| u64::from(w[0]) | u64::from(w[1]) << 32)
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// The observer state `method` picks for `observer` (see
+    /// [`crate::reference::histogram::calibrate`]), from the histograms read back.
+    pub fn calibrate(
+        &self,
+        method: &CalibrationMethod,
+        observer: &ObserverConfig,
+    ) -> Result<ObserverState> {
+        crate::reference::histogram::calibrate(&self.read_histograms()?, method, observer)
+    }
+}
+
+/// What the layout tests check for this family.
+pub(crate) fn declarations() -> FamilyDecl {
+    FamilyDecl {
+        entry_points: vec![
+            EntryPointDecl::of::<GrowBindings>(&HISTOGRAM_F32, "histogram_grow"),
+            EntryPointDecl::of::<CountBindings>(&HISTOGRAM_F32, "histogram_count"),
+            EntryPointDecl::of::<GrowBindings>(&HISTOGRAM_HALF, "histogram_grow"),
+            EntryPointDecl::of::<CountBindings>(&HISTOGRAM_HALF, "histogram_count"),
+        ],
+        structs: vec![],
+    }
+}
