@@ -19,14 +19,19 @@ use crate::histogram::{
 use crate::observer::{Averaging, ObserverConfig, ObserverState, QScheme};
 use crate::quant::{numel, QuantRange};
 
+/// Workgroups of the private counting pass: each adds its bins to the global counts once.
+const PRIVATE_WORKGROUPS: u32 = 64;
+
 /// The histogram kernels for one configuration and input type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct HistogramKernel {
     signed: bool,
     log2_bins: u32,
     dtype: DType,
-    /// `histogram_grow`, else `histogram_count`.
+    /// `histogram_grow`, else a counting pass.
     grow: bool,
+    /// The counting pass with per-workgroup counts (one histogram only).
+    private: bool,
 }
 
 impl Kernel for HistogramKernel {
@@ -38,10 +43,10 @@ impl Kernel for HistogramKernel {
     }
 
     fn entry_point(&self) -> &'static str {
-        if self.grow {
-            "histogram_grow"
-        } else {
-            "histogram_count"
+        match (self.grow, self.private) {
+            (true, _) => "histogram_grow",
+            (false, true) => "histogram_count_private",
+            (false, false) => "histogram_count",
         }
     }
 
@@ -157,16 +162,20 @@ impl GpuHistogramObserver {
         let stats = self.reducer.batch_stats();
         self.reducer
             .record_batch_min_max(recorder, x, shape, stats)?;
-        let kernel = |grow| HistogramKernel {
+        let kernel = |grow, private| HistogramKernel {
             signed: self.config.domain() == HistogramDomain::Signed,
             log2_bins: self.config.bins().trailing_zeros(),
             dtype: x.dtype,
             grow,
+            private,
         };
+        // One histogram counts privately per workgroup, on few workgroups that each take many
+        // tiles (fewer merges into the global counts).
+        let private = self.channels == 1;
         let limits = self.ctx.dispatch_limits();
         self.ctx.record_pass(
             recorder,
-            kernel(true),
+            kernel(true, false),
             &[Dispatch {
                 uniform: DispatchUniform::for_channels(self.channels as u32),
                 bindings: GrowBindings {
@@ -196,6 +205,11 @@ impl GpuHistogramObserver {
             .map(|c| {
                 let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
                 let p = plan_dispatch(&b, layout, start, end, walk, align, &limits);
+                let workgroups = if private {
+                    p.grid[0].min(PRIVATE_WORKGROUPS)
+                } else {
+                    p.grid[0]
+                };
                 Dispatch {
                     uniform: p.uniform,
                     bindings: CountBindings {
@@ -203,11 +217,12 @@ impl GpuHistogramObserver {
                         exponents: self.exponents.as_entire_buffer_binding(),
                         counts: self.counts.as_entire_buffer_binding(),
                     },
-                    grid: p.grid,
+                    grid: [workgroups, 1],
                 }
             })
             .collect();
-        self.ctx.record_pass(recorder, kernel(false), &dispatches)
+        self.ctx
+            .record_pass(recorder, kernel(false, private), &dispatches)
     }
 
     /// Device level: [`Self::record_observe`] on a device tensor, submitted at once.
@@ -276,8 +291,10 @@ pub(crate) fn declarations() -> FamilyDecl {
         entry_points: vec![
             EntryPointDecl::of::<GrowBindings>(&HISTOGRAM_F32, "histogram_grow"),
             EntryPointDecl::of::<CountBindings>(&HISTOGRAM_F32, "histogram_count"),
+            EntryPointDecl::of::<CountBindings>(&HISTOGRAM_F32, "histogram_count_private"),
             EntryPointDecl::of::<GrowBindings>(&HISTOGRAM_HALF, "histogram_grow"),
             EntryPointDecl::of::<CountBindings>(&HISTOGRAM_HALF, "histogram_count"),
+            EntryPointDecl::of::<CountBindings>(&HISTOGRAM_HALF, "histogram_count_private"),
         ],
         structs: vec![],
     }
