@@ -9,6 +9,7 @@ use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
+use crate::histogram::{CalibrationMethod, Histogram, HistogramConfig};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -25,6 +26,8 @@ pub trait Backend {
     type Dynamic: DynamicOps;
     /// Its floating-point fake-quantizations.
     type FloatQuant: FloatQuantOps;
+    /// Its histogram observers.
+    type Histogram: HistogramOps;
 
     /// A one-line description (the adapter, or "CPU reference").
     fn name(&self) -> String;
@@ -71,6 +74,28 @@ pub trait Backend {
         config: &FloatQuantConfig,
         shape: &[usize],
     ) -> Result<Self::FloatQuant>;
+
+    /// A histogram observer for tensors of `shape` (only the channel axis matters) that has seen
+    /// nothing (see [`crate::histogram`]).
+    fn create_histogram_observer(
+        &self,
+        config: &HistogramConfig,
+        shape: &[usize],
+    ) -> Result<Self::Histogram>;
+}
+
+/// A histogram observer's host-level calls.
+pub trait HistogramOps {
+    /// Counts a batch (NaN and infinities skipped).
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()>;
+    /// The histograms, one per channel.
+    fn read_histograms(&self) -> Result<Vec<Histogram>>;
+    /// The observer state `method` picks for an observer of `config`.
+    fn calibrate(
+        &self,
+        method: &CalibrationMethod,
+        config: &ObserverConfig,
+    ) -> Result<ObserverState>;
 }
 
 /// A floating-point fake-quantization's host-level call.

@@ -41,7 +41,7 @@ pub mod observer;
 pub mod quant;
 pub mod reference;
 
-pub use backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
+pub use backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
 pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};

@@ -10,9 +10,10 @@
 //! Shared by `examples/qat_digits/main.rs` and `tests/qat_digits.rs`.
 
 use fakequant::{
-    Averaging, Backend, DynamicConfig, DynamicOps, DynamicOutput, DynamicScheme, ElementFormat,
-    FloatQuantConfig, FloatQuantOps, GradScale, Granularity, LsqConfig, LsqOps, Mode, MxScaleRule,
-    ObserverConfig, ObserverOps, ObserverState, PackedMask, QScheme, QuantRange,
+    Averaging, Backend, CalibrationMethod, DynamicConfig, DynamicOps, DynamicOutput, DynamicScheme,
+    ElementFormat, FloatQuantConfig, FloatQuantOps, GradScale, Granularity, HistogramConfig,
+    HistogramDomain, HistogramOps, LsqConfig, LsqOps, Mode, MxScaleRule, ObserverConfig,
+    ObserverOps, ObserverState, PackedMask, QScheme, QuantRange,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -81,6 +82,7 @@ pub struct Ops<B: Backend> {
     lsqs: Vec<B::Lsq>,
     dynamics: Vec<DynamicQuantizer<B>>,
     floats: Vec<FloatQuantizer<B>>,
+    histograms: Vec<B::Histogram>,
 }
 
 /// A dynamic quantizer: its configuration, and one backend object per shape it has seen (the
@@ -104,6 +106,7 @@ impl<B: Backend> Ops<B> {
             lsqs: Vec::new(),
             dynamics: Vec::new(),
             floats: Vec::new(),
+            histograms: Vec::new(),
         }
     }
 
@@ -178,6 +181,33 @@ impl<B: Backend> Ops<B> {
             }
         };
         Ok(q.by_shape[at].1.forward(x, shape)?)
+    }
+
+    /// An observer that starts from `state` (a calibration's result).
+    fn create_observer_with_state(
+        &mut self,
+        config: &ObserverConfig,
+        shape: &[usize],
+        state: ObserverState,
+    ) -> Result<usize> {
+        let id = self.create_observer(config, shape)?;
+        self.observers[id].load_state(&state)?;
+        Ok(id)
+    }
+
+    fn create_histogram(&mut self, config: &HistogramConfig, shape: &[usize]) -> Result<usize> {
+        self.histograms
+            .push(self.backend.create_histogram_observer(config, shape)?);
+        Ok(self.histograms.len() - 1)
+    }
+
+    fn histogram_calibrate(
+        &mut self,
+        id: usize,
+        method: &CalibrationMethod,
+        config: &ObserverConfig,
+    ) -> Result<ObserverState> {
+        Ok(self.histograms[id].calibrate(method, config)?)
     }
 
     fn create_float(&mut self, config: FloatQuantConfig) -> usize {
@@ -419,6 +449,8 @@ enum Quantizer {
     Dynamic(usize),
     /// A floating-point format (FP8, MX, NVFP4), its scales from each tensor itself.
     Float(usize),
+    /// A histogram observer: counts the tensor, passes it through (calibration only).
+    Histogram(usize),
 }
 
 /// What the backward of one quantizer needs, kept from its forward.
@@ -447,6 +479,10 @@ fn quantize<B: Backend>(
             Ok((out.y, Saved::Mask(out.mask)))
         }
         Quantizer::Float(id) => Ok((ops.float(id, x, shape)?, Saved::PassThrough)),
+        Quantizer::Histogram(id) => {
+            ops.histograms[id].observe(x, shape)?;
+            Ok((x.to_vec(), Saved::PassThrough))
+        }
     }
 }
 
@@ -461,7 +497,7 @@ fn quantize_backward<B: Backend>(
 ) -> Result<Vec<f32>> {
     match (q, saved) {
         (Quantizer::Observer(_) | Quantizer::Dynamic(_), Saved::Mask(mask)) => ops.ste(dy, mask),
-        (Quantizer::Float(_), Saved::PassThrough) => Ok(dy.to_vec()),
+        (Quantizer::Float(_) | Quantizer::Histogram(_), Saved::PassThrough) => Ok(dy.to_vec()),
         (Quantizer::Lsq(id), Saved::Input(x)) => {
             let grads = ops.lsq_backward(id, x, dy, shape)?;
             let (mut scales, zero_points) = ops.lsq_params(id)?;
@@ -743,6 +779,8 @@ impl Options {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecipeResult {
     pub name: &'static str,
+    /// For the histogram-calibrated recipes: the accuracy before QAT.
+    pub calibrated_accuracy: Option<f64>,
     pub fake_quant_accuracy: f64,
     /// `None` for the dynamic recipes, which this fixed-point model (per-tensor activation scales
     /// fixed at conversion) does not represent.
@@ -826,6 +864,10 @@ pub fn table(reports: &[Report]) -> String {
                 .collect()
         };
         rows.push((
+            format!("{name}: fake-quant right after calibration"),
+            column(&|r| r.calibrated_accuracy),
+        ));
+        rows.push((
             format!("QAT, {name}: fake-quant"),
             column(&|r| Some(r.fake_quant_accuracy)),
         ));
@@ -863,7 +905,7 @@ fn scales_of<B: Backend>(ops: &mut Ops<B>, p: &Places) -> Result<Vec<Vec<f32>>> 
         .map(|q| match q {
             Quantizer::Observer(id) => Ok(ops.observer_state(id)?.scales),
             // Chosen anew for every tensor: nothing to keep.
-            Quantizer::Dynamic(_) | Quantizer::Float(_) => Ok(Vec::new()),
+            Quantizer::Dynamic(_) | Quantizer::Float(_) | Quantizer::Histogram(_) => Ok(Vec::new()),
             Quantizer::Lsq(id) => {
                 // The effective scales (clamped to eps), as the kernels use them.
                 let (s, _) = ops.lsq_params(id)?;
@@ -879,6 +921,7 @@ fn scales_of<B: Backend>(ops: &mut Ops<B>, p: &Places) -> Result<Vec<Vec<f32>>> 
 fn finish_recipe<B: Backend>(
     ops: &mut Ops<B>,
     name: &'static str,
+    calibrated_accuracy: Option<f64>,
     m: Mlp,
     p: &Places,
     test: &Dataset,
@@ -893,6 +936,7 @@ fn finish_recipe<B: Backend>(
     {
         return Ok(RecipeResult {
             name,
+            calibrated_accuracy,
             fake_quant_accuracy: fq_acc,
             fixed_point_accuracy: None,
             agreement: None,
@@ -920,6 +964,7 @@ fn finish_recipe<B: Backend>(
         .count();
     Ok(RecipeResult {
         name,
+        calibrated_accuracy,
         fake_quant_accuracy: fq_acc,
         fixed_point_accuracy: Some(correct as f64 / test.len() as f64),
         agreement: Some(same as f64 / test.len() as f64),
@@ -1040,6 +1085,69 @@ pub fn run<B: Backend>(
     ));
     let calibrated_model = model.clone();
 
+    // 3b. Histogram calibration of the activations (Horizon's and modelopt's methods) over the
+    //     same batches: histograms of |x| per tensor, the clipping range by percentile, MSE or KL
+    //     entropy, loaded into fresh observers that then run the statistics recipe (the weights
+    //     keep their per-channel min/max calibration). Built before the recipes move `obs` on.
+    let magnitude = |g| HistogramConfig::new(2048, HistogramDomain::Magnitude, g);
+    let hist = [
+        ops.create_histogram(&magnitude(Granularity::PerTensor)?, &[])?,
+        ops.create_histogram(&magnitude(Granularity::per_channel(0))?, &[HIDDEN, PIXELS])?,
+        ops.create_histogram(&magnitude(Granularity::PerTensor)?, &[])?,
+        ops.create_histogram(&magnitude(Granularity::per_channel(0))?, &[CLASSES, HIDDEN])?,
+        ops.create_histogram(&magnitude(Granularity::PerTensor)?, &[])?,
+    ];
+    let hist_places = Places {
+        input: Quantizer::Histogram(hist[0]),
+        w1: Quantizer::Histogram(hist[1]),
+        hidden: Quantizer::Histogram(hist[2]),
+        w2: Quantizer::Histogram(hist[3]),
+        logits: Quantizer::Histogram(hist[4]),
+    };
+    for idx in batches(train.len(), opts.batch_size, 1000)
+        .iter()
+        .take(opts.calibration_batches)
+    {
+        let (x, _) = gather(&train, idx);
+        qat_step(
+            ops,
+            &mut model.clone(),
+            &hist_places,
+            &x,
+            None,
+            Mode::Calibrate,
+            FROZEN,
+        )?;
+    }
+    let (w1_state, w2_state) = (ops.observer_state(obs.w1)?, ops.observer_state(obs.w2)?);
+    let mut histogram_places = Vec::new();
+    for (name, method) in [
+        (
+            "histogram calibration (percentile 99.99) + statistics",
+            CalibrationMethod::percentile(),
+        ),
+        (
+            "histogram calibration (MSE) + statistics",
+            CalibrationMethod::Mse,
+        ),
+        (
+            "histogram calibration (KL entropy) + statistics",
+            CalibrationMethod::Entropy,
+        ),
+    ] {
+        let input = ops.histogram_calibrate(hist[0], &method, &edges)?;
+        let hidden = ops.histogram_calibrate(hist[2], &method, &activations)?;
+        let logits = ops.histogram_calibrate(hist[4], &method, &edges)?;
+        let observers = Observers {
+            input: ops.create_observer_with_state(&edges, &[], input)?,
+            w1: ops.create_observer_with_state(&weights, &[HIDDEN, PIXELS], w1_state.clone())?,
+            hidden: ops.create_observer_with_state(&activations, &[], hidden)?,
+            w2: ops.create_observer_with_state(&weights, &[CLASSES, HIDDEN], w2_state.clone())?,
+            logits: ops.create_observer_with_state(&edges, &[], logits)?,
+        };
+        histogram_places.push((name, Places::from(observers)));
+    }
+
     // 4. QAT with the LSQ recipe, from the calibrated start (quantizers initialized from the
     //    observers' qparams: the seed's "load the parameters obtained from calibration").
     //    Created before the statistics recipe moves the observers on.
@@ -1111,6 +1219,7 @@ pub fn run<B: Backend>(
     };
 
     let mut recipes = Vec::new();
+    let mut all: Vec<(&'static str, Places, f32, bool)> = Vec::new();
     for (name, places, lr_scale) in [
         (
             "statistics (moving-average min/max)",
@@ -1134,6 +1243,17 @@ pub fn run<B: Backend>(
             0.0,
         ),
     ] {
+        all.push((name, places, lr_scale, false));
+    }
+    for (name, places) in histogram_places {
+        all.push((name, places, 0.0, true));
+    }
+    for (name, places, lr_scale, show_calibrated) in all {
+        let calibrated = if show_calibrated {
+            Some(fake_quant_accuracy(ops, &calibrated_model, &places, &test)?.0)
+        } else {
+            None
+        };
         let mut m = calibrated_model.clone();
         for epoch in 0..opts.qat_epochs {
             for idx in batches(train.len(), opts.batch_size, 2000 + epoch) {
@@ -1159,7 +1279,7 @@ pub fn run<B: Backend>(
                 fq * 100.0
             ));
         }
-        let result = finish_recipe(ops, name, m, &places, &test, range)?;
+        let result = finish_recipe(ops, name, calibrated, m, &places, &test, range)?;
         let Some(fixed_point_accuracy) = result.fixed_point_accuracy else {
             recipes.push(result);
             continue;

@@ -1,12 +1,13 @@
 //! The GPU as a [`Backend`]: the host-level calls of the context, its observers and LSQ
 //! quantizers, under the names the reference answers to.
 
-use super::{GpuContext, GpuDynamic, GpuFloatQuant, GpuLsq, GpuObserver};
-use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
+use super::{GpuContext, GpuDynamic, GpuFloatQuant, GpuHistogramObserver, GpuLsq, GpuObserver};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
+use crate::histogram::{CalibrationMethod, Histogram, HistogramConfig};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -17,6 +18,7 @@ impl Backend for GpuContext {
     type Lsq = GpuLsq;
     type Dynamic = GpuDynamic;
     type FloatQuant = GpuFloatQuant;
+    type Histogram = GpuHistogramObserver;
 
     fn name(&self) -> String {
         format!("GPU: {}", self.adapter_name())
@@ -66,6 +68,32 @@ impl Backend for GpuContext {
         shape: &[usize],
     ) -> Result<GpuFloatQuant> {
         GpuContext::create_float_quant(self, config, shape)
+    }
+
+    fn create_histogram_observer(
+        &self,
+        config: &HistogramConfig,
+        shape: &[usize],
+    ) -> Result<GpuHistogramObserver> {
+        GpuContext::create_histogram_observer(self, config, shape)
+    }
+}
+
+impl HistogramOps for GpuHistogramObserver {
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        GpuHistogramObserver::observe(self, x, shape)
+    }
+
+    fn read_histograms(&self) -> Result<Vec<Histogram>> {
+        GpuHistogramObserver::read_histograms(self)
+    }
+
+    fn calibrate(
+        &self,
+        method: &CalibrationMethod,
+        config: &ObserverConfig,
+    ) -> Result<ObserverState> {
+        GpuHistogramObserver::calibrate(self, method, config)
     }
 }
 

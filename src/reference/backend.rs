@@ -2,13 +2,15 @@
 
 use super::dynamic::Dynamic;
 use super::float_quant::FloatQuant;
+use super::histogram::HistogramObserver;
 use super::lsq::Lsq;
 use super::observer::Observer;
-use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::Result;
 use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
+use crate::histogram::{CalibrationMethod, Histogram, HistogramConfig};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
@@ -23,6 +25,7 @@ impl Backend for Reference {
     type Lsq = Lsq;
     type Dynamic = Dynamic;
     type FloatQuant = FloatQuant;
+    type Histogram = HistogramObserver;
 
     fn name(&self) -> String {
         "CPU reference".to_string()
@@ -59,6 +62,32 @@ impl Backend for Reference {
 
     fn create_float_quant(&self, config: &FloatQuantConfig, shape: &[usize]) -> Result<FloatQuant> {
         FloatQuant::new(config.clone(), shape)
+    }
+
+    fn create_histogram_observer(
+        &self,
+        config: &HistogramConfig,
+        shape: &[usize],
+    ) -> Result<HistogramObserver> {
+        HistogramObserver::new(*config, shape)
+    }
+}
+
+impl HistogramOps for HistogramObserver {
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        HistogramObserver::observe(self, x, shape)
+    }
+
+    fn read_histograms(&self) -> Result<Vec<Histogram>> {
+        Ok(self.histograms().to_vec())
+    }
+
+    fn calibrate(
+        &self,
+        method: &CalibrationMethod,
+        config: &ObserverConfig,
+    ) -> Result<ObserverState> {
+        HistogramObserver::calibrate(self, method, config)
     }
 }
 
