@@ -87,8 +87,9 @@ pub struct GpuHistogramObserver {
     ctx: GpuContext,
     config: HistogramConfig,
     channels: usize,
-    /// Reduces each batch's per-channel min and max (its own state is never used).
-    reducer: GpuObserver,
+    /// Reduces each batch's per-channel min and max (its own state is never used); none without
+    /// a channel.
+    reducer: Option<GpuObserver>,
     /// Per channel, the exponent of its range (i32).
     exponents: wgpu::Buffer,
     /// Per channel and bin, the count's low and high words.
@@ -104,15 +105,20 @@ impl GpuContext {
         shape: &[usize],
     ) -> Result<GpuHistogramObserver> {
         let channels = config.granularity().channels(shape)?;
-        let reducer = self.create_observer(
-            &ObserverConfig::new(
-                QuantRange::INT8,
-                QScheme::Symmetric,
-                Averaging::MinMax,
-                config.granularity(),
-            )?,
-            shape,
-        )?;
+        // A channel axis of length 0 has no channel and no element: nothing to reduce.
+        let reducer = if channels == 0 {
+            None
+        } else {
+            Some(self.create_observer(
+                &ObserverConfig::new(
+                    QuantRange::INT8,
+                    QScheme::Symmetric,
+                    Averaging::MinMax,
+                    config.granularity(),
+                )?,
+                shape,
+            )?)
+        };
         let exponents: Vec<i32> = vec![INITIAL_EXPONENT; channels];
         let bins = (channels as u64).saturating_mul(config.bins() as u64);
         Ok(GpuHistogramObserver {
@@ -156,12 +162,11 @@ impl GpuHistogramObserver {
         )?;
         self.ctx.check_tensor("x", &x, layout.numel())?;
         let len = layout.numel() as u64;
-        if len == 0 {
+        let Some(reducer) = self.reducer.as_ref().filter(|_| len > 0) else {
             return Ok(());
-        }
-        let stats = self.reducer.batch_stats();
-        self.reducer
-            .record_batch_min_max(recorder, x, shape, stats)?;
+        };
+        let stats = reducer.batch_stats();
+        reducer.record_batch_min_max(recorder, x, shape, stats)?;
         let kernel = |grow, private| HistogramKernel {
             signed: self.config.domain() == HistogramDomain::Signed,
             log2_bins: self.config.bins().trailing_zeros(),

@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fakequant::reference::float_quant::fake_quant_float;
+use fakequant::reference::histogram::HistogramObserver;
 use fakequant::reference::{self, dynamic::Dynamic, lsq::Lsq, observer::Observer};
 use fakequant::{
-    Averaging, DType, DispatchLimits, DynamicConfig, DynamicScheme, Element, ElementFormat, Error,
-    FakeQuant, FloatQuantConfig, FloatScaling, GpuContext, GpuDynamic, GradScale, Granularity,
-    LsqConfig, MinMax, Mode, MxScaleRule, ObserverConfig, ObserverState, PackedMask, QScheme,
-    QuantParams, QuantRange, Rounding, TensorBinding,
+    Averaging, CalibrationMethod, DType, DispatchLimits, DynamicConfig, DynamicScheme, Element,
+    ElementFormat, Error, FakeQuant, FloatQuantConfig, FloatScaling, GpuContext, GpuDynamic,
+    GradScale, Granularity, HistogramConfig, HistogramDomain, LsqConfig, MinMax, Mode, MxScaleRule,
+    ObserverConfig, ObserverState, PackedMask, QScheme, QuantParams, QuantRange, Rounding,
+    TensorBinding,
 };
 use half::{bf16, f16};
 use wgpu::util::DeviceExt;
@@ -1075,11 +1077,12 @@ fn fuzz_host_level() {
     run_gpu_cases("fuzz_host_level", HOST_CASES, |ctx, rng, case| {
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{dtype:?}"));
-        match rng.below(6) {
+        match rng.below(7) {
             0 => with_dtype!(dtype, host_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, host_observer(ctx, rng, case)),
             2 => with_dtype!(dtype, host_dynamic(ctx, rng, case)),
             3 => with_dtype!(dtype, host_float(ctx, rng, case)),
+            4 => with_dtype!(dtype, host_histogram(ctx, rng, case)),
             _ => with_dtype!(dtype, host_lsq(ctx, rng, case)),
         }
     });
@@ -3283,4 +3286,62 @@ fn host_float<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     assert_mask_eq("float mask", &expected.mask, &got.mask);
     assert_eq!(expected.codes, got.codes, "float codes");
     assert_eq!(expected.scales, got.scales, "float scales");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Histogram calibration.
+
+fn host_histogram<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let shape = draw_shape(rng, 3000);
+    let bins = pick(rng, &[64, 128, 256, 300, 2048, 4096, 8192]);
+    let domain = pick(rng, &[HistogramDomain::Magnitude, HistogramDomain::Signed]);
+    let granularity = draw_granularity(rng, &shape);
+    case.note(format!(
+        "histogram {bins} {domain:?} {granularity:?}, shape {shape:?}"
+    ));
+    let Ok(config) = HistogramConfig::new(bins, domain, granularity) else {
+        return;
+    };
+    let cpu = HistogramObserver::new(config, &shape);
+    let gpu = ctx.create_histogram_observer(&config, &shape);
+    let Ok(mut cpu) = cpu else {
+        return expect_err("create_histogram_observer", gpu);
+    };
+    let Some(gpu) = device_ok("create_histogram_observer", gpu) else {
+        return;
+    };
+    for batch in 0..1 + rng.below(3) {
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!("batch {batch}: len {len}"));
+        let scale = data_scale(rng);
+        let x: Vec<T> = draw_data(rng, len, scale);
+        match cpu.observe(&x, &shape) {
+            Ok(()) => {
+                if device_ok("histogram observe", gpu.observe(&x, &shape)).is_none() {
+                    return;
+                }
+            }
+            Err(_) => expect_err("histogram observe", gpu.observe(&x, &shape)),
+        }
+    }
+    let got = gpu.read_histograms().expect("read_histograms");
+    assert_eq!(got.as_slice(), cpu.histograms(), "histograms");
+    let method = match rng.below(6) {
+        0 => CalibrationMethod::Percentile(pick(rng, &[0.0, 49.0, 99.99, 100.0, 101.0])),
+        1 => CalibrationMethod::Mse,
+        2 => CalibrationMethod::Entropy,
+        3 => CalibrationMethod::mix(),
+        4 => CalibrationMethod::Mix(Vec::new()),
+        _ => CalibrationMethod::PyTorchL2,
+    };
+    let observer = ObserverConfig::qat_activation_int8();
+    case.note(format!("{method:?}"));
+    let (c, g) = (
+        cpu.calibrate(&method, &observer),
+        gpu.calibrate(&method, &observer),
+    );
+    match c {
+        Ok(c) => assert_state_eq("calibrate", &c, &g.expect("calibrate")),
+        Err(_) => expect_err("calibrate", g),
+    }
 }

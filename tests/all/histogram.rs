@@ -523,3 +523,35 @@ fn device_counts_equal_the_reference() {
         }
     }
 }
+
+/// A tensor over 128 MiB (more than one storage binding on the default limits): the counting pass
+/// takes it in several bindings, with the same counts as the reference.
+#[test]
+fn device_counts_of_a_tensor_over_128_mib() {
+    let n = (1usize << 25) + 1000;
+    let mut rng = Rng::new(0xb16);
+    let x: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 4099 == 0 {
+                1e3
+            } else {
+                (i % 1000) as f32 * 1e-3 * rng.normal()
+            }
+        })
+        .collect();
+    let config =
+        HistogramConfig::new(2048, HistogramDomain::Signed, Granularity::PerTensor).unwrap();
+    let mut reference = HistogramObserver::new(config, &[n]).unwrap();
+    reference.observe(&x, &[n]).unwrap();
+    for ctx in crate::common::contexts() {
+        let gpu = ctx.create_histogram_observer(&config, &[n]).unwrap();
+        gpu.observe(&x, &[n]).unwrap();
+        let got = gpu.read_histograms().unwrap();
+        assert_eq!(got[0].exponent, reference.histograms()[0].exponent);
+        assert!(
+            got[0].counts == reference.histograms()[0].counts,
+            "counts differ on {}",
+            ctx.adapter_name()
+        );
+    }
+}
