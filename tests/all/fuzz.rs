@@ -1756,7 +1756,8 @@ fn fuzz_record_level() {
             0 => with_dtype!(dtype, record_fake_quant(ctx, rng, case)),
             1 => with_dtype!(dtype, record_ste(ctx, rng, case)),
             2 => with_dtype!(dtype, record_observer(ctx, rng, case)),
-            3 | 4 => with_dtype!(dtype, record_dynamic(ctx, rng, case)),
+            3 => with_dtype!(dtype, record_dynamic(ctx, rng, case)),
+            4 => with_dtype!(dtype, record_float(ctx, rng, case)),
             _ => with_dtype!(dtype, record_lsq(ctx, rng, case)),
         }
     });
@@ -3344,4 +3345,71 @@ fn host_histogram<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         Ok(c) => assert_state_eq("calibrate", &c, &g.expect("calibrate")),
         Err(_) => expect_err("calibrate", g),
     }
+}
+
+/// A floating-point fake-quantization recorded on caller buffers at any offsets (16-bit tensors
+/// at odd element offsets included), now and then invalid ones.
+fn record_float<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
+    let mut shape = draw_shape(rng, 3000);
+    if let Some(last) = shape.last_mut() {
+        *last = 16 * (1 + rng.below(6));
+    }
+    let Some(config) = draw_float_config(rng, case, &shape) else {
+        return;
+    };
+    let n = numel(&shape);
+    case.note(format!("record_forward shape {shape:?}"));
+    let gpu = match ctx.create_float_quant(&config, &shape) {
+        Ok(g) => g,
+        Err(e) => {
+            let zeros = vec![T::from_f32(0.0); n];
+            assert!(
+                matches!(e, Error::TooLarge { .. })
+                    || fake_quant_float(&config, &zeros, &shape).is_err(),
+                "create_float_quant refused a shape the reference takes: {e}"
+            );
+            return;
+        }
+    };
+    let scale = data_scale(rng);
+    let x: Vec<T> = draw_data(rng, n, scale);
+    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
+    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
+    let mask = mask_slot(ctx, rng, case, n);
+    let expected = fake_quant_float(&config, &x, &shape);
+    let invalid = x_slot.invalid
+        || y_slot.invalid
+        || mask.as_ref().is_some_and(|m| m.0.invalid)
+        || expected.is_err();
+    let mut encoder = ctx.create_encoder("fuzz");
+    let r = gpu.record_forward(
+        &mut encoder,
+        binding(&x_buf, &x_slot, T::DTYPE),
+        &shape,
+        binding(&y_buf, &y_slot, y_dtype),
+        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
+    );
+    if invalid {
+        expect_err("record_forward", r);
+        submit(ctx, encoder, false);
+        return check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
+    }
+    if device_ok("record_forward", r).is_none() {
+        return;
+    }
+    submit(ctx, encoder, true);
+    let e = expected.expect("valid");
+    let as_output = fakequant::FakeQuantOutput {
+        y: e.y.clone(),
+        mask: e.mask.clone(),
+    };
+    check_forward_outputs(
+        ctx,
+        &x_buf,
+        (&y_slot, &y_buf),
+        mask.as_ref(),
+        Some(&as_output),
+    );
+    assert_eq!(gpu.read_codes().expect("read codes"), e.codes, "codes");
+    assert_eq!(gpu.read_scales().expect("read scales"), e.scales, "scales");
 }
