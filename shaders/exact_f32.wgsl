@@ -1,5 +1,5 @@
 // requires: none
-// provides: is_nan_bits, order_key, from_key, is_finite_bits, mul_wide, quotient_26, quotient_26_restoring, div_rn_bits, round_pack_rn_bits, add_rn_bits, sub_rn_bits, mul_rn_bits, round_half_even_clamp_i32, add_ieee_bits, mul_ieee_bits, u32_to_f32_rn_bits
+// provides: is_nan_bits, order_key, from_key, is_finite_bits, div_rn_bits, round_pack_rn_bits, add_rn_bits, sub_rn_bits, mul_rn_bits, round_half_even_clamp_i32, add_ieee_bits, mul_ieee_bits, u32_to_f32_rn_bits
 // Exact f32 helpers shared by the kernels (prepended to each kernel family's source).
 //
 // WGSL lets an implementation fuse a multiply and an add, flush subnormals, assume that NaN and
@@ -28,69 +28,6 @@ fn from_key(key: u32) -> u32 {
 
 fn is_finite_bits(bits: u32) -> bool {
     return (bits & EXP_MASK) != EXP_MASK;
-}
-
-// The 64-bit product of two u32, as (low, high) words, from 16-bit partial products.
-fn mul_wide(a: u32, b: u32) -> vec2<u32> {
-    let al = a & 0xffffu;
-    let ah = a >> 16u;
-    let bl = b & 0xffffu;
-    let bh = b >> 16u;
-    let ll = al * bl;
-    let mid1 = ah * bl;
-    let mid2 = al * bh;
-    let lo = ll + (mid1 << 16u);
-    var carry = select(0u, 1u, lo < ll);
-    let lo2 = lo + (mid2 << 16u);
-    carry = carry + select(0u, 1u, lo2 < lo);
-    return vec2<u32>(lo2, ah * bh + (mid1 >> 16u) + (mid2 >> 16u) + carry);
-}
-
-// floor(rem * 2^25 / mb) and the remainder, for mb in [2^23, 2^24) and rem / mb in [1, 2): the
-// device's division estimates the quotient (within a few units: WGSL bounds it to 2.5 ULP), the
-// remainder corrects it in integers, and an exact 64-bit check accepts the result; any estimate
-// it does not accept (a device outside WGSL's bound) takes the restoring long division, so the
-// result never depends on the device's division.
-fn quotient_26(rem: u32, mb: u32) -> vec2<u32> {
-    let estimate = f32(rem) / f32(mb);
-    var q = u32(clamp(estimate, 1.0, 2.0) * 33554432.0); // 2^25: exact scaling, truncated
-    q = clamp(q, 0x02000000u, 0x03ffffffu);
-    // r = rem * 2^25 - q * mb is exact as an i32 while |r| < 2^31: its low words suffice.
-    var r = i32((rem << 25u) - q * mb);
-    for (var i = 0u; i < 8u && r < 0; i = i + 1u) {
-        q = q - 1u;
-        r = r + i32(mb);
-    }
-    for (var i = 0u; i < 8u && r >= i32(mb); i = i + 1u) {
-        q = q + 1u;
-        r = r - i32(mb);
-    }
-    // Exactly: 0 <= rem * 2^25 - q * mb < mb, in 64 bits.
-    let p = mul_wide(q, mb);
-    let a = vec2<u32>(rem << 25u, rem >> 7u);
-    let borrow = select(0u, 1u, a.x < p.x);
-    let d_lo = a.x - p.x;
-    let no_underflow = a.y > p.y || (a.y == p.y && a.x >= p.x);
-    let d_hi = a.y - p.y - borrow;
-    if (no_underflow && d_hi == 0u && d_lo < mb) {
-        return vec2<u32>(q, d_lo);
-    }
-    return quotient_26_restoring(rem, mb);
-}
-
-// quotient_26 by restoring long division: 26 quotient bits, the leading one known.
-fn quotient_26_restoring(rem: u32, mb: u32) -> vec2<u32> {
-    var rr = rem - mb;
-    var qq = 1u;
-    for (var i = 0u; i < 25u; i = i + 1u) {
-        rr = rr << 1u;
-        qq = qq << 1u;
-        if (rr >= mb) {
-            rr = rr - mb;
-            qq = qq | 1u;
-        }
-    }
-    return vec2<u32>(qq, rr);
 }
 
 // Correctly rounded (to nearest, ties to even) f32 division `a / b` on bit patterns, for finite `a`
@@ -129,11 +66,19 @@ fn div_rn_bits(a: u32, b: u32) -> u32 {
         rem = ma << 1u;
         e = e - 1;
     }
-    // rem / mb is in [1, 2): q = floor(rem * 2^25 / mb) in [2^25, 2^26), with the remainder.
-    let qr = quotient_26(rem, mb);
-    let q = qr.x;
-    // The quotient is q * 2^-25 * 2^(e - 127), plus a sticky remainder.
-    let sticky = qr.y != 0u;
+    // rem / mb is in [1, 2): the leading quotient bit is 1.
+    var q = 1u;
+    rem = rem - mb;
+    for (var i = 0u; i < 25u; i = i + 1u) {
+        rem = rem << 1u;
+        q = q << 1u;
+        if (rem >= mb) {
+            rem = rem - mb;
+            q = q | 1u;
+        }
+    }
+    // q in [2^25, 2^26): the quotient is q * 2^-25 * 2^(e - 127), plus a sticky remainder.
+    let sticky = rem != 0u;
     // Bits to drop: 2 for a normal result; more when it falls into the subnormal range, where the
     // significand is the quotient in units of 2^-149.
     var drop = 2u;
