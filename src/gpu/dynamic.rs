@@ -10,9 +10,12 @@ use super::context::GpuContext;
 use super::fake_quant::{plan_dispatch, ChannelParams, DispatchUniform, ElementwiseBindings, Walk};
 use super::kernel::planning::{chunk_elems, per_channel_groups};
 use super::kernel::recording::Dispatch;
-use super::kernel::shaders::{Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS_HALF};
+use super::kernel::shaders::{
+    Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS_HALF, DYNAMIC_GROUPS_SHADERS,
+};
 use super::kernel::{
-    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
+    bindings, dtype_constant, uniform, ElementShaders, EntryPointDecl, FamilyDecl, Kernel,
+    Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
@@ -103,10 +106,7 @@ pub(crate) struct GroupsKernel {
 
 impl Kernel for GroupsKernel {
     fn shader(&self) -> &'static Shader {
-        match self.dtype {
-            DType::F32 => &DYNAMIC_GROUPS_F32,
-            _ => &DYNAMIC_GROUPS_HALF,
-        }
+        DYNAMIC_GROUPS_SHADERS.for_dtype(self.dtype)
     }
 
     fn entry_point(&self) -> &'static str {
@@ -121,10 +121,7 @@ impl Kernel for GroupsKernel {
         let mut constants = rules_constants(self.scheme, self.dtype);
         constants.push(("GROUP", self.group as f64));
         constants.push(("RUN", self.run as f64));
-        if self.dtype != DType::F32 {
-            constants.push(("DTYPE", dtype_constant(self.dtype)));
-        }
-        constants
+        ElementShaders::constants(self.dtype, constants)
     }
 }
 
@@ -454,17 +451,15 @@ impl GpuDynamic {
             Some(m) => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, w)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: GroupsMaskedBindings {
+                    .map(|(p, w)| {
+                        p.dispatch(GroupsMaskedBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             mask: p.mask.bind(m.buffer),
                             scales: w.bind(&self.scales),
                             rules: rules.clone(),
                             zero_points: w.bind(&self.zero_points),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx.record_pass(recorder, kernel, &dispatches)
@@ -472,16 +467,14 @@ impl GpuDynamic {
             None => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, w)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: GroupsBindings {
+                    .map(|(p, w)| {
+                        p.dispatch(GroupsBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             scales: w.bind(&self.scales),
                             rules: rules.clone(),
                             zero_points: w.bind(&self.zero_points),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx.record_pass(recorder, kernel, &dispatches)

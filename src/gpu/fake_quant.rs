@@ -441,14 +441,12 @@ impl GpuContext {
                 })?;
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|p| Dispatch {
-                        uniform: p.uniform,
-                        bindings: SteBindings {
+                    .map(|p| {
+                        p.dispatch(SteBindings {
                             x: p.x.bind(b.x.buffer),
                             y: p.y.bind(b.y.buffer),
                             mask: p.mask.bind(mask.buffer),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.record_pass(recorder, kernel, &dispatches)?;
@@ -466,15 +464,13 @@ impl GpuContext {
                     Some(mask) => {
                         let dispatches: Vec<_> = plans
                             .iter()
-                            .map(|p| Dispatch {
-                                uniform: p.uniform,
-                                bindings: MaskedForwardBindings {
+                            .map(|p| {
+                                p.dispatch(MaskedForwardBindings {
                                     params: params(p),
                                     x: p.x.bind(b.x.buffer),
                                     y: p.y.bind(b.y.buffer),
                                     mask: p.mask.bind(mask.buffer),
-                                },
-                                grid: p.grid,
+                                })
                             })
                             .collect();
                         self.record_pass(recorder, kernel, &dispatches)?;
@@ -482,14 +478,12 @@ impl GpuContext {
                     None => {
                         let dispatches: Vec<_> = plans
                             .iter()
-                            .map(|p| Dispatch {
-                                uniform: p.uniform,
-                                bindings: ForwardBindings {
+                            .map(|p| {
+                                p.dispatch(ForwardBindings {
                                     params: params(p),
                                     x: p.x.bind(b.x.buffer),
                                     y: p.y.bind(b.y.buffer),
-                                },
-                                grid: p.grid,
+                                })
                             })
                             .collect();
                         self.record_pass(recorder, kernel, &dispatches)?;
@@ -523,6 +517,17 @@ pub(crate) struct PlannedDispatch {
     /// uniform's `channel_start`).
     pub(crate) channels: ChannelWindow,
     pub(crate) grid: [u32; 2],
+}
+
+impl PlannedDispatch {
+    /// The planned dispatch with `bindings`.
+    pub(crate) fn dispatch<B>(&self, bindings: B) -> Dispatch<DispatchUniform, B> {
+        Dispatch {
+            uniform: self.uniform,
+            bindings,
+            grid: self.grid,
+        }
+    }
 }
 
 /// The channels a dispatch reads, as records of a per-channel table.

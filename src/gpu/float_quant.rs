@@ -11,10 +11,12 @@ use super::fake_quant::{
 use super::kernel::planning::{chunk_elems, per_channel_groups, table_window, Window};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{
-    Shader, FLOAT_AMAX_F32, FLOAT_AMAX_HALF, FLOAT_BLOCKS_F32, FLOAT_BLOCKS_HALF,
+    Shader, FLOAT_AMAX_F32, FLOAT_AMAX_HALF, FLOAT_AMAX_SHADERS, FLOAT_BLOCKS_F32,
+    FLOAT_BLOCKS_HALF, FLOAT_BLOCKS_SHADERS,
 };
 use super::kernel::{
-    bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
+    bindings, dtype_constant, uniform, ElementShaders, EntryPointDecl, FamilyDecl, Kernel,
+    Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
@@ -70,10 +72,7 @@ pub(crate) struct BlocksKernel {
 
 impl Kernel for BlocksKernel {
     fn shader(&self) -> &'static Shader {
-        match self.dtype {
-            DType::F32 => &FLOAT_BLOCKS_F32,
-            _ => &FLOAT_BLOCKS_HALF,
-        }
+        FLOAT_BLOCKS_SHADERS.for_dtype(self.dtype)
     }
 
     fn entry_point(&self) -> &'static str {
@@ -91,16 +90,13 @@ impl Kernel for BlocksKernel {
             MxScaleRule::Even => 2.0,
             MxScaleRule::Rceil => 3.0,
         };
-        let mut constants = vec![
+        let constants = vec![
             ("FORMAT", format_constant(self.format)),
             ("SCALING", f64::from(u8::from(self.nvfp4))),
             ("RULE", rule),
             ("INPUT_DTYPE", dtype_constant(self.dtype)),
         ];
-        if self.dtype != DType::F32 {
-            constants.push(("DTYPE", dtype_constant(self.dtype)));
-        }
-        constants
+        ElementShaders::constants(self.dtype, constants)
     }
 }
 
@@ -116,10 +112,7 @@ pub(crate) struct AmaxKernel {
 
 impl Kernel for AmaxKernel {
     fn shader(&self) -> &'static Shader {
-        match self.dtype {
-            DType::F32 => &FLOAT_AMAX_F32,
-            _ => &FLOAT_AMAX_HALF,
-        }
+        FLOAT_AMAX_SHADERS.for_dtype(self.dtype)
     }
 
     fn entry_point(&self) -> &'static str {
@@ -131,14 +124,11 @@ impl Kernel for AmaxKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        let mut constants = vec![
+        let constants = vec![
             ("FORMAT", format_constant(self.format)),
             ("INPUT_DTYPE", dtype_constant(self.dtype)),
         ];
-        if self.dtype != DType::F32 {
-            constants.push(("DTYPE", dtype_constant(self.dtype)));
-        }
-        constants
+        ElementShaders::constants(self.dtype, constants)
     }
 }
 
@@ -401,17 +391,15 @@ impl GpuFloatQuant {
             Some(m) => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, scales, codes)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: BlocksMaskedBindings {
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(BlocksMaskedBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             mask: p.mask.bind(m.buffer),
                             codes: codes.bind(&self.codes),
                             rules: rules.clone(),
                             scales: scales.bind(&self.scales),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx.record_pass(recorder, kernel, &dispatches)
@@ -419,16 +407,14 @@ impl GpuFloatQuant {
             None => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, scales, codes)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: BlocksBindings {
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(BlocksBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             codes: codes.bind(&self.codes),
                             rules: rules.clone(),
                             scales: scales.bind(&self.scales),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx.record_pass(recorder, kernel, &dispatches)
@@ -471,16 +457,14 @@ impl GpuFloatQuant {
             Some(m) => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, scales, codes)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: Fp8ForwardMaskedBindings {
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(Fp8ForwardMaskedBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             mask: p.mask.bind(m.buffer),
                             scales: scales.bind(&self.scales),
                             codes: codes.bind(&self.codes),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx
@@ -489,15 +473,13 @@ impl GpuFloatQuant {
             None => {
                 let dispatches: Vec<_> = plans
                     .iter()
-                    .map(|(p, scales, codes)| Dispatch {
-                        uniform: p.uniform,
-                        bindings: Fp8ForwardBindings {
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(Fp8ForwardBindings {
                             x: p.x.bind(x.buffer),
                             y: p.y.bind(y.buffer),
                             scales: scales.bind(&self.scales),
                             codes: codes.bind(&self.codes),
-                        },
-                        grid: p.grid,
+                        })
                     })
                     .collect();
                 self.ctx

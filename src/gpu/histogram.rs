@@ -7,8 +7,8 @@ use super::context::GpuContext;
 use super::fake_quant::{plan_dispatch, DispatchUniform, ElementwiseBindings, Walk};
 use super::kernel::planning::{chunk_elems, per_channel_groups};
 use super::kernel::recording::Dispatch;
-use super::kernel::shaders::{Shader, HISTOGRAM_F32, HISTOGRAM_HALF};
-use super::kernel::{bindings, dtype_constant, EntryPointDecl, FamilyDecl, Kernel, Recorder};
+use super::kernel::shaders::{Shader, HISTOGRAM_F32, HISTOGRAM_HALF, HISTOGRAM_SHADERS};
+use super::kernel::{bindings, ElementShaders, EntryPointDecl, FamilyDecl, Kernel, Recorder};
 use super::memory::{check_len, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
@@ -36,10 +36,7 @@ pub(crate) struct HistogramKernel {
 
 impl Kernel for HistogramKernel {
     fn shader(&self) -> &'static Shader {
-        match self.dtype {
-            DType::F32 => &HISTOGRAM_F32,
-            _ => &HISTOGRAM_HALF,
-        }
+        HISTOGRAM_SHADERS.for_dtype(self.dtype)
     }
 
     fn entry_point(&self) -> &'static str {
@@ -51,14 +48,11 @@ impl Kernel for HistogramKernel {
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
-        let mut constants = vec![
+        let constants = vec![
             ("SIGNED", f64::from(u8::from(self.signed))),
             ("LOG2_BINS", f64::from(self.log2_bins)),
         ];
-        if self.dtype != DType::F32 {
-            constants.push(("DTYPE", dtype_constant(self.dtype)));
-        }
-        constants
+        ElementShaders::constants(self.dtype, constants)
     }
 }
 

@@ -134,6 +134,35 @@ pub(crate) fn dtype_constant(dtype: crate::DType) -> f64 {
     }
 }
 
+/// An element-type family's shader modules: the one for f32 tensors, and the one for 16-bit
+/// tensors (f16, bf16), which takes the `DTYPE` override.
+#[derive(Debug)]
+pub(crate) struct ElementShaders {
+    pub(crate) f32: &'static shaders::Shader,
+    pub(crate) half: &'static shaders::Shader,
+}
+
+impl ElementShaders {
+    /// The module for tensors of `dtype`.
+    pub(crate) fn for_dtype(&self, dtype: crate::DType) -> &'static shaders::Shader {
+        match dtype {
+            crate::DType::F32 => self.f32,
+            _ => self.half,
+        }
+    }
+
+    /// `constants`, and the `DTYPE` the 16-bit module takes for `dtype`.
+    pub(crate) fn constants(
+        dtype: crate::DType,
+        mut constants: Vec<(&'static str, f64)>,
+    ) -> Vec<(&'static str, f64)> {
+        if dtype != crate::DType::F32 {
+            constants.push(("DTYPE", dtype_constant(dtype)));
+        }
+        constants
+    }
+}
+
 /// What a family declares to the checks in `layout_tests`: its entry points with their bindings,
 /// and its structs shared with WGSL.
 #[cfg_attr(not(test), allow(dead_code))]

@@ -225,6 +225,24 @@ pub(crate) static HISTOGRAM_HALF: Shader = Shader {
     ],
 };
 
+/// The element-type families' module pairs.
+pub(crate) static DYNAMIC_GROUPS_SHADERS: super::ElementShaders = super::ElementShaders {
+    f32: &DYNAMIC_GROUPS_F32,
+    half: &DYNAMIC_GROUPS_HALF,
+};
+pub(crate) static FLOAT_BLOCKS_SHADERS: super::ElementShaders = super::ElementShaders {
+    f32: &FLOAT_BLOCKS_F32,
+    half: &FLOAT_BLOCKS_HALF,
+};
+pub(crate) static FLOAT_AMAX_SHADERS: super::ElementShaders = super::ElementShaders {
+    f32: &FLOAT_AMAX_F32,
+    half: &FLOAT_AMAX_HALF,
+};
+pub(crate) static HISTOGRAM_SHADERS: super::ElementShaders = super::ElementShaders {
+    f32: &HISTOGRAM_F32,
+    half: &HISTOGRAM_HALF,
+};
+
 /// Every shader module the library compiles: one line per kernel family's module.
 pub(crate) static SHADERS: &[&Shader] = &[
     &ELEMENTWISE_F32,
