@@ -15,7 +15,7 @@
 // included); the conversions are float_formats.wgsl's integer ones, and the rounding to a 16-bit
 // input type half.wgsl's.
 
-// 0 MX, 1 NVFP4.
+// 0 MX, 1 NVFP4 (torchao), 2 NVFP4 (Model Optimizer's conventions).
 override SCALING: u32 = 0u;
 // MX's scale rule: 0 FLOOR, 1 CEIL, 2 EVEN, 3 RCEIL.
 override RULE: u32 = 3u;
@@ -29,7 +29,8 @@ struct FloatRules {
     two_level: u32,
     tensor_scale: u32,
     inv_tensor_scale: u32,
-    _pad0: u32,
+    // f32(6 * g) (Model Optimizer's block scales divide by it).
+    six_tensor_scale: u32,
 }
 
 // Element codes, four to a word (element 4i + j in byte j of word i), from the dispatch's first
@@ -42,12 +43,14 @@ struct FloatRules {
 
 const ONE_BITS: u32 = 0x3f800000u;
 const SIX_BITS: u32 = 0x40c00000u;
-// NVFP4's block scale bounds: 2^-6 (E4M3's smallest normal) and 448.
+// NVFP4's block scale bounds: 2^-6 (E4M3's smallest normal; 2^-9, its smallest subnormal, for
+// Model Optimizer) and 448.
 const E4M3_MIN_NORMAL_BITS: u32 = 0x3c800000u;
+const E4M3_MIN_SUBNORMAL_BITS: u32 = 0x3b000000u;
 const E4M3_MAX_BITS: u32 = 0x43e00000u;
 
 fn block_len() -> u32 {
-    return select(32u, 16u, SCALING == 1u);
+    return select(32u, 16u, SCALING >= 1u);
 }
 
 // Rounds f32 bits to the input's type and back (identity for f32).
@@ -129,6 +132,34 @@ fn mx_scale(amax: u32) -> BlockScale {
     return s;
 }
 
+// Model Optimizer's NVFP4 scale of a block with `amax`: bs = amax / (6 * g), a zero replaced by
+// 1, clamped to [2^-9, 448] and rounded to E4M3 (subnormal scales allowed); the elements are
+// divided by s8 * g, the values multiplied by it.
+fn nvfp4_modelopt_scale(amax: u32) -> BlockScale {
+    var s: BlockScale;
+    s.divide = true;
+    if (amax > EXP_MASK) {
+        s.byte = 0x7fu;
+        s.nan = true;
+        s.factor = DEFAULT_NAN;
+        s.dequant = DEFAULT_NAN;
+        return s;
+    }
+    var bs = EXP_MASK;
+    if (amax != EXP_MASK) {
+        bs = div_rn_bits(amax, rules.six_tensor_scale);
+    }
+    if (bs == 0u) {
+        bs = ONE_BITS;
+    }
+    s.byte = encode_format(clamp(bs, E4M3_MIN_SUBNORMAL_BITS, E4M3_MAX_BITS), E4M3);
+    s.nan = false;
+    // s8 >= 2^-9 and g >= 2^-119: the product is positive and finite (subnormal at worst).
+    s.factor = mul_rn_bits(decode_format(s.byte, E4M3), rules.tensor_scale);
+    s.dequant = s.factor;
+    return s;
+}
+
 // The NVFP4 scale of a block with `amax`: bs = amax / 6 (over g when two-level), clamped to
 // [2^-6, 448] and rounded to E4M3; the elements are multiplied by 1 / s8 (or (1 / g) / s8), the
 // values by s8 (or g * s8).
@@ -195,6 +226,9 @@ fn scale_element(x: u32, s: BlockScale) -> u32 {
     if (SCALING == 0u) {
         return scale_pow2_bits(x, s.factor_k);
     }
+    if (s.divide) {
+        return div_rn_bits(x, s.factor);
+    }
     return mul_rn_bits(x, s.factor);
 }
 
@@ -207,7 +241,9 @@ fn quantize_block(first: u32) -> u32 {
         amax = max(amax, load_x(first + k) & ABS_MASK);
     }
     var s: BlockScale;
-    if (SCALING == 1u) {
+    if (SCALING == 2u) {
+        s = nvfp4_modelopt_scale(amax);
+    } else if (SCALING == 1u) {
         s = nvfp4_scale(amax);
     } else {
         s = mx_scale(amax);
@@ -219,7 +255,10 @@ fn quantize_block(first: u32) -> u32 {
     for (var k = 0u; k < len; k = k + 1u) {
         let x = load_x(first + k);
         let data = scale_element(x, s);
-        let code = encode_element(data);
+        var code = encode_element(data);
+        if (SCALING == 2u && code == 0x8u) {
+            code = 0u; // Model Optimizer codes -0 as +0
+        }
         var y = 0u;
         if (is_nan_bits(x)) {
             y = x | QUIET_BIT;

@@ -252,6 +252,11 @@ pub enum FloatScaling {
     /// `Some(g)` a per-tensor f32 scale `g` in `[2^-119, 2^119]` (two-level; torchao's
     /// `per_tensor_amax_to_scale` gives `amax / 2688`).
     Nvfp4(Option<f32>),
+    /// NVFP4 as NVIDIA's Model Optimizer computes it (always two-level, tensor scale `g` in
+    /// `[2^-119, 2^119]`): block scales `e4m3(clamp(amax / (6 * g), 2^-9, 448))` with a zero
+    /// replaced by 1 (E4M3 subnormal scales allowed), elements `x / (s8 * g)` (a correctly
+    /// rounded division), `y = rd(value * (s8 * g))`, and `-0` coded as `+0`.
+    Nvfp4Modelopt(f32),
 }
 
 /// A validated floating-point fake-quantization: element format and scaling.
@@ -302,7 +307,12 @@ impl FloatQuantConfig {
                 }
             }
             FloatScaling::Mx(_) => {}
-            FloatScaling::Nvfp4(tensor_scale) => {
+            FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {
+                let tensor_scale = match scaling {
+                    FloatScaling::Nvfp4Modelopt(g) => Some(g),
+                    FloatScaling::Nvfp4(g) => g,
+                    _ => None,
+                };
                 if format != ElementFormat::Fp4E2M1 {
                     return Err(Error::Unsupported(format!(
                         "NVFP4 takes E2M1 elements, not {format:?}"
@@ -349,6 +359,15 @@ impl FloatQuantConfig {
         Self::new(ElementFormat::Fp4E2M1, FloatScaling::Nvfp4(tensor_scale))
     }
 
+    /// NVFP4 with Model Optimizer's conventions and tensor scale `g` (see
+    /// [`FloatScaling::Nvfp4Modelopt`]).
+    pub fn nvfp4_modelopt(tensor_scale: f32) -> Result<Self> {
+        Self::new(
+            ElementFormat::Fp4E2M1,
+            FloatScaling::Nvfp4Modelopt(tensor_scale),
+        )
+    }
+
     /// The element format.
     pub fn format(&self) -> ElementFormat {
         self.format
@@ -364,7 +383,7 @@ impl FloatQuantConfig {
         match self.scaling {
             FloatScaling::Amax { .. } => None,
             FloatScaling::Mx(_) => Some(32),
-            FloatScaling::Nvfp4(_) => Some(16),
+            FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => Some(16),
         }
     }
 

@@ -34,7 +34,7 @@ uniform! {
         two_level: u32,
         tensor_scale: u32,
         inv_tensor_scale: u32,
-        _pad0: u32,
+        six_tensor_scale: u32,
     }
 }
 
@@ -63,8 +63,8 @@ fn format_constant(format: ElementFormat) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct BlocksKernel {
     format: ElementFormat,
-    /// `SCALING`: 0 MX, 1 NVFP4.
-    nvfp4: bool,
+    /// `SCALING`: 0 MX, 1 NVFP4 (torchao), 2 NVFP4 (Model Optimizer).
+    scaling: u8,
     rule: MxScaleRule,
     dtype: DType,
     masked: bool,
@@ -92,7 +92,7 @@ impl Kernel for BlocksKernel {
         };
         let constants = vec![
             ("FORMAT", format_constant(self.format)),
-            ("SCALING", f64::from(u8::from(self.nvfp4))),
+            ("SCALING", f64::from(self.scaling)),
             ("RULE", rule),
             ("INPUT_DTYPE", dtype_constant(self.dtype)),
         ];
@@ -238,9 +238,10 @@ impl GpuContext {
                 };
                 (bytemuck::bytes_of(&rules).to_vec(), reducer)
             }
-            FloatScaling::Mx(_) | FloatScaling::Nvfp4(_) => {
+            FloatScaling::Mx(_) | FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {
                 let tensor_scale = match config.scaling() {
                     FloatScaling::Nvfp4(g) => g,
+                    FloatScaling::Nvfp4Modelopt(g) => Some(g),
                     _ => None,
                 };
                 let rules = FloatRules {
@@ -248,7 +249,8 @@ impl GpuContext {
                     tensor_scale: tensor_scale.unwrap_or(1.0).to_bits(),
                     // The host's IEEE division: the correctly rounded reciprocal torchao uses.
                     inv_tensor_scale: (1.0 / tensor_scale.unwrap_or(1.0)).to_bits(),
-                    ..Default::default()
+                    // The host's IEEE product, as the reference forms it.
+                    six_tensor_scale: (6.0 * tensor_scale.unwrap_or(1.0)).to_bits(),
                 };
                 (bytemuck::bytes_of(&rules).to_vec(), None)
             }
@@ -312,6 +314,10 @@ impl GpuFloatQuant {
             FloatScaling::Nvfp4(tensor) => FloatScales::E4M3 {
                 blocks: bytes(),
                 tensor,
+            },
+            FloatScaling::Nvfp4Modelopt(g) => FloatScales::E4M3 {
+                blocks: bytes(),
+                tensor: Some(g),
             },
             FloatScaling::Mx(_) => FloatScales::E8M0(bytes()),
         })
@@ -378,7 +384,11 @@ impl GpuFloatQuant {
         }
         let kernel = BlocksKernel {
             format: self.config.format(),
-            nvfp4: matches!(self.config.scaling(), FloatScaling::Nvfp4(_)),
+            scaling: match self.config.scaling() {
+                FloatScaling::Nvfp4(_) => 1,
+                FloatScaling::Nvfp4Modelopt(_) => 2,
+                _ => 0,
+            },
             rule: match self.config.scaling() {
                 FloatScaling::Mx(rule) => rule,
                 _ => MxScaleRule::Rceil,

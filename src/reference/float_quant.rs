@@ -242,6 +242,42 @@ pub fn fake_quant_float<T: Element>(
                 tensor,
             }
         }
+        FloatScaling::Nvfp4Modelopt(g) => {
+            let e4m3 = ElementFormat::Fp8E4M3;
+            let six_g = 6.0 * g;
+            let blocks: Vec<u32> = channel_amax(&wide, &layout, false)
+                .into_iter()
+                .map(|a| {
+                    let bs = a / six_g;
+                    let bs = if bs == 0.0 { 1.0 } else { bs };
+                    e4m3.encode(if bs.is_nan() {
+                        bs
+                    } else {
+                        bs.clamp(pow2(-9), 448.0)
+                    })
+                })
+                .collect();
+            let negative_zero = 1 << (format.bits() - 1);
+            for (i, &v) in wide.iter().enumerate() {
+                let s8 = e4m3.decode(blocks[layout.channel_of(i)]);
+                // modelopt: x / (s8 * g), y = value * (s8 * g).
+                let scale = s8 * g;
+                let (code, _, ok) = convert(format, scale_element(v, scale, true));
+                let code = if code == negative_zero { 0 } else { code };
+                let out = if v.is_nan() {
+                    nan_of(v)
+                } else if s8.is_nan() {
+                    f32::NAN
+                } else {
+                    rd::<T>(format.decode(code) * scale)
+                };
+                push(out, code, ok && !v.is_nan());
+            }
+            FloatScales::E4M3 {
+                blocks: blocks.into_iter().map(|b| b as u8).collect(),
+                tensor: Some(g),
+            }
+        }
     };
     Ok(FloatQuantOutput {
         y,

@@ -282,6 +282,9 @@ fn block_configs() -> Vec<FloatQuantConfig> {
         Some(2f32.powi(119)),
     ] {
         configs.push(FloatQuantConfig::nvfp4(g).unwrap());
+        if let Some(g) = g {
+            configs.push(FloatQuantConfig::nvfp4_modelopt(g).unwrap());
+        }
     }
     configs
 }
@@ -458,5 +461,45 @@ fn fp8_amax_scaling_on_the_device_matches_the_reference() {
             let config = FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, granularity).unwrap();
             check_float_on_gpu::<f32>(&small, &config, &big, &[3 * 2048 + 3, 32], "fp8 lowered");
         }
+    }
+}
+
+/// Model Optimizer's NVFP4 conventions: a zero block's scale is 1 (not the 2^-6 floor), scales
+/// down to 2^-9 (E4M3 subnormals), `x / (s8 * g)`, and `-0` coded as `+0`.
+#[test]
+fn nvfp4_modelopt_conventions() {
+    let g = 1.0 / 2688.0;
+    let config = FloatQuantConfig::nvfp4_modelopt(g).unwrap();
+    let mut x = vec![0.0f32; 48];
+    x[16..32].fill(-0.0); // an all-zero block (negative zeros): scale 1
+    for (i, v) in x[32..].iter_mut().enumerate() {
+        *v = 1e-6 * (i as f32 - 8.0); // a tiny block: a subnormal E4M3 scale
+    }
+    x[33] = -1e-9; // rounds to zero: +0 code
+    let out = fake_quant_float(&config, &x, &[48]).unwrap();
+    let FloatScales::E4M3 { blocks, tensor } = &out.scales else {
+        panic!("E4M3 scales");
+    };
+    assert_eq!(*tensor, Some(g));
+    assert_eq!(ElementFormat::Fp8E4M3.decode(u32::from(blocks[0])), 1.0);
+    assert_eq!(ElementFormat::Fp8E4M3.decode(u32::from(blocks[1])), 1.0);
+    assert!(blocks[2] < 8, "a subnormal E4M3 scale: {:#x}", blocks[2]);
+    assert_eq!(&out.codes[16..18], &[0, 0], "-0 coded as +0");
+    assert_eq!(out.codes[33], 0, "-0 coded as +0");
+    assert_eq!(out.y[16].to_bits(), 0);
+    assert_eq!(out.y[33].to_bits(), 0);
+    // The torchao convention floors the tiny block's scale at 2^-6 and keeps -0's code.
+    let torchao = fake_quant_float(&FloatQuantConfig::nvfp4(Some(g)).unwrap(), &x, &[48]).unwrap();
+    let FloatScales::E4M3 { blocks: t, .. } = &torchao.scales else {
+        panic!("E4M3 scales");
+    };
+    assert_eq!(
+        ElementFormat::Fp8E4M3.decode(u32::from(t[2])),
+        2f32.powi(-6)
+    );
+    assert_eq!(torchao.codes[16], 0x8);
+    assert_eq!(torchao.codes[33], 0x8);
+    for ctx in crate::common::contexts() {
+        check_float_on_gpu::<f32>(ctx, &config, &x, &[48], "modelopt");
     }
 }

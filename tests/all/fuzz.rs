@@ -3226,7 +3226,7 @@ fn draw_float_config(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<Floa
         f32::MAX,
     ];
     let maybe = |rng: &mut Rng| (rng.below(3) == 0).then(|| pick(rng, &odd));
-    let scaling = match rng.below(3) {
+    let scaling = match rng.below(4) {
         0 => FloatScaling::Amax {
             granularity: draw_granularity(rng, shape),
             lower: maybe(rng),
@@ -3241,7 +3241,8 @@ fn draw_float_config(rng: &mut Rng, case: &Case, shape: &[usize]) -> Option<Floa
                 MxScaleRule::Rceil,
             ],
         )),
-        _ => FloatScaling::Nvfp4(maybe(rng)),
+        2 => FloatScaling::Nvfp4(maybe(rng)),
+        _ => FloatScaling::Nvfp4Modelopt(pick(rng, &odd)),
     };
     case.note(format!("float {format:?} {scaling:?}"));
     FloatQuantConfig::new(format, scaling).ok()
