@@ -24,7 +24,7 @@ fn channel_of(i: u32) -> u32 {
     if (!PER_CHANNEL) {
         return 0u;
     }
-    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
+    return dispatch_channel(i);
 }
 
 // One tile of the forward: y, and each element's mask bit into tile_mask when WITH_MASK. Only

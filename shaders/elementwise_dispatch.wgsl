@@ -1,5 +1,5 @@
 // requires: none
-// provides: Dispatch
+// provides: Dispatch, dispatch_channel
 // The uniform of every elementwise dispatch, scalar (elementwise.wgsl) and wide
 // (elementwise_wide.wgsl): one Rust struct (`DispatchUniform` in src/gpu/fake_quant.rs) fills both.
 // The scalar kernels count lengths and shifts in elements, the wide ones in vec4 groups.
@@ -24,4 +24,9 @@ struct Dispatch {
     mask_shift: u32,
     _pad0: u32,
     _pad1: u32,
+}
+
+// The channel of dispatch-local element `i` (the binding `dispatch` is declared by each family).
+fn dispatch_channel(i: u32) -> u32 {
+    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
 }

@@ -68,10 +68,6 @@ fn fp8_scales(
     }
 }
 
-fn channel_of(i: u32) -> u32 {
-    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
-}
-
 // The 32 elements from `first` (dispatch-local; `len` of them in the dispatch): y and the codes;
 // returns their mask word.
 fn quantize_run(first: u32, len: u32) -> u32 {
@@ -80,7 +76,7 @@ fn quantize_run(first: u32, len: u32) -> u32 {
     var packed = 0u;
     for (var k = 0u; k < len; k = k + 1u) {
         let x = load_x(first + k);
-        let s = scales[channel_of(first + k)];
+        let s = scales[dispatch_channel(first + k)];
         var data = 0u;
         var y = 0u;
         if (is_nan_bits(x)) {

@@ -122,10 +122,6 @@ fn histogram_grow(
     }
 }
 
-fn channel_of(i: u32) -> u32 {
-    return (dispatch.channel_start + (dispatch.inner_start + i) / dispatch.inner) % dispatch.channels;
-}
-
 // The bin of finite bits `v` in a histogram with R = 2^e (|v| < R).
 fn bin_of(v: u32, e: i32) -> u32 {
     let magnitude = v & ABS_MASK;
@@ -173,7 +169,7 @@ fn histogram_count(
             }
             let v = load_x(i);
             if (is_finite_bits(v)) {
-                let c = channel_of(i);
+                let c = dispatch_channel(i);
                 add_count(c * bins() + bin_of(v, exponents[c]), 1u, 0u);
             }
         }

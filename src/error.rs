@@ -271,3 +271,15 @@ impl PartialEq for Error {
 
 /// Shorthand for `Result<T, fakequant::Error>`.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error unless `actual == expected`.
+pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected != actual {
+        return Err(Error::LengthMismatch {
+            what,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}

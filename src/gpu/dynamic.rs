@@ -22,7 +22,7 @@ use super::observer::GpuObserver;
 use crate::dtype::{DType, Element};
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 use crate::error::{Error, Result};
-use crate::observer::{Averaging, ObserverConfig, QScheme};
+
 use crate::quant::{numel, ChannelLayout, Rounding};
 
 uniform! {
@@ -226,8 +226,8 @@ pub struct GpuDynamic {
 /// What the two-pass plan keeps between calls.
 #[derive(Debug)]
 struct TwoPass {
-    /// Reduces each group's min and max into its batch statistics (its state is never used).
-    reducer: GpuObserver,
+    /// Reduces each group's min and max into its batch statistics (none without a group).
+    reducer: Option<GpuObserver>,
     /// The groups' fake-quant parameters for the elementwise forward.
     params: wgpu::Buffer,
 }
@@ -308,24 +308,17 @@ impl GpuDynamic {
         if let Some(state) = self.two_pass.get() {
             return Ok(state);
         }
-        let reducer = self.ctx.create_observer(
-            &ObserverConfig::new(
-                self.config.range(),
-                QScheme::Symmetric,
-                Averaging::MinMax,
-                self.config.granularity(),
+        let state = TwoPass {
+            reducer: self
+                .ctx
+                .create_min_max_reducer(self.config.granularity(), shape)?,
+            params: self.ctx.storage_buffer_zeroed(
+                "fakequant dynamic params",
+                (self.groups as u64).saturating_mul(ChannelParams::BYTES),
             )?,
-            shape,
-        )?;
-        let params = self.ctx.storage_buffer_zeroed(
-            "fakequant dynamic params",
-            (self.groups as u64).saturating_mul(ChannelParams::BYTES),
-        )?;
+        };
         // Another thread may have made it meanwhile: either is as good.
-        let _ = self.two_pass.set(TwoPass { reducer, params });
-        self.two_pass.get().ok_or(Error::Unsupported(
-            "the two-pass state vanished (unreachable: a OnceLock once set stays set)".into(),
-        ))
+        Ok(self.two_pass.get_or_init(|| state))
     }
 
     fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
@@ -360,10 +353,10 @@ impl GpuDynamic {
             // A shape with this object's group count whose groups the one-pass kernel does not take.
             return Err(float_domain_unsupported(layout));
         }
-        if self.groups == 0 {
-            return Ok(()); // no group, no element
-        }
         let TwoPass { reducer, params } = self.two_pass(shape)?;
+        let Some(reducer) = reducer else {
+            return Ok(()); // no group, no element
+        };
         let stats = reducer.batch_stats();
         reducer.record_batch_min_max(recorder, x, shape, stats)?;
         let bindings = QparamsBindings {

@@ -25,8 +25,7 @@ use crate::error::Result;
 use crate::float_quant::{
     ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
-use crate::observer::{Averaging, ObserverConfig, QScheme};
-use crate::quant::{numel, ChannelLayout, QuantRange};
+use crate::quant::{numel, ChannelLayout};
 
 uniform! {
     /// The rules of `shaders/float_blocks.wgsl` that are values, not pipeline constants.
@@ -223,19 +222,7 @@ impl GpuContext {
                     upper: upper.unwrap_or(f32::INFINITY).to_bits(),
                     ..Default::default()
                 };
-                let reducer = if layout.channels == 0 {
-                    None
-                } else {
-                    Some(self.create_observer(
-                        &ObserverConfig::new(
-                            QuantRange::INT8,
-                            QScheme::Symmetric,
-                            Averaging::MinMax,
-                            granularity,
-                        )?,
-                        shape,
-                    )?)
-                };
+                let reducer = self.create_min_max_reducer(granularity, shape)?;
                 (bytemuck::bytes_of(&rules).to_vec(), reducer)
             }
             FloatScaling::Mx(_) | FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {

@@ -16,8 +16,8 @@ use crate::error::Result;
 use crate::histogram::{
     CalibrationMethod, Histogram, HistogramConfig, HistogramDomain, INITIAL_EXPONENT,
 };
-use crate::observer::{Averaging, ObserverConfig, ObserverState, QScheme};
-use crate::quant::{numel, QuantRange};
+use crate::observer::{ObserverConfig, ObserverState};
+use crate::quant::numel;
 
 /// Workgroups of the private counting pass: each adds its bins to the global counts once.
 const PRIVATE_WORKGROUPS: u32 = 64;
@@ -99,20 +99,7 @@ impl GpuContext {
         shape: &[usize],
     ) -> Result<GpuHistogramObserver> {
         let channels = config.granularity().channels(shape)?;
-        // A channel axis of length 0 has no channel and no element: nothing to reduce.
-        let reducer = if channels == 0 {
-            None
-        } else {
-            Some(self.create_observer(
-                &ObserverConfig::new(
-                    QuantRange::INT8,
-                    QScheme::Symmetric,
-                    Averaging::MinMax,
-                    config.granularity(),
-                )?,
-                shape,
-            )?)
-        };
+        let reducer = self.create_min_max_reducer(config.granularity(), shape)?;
         let exponents: Vec<i32> = vec![INITIAL_EXPONENT; channels];
         let bins = (channels as u64).saturating_mul(config.bins() as u64);
         Ok(GpuHistogramObserver {

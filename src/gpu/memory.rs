@@ -505,17 +505,7 @@ impl GpuContext {
     }
 }
 
-/// An error unless `actual == expected`.
-pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
-    if expected != actual {
-        return Err(Error::LengthMismatch {
-            what,
-            expected,
-            actual,
-        });
-    }
-    Ok(())
-}
+pub(crate) use crate::error::check_len;
 
 /// A tensor's values in a device buffer owned by this library (`STORAGE | COPY_SRC | COPY_DST`).
 #[derive(Debug, Clone)]

@@ -288,6 +288,27 @@ pub struct GpuObserver {
 }
 
 impl GpuContext {
+    /// An observer used only for its exact per-channel min/max reduction
+    /// ([`GpuObserver::record_batch_min_max`]) of tensors of `shape` with `granularity` (its own
+    /// state is never used): what the dynamic, FP8 and histogram families reduce a batch with.
+    /// None for a shape without a channel (an axis of length 0: no element to reduce).
+    pub(crate) fn create_min_max_reducer(
+        &self,
+        granularity: crate::quant::Granularity,
+        shape: &[usize],
+    ) -> Result<Option<GpuObserver>> {
+        if granularity.channels(shape)? == 0 {
+            return Ok(None);
+        }
+        let config = ObserverConfig::new(
+            crate::quant::QuantRange::INT8,
+            crate::observer::QScheme::Symmetric,
+            crate::observer::Averaging::MinMax,
+            granularity,
+        )?;
+        Ok(Some(self.create_observer(&config, shape)?))
+    }
+
     /// An observer for tensors of `shape` (only the channel axis matters: a per-tensor observer
     /// takes any shape, `&[]` included) that has seen nothing: empty range, scale 1, zero point 0.
     pub fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<GpuObserver> {

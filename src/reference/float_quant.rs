@@ -2,7 +2,7 @@
 
 use super::{widen, QUIET_BIT};
 use crate::dtype::Element;
-use crate::error::Result;
+use crate::error::{check_len, Result};
 use crate::float_quant::{
     pow2, ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
@@ -203,79 +203,62 @@ pub fn fake_quant_float<T: Element>(
             }
             FloatScales::E8M0(bytes.into_iter().map(|b| b as u8).collect())
         }
-        FloatScaling::Nvfp4(tensor) => {
-            let e4m3 = ElementFormat::Fp8E4M3;
-            let clamp_scale = |bs: f32| {
-                if bs.is_nan() {
-                    bs
-                } else {
-                    bs.clamp(pow2(-6), 448.0)
-                }
+        FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {
+            // torchao: bs = amax / 6 (then / g), clamped to [2^-6, 448]; elements times
+            // (1 / s8) or ((1 / g) / s8); values times s8 or (g * s8). Model Optimizer: bs =
+            // amax / (6 * g), a zero replaced by 1, clamped to [2^-9, 448]; elements divided by
+            // s8 * g, values times s8 * g; -0 coded as +0.
+            let (tensor, modelopt) = match config.scaling() {
+                FloatScaling::Nvfp4Modelopt(g) => (Some(g), true),
+                FloatScaling::Nvfp4(g) => (g, false),
+                _ => (None, false),
             };
-            let blocks: Vec<u32> = channel_amax(&wide, &layout, false)
-                .into_iter()
-                .map(|a| {
-                    let bs = a / 6.0;
-                    let bs = tensor.map_or(bs, |g| bs / g);
-                    e4m3.encode(clamp_scale(bs))
-                })
-                .collect();
-            for (i, &v) in wide.iter().enumerate() {
-                let s8 = e4m3.decode(blocks[layout.channel_of(i)]);
-                // torchao: x * (1 / s8), or x * ((1 / g) / s8); y = value * s8, or value * (g * s8).
-                let (factor, dequant) = match tensor {
-                    None => (1.0 / s8, s8),
-                    Some(g) => ((1.0 / g) / s8, g * s8),
-                };
-                let (code, value, ok) = convert(format, scale_element(v, factor, false));
-                let out = if v.is_nan() {
-                    nan_of(v)
-                } else if s8.is_nan() {
-                    f32::NAN
-                } else {
-                    rd::<T>(value * dequant)
-                };
-                push(out, code, ok && !v.is_nan());
-            }
-            FloatScales::E4M3 {
-                blocks: blocks.into_iter().map(|b| b as u8).collect(),
-                tensor,
-            }
-        }
-        FloatScaling::Nvfp4Modelopt(g) => {
             let e4m3 = ElementFormat::Fp8E4M3;
-            let six_g = 6.0 * g;
+            let floor = pow2(if modelopt { -9 } else { -6 });
             let blocks: Vec<u32> = channel_amax(&wide, &layout, false)
                 .into_iter()
                 .map(|a| {
-                    let bs = a / six_g;
-                    let bs = if bs == 0.0 { 1.0 } else { bs };
+                    let bs = match tensor {
+                        Some(g) if modelopt => match a / (6.0 * g) {
+                            0.0 => 1.0,
+                            bs => bs,
+                        },
+                        Some(g) => a / 6.0 / g,
+                        None => a / 6.0,
+                    };
                     e4m3.encode(if bs.is_nan() {
                         bs
                     } else {
-                        bs.clamp(pow2(-9), 448.0)
+                        bs.clamp(floor, 448.0)
                     })
                 })
                 .collect();
             let negative_zero = 1 << (format.bits() - 1);
             for (i, &v) in wide.iter().enumerate() {
                 let s8 = e4m3.decode(blocks[layout.channel_of(i)]);
-                // modelopt: x / (s8 * g), y = value * (s8 * g).
-                let scale = s8 * g;
-                let (code, _, ok) = convert(format, scale_element(v, scale, true));
-                let code = if code == negative_zero { 0 } else { code };
+                let (factor, divide, dequant) = match tensor {
+                    Some(g) if modelopt => (s8 * g, true, s8 * g),
+                    Some(g) => ((1.0 / g) / s8, false, g * s8),
+                    None => (1.0 / s8, false, s8),
+                };
+                let (code, _, ok) = convert(format, scale_element(v, factor, divide));
+                let code = if modelopt && code == negative_zero {
+                    0
+                } else {
+                    code
+                };
                 let out = if v.is_nan() {
                     nan_of(v)
                 } else if s8.is_nan() {
                     f32::NAN
                 } else {
-                    rd::<T>(format.decode(code) * scale)
+                    rd::<T>(format.decode(code) * dequant)
                 };
                 push(out, code, ok && !v.is_nan());
             }
             FloatScales::E4M3 {
                 blocks: blocks.into_iter().map(|b| b as u8).collect(),
-                tensor: Some(g),
+                tensor,
             }
         }
     };
@@ -336,20 +319,9 @@ impl FloatQuant {
     /// [`fake_quant_float`], for a shape with this object's elements and blocks.
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
         let len = crate::quant::numel(shape)?;
-        let check = |what, expected, actual| {
-            if expected == actual {
-                Ok(())
-            } else {
-                Err(crate::Error::LengthMismatch {
-                    what,
-                    expected,
-                    actual,
-                })
-            }
-        };
-        check("elements of the shape", self.len, len)?;
+        check_len("elements of the shape", self.len, len)?;
         let layout = self.config.granularity(shape).layout(shape, len)?;
-        check("blocks of the shape", self.blocks, layout.channels)?;
+        check_len("blocks of the shape", self.blocks, layout.channels)?;
         fake_quant_float(&self.config, x, shape)
     }
 }

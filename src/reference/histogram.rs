@@ -3,7 +3,7 @@
 use super::observer::qparams;
 use super::widen;
 use crate::dtype::Element;
-use crate::error::{Error, Result};
+use crate::error::{check_len, Result};
 use crate::histogram::{choose_range, CalibrationMethod, Histogram, HistogramConfig};
 use crate::observer::{MinMax, ObserverConfig, ObserverState};
 
@@ -37,13 +37,11 @@ impl HistogramObserver {
     /// Counts a batch `x` of `shape` (any element type; NaN and infinities skipped).
     pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
         let layout = self.config.granularity().layout(shape, x.len())?;
-        if layout.channels != self.histograms.len() {
-            return Err(Error::LengthMismatch {
-                what: "channels of the shape vs the observer's",
-                expected: self.histograms.len(),
-                actual: layout.channels,
-            });
-        }
+        check_len(
+            "channels of the shape vs the observer's",
+            self.histograms.len(),
+            layout.channels,
+        )?;
         let wide = widen(x);
         let mut top = vec![None::<i32>; layout.channels];
         for (i, &v) in wide.iter().enumerate() {

@@ -1859,6 +1859,59 @@ fn check_forward_outputs<T: Element>(
     }
 }
 
+/// A forward recorded on caller buffers at drawn slots (now and then invalid ones): a call with an
+/// invalid slot or input (`expected` an error) must be refused and change nothing; an accepted one
+/// (`accepted` says which refusals are documented) must give `expected`'s `y` and mask. Returns
+/// whether the call was accepted and checked.
+fn recorded_forward<T: Element>(
+    ctx: &GpuContext,
+    rng: &mut Rng,
+    case: &Case,
+    x: &[T],
+    expected: fakequant::Result<fakequant::FakeQuantOutput<T>>,
+    accepted: impl FnOnce(fakequant::Result<()>) -> Option<()>,
+    record: impl FnOnce(
+        &mut wgpu::CommandEncoder,
+        TensorBinding<'_>,
+        TensorBinding<'_>,
+        Option<TensorBinding<'_>>,
+    ) -> fakequant::Result<()>,
+) -> bool {
+    let n = x.len();
+    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", x);
+    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
+    let mask = mask_slot(ctx, rng, case, n);
+    let invalid = x_slot.invalid
+        || y_slot.invalid
+        || mask.as_ref().is_some_and(|m| m.0.invalid)
+        || expected.is_err();
+    let mut encoder = ctx.create_encoder("fuzz");
+    let r = record(
+        &mut encoder,
+        binding(&x_buf, &x_slot, T::DTYPE),
+        binding(&y_buf, &y_slot, y_dtype),
+        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
+    );
+    if invalid {
+        expect_err("record_forward", r);
+        submit(ctx, encoder, false);
+        check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
+        return false;
+    }
+    if accepted(r).is_none() {
+        return false;
+    }
+    submit(ctx, encoder, true);
+    check_forward_outputs(
+        ctx,
+        &x_buf,
+        (&y_slot, &y_buf),
+        mask.as_ref(),
+        expected.ok().as_ref(),
+    );
+    true
+}
+
 fn record_fake_quant<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let shape = draw_shape(rng, 3000);
     let n = numel(&shape);
@@ -1870,37 +1923,14 @@ fn record_fake_quant<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let Some(prepared) = device_ok("prepare", ctx.prepare(&op)) else {
         return;
     };
-    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
-    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
-    let mask = mask_slot(ctx, rng, case, n);
-    let expected = reference::fake_quant(&op, &x, &shape);
-    let invalid = x_slot.invalid
-        || y_slot.invalid
-        || mask.as_ref().is_some_and(|m| m.0.invalid)
-        || expected.is_err();
-    let mut encoder = ctx.create_encoder("fuzz");
-    let r = prepared.record_forward(
-        &mut encoder,
-        binding(&x_buf, &x_slot, T::DTYPE),
-        &shape,
-        binding(&y_buf, &y_slot, y_dtype),
-        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
-    );
-    if invalid {
-        expect_err("record_forward", r);
-        submit(ctx, encoder, false);
-        return check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
-    }
-    if device_ok("record_forward", r).is_none() {
-        return;
-    }
-    submit(ctx, encoder, true);
-    check_forward_outputs(
+    recorded_forward(
         ctx,
-        &x_buf,
-        (&y_slot, &y_buf),
-        mask.as_ref(),
-        expected.ok().as_ref(),
+        rng,
+        case,
+        &x,
+        reference::fake_quant(&op, &x, &shape),
+        |r| device_ok("record_forward", r),
+        |encoder, x, y, mask| prepared.record_forward(encoder, x, &shape, y, mask),
     );
 }
 
@@ -3142,44 +3172,26 @@ fn record_dynamic<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     let n = numel(&shape);
     case.note(format!("record_forward shape {shape:?}"));
     let x: Vec<T> = draw_dynamic_data(rng, n, data_group(&config, &shape));
-    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
-    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
-    let mask = mask_slot(ctx, rng, case, n);
     let expected = cpu.forward(&x, &shape);
-    let invalid = x_slot.invalid
-        || y_slot.invalid
-        || mask.as_ref().is_some_and(|m| m.0.invalid)
-        || expected.is_err();
-    let mut encoder = ctx.create_encoder("fuzz");
-    let r = gpu.record_forward(
-        &mut encoder,
-        binding(&x_buf, &x_slot, T::DTYPE),
-        &shape,
-        binding(&y_buf, &y_slot, y_dtype),
-        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
-    );
-    if invalid {
-        expect_err("record_forward", r);
-        submit(ctx, encoder, false);
-        return check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
-    }
-    if dynamic_ok("record_forward", &config, &shape, r).is_none() {
-        return;
-    }
-    submit(ctx, encoder, true);
-    let e = expected.expect("valid");
-    let as_output = fakequant::FakeQuantOutput {
-        y: e.y.clone(),
-        mask: e.mask.clone(),
+    let as_output = match &expected {
+        Ok(e) => Ok(fakequant::FakeQuantOutput {
+            y: e.y.clone(),
+            mask: e.mask.clone(),
+        }),
+        Err(e) => Err(e.clone()),
     };
-    check_forward_outputs(
+    if recorded_forward(
         ctx,
-        &x_buf,
-        (&y_slot, &y_buf),
-        mask.as_ref(),
-        Some(&as_output),
-    );
-    assert_qparams_eq("qparams", &e, gpu.read_qparams().expect("read"));
+        rng,
+        case,
+        &x,
+        as_output,
+        |r| dynamic_ok("record_forward", &config, &shape, r),
+        |encoder, x, y, mask| gpu.record_forward(encoder, x, &shape, y, mask),
+    ) {
+        let e = expected.expect("valid");
+        assert_qparams_eq("qparams", &e, gpu.read_qparams().expect("read"));
+    }
 }
 
 /// Found by `fuzz_record_level` (case 55): a dynamic fake-quant whose shape has no group (an
@@ -3374,43 +3386,25 @@ fn record_float<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
     };
     let scale = data_scale(rng);
     let x: Vec<T> = draw_data(rng, n, scale);
-    let (x_slot, x_buf) = input_slot(ctx, rng, case, "x", &x);
-    let (y_slot, y_dtype, y_buf) = output_slot::<T>(ctx, rng, case, "y", n);
-    let mask = mask_slot(ctx, rng, case, n);
     let expected = fake_quant_float(&config, &x, &shape);
-    let invalid = x_slot.invalid
-        || y_slot.invalid
-        || mask.as_ref().is_some_and(|m| m.0.invalid)
-        || expected.is_err();
-    let mut encoder = ctx.create_encoder("fuzz");
-    let r = gpu.record_forward(
-        &mut encoder,
-        binding(&x_buf, &x_slot, T::DTYPE),
-        &shape,
-        binding(&y_buf, &y_slot, y_dtype),
-        mask.as_ref().map(|(s, b)| binding(b, s, DType::F32)),
-    );
-    if invalid {
-        expect_err("record_forward", r);
-        submit(ctx, encoder, false);
-        return check_forward_outputs::<T>(ctx, &x_buf, (&y_slot, &y_buf), mask.as_ref(), None);
-    }
-    if device_ok("record_forward", r).is_none() {
-        return;
-    }
-    submit(ctx, encoder, true);
-    let e = expected.expect("valid");
-    let as_output = fakequant::FakeQuantOutput {
-        y: e.y.clone(),
-        mask: e.mask.clone(),
+    let as_output = match &expected {
+        Ok(e) => Ok(fakequant::FakeQuantOutput {
+            y: e.y.clone(),
+            mask: e.mask.clone(),
+        }),
+        Err(e) => Err(e.clone()),
     };
-    check_forward_outputs(
+    if recorded_forward(
         ctx,
-        &x_buf,
-        (&y_slot, &y_buf),
-        mask.as_ref(),
-        Some(&as_output),
-    );
-    assert_eq!(gpu.read_codes().expect("read codes"), e.codes, "codes");
-    assert_eq!(gpu.read_scales().expect("read scales"), e.scales, "scales");
+        rng,
+        case,
+        &x,
+        as_output,
+        |r| device_ok("record_forward", r),
+        |encoder, x, y, mask| gpu.record_forward(encoder, x, &shape, y, mask),
+    ) {
+        let e = expected.expect("valid");
+        assert_eq!(gpu.read_codes().expect("read codes"), e.codes, "codes");
+        assert_eq!(gpu.read_scales().expect("read scales"), e.scales, "scales");
+    }
 }
