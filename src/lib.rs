@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cpu;
 pub mod dtype;
 pub mod dynamic;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod quant;
 pub mod reference;
 
 pub use backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
+pub use cpu::{Cpu, CpuLsq, CpuObserver};
 pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};

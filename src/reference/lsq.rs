@@ -96,7 +96,11 @@ pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<Cha
     config.granularity().layout(shape, len)
 }
 
-fn check_params(layout: &ChannelLayout, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+pub(crate) fn check_params(
+    layout: &ChannelLayout,
+    scales: &[f32],
+    zero_points: &[f32],
+) -> Result<()> {
     // No channel at all (an axis of length 0) is refused as `effective_op` refuses it, so that
     // the forward and the backward agree.
     if layout.channels == 0
@@ -349,7 +353,11 @@ impl Lsq {
 }
 
 /// One scale and zero point per channel, at least one, exactly one per tensor.
-fn check_param_counts(config: &LsqConfig, scales: usize, zero_points: usize) -> Result<()> {
+pub(crate) fn check_param_counts(
+    config: &LsqConfig,
+    scales: usize,
+    zero_points: usize,
+) -> Result<()> {
     if scales == 0
         || zero_points != scales
         || (config.granularity() == crate::Granularity::PerTensor && scales != 1)

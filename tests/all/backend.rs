@@ -4,9 +4,9 @@
 //! produces has the same bits.
 
 use fakequant::{
-    Backend, ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale, Granularity,
-    LsqConfig, LsqOps, Mode, MxScaleRule, ObserverConfig, ObserverOps, QuantParams, QuantRange,
-    Reference,
+    Backend, Cpu, ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale,
+    Granularity, LsqConfig, LsqOps, Mode, MxScaleRule, ObserverConfig, ObserverOps, QuantParams,
+    QuantRange, Reference,
 };
 use half::{bf16, f16};
 
@@ -131,20 +131,24 @@ fn recipe<B: Backend>(backend: &B) -> fakequant::Result<Transcript> {
 fn every_backend_gives_the_reference_bits() {
     let expected = recipe(&Reference).unwrap();
     assert!(expected.len() > 15);
-    for ctx in contexts() {
-        let got = recipe(ctx).unwrap();
+    let check = |name: String, got: Transcript| {
         assert_eq!(got.len(), expected.len());
         for ((label, e), (_, g)) in expected.iter().zip(&got) {
-            assert_eq!(e.len(), g.len(), "{label} on {}", ctx.name());
+            assert_eq!(e.len(), g.len(), "{label} on {name}");
             if let Some(i) = e.iter().zip(g).position(|(a, b)| a != b) {
                 panic!(
-                    "{label} on {}: element {i} is {:#010x}, the reference's {:#010x}",
-                    ctx.name(),
-                    g[i],
-                    e[i]
+                    "{label} on {name}: element {i} is {:#010x}, the reference's {:#010x}",
+                    g[i], e[i]
                 );
             }
         }
+    };
+    for threads in [1, 2] {
+        let cpu = Cpu::with_threads(threads).unwrap();
+        check(cpu.name(), recipe(&cpu).unwrap());
+    }
+    for ctx in contexts() {
+        check(ctx.name(), recipe(ctx).unwrap());
     }
 }
 

@@ -10,6 +10,7 @@ mod common;
 
 mod adapter_selection;
 mod backend;
+mod cpu_backend;
 mod errors;
 mod exact_f32_helpers;
 mod float_formats;

@@ -1,0 +1,163 @@
+//! The CPU backend as a [`Backend`]: the same calls as the reference and the GPU.
+
+use super::elementwise::{fake_quant_task, ste_task, ChannelTable};
+use super::{try_output, Cpu, CpuLsq, CpuObserver};
+use crate::backend::{Backend, LsqOps, ObserverOps};
+use crate::dtype::Element;
+use crate::dynamic::DynamicConfig;
+use crate::error::{Error, Result};
+use crate::float_quant::FloatQuantConfig;
+use crate::histogram::HistogramConfig;
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::{Mode, ObserverConfig, ObserverState};
+use crate::quant::{FakeQuant, PackedMask};
+use crate::reference::dynamic::Dynamic;
+use crate::reference::float_quant::FloatQuant;
+use crate::reference::histogram::HistogramObserver;
+use crate::reference::FakeQuantOutput;
+
+impl Cpu {
+    /// Fake-quantizes `x` of `shape` with `op` (see [`crate::reference::fake_quant`]): `y` and
+    /// the mask.
+    pub fn fake_quant<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+    ) -> Result<FakeQuantOutput<T>> {
+        let layout = op.layout(shape, x.len())?;
+        let table = ChannelTable::new(op);
+        let mut y = try_output::<T>("fake-quant output", x.len())?;
+        let mut words = try_output::<u32>("fake-quant mask", PackedMask::words_for(x.len()))?;
+        self.for_each_task(&mut y, &mut words, |start, y, words| {
+            let x = &x[start..start + y.len()];
+            fake_quant_task(&table, &layout, op.rounding(), start, x, y, words)
+        });
+        Ok(FakeQuantOutput {
+            y,
+            mask: PackedMask::from_words(words, x.len())?,
+        })
+    }
+
+    /// The straight-through backward `dx = dy * mask` (see
+    /// [`crate::reference::ste_grad_value`]).
+    pub fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+        if dy.len() != mask.len() {
+            return Err(Error::LengthMismatch {
+                what: "dy vs mask",
+                expected: mask.len(),
+                actual: dy.len(),
+            });
+        }
+        let mut dx = try_output::<T>("straight-through dx", dy.len())?;
+        self.for_each_output(&mut dx, |start, dx| ste_task(start, dy, mask.words(), dx));
+        Ok(dx)
+    }
+}
+
+impl Backend for Cpu {
+    type Observer = CpuObserver;
+    type Lsq = CpuLsq;
+    type Dynamic = Dynamic;
+    type FloatQuant = FloatQuant;
+    type Histogram = HistogramObserver;
+
+    fn name(&self) -> String {
+        format!("CPU backend ({} threads)", self.threads)
+    }
+
+    fn fake_quant<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+    ) -> Result<FakeQuantOutput<T>> {
+        Cpu::fake_quant(self, op, x, shape)
+    }
+
+    fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
+        Cpu::ste_backward(self, dy, mask)
+    }
+
+    fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<CpuObserver> {
+        CpuObserver::new(self, config, shape)
+    }
+
+    fn create_lsq(
+        &self,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<CpuLsq> {
+        CpuLsq::new(self, config, scales, zero_points)
+    }
+
+    fn create_lsq_from_observer(
+        &self,
+        config: &LsqConfig,
+        observer: &CpuObserver,
+    ) -> Result<CpuLsq> {
+        CpuLsq::from_observer(self, config, observer.state())
+    }
+
+    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Dynamic> {
+        Dynamic::new(config.clone(), shape)
+    }
+
+    fn create_float_quant(&self, config: &FloatQuantConfig, shape: &[usize]) -> Result<FloatQuant> {
+        FloatQuant::new(config.clone(), shape)
+    }
+
+    fn create_histogram_observer(
+        &self,
+        config: &HistogramConfig,
+        shape: &[usize],
+    ) -> Result<HistogramObserver> {
+        HistogramObserver::new(*config, shape)
+    }
+}
+
+impl ObserverOps for CpuObserver {
+    fn step<T: Element>(
+        &mut self,
+        x: &[T],
+        shape: &[usize],
+        mode: Mode,
+    ) -> Result<FakeQuantOutput<T>> {
+        CpuObserver::step(self, x, shape, mode)
+    }
+
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        CpuObserver::observe(self, x, shape)
+    }
+
+    fn read_state(&self) -> Result<ObserverState> {
+        Ok(self.state().clone())
+    }
+
+    fn load_state(&mut self, state: &ObserverState) -> Result<()> {
+        CpuObserver::load_state(self, state)
+    }
+}
+
+impl LsqOps for CpuLsq {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
+        CpuLsq::forward(self, x, shape)
+    }
+
+    fn backward<T: Element>(&mut self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        CpuLsq::backward(self, x, dy, shape)
+    }
+
+    fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        CpuLsq::init_from_data(self, x, shape)
+    }
+
+    fn read_params(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.scales().to_vec(), self.zero_points().to_vec()))
+    }
+
+    fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        CpuLsq::load_params(self, scales, zero_points)
+    }
+}

@@ -1,0 +1,134 @@
+//! LSQ on the CPU backend: the reference's parameters and checks, the forward, `dx` and the
+//! fixed-order gradient sums on the fast kernels.
+
+use super::elementwise::{lsq_dx_task, lsq_terms, ChannelTable};
+use super::reduce::ChannelBlocks;
+use super::Cpu;
+use crate::dtype::Element;
+use crate::error::{Error, Result};
+use crate::lsq::{LsqConfig, LsqGrads};
+use crate::observer::ObserverState;
+use crate::reference::lsq::{check_param_counts, check_params, effective_op, lsq_layout, mul, Lsq};
+use crate::reference::FakeQuantOutput;
+
+/// An LSQ quantizer on the [`Cpu`] backend (the counterpart of [`crate::GpuLsq`]).
+#[derive(Debug, Clone)]
+pub struct CpuLsq {
+    cpu: Cpu,
+    lsq: Lsq,
+}
+
+impl CpuLsq {
+    pub(super) fn new(
+        cpu: &Cpu,
+        config: &LsqConfig,
+        scales: &[f32],
+        zero_points: &[f32],
+    ) -> Result<Self> {
+        Ok(Self {
+            cpu: cpu.clone(),
+            lsq: Lsq::new(config.clone(), scales, zero_points)?,
+        })
+    }
+
+    pub(super) fn from_observer(
+        cpu: &Cpu,
+        config: &LsqConfig,
+        state: &ObserverState,
+    ) -> Result<Self> {
+        Ok(Self {
+            cpu: cpu.clone(),
+            lsq: Lsq::from_observer(config.clone(), state)?,
+        })
+    }
+
+    /// The learnable scales.
+    pub fn scales(&self) -> &[f32] {
+        self.lsq.scales()
+    }
+
+    /// The learnable zero points.
+    pub fn zero_points(&self) -> &[f32] {
+        self.lsq.zero_points()
+    }
+
+    /// The forward with the current parameters (see [`crate::reference::lsq::forward`]).
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FakeQuantOutput<T>> {
+        let config = self.lsq.config();
+        let layout = lsq_layout(config, shape, x.len())?;
+        check_params(&layout, self.scales(), self.zero_points())?;
+        let op = effective_op(config, self.scales(), self.zero_points())?;
+        self.cpu.fake_quant(&op, x, shape)
+    }
+
+    /// The backward with the current parameters (see [`crate::reference::lsq::backward`]): `dx`
+    /// element-wise, then each channel's gradient terms summed block by block in the reference's
+    /// order (the terms are recomputed from `x` and `dy`, not stored).
+    pub fn backward<T: Element>(&self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
+        let config = self.lsq.config();
+        let layout = lsq_layout(config, shape, x.len())?;
+        check_params(&layout, self.scales(), self.zero_points())?;
+        if dy.len() != x.len() {
+            return Err(Error::LengthMismatch {
+                what: "dy vs x",
+                expected: x.len(),
+                actual: dy.len(),
+            });
+        }
+        let table = ChannelTable::new(&effective_op(config, self.scales(), self.zero_points())?);
+        let mut dx = super::try_output::<T>("LSQ dx", x.len())?;
+        self.cpu.for_each_output(&mut dx, |start, dx| {
+            lsq_dx_task(&table, &layout, start, x, dy, dx)
+        });
+        let sums = ChannelBlocks::new(&layout).tree_sums::<2>(&self.cpu, |c, start, len, out| {
+            lsq_terms(table.get(c), x, dy, start, len, out);
+            0
+        });
+        let g = config.grad_factor(x.len());
+        Ok(LsqGrads {
+            dx,
+            dscale: sums.iter().map(|([s, _], _)| mul(*s, g)).collect(),
+            dzero_point: sums.iter().map(|([_, z], _)| mul(*z, g)).collect(),
+        })
+    }
+
+    /// Initializes the scales from data (see [`crate::reference::lsq::init_scales`]) and returns
+    /// them.
+    pub fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
+        let config = self.lsq.config();
+        let layout = lsq_layout(config, shape, x.len())?;
+        let sums = ChannelBlocks::new(&layout).tree_sums::<1>(&self.cpu, |_, start, len, out| {
+            let mut finite = 0u64;
+            out[0].extend(x[start..start + len].iter().map(|v| {
+                let v = v.to_f32();
+                finite += u64::from(v.is_finite());
+                if v.is_finite() {
+                    v.abs()
+                } else {
+                    0.0
+                }
+            }));
+            finite
+        });
+        let sqrt_qmax = (config.range().qmax() as f32).sqrt();
+        let scales: Vec<f32> = sums
+            .iter()
+            .map(|&([sum], count)| {
+                if count == 0 {
+                    return 1.0;
+                }
+                let mean = sum / count as f32;
+                (2.0 * mean) / sqrt_qmax
+            })
+            .collect();
+        check_param_counts(config, scales.len(), self.zero_points().len())?;
+        let zero_points = self.zero_points().to_vec();
+        self.lsq.load_params(&scales, &zero_points)?;
+        Ok(scales)
+    }
+
+    /// Replaces the learnable parameters.
+    pub fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
+        self.lsq.load_params(scales, zero_points)
+    }
+}

@@ -1,0 +1,217 @@
+//! The CPU backend: the GPU path's operations for machines without a GPU, multi-threaded and
+//! written for the compiler's vectorizer, bit for bit equal to the [reference](crate::reference).
+//!
+//! The reference stays the readable specification; this is a separate implementation checked
+//! against it (`tests/all/cpu_backend.rs`). Three things make it fast without changing a bit:
+//!
+//! - **Branch-free element arithmetic.** Every per-element function is a fixed sequence of
+//!   correctly rounded f32 operations, compares and selects (no call, no data-dependent branch),
+//!   so that LLVM vectorizes the loops with the baseline x86-64 (SSE2) or AArch64 (NEON)
+//!   instructions, without `target-cpu=native`. Why each sequence equals the reference's is
+//!   argued where it is written ([`elementwise`]). Rust never contracts a multiply and an add
+//!   into a fused multiply-add, and never flushes subnormals, so each operation below is the one
+//!   IEEE operation it reads as.
+//! - **Threads over large tensors.** A tensor is cut into tasks of whole mask words (and whole
+//!   reduction blocks), which a [rayon] pool runs in parallel; below [`Cpu::PARALLEL_MIN`]
+//!   elements the call runs on the caller's thread, so a tiny tensor costs what the reference
+//!   costs.
+//! - **Reductions in the defined order.** Min/max commute (zeros are canonical, NaN and
+//!   infinities skipped), so each task reduces its part and the parts are merged in any order.
+//!   LSQ's sums follow [`crate::reference::lsq::tree_sum`]: its blocks of 4096 terms are summed
+//!   in parallel, each in the reference's lane order, and the blocks' sums are combined by the
+//!   reference's own function.
+//!
+//! The dynamic (per-group, per-token), floating-point (FP8, MX, NVFP4) and histogram families run
+//! the reference's implementation itself on this backend for now (exact, single-threaded).
+
+mod backend;
+pub mod elementwise;
+mod lsq;
+mod observer;
+pub mod reduce;
+
+pub use lsq::CpuLsq;
+pub use observer::CpuObserver;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// The CPU backend: a thread pool and the fast CPU kernels (see the [module](self)).
+///
+/// Cloning shares the pool. Results never depend on the number of threads.
+#[derive(Clone)]
+pub struct Cpu {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Cpu {
+    /// Tensors with fewer elements than this run on the caller's thread: below it, waking the
+    /// pool costs more than the work (measured with `bench_report` on a 2-core machine).
+    pub const PARALLEL_MIN: usize = 1 << 16;
+
+    /// The most threads [`Cpu::with_threads`] accepts.
+    pub const MAX_THREADS: usize = 1024;
+
+    /// A backend with one thread per available core (`std::thread::available_parallelism`, or 1
+    /// when the system does not say).
+    pub fn new() -> Result<Self> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(Self::MAX_THREADS);
+        Self::with_threads(threads)
+    }
+
+    /// A backend with `threads` threads (1 to [`Cpu::MAX_THREADS`]); with 1, everything runs on
+    /// the caller's thread.
+    pub fn with_threads(threads: usize) -> Result<Self> {
+        if !(1..=Self::MAX_THREADS).contains(&threads) {
+            return Err(Error::InvalidSetting(format!(
+                "CPU backend threads = {threads}: allowed 1 to {}",
+                Self::MAX_THREADS
+            )));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("fakequant-cpu-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::Unsupported(format!(
+                    "the CPU backend could not start its {threads} threads: {e}"
+                ))
+            })?;
+        Ok(Self {
+            pool: Arc::new(pool),
+            threads,
+        })
+    }
+
+    /// The number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Whether a tensor of `len` elements is worth the pool (see [`Cpu::PARALLEL_MIN`]).
+    fn parallel(&self, len: usize) -> bool {
+        len >= Self::PARALLEL_MIN && self.threads > 1
+    }
+
+    /// Elements per parallel task for a tensor of `len` elements: a multiple of `unit` (whole
+    /// mask words, whole reduction blocks), about four tasks per thread for balance; the whole
+    /// tensor when it runs on the caller's thread.
+    fn task_len(&self, len: usize, unit: usize) -> usize {
+        if !self.parallel(len) {
+            return len.next_multiple_of(unit).max(unit);
+        }
+        len.div_ceil(self.threads * 4)
+            .next_multiple_of(unit)
+            .max(unit)
+    }
+
+    /// Calls `work(start, y, words)` on consecutive tasks that cover `y` (elements `start..`) and
+    /// the mask words of those elements, in the pool or on the caller's thread. Tasks hold whole
+    /// mask words ([`elementwise::CHUNK`] elements at least).
+    pub(crate) fn for_each_task<T: Send>(
+        &self,
+        y: &mut [T],
+        words: &mut [u32],
+        work: impl Fn(usize, &mut [T], &mut [u32]) + Sync,
+    ) {
+        let task = self.task_len(y.len(), elementwise::CHUNK);
+        if !self.parallel(y.len()) {
+            work(0, y, words);
+            return;
+        }
+        use rayon::prelude::*;
+        self.pool.install(|| {
+            y.par_chunks_mut(task)
+                .zip(words.par_chunks_mut(task / 32))
+                .enumerate()
+                .for_each(|(k, (y, words))| work(k * task, y, words))
+        });
+    }
+
+    /// Calls `work(start, out)` on consecutive tasks of whole mask words that cover `out`
+    /// (elements `start..`), in the pool or on the caller's thread.
+    pub(crate) fn for_each_output<T: Send>(
+        &self,
+        out: &mut [T],
+        work: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let task = self.task_len(out.len(), elementwise::CHUNK);
+        if !self.parallel(out.len()) {
+            work(0, out);
+            return;
+        }
+        use rayon::prelude::*;
+        self.pool.install(|| {
+            out.par_chunks_mut(task)
+                .enumerate()
+                .for_each(|(k, out)| work(k * task, out))
+        });
+    }
+
+    /// `work` over consecutive ranges of `0..len` (each a multiple of `unit` long but the last),
+    /// in the pool or on the caller's thread; the results in range order.
+    pub(crate) fn map_ranges<R: Send>(
+        &self,
+        len: usize,
+        unit: usize,
+        work: impl Fn(std::ops::Range<usize>) -> R + Sync,
+    ) -> Vec<R> {
+        let task = self.task_len(len, unit);
+        let range = |k: usize| k * task..((k + 1) * task).min(len);
+        let tasks = len.div_ceil(task);
+        if !self.parallel(len) {
+            return (0..tasks).map(|k| work(range(k))).collect();
+        }
+        use rayon::prelude::*;
+        self.pool
+            .install(|| (0..tasks).into_par_iter().map(|k| work(range(k))).collect())
+    }
+
+    /// `work(scratch, k)` for `k` in `0..count`, the results in order: in the pool when the work
+    /// covers `elements` elements worth it, else on the caller's thread. Each run of consecutive
+    /// indices gets a `scratch` from `init`, reused across its indices.
+    pub(crate) fn map_indices<S, R: Send>(
+        &self,
+        count: usize,
+        elements: usize,
+        init: impl Fn() -> S + Sync,
+        work: impl Fn(&mut S, usize) -> R + Sync,
+    ) -> Vec<R> {
+        if !self.parallel(elements) {
+            let mut scratch = init();
+            return (0..count).map(|k| work(&mut scratch, k)).collect();
+        }
+        use rayon::prelude::*;
+        let min_len = (count / (self.threads * 16)).max(1);
+        self.pool.install(|| {
+            (0..count)
+                .into_par_iter()
+                .with_min_len(min_len)
+                .map_init(&init, &work)
+                .collect()
+        })
+    }
+}
+
+/// A zeroed output of `len` elements (lazily zeroed pages from the allocator), or
+/// [`Error::TooLarge`] when the host cannot allocate it, instead of the allocator's abort.
+pub(crate) fn try_output<T: bytemuck::Zeroable>(what: &'static str, len: usize) -> Result<Vec<T>> {
+    bytemuck::allocation::try_zeroed_vec(len).map_err(|()| Error::TooLarge {
+        what,
+        requested: len as u64,
+        limit: (isize::MAX as usize / std::mem::size_of::<T>().max(1)) as u64,
+    })
+}

@@ -1,0 +1,156 @@
+//! The CPU backend's reductions: per-channel min/max (order-free) and LSQ's fixed-order sums
+//! (blocks in parallel, each in the reference's order).
+
+use super::Cpu;
+use crate::dtype::Element;
+use crate::observer::MinMax;
+use crate::quant::ChannelLayout;
+use crate::reference::lsq::{add, tree_sum, BLOCK, GROUP, LANES};
+
+/// The finite min and max of each channel of `x` ([`crate::reference::observer::batch_min_max`]).
+/// The reference's result does not depend on the order of the elements: non-finite values are
+/// skipped, zeros count as `+0.0` (`v + 0.0` turns `-0.0` into `+0.0` and changes nothing else),
+/// and among equal values the bits are then equal. So each task reduces its part and the parts
+/// are merged in any order.
+pub fn channel_min_max<T: Element>(cpu: &Cpu, layout: &ChannelLayout, x: &[T]) -> MinMax {
+    let parts = cpu.map_ranges(x.len(), super::elementwise::CHUNK, |range| {
+        let mut part = MinMax::empty(layout.channels);
+        super::elementwise::for_each_run(layout, range.start, range.end, |a, b, c, consecutive| {
+            let x = &x[a..b];
+            if consecutive {
+                let n = b - a;
+                let (min, max) = (&mut part.min[c..c + n], &mut part.max[c..c + n]);
+                for ((v, lo), hi) in x.iter().zip(min.iter_mut()).zip(max.iter_mut()) {
+                    (*lo, *hi) = fold_min_max(*lo, *hi, v.to_f32());
+                }
+            } else {
+                let (mut lo, mut hi) = (part.min[c], part.max[c]);
+                for v in x {
+                    (lo, hi) = fold_min_max(lo, hi, v.to_f32());
+                }
+                (part.min[c], part.max[c]) = (lo, hi);
+            }
+        });
+        part
+    });
+    let mut total = MinMax::empty(layout.channels);
+    for part in parts {
+        for c in 0..layout.channels {
+            (total.min[c], total.max[c]) =
+                (total.min[c].min(part.min[c]), total.max[c].max(part.max[c]));
+        }
+    }
+    total
+}
+
+/// One finite value (zeros as `+0.0`) folded into a running min and max; non-finite skipped.
+#[inline(always)]
+fn fold_min_max(lo: f32, hi: f32, v: f32) -> (f32, f32) {
+    let finite = v.is_finite();
+    let v = v + 0.0;
+    (
+        if finite && v < lo { v } else { lo },
+        if finite && v > hi { v } else { hi },
+    )
+}
+
+/// [`crate::reference::lsq::block_sum`], equal bit for bit and without its per-lane passes:
+/// lane `t` adds rows `t, t + 256, ..` of the block as a vector over the 256 lanes, in the same
+/// order from the same `+0`. Lanes, and groups of lanes, that hold no term are `+0` in the
+/// reference, and adding them changes nothing: a sum that starts from `+0` is never `-0` (with
+/// rounding to nearest, `+0 + -0` and `x + -x` are `+0`), and its NaN is already canonical. So
+/// only the lanes and groups that hold terms are added.
+pub fn block_sum(terms: &[f32]) -> f32 {
+    debug_assert!(terms.len() <= BLOCK);
+    let mut lanes = [0.0f32; LANES];
+    for row in terms.chunks(LANES) {
+        for (lane, &v) in lanes.iter_mut().zip(row) {
+            *lane = add(*lane, v);
+        }
+    }
+    let present = terms.len().min(LANES);
+    lanes[..present]
+        .chunks(GROUP)
+        .map(|group| group.iter().fold(0.0, |acc, &v| add(acc, v)))
+        .fold(0.0, add)
+}
+
+/// How the terms of each channel split into [`BLOCK`]s: channel `c`'s terms are its elements in
+/// flat order (ranks `0..per_channel`), block `k` the ranks `k * BLOCK ..`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBlocks {
+    layout: ChannelLayout,
+    per_channel: usize,
+    blocks_per_channel: usize,
+}
+
+impl ChannelBlocks {
+    /// The blocks of `layout`.
+    pub fn new(layout: &ChannelLayout) -> Self {
+        let per_channel = layout.outer * layout.inner;
+        Self {
+            layout: *layout,
+            per_channel,
+            blocks_per_channel: per_channel.div_ceil(BLOCK),
+        }
+    }
+
+    /// The contiguous flat ranges `(start, len)` of block `k` of channel `c`, in rank order.
+    pub fn pieces(&self, c: usize, k: usize, pieces: &mut Vec<(usize, usize)>) {
+        pieces.clear();
+        let inner = self.layout.inner;
+        let end = ((k + 1) * BLOCK).min(self.per_channel);
+        let mut rank = k * BLOCK;
+        while rank < end {
+            let (o, j) = (rank / inner, rank % inner);
+            let len = (inner - j).min(end - rank);
+            pieces.push(((o * self.layout.channels + c) * inner + j, len));
+            rank += len;
+        }
+    }
+
+    /// For every channel, the [`tree_sum`]s of `K` kinds of terms over the channel's elements in
+    /// flat order, and a tally. `terms(c, start, len, out)` pushes the terms of the flat elements
+    /// `start..start + len` (all of channel `c`) onto `out` and returns their tally. Blocks run
+    /// in parallel for a large tensor; each channel's sum is then the reference's: one block is
+    /// its own sum, more are summed by `tree_sum` over the block sums. Tallies are integers,
+    /// summed exactly.
+    pub fn tree_sums<const K: usize>(
+        &self,
+        cpu: &Cpu,
+        terms: impl Fn(usize, usize, usize, &mut [Vec<f32>; K]) -> u64 + Sync,
+    ) -> Vec<([f32; K], u64)> {
+        let per_channel = self.blocks_per_channel;
+        let blocks: Vec<([f32; K], u64)> = cpu.map_indices(
+            self.layout.channels * per_channel,
+            self.layout.numel(),
+            || {
+                (
+                    Vec::new(),
+                    std::array::from_fn::<Vec<f32>, K, _>(|_| Vec::new()),
+                )
+            },
+            |(pieces, out), b| {
+                let c = b / per_channel;
+                self.pieces(c, b % per_channel, pieces);
+                out.iter_mut().for_each(Vec::clear);
+                let tally = pieces
+                    .iter()
+                    .map(|&(start, len)| terms(c, start, len, out))
+                    .sum::<u64>();
+                (std::array::from_fn(|t| block_sum(&out[t])), tally)
+            },
+        );
+        (0..self.layout.channels)
+            .map(|c| {
+                let partials = &blocks[c * per_channel..(c + 1) * per_channel];
+                let sums = std::array::from_fn(|t| match partials {
+                    [] => 0.0,
+                    [(one, _)] => one[t],
+                    many => tree_sum(&many.iter().map(|(p, _)| p[t]).collect::<Vec<_>>()),
+                });
+                (sums, partials.iter().map(|(_, n)| n).sum())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,489 @@
+//! The CPU backend (`fakequant::Cpu`) against the reference, with `to_bits()`: the element
+//! functions on the adversarial corpus for every range and scale, then every op through the
+//! backend on random and adversarial tensors, f32/f16/bf16, every granularity and axis, sizes
+//! around every chunk, task and block boundary, with one and with several threads, each run
+//! twice (determinism).
+
+use fakequant::cpu::elementwise::{self, ChannelConsts};
+use fakequant::{
+    reference, Averaging, Backend, Cpu, Element, FakeQuant, GradScale, Granularity, LsqConfig,
+    LsqOps, Mode, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange, Reference,
+    Rounding,
+};
+use half::{bf16, f16};
+
+use crate::common::{adversarial, random_data, ranges, scale_sweep, Rng};
+
+/// The pools the comparisons run on: one thread (everything inline), and three (more threads
+/// than this machine's cores, and a task split that is not a power of two).
+fn backends() -> Vec<Cpu> {
+    vec![Cpu::with_threads(1).unwrap(), Cpu::with_threads(3).unwrap()]
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits_u32()).collect()
+}
+
+fn assert_same(context: &str, expected: &[u32], actual: &[u32]) {
+    assert_eq!(expected.len(), actual.len(), "{context}: length");
+    if let Some(i) = expected.iter().zip(actual).position(|(a, b)| a != b) {
+        let count = expected.iter().zip(actual).filter(|(a, b)| a != b).count();
+        panic!(
+            "{context}: {count} mismatches, first at {i}: {:#010x}, the reference's {:#010x}",
+            actual[i], expected[i]
+        );
+    }
+}
+
+#[test]
+fn round_half_even_equals_round_ties_even() {
+    let mut values: Vec<f32> = (0..=u32::MAX / 7919)
+        .map(|k| f32::from_bits(k * 7919))
+        .collect();
+    // Every tie k + 0.5 and its neighbours, up to where f32 has no fraction left.
+    for k in (0u32..1 << 23).step_by(997).chain((1 << 23) - 16..1 << 23) {
+        let tie = k as f32 + 0.5;
+        for d in -2i32..=2 {
+            let v = f32::from_bits(tie.to_bits().wrapping_add_signed(d));
+            values.extend([v, -v]);
+        }
+    }
+    for e in 22..=25 {
+        let p = 2f32.powi(e);
+        for d in -3i32..=3 {
+            let v = f32::from_bits(p.to_bits().wrapping_add_signed(d));
+            values.extend([v, -v]);
+        }
+    }
+    for v in values {
+        assert_eq!(
+            elementwise::round_half_even(v).to_bits(),
+            v.round_ties_even().to_bits(),
+            "{v:e} ({:#010x})",
+            v.to_bits()
+        );
+    }
+}
+
+#[test]
+fn element_functions_equal_the_reference_on_the_adversarial_corpus() {
+    let mut rng = Rng::new(0xc0de);
+    let dys = [1.0f32, -0.75, 0.0, -0.0, f32::INFINITY, f32::NAN, 3.0e-39];
+    for range in ranges() {
+        for scale in scale_sweep() {
+            for zp in [
+                range.qmin(),
+                0.clamp(range.qmin(), range.qmax()),
+                range.qmax(),
+            ] {
+                let consts = ChannelConsts {
+                    inv: 1.0 / scale,
+                    scale,
+                    lo: (range.qmin() - zp) as f32,
+                    hi: (range.qmax() - zp) as f32,
+                };
+                let mut xs = adversarial(scale, zp, range);
+                xs.extend((0..64).map(|_| rng.any_bits()));
+                for &x in &xs {
+                    let context = || format!("x={x:e} s={scale:e} zp={zp} {range:?}");
+                    for (rounding, got) in [
+                        (
+                            Rounding::Reciprocal,
+                            elementwise::fake_quant_value::<false>(x, consts),
+                        ),
+                        (
+                            Rounding::Quotient,
+                            elementwise::fake_quant_value::<true>(x, consts),
+                        ),
+                    ] {
+                        let want = reference::fake_quant_value(x, scale, zp, range, rounding);
+                        assert_eq!(
+                            (got.0.to_bits(), got.1),
+                            (want.0.to_bits(), want.1),
+                            "{} {rounding:?}",
+                            context()
+                        );
+                    }
+                    for &dy in &dys {
+                        let got = elementwise::lsq_element_grads(x, dy, consts);
+                        let want = reference::lsq::element_grads(x, dy, scale, zp, range);
+                        assert_eq!(
+                            [got.0.to_bits(), got.1.to_bits(), got.2.to_bits()],
+                            [want.0.to_bits(), want.1.to_bits(), want.2.to_bits()],
+                            "LSQ {} dy={dy:e}",
+                            context()
+                        );
+                        for in_range in [false, true] {
+                            assert_eq!(
+                                elementwise::ste_grad_value(dy, in_range).to_bits(),
+                                reference::ste_grad_value(dy, in_range).to_bits()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Every NaN payload class and sign through the straight-through gradient.
+    for bits in [
+        0x7f80_0001u32,
+        0xff80_0001,
+        0x7fbf_ffff,
+        0x7fc0_0000,
+        0xffc1_2345,
+    ] {
+        for in_range in [false, true] {
+            let dy = f32::from_bits(bits);
+            assert_eq!(
+                elementwise::ste_grad_value(dy, in_range).to_bits(),
+                reference::ste_grad_value(dy, in_range).to_bits()
+            );
+        }
+    }
+}
+
+#[test]
+fn block_sum_equals_the_reference_for_every_length() {
+    let mut rng = Rng::new(77);
+    for len in (0..=600).chain([1000, 2047, 4095, 4096]) {
+        for distribution in 0..5 {
+            let mut terms = random_data(&mut rng, len, distribution, 1.0);
+            // Signed zeros (a -0 sum turns +0 when a +0 lane is added) and NaN payloads.
+            if distribution == 4 {
+                terms.iter_mut().step_by(3).for_each(|t| *t = -0.0);
+            }
+            assert_eq!(
+                fakequant::cpu::reduce::block_sum(&terms).to_bits(),
+                reference::lsq::block_sum(&terms).to_bits(),
+                "{len} terms, distribution {distribution}"
+            );
+        }
+    }
+    for len in [1, 5, 17, 256, 257] {
+        let terms = vec![-0.0f32; len];
+        assert_eq!(
+            fakequant::cpu::reduce::block_sum(&terms).to_bits(),
+            reference::lsq::block_sum(&terms).to_bits(),
+            "{len} negative zeros"
+        );
+    }
+}
+
+/// Sizes around the mask words, the 4096-element chunks and LSQ blocks, the parallel threshold
+/// and the task boundaries of three threads.
+const SIZES: [usize; 12] = [
+    0, 1, 31, 33, 4095, 4097, 65535, 65536, 65537, 98_304, 200_003, 262_145,
+];
+
+/// Shapes of `n` elements with the channel axis (given) at every place of ranks 1 to 4.
+fn shapes(n: usize) -> Vec<(Vec<usize>, Granularity)> {
+    let mut out = vec![(vec![n], Granularity::PerTensor)];
+    if n == 0 {
+        return out;
+    }
+    out.push((vec![n], Granularity::per_channel(0)));
+    for channels in [3usize, 5] {
+        if n.is_multiple_of(channels) {
+            let rest = n / channels;
+            out.push((vec![channels, rest], Granularity::per_channel(0)));
+            out.push((vec![rest, channels], Granularity::per_channel(1)));
+        }
+    }
+    if n.is_multiple_of(12) {
+        let rest = n / 12;
+        out.push((vec![2, 3, 2, rest], Granularity::per_channel(1)));
+        out.push((vec![rest, 2, 3, 2], Granularity::per_channel(2)));
+        out.push((vec![2, rest, 3, 2], Granularity::per_channel(3)));
+    }
+    for size in [1usize, 3, 32, 4096] {
+        if n.is_multiple_of(size) {
+            out.push((vec![n / size, size], Granularity::per_group(1, size)));
+        }
+    }
+    if n.is_multiple_of(4) {
+        out.push((vec![4, n / 4], Granularity::PerToken));
+    }
+    out
+}
+
+fn op_for(
+    granularity: Granularity,
+    shape: &[usize],
+    rng: &mut Rng,
+    range: QuantRange,
+) -> FakeQuant {
+    let channels = granularity.channels(shape).unwrap();
+    let scales = (0..channels)
+        .map(|_| 0.01 * 2f32.powi(rng.below(8) as i32) * (1.0 + rng.uniform(0.0, 1.0)))
+        .collect();
+    let zps = (0..channels)
+        .map(|_| range.qmin() + rng.below((range.qmax() - range.qmin()) as usize + 1) as i32)
+        .collect();
+    FakeQuant::new(range, QuantParams::new(granularity, scales, zps)).unwrap()
+}
+
+/// Random data mixed with the adversarial corpus of `op`'s first channel.
+fn data(rng: &mut Rng, n: usize, op: &FakeQuant) -> Vec<f32> {
+    let p = op.params();
+    let corpus = adversarial(p.scales()[0], p.zero_points()[0], op.range());
+    let distribution = rng.below(5);
+    let mut x = random_data(rng, n, distribution, p.scales()[0]);
+    for (i, v) in x.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *v = corpus[(i / 3) % corpus.len()];
+        }
+    }
+    x
+}
+
+fn check_fake_quant<T: Element>(cpu: &Cpu, op: &FakeQuant, x: &[f32], shape: &[usize], dy: &[f32]) {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let dy: Vec<T> = dy.iter().map(|&v| T::from_f32(v)).collect();
+    let context = format!(
+        "{} {:?} {shape:?} {:?}",
+        cpu.name(),
+        T::DTYPE,
+        op.params().granularity()
+    );
+    let want = reference::fake_quant(op, &x, shape).unwrap();
+    for run in 0..2 {
+        let got = cpu.fake_quant(op, &x, shape).unwrap();
+        assert_same(
+            &format!("{context} y (run {run})"),
+            &bits(&want.y),
+            &bits(&got.y),
+        );
+        assert_same(
+            &format!("{context} mask"),
+            want.mask.words(),
+            got.mask.words(),
+        );
+        let want_dx = reference::ste_backward(&dy, &want.mask).unwrap();
+        let got_dx = cpu.ste_backward(&dy, &got.mask).unwrap();
+        assert_same(
+            &format!("{context} ste dx"),
+            &bits(&want_dx),
+            &bits(&got_dx),
+        );
+    }
+}
+
+#[test]
+fn fake_quant_and_ste_equal_the_reference() {
+    let mut rng = Rng::new(0xfa57);
+    for cpu in backends() {
+        for n in SIZES {
+            for (shape, granularity) in shapes(n) {
+                let range = [QuantRange::INT8, QuantRange::UINT4, QuantRange::INT16][rng.below(3)];
+                let rounding = [Rounding::Reciprocal, Rounding::Quotient][rng.below(2)];
+                let op = op_for(granularity, &shape, &mut rng, range).with_rounding(rounding);
+                let x = data(&mut rng, n, &op);
+                let dy = random_data(&mut rng, n, 4, 1.0);
+                check_fake_quant::<f32>(&cpu, &op, &x, &shape, &dy);
+                if n <= 65537 {
+                    check_fake_quant::<f16>(&cpu, &op, &x, &shape, &dy);
+                    check_fake_quant::<bf16>(&cpu, &op, &x, &shape, &dy);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn observers_equal_the_reference() {
+    let mut rng = Rng::new(0x0b5e);
+    let configs = [
+        ObserverConfig::qat_activation_int8(),
+        ObserverConfig::qat_weight_int8(),
+        ObserverConfig::new(
+            QuantRange::UINT8,
+            QScheme::Affine,
+            Averaging::MinMax,
+            Granularity::per_channel(1),
+        )
+        .unwrap(),
+    ];
+    for cpu in backends() {
+        for config in &configs {
+            for n in [36usize, 4100, 98_304, 200_004] {
+                let shape = match config.granularity() {
+                    Granularity::PerTensor => vec![n],
+                    Granularity::PerChannel { axis: 0 } => vec![4, n / 4],
+                    _ => vec![n / 4, 4],
+                };
+                let mut want = Reference.create_observer(config, &shape).unwrap();
+                let mut got = cpu.create_observer(config, &shape).unwrap();
+                let context = format!("{} {:?} n={n}", cpu.name(), config.granularity());
+                for (step, mode) in [Mode::Calibrate, Mode::Qat, Mode::Qat, Mode::Frozen]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let scale = 2f32.powi(step as i32 - 1);
+                    let x = {
+                        let op = op_for(Granularity::PerTensor, &[n], &mut rng, QuantRange::INT8);
+                        let mut x = data(&mut rng, n, &op);
+                        x.iter_mut().for_each(|v| *v *= scale);
+                        x
+                    };
+                    if step == 0 {
+                        ObserverOps::observe(&mut want, &x, &shape).unwrap();
+                        ObserverOps::observe(&mut got, &x, &shape).unwrap();
+                    }
+                    let w = ObserverOps::step(&mut want, &x, &shape, mode).unwrap();
+                    let g = ObserverOps::step(&mut got, &x, &shape, mode).unwrap();
+                    assert_same(&format!("{context} {mode:?} y"), &bits(&w.y), &bits(&g.y));
+                    assert_same(
+                        &format!("{context} {mode:?} mask"),
+                        w.mask.words(),
+                        g.mask.words(),
+                    );
+                    assert_eq!(
+                        want.read_state().unwrap(),
+                        got.read_state().unwrap(),
+                        "{context} {mode:?}"
+                    );
+                    let xh: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                    let w = ObserverOps::step(&mut want, &xh, &shape, Mode::Frozen).unwrap();
+                    let g = ObserverOps::step(&mut got, &xh, &shape, Mode::Frozen).unwrap();
+                    assert_same(
+                        &format!("{context} bf16 frozen y"),
+                        &bits(&w.y),
+                        &bits(&g.y),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_lsq<T: Element>(
+    cpu: &Cpu,
+    config: &LsqConfig,
+    shape: &[usize],
+    x: &[f32],
+    dy: &[f32],
+    rng: &mut Rng,
+) {
+    let channels = config.granularity().channels(shape).unwrap();
+    let scales: Vec<f32> = (0..channels)
+        .map(|_| 0.02 * (1.0 + rng.uniform(0.0, 3.0)))
+        .collect();
+    let zero_points: Vec<f32> = (0..channels).map(|_| rng.uniform(-3.0, 3.0)).collect();
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let dy: Vec<T> = dy.iter().map(|&v| T::from_f32(v)).collect();
+    let context = format!(
+        "{} {:?} {shape:?} {:?}",
+        cpu.name(),
+        T::DTYPE,
+        config.granularity()
+    );
+    let mut want = Reference.create_lsq(config, &scales, &zero_points).unwrap();
+    let mut got = cpu.create_lsq(config, &scales, &zero_points).unwrap();
+    for run in 0..2 {
+        let w = want.forward(&x, shape).unwrap();
+        let g = got.forward(&x, shape).unwrap();
+        assert_same(
+            &format!("{context} forward y (run {run})"),
+            &bits(&w.y),
+            &bits(&g.y),
+        );
+        assert_same(
+            &format!("{context} forward mask"),
+            w.mask.words(),
+            g.mask.words(),
+        );
+        let w = want.backward(&x, &dy, shape).unwrap();
+        let g = got.backward(&x, &dy, shape).unwrap();
+        assert_same(&format!("{context} dx"), &bits(&w.dx), &bits(&g.dx));
+        assert_same(
+            &format!("{context} dscale"),
+            &bits(&w.dscale),
+            &bits(&g.dscale),
+        );
+        assert_same(
+            &format!("{context} dzero_point"),
+            &bits(&w.dzero_point),
+            &bits(&g.dzero_point),
+        );
+    }
+    let w = want.init_from_data(&x, shape).unwrap();
+    let g = got.init_from_data(&x, shape).unwrap();
+    assert_same(&format!("{context} init"), &bits(&w), &bits(&g));
+    assert_eq!(
+        want.read_params().unwrap(),
+        got.read_params().unwrap(),
+        "{context}"
+    );
+}
+
+#[test]
+fn lsq_equals_the_reference() {
+    let mut rng = Rng::new(0x15c);
+    for cpu in backends() {
+        for n in [0usize, 1, 33, 4096, 4097, 12_300, 98_304, 200_004] {
+            for (shape, granularity) in shapes(n) {
+                let config = LsqConfig::new(QuantRange::INT8, granularity)
+                    .unwrap()
+                    .with_grad_scale(GradScale::Lsq)
+                    .unwrap();
+                let op = op_for(Granularity::PerTensor, &[n], &mut rng, QuantRange::INT8);
+                let x = data(&mut rng, n, &op);
+                let distribution = rng.below(5);
+                let dy = random_data(&mut rng, n, distribution, 1.0);
+                check_lsq::<f32>(&cpu, &config, &shape, &x, &dy, &mut rng);
+                if n <= 12_300 {
+                    check_lsq::<f16>(&cpu, &config, &shape, &x, &dy, &mut rng);
+                    check_lsq::<bf16>(&cpu, &config, &shape, &x, &dy, &mut rng);
+                }
+            }
+        }
+    }
+}
+
+/// A tensor over 128 MiB (33.6M f32): every task of the pool, per tensor and per channel.
+#[test]
+fn a_tensor_over_128_mib() {
+    let n = (128 << 20) / 4 + 4099;
+    let mut rng = Rng::new(0x128);
+    let cpu = Cpu::new().unwrap();
+    let op = op_for(
+        Granularity::per_channel(0),
+        &[3, n / 3],
+        &mut rng,
+        QuantRange::INT8,
+    );
+    let x = data(&mut rng, n - n % 3, &op);
+    let shape = [3, n / 3];
+    let want = reference::fake_quant(&op, &x, &shape).unwrap();
+    let got = cpu.fake_quant(&op, &x, &shape).unwrap();
+    assert_same("128 MiB y", &bits(&want.y), &bits(&got.y));
+    assert_same("128 MiB mask", want.mask.words(), got.mask.words());
+    let config = LsqConfig::new(QuantRange::INT8, Granularity::PerTensor).unwrap();
+    let dy = random_data(&mut rng, x.len(), 0, 1.0);
+    let want = Reference
+        .create_lsq(&config, &[0.05], &[0.0])
+        .unwrap()
+        .backward(&x, &dy, &[x.len()])
+        .unwrap();
+    let got = cpu
+        .create_lsq(&config, &[0.05], &[0.0])
+        .unwrap()
+        .backward(&x, &dy, &[x.len()])
+        .unwrap();
+    assert_same("128 MiB LSQ dx", &bits(&want.dx), &bits(&got.dx));
+    assert_same(
+        "128 MiB LSQ dscale",
+        &bits(&want.dscale),
+        &bits(&got.dscale),
+    );
+}
+
+#[test]
+fn thread_counts_are_checked() {
+    assert!(matches!(
+        Cpu::with_threads(0),
+        Err(fakequant::Error::InvalidSetting(_))
+    ));
+    assert!(Cpu::with_threads(Cpu::MAX_THREADS + 1).is_err());
+    assert!(Cpu::new().unwrap().threads() >= 1);
+}
