@@ -216,6 +216,218 @@ impl Report {
     }
 }
 
+/// Warm-up runs on the CPU backend: its first calls pay for the kernel's first huge pages
+/// (compaction) and the pool's first wake-up, which a training loop pays once.
+const CPU_WARMUP: usize = 6;
+
+/// [`median_seconds`] after [`CPU_WARMUP`] warm-up runs in all.
+fn cpu_median_seconds(mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in WARMUP..CPU_WARMUP {
+        run()?;
+    }
+    median_seconds(run)
+}
+
+/// The report on the CPU backend (`FAKEQUANT_BACKEND=cpu`): each op at every size against a
+/// `memcpy` (`copy_from_slice`) of the same bytes into warm memory, wall clock, median of 7
+/// runs after 6 warm-up runs. The `_into` rows write into the caller's (warm) buffers, as the
+/// copy does; the host-level rows allocate their outputs per call, as PyTorch's ops do (compare
+/// them with `benches/pytorch_cpu.py`).
+fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<()> {
+    use fakequant::{Backend, Cpu, PackedMask};
+    let cpu = Cpu::new()?;
+    let report = Report {
+        adapter: cpu.name(),
+        backend: "cpu".to_string(),
+        json,
+        only,
+    };
+    if !json {
+        println!(
+            "adapter: {}\nbackend: cpu\ntiming: wall clock\n",
+            cpu.name()
+        );
+        println!(
+            "| op | dtype | elements | bytes/element | time per call | GB/s | ratio to copy |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for n in [1usize << 16, 1 << 20, 1 << 24, 1 << 26] {
+        if n > max_elements {
+            break;
+        }
+        let x = data(n, 1);
+        let dy = data(n, 2);
+        let mut y = vec![0f32; n];
+        let mut words = vec![0u32; PackedMask::words_for(n)];
+        // A memcpy moves its bytes twice (read + write): the baseline for an op moving B bytes
+        // per element is a copy of B/2 bytes per element, timed once per size.
+        let copies = std::cell::RefCell::new(std::collections::HashMap::new());
+        let baseline = |bytes_per_element: f64| -> Result<f64> {
+            let bytes = (n as f64 * bytes_per_element / 2.0) as usize;
+            if let Some(&t) = copies.borrow().get(&bytes) {
+                return Ok(t);
+            }
+            let src = vec![1u8; bytes];
+            let mut dst = vec![0u8; bytes];
+            let t = cpu_median_seconds(|| {
+                dst.copy_from_slice(std::hint::black_box(&src));
+                Ok(())
+            })?;
+            copies.borrow_mut().insert(bytes, t);
+            Ok(t)
+        };
+        let c = baseline(8.0)?;
+        report.row("memcpy", "f32", n, 8.0, c, Some(c));
+        // The same copy split over the backend's threads (what a parallel framework's copy
+        // reaches), for reference: its ratio is to the one-thread memcpy above.
+        let (src, mut dst) = (vec![1u8; n * 4], vec![0u8; n * 4]);
+        let threaded = cpu_median_seconds(|| {
+            let part = src.len().div_ceil(cpu.threads());
+            std::thread::scope(|scope| {
+                for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
+                    scope.spawn(move || d.copy_from_slice(std::hint::black_box(s)));
+                }
+            });
+            Ok(())
+        })?;
+        report.row("memcpy_threads", "f32", n, 8.0, threaded, Some(c));
+        let with_mask = 8.0 + 1.0 / 8.0;
+        let per_tensor = FakeQuant::new(QuantRange::INT8, QuantParams::per_tensor(3.0 / 127.5, 0))?;
+        let rows = 256;
+        let axis0 = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(0, vec![0.02; rows], vec![0; rows]),
+        )?;
+        let last = FakeQuant::new(
+            QuantRange::INT8,
+            QuantParams::per_channel(1, vec![0.02; rows], vec![0; rows]),
+        )?;
+        for (name, op, shape) in [
+            ("fake_quant_forward_mask_into", &per_tensor, vec![n]),
+            (
+                "fake_quant_forward_per_channel_axis0_into",
+                &axis0,
+                vec![rows, n / rows],
+            ),
+            (
+                "fake_quant_forward_per_channel_last_axis_into",
+                &last,
+                vec![n / rows, rows],
+            ),
+        ] {
+            report.measure(
+                name,
+                "f32",
+                n,
+                with_mask,
+                || cpu_median_seconds(|| Ok(cpu.fake_quant_into(op, &x, &shape, &mut y, &mut words)?)),
+                || baseline(with_mask),
+            )?;
+        }
+        let mask = cpu.fake_quant(&per_tensor, &x, &[n])?.mask;
+        report.measure(
+            "ste_backward_into",
+            "f32",
+            n,
+            with_mask,
+            || cpu_median_seconds(|| Ok(cpu.ste_backward_into(&dy, &mask, &mut y)?)),
+            || baseline(with_mask),
+        )?;
+        let half_bytes = 4.0 + 1.0 / 8.0;
+        let (x16, mut y16) = (half_data::<half::f16>(&x), vec![half::f16::ZERO; n]);
+        let (xb16, mut yb16) = (half_data::<half::bf16>(&x), vec![half::bf16::ZERO; n]);
+        let mut words16 = words.clone();
+        report.measure(
+            "fake_quant_forward_mask_into",
+            "f16",
+            n,
+            half_bytes,
+            || {
+                cpu_median_seconds(|| {
+                    Ok(cpu.fake_quant_into(&per_tensor, &x16, &[n], &mut y16, &mut words16)?)
+                })
+            },
+            || baseline(half_bytes),
+        )?;
+        report.measure(
+            "fake_quant_forward_mask_into",
+            "bf16",
+            n,
+            half_bytes,
+            || {
+                cpu_median_seconds(|| {
+                    Ok(cpu.fake_quant_into(&per_tensor, &xb16, &[n], &mut yb16, &mut words16)?)
+                })
+            },
+            || baseline(half_bytes),
+        )?;
+        // Host-level calls that allocate their outputs, as PyTorch's ops do.
+        report.measure(
+            "fake_quant_forward_mask",
+            "f32",
+            n,
+            with_mask,
+            || {
+                cpu_median_seconds(|| {
+                    drop(cpu.fake_quant(&per_tensor, &x, &[n])?);
+                    Ok(())
+                })
+            },
+            || baseline(with_mask),
+        )?;
+        report.measure(
+            "fake_quant_forward_per_channel_axis0",
+            "f32",
+            n,
+            with_mask,
+            || {
+                cpu_median_seconds(|| {
+                    drop(cpu.fake_quant(&axis0, &x, &[rows, n / rows])?);
+                    Ok(())
+                })
+            },
+            || baseline(with_mask),
+        )?;
+        let config = ObserverConfig::qat_activation_int8();
+        let mut observer = cpu.create_observer(&config, &[n])?;
+        report.measure(
+            "observer_step_qat",
+            "f32",
+            n,
+            with_mask + 4.0,
+            || {
+                cpu_median_seconds(|| {
+                    drop(observer.step(&x, &[n], Mode::Qat)?);
+                    Ok(())
+                })
+            },
+            || baseline(with_mask + 4.0),
+        )?;
+        let lsq_config = LsqConfig::new(QuantRange::INT8, fakequant::Granularity::PerTensor)?;
+        let lsq = cpu.create_lsq(&lsq_config, &[3.0 / 127.5], &[0.0])?;
+        report.measure(
+            "lsq_forward_backward",
+            "f32",
+            n,
+            20.0,
+            || {
+                cpu_median_seconds(|| {
+                    drop(lsq.forward(&x, &[n])?);
+                    drop(lsq.backward(&x, &dy, &[n])?);
+                    Ok(())
+                })
+            },
+            || baseline(20.0),
+        )?;
+    }
+    Ok(())
+}
+
+fn half_data<T: fakequant::Element>(x: &[f32]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f32(v)).collect()
+}
+
 fn usage() -> String {
     format!(
         "\
@@ -246,6 +458,9 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.value("--only")),
             _ => args.unknown(&arg),
         }
+    }
+    if fakequant::cpu::backend_from_env()? {
+        return cpu_report(json, max_elements, only);
     }
     let ctx = GpuContext::new()?;
     let (adapter, backend) = match ctx.adapter_info() {

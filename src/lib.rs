@@ -41,6 +41,7 @@ pub mod lsq;
 pub mod observer;
 pub mod quant;
 pub mod reference;
+pub mod select;
 
 pub use backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
 pub use cpu::{Cpu, CpuLsq, CpuObserver};
@@ -62,3 +63,4 @@ pub use quant::{
     ChannelLayout, FakeQuant, Granularity, PackedMask, QuantParams, QuantRange, Rounding,
 };
 pub use reference::{FakeQuantOutput, Reference};
+pub use select::BestBackend;

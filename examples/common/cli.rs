@@ -12,7 +12,8 @@ use std::process::exit;
 /// texts.
 pub const ENVIRONMENT: &str = "\
 Environment:
-  FAKEQUANT_BACKEND  vulkan, gl, metal or dx12, comma-separated for several (default: all)
+  FAKEQUANT_BACKEND  vulkan, gl, metal or dx12, comma-separated for several (default: all);
+                     or cpu for the CPU backend (the examples that run on it)
   FAKEQUANT_ADAPTER  case-insensitive substring of the adapter name (default: the best adapter:
                      discrete, integrated, virtual, other, then CPU)";
 

@@ -1,8 +1,10 @@
 //! The main job: quantization-aware training of a small network on real data (the 8x8 digits),
-//! end to end, with every fake-quant, observer, straight-through and LSQ operation on the GPU.
+//! end to end, with every fake-quant, observer, straight-through and LSQ operation on the best
+//! device: a hardware GPU, else the multi-threaded CPU backend (`FAKEQUANT_BACKEND` names one:
+//! `cpu`, or `vulkan` / `gl` for the software GPUs).
 //!
 //! `cargo run --release --example qat_digits` (add `--reference` to run the same training on the
-//! CPU reference instead: since the library is bit-exact, both runs print the same table and the
+//! CPU reference instead: since the library is bit-exact, every run prints the same table and the
 //! same weight digest; `--short` runs a shortened schedule; `--help` lists the options).
 
 #[path = "../common/cli.rs"]
@@ -19,12 +21,13 @@ fn usage() -> String {
     format!(
         "\
 Quantization-aware training of a 64-32-10 MLP on the 8x8 digits at int8, int4 and int3, every
-quantization op on the GPU; prints the accuracy table and a digest of the final weights.
+quantization op on the best device (a hardware GPU, else the CPU backend); prints the accuracy
+table, a digest of the final weights and the backend used.
 
 Usage: cargo run --release --example qat_digits [-- OPTIONS]
 
 Options:
-  --reference  run every quantization op on the CPU reference instead of the GPU (same table,
+  --reference  run every quantization op on the CPU reference instead (same table,
                same digest: the library is bit-exact; the variables below are then unused)
   --short      a shortened schedule (3 float epochs, 1 QAT epoch)
   -h, --help   print this help and exit
@@ -44,11 +47,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => args.unknown(&arg),
         }
     }
-    // The one line that picks the backend: the CPU reference or the GPU, same trait.
+    // The one line that picks the backend: the CPU reference, or the best device (a hardware
+    // GPU, else the CPU backend; FAKEQUANT_BACKEND names one), same trait.
     if reference {
-        train(qat::Ops::new(fakequant::Reference), short)
-    } else {
-        train(qat::Ops::new(fakequant::GpuContext::new()?), short)
+        return train(qat::Ops::new(fakequant::Reference), short);
+    }
+    match fakequant::BestBackend::select()? {
+        fakequant::BestBackend::Gpu(ctx) => train(qat::Ops::new(ctx), short),
+        fakequant::BestBackend::Cpu(cpu) => train(qat::Ops::new(cpu), short),
     }
 }
 

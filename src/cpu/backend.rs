@@ -5,7 +5,7 @@ use super::{try_output, Cpu, CpuLsq, CpuObserver};
 use crate::backend::{Backend, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::DynamicConfig;
-use crate::error::{Error, Result};
+use crate::error::{check_len, Result};
 use crate::float_quant::FloatQuantConfig;
 use crate::histogram::HistogramConfig;
 use crate::lsq::{LsqConfig, LsqGrads};
@@ -18,40 +18,67 @@ use crate::reference::FakeQuantOutput;
 
 impl Cpu {
     /// Fake-quantizes `x` of `shape` with `op` (see [`crate::reference::fake_quant`]): `y` and
-    /// the mask.
+    /// the mask, in new vectors.
     pub fn fake_quant<T: Element>(
         &self,
         op: &FakeQuant,
         x: &[T],
         shape: &[usize],
     ) -> Result<FakeQuantOutput<T>> {
-        let layout = op.layout(shape, x.len())?;
-        let table = ChannelTable::new(op);
         let mut y = try_output::<T>("fake-quant output", x.len())?;
         let mut words = try_output::<u32>("fake-quant mask", PackedMask::words_for(x.len()))?;
-        self.for_each_task(&mut y, &mut words, |start, y, words| {
-            let x = &x[start..start + y.len()];
-            fake_quant_task(&table, &layout, op.rounding(), start, x, y, words)
-        });
+        self.fake_quant_into(op, x, shape, &mut y, &mut words)?;
         Ok(FakeQuantOutput {
             y,
             mask: PackedMask::from_words(words, x.len())?,
         })
     }
 
+    /// [`Cpu::fake_quant`] into the caller's memory (a framework's tensor storage): `y` holds
+    /// `x.len()` elements, `mask` the [`PackedMask::words_for`] words of the packed mask (bits
+    /// past the last element are written as zeros).
+    pub fn fake_quant_into<T: Element>(
+        &self,
+        op: &FakeQuant,
+        x: &[T],
+        shape: &[usize],
+        y: &mut [T],
+        mask: &mut [u32],
+    ) -> Result<()> {
+        let layout = op.layout(shape, x.len())?;
+        check_len("y vs x", x.len(), y.len())?;
+        check_len(
+            "mask words vs x",
+            PackedMask::words_for(x.len()),
+            mask.len(),
+        )?;
+        let table = ChannelTable::new(op);
+        self.for_each_task(y, mask, |start, y, words| {
+            let x = &x[start..start + y.len()];
+            fake_quant_task(&table, &layout, op.rounding(), start, x, y, words)
+        });
+        Ok(())
+    }
+
     /// The straight-through backward `dx = dy * mask` (see
     /// [`crate::reference::ste_grad_value`]).
     pub fn ste_backward<T: Element>(&self, dy: &[T], mask: &PackedMask) -> Result<Vec<T>> {
-        if dy.len() != mask.len() {
-            return Err(Error::LengthMismatch {
-                what: "dy vs mask",
-                expected: mask.len(),
-                actual: dy.len(),
-            });
-        }
         let mut dx = try_output::<T>("straight-through dx", dy.len())?;
-        self.for_each_output(&mut dx, |start, dx| ste_task(start, dy, mask.words(), dx));
+        self.ste_backward_into(dy, mask, &mut dx)?;
         Ok(dx)
+    }
+
+    /// [`Cpu::ste_backward`] into the caller's `dx` (`dy.len()` elements).
+    pub fn ste_backward_into<T: Element>(
+        &self,
+        dy: &[T],
+        mask: &PackedMask,
+        dx: &mut [T],
+    ) -> Result<()> {
+        check_len("dy vs mask", mask.len(), dy.len())?;
+        check_len("dx vs dy", dy.len(), dx.len())?;
+        self.for_each_output(dx, |start, dx| ste_task(start, dy, mask.words(), dx));
+        Ok(())
     }
 }
 

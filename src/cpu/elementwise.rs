@@ -7,6 +7,7 @@
 //! reference's f64 and integer detour (`round(x / s) + zp` in f64, clamped, minus `zp` as an
 //! integer) can be done on f32 with the zero point moved to the bounds.
 
+use super::convert::{narrow, widen};
 use crate::dtype::Element;
 use crate::quant::{ChannelLayout, FakeQuant, Rounding};
 use crate::reference::lsq::CANONICAL_NAN;
@@ -251,15 +252,15 @@ fn fake_quant_chunks<T: Element, const QUOTIENT: bool>(
                     .zip(&table.hi[cols])
                 {
                     let consts = ChannelConsts { inv, scale, lo, hi };
-                    let (v, m) = fake_quant_value::<QUOTIENT>(x.to_f32(), consts);
-                    *y = T::from_f32(v);
+                    let (v, m) = fake_quant_value::<QUOTIENT>(widen(*x), consts);
+                    *y = narrow::<T>(v);
                     *f = m;
                 }
             } else {
                 let consts = table.get(c);
                 for ((x, y), f) in x.iter().zip(y.iter_mut()).zip(flags.iter_mut()) {
-                    let (v, m) = fake_quant_value::<QUOTIENT>(x.to_f32(), consts);
-                    *y = T::from_f32(v);
+                    let (v, m) = fake_quant_value::<QUOTIENT>(widen(*x), consts);
+                    *y = narrow::<T>(v);
                     *f = m;
                 }
             }
@@ -275,7 +276,7 @@ pub fn ste_task<T: Element>(start: usize, dy: &[T], words: &[u32], dx: &mut [T])
     let words = &words[start / 32..];
     for ((dy, dx), &word) in dy.chunks(32).zip(dx.chunks_mut(32)).zip(words) {
         for (k, (g, d)) in dy.iter().zip(dx.iter_mut()).enumerate() {
-            *d = T::from_f32(ste_grad_value(g.to_f32(), (word >> k) & 1 != 0));
+            *d = narrow::<T>(ste_grad_value(widen(*g), (word >> k) & 1 != 0));
         }
     }
 }
@@ -295,8 +296,8 @@ pub fn lsq_dx_task<T: Element>(
         let (x, dy, dx) = (&x[a..b], &dy[a..b], &mut dx[a - start..b - start]);
         for (k, ((x, dy), dx)) in x.iter().zip(dy).zip(dx.iter_mut()).enumerate() {
             let consts = table.get(if consecutive { c + k } else { c });
-            let (_, in_range) = fake_quant_value::<false>(x.to_f32(), consts);
-            *dx = T::from_f32(ste_grad_value(dy.to_f32(), in_range));
+            let (_, in_range) = fake_quant_value::<false>(widen(*x), consts);
+            *dx = narrow::<T>(ste_grad_value(widen(*dy), in_range));
         }
     });
 }
@@ -322,7 +323,7 @@ pub fn lsq_terms<T: Element>(
         .zip(&mut scale_terms[base..])
         .zip(&mut zero_point_terms[base..])
     {
-        let (_, scale_term, zero_point_term) = lsq_element_grads(x.to_f32(), dy.to_f32(), consts);
+        let (_, scale_term, zero_point_term) = lsq_element_grads(widen(*x), widen(*dy), consts);
         (*ts, *tz) = (scale_term, zero_point_term);
     }
 }

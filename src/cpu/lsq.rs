@@ -1,6 +1,7 @@
 //! LSQ on the CPU backend: the reference's parameters and checks, the forward, `dx` and the
 //! fixed-order gradient sums on the fast kernels.
 
+use super::convert::widen;
 use super::elementwise::{lsq_dx_task, lsq_terms, ChannelTable};
 use super::reduce::ChannelBlocks;
 use super::Cpu;
@@ -100,7 +101,7 @@ impl CpuLsq {
         let sums = ChannelBlocks::new(&layout).tree_sums::<1>(&self.cpu, |_, start, len, out| {
             let mut finite = 0u64;
             out[0].extend(x[start..start + len].iter().map(|v| {
-                let v = v.to_f32();
+                let v = widen(*v);
                 finite += u64::from(v.is_finite());
                 if v.is_finite() {
                     v.abs()

@@ -1,6 +1,7 @@
 //! The CPU backend's reductions: per-channel min/max (order-free) and LSQ's fixed-order sums
 //! (blocks in parallel, each in the reference's order).
 
+use super::convert::widen;
 use super::Cpu;
 use crate::dtype::Element;
 use crate::observer::MinMax;
@@ -21,14 +22,26 @@ pub fn channel_min_max<T: Element>(cpu: &Cpu, layout: &ChannelLayout, x: &[T]) -
                 let n = b - a;
                 let (min, max) = (&mut part.min[c..c + n], &mut part.max[c..c + n]);
                 for ((v, lo), hi) in x.iter().zip(min.iter_mut()).zip(max.iter_mut()) {
-                    (*lo, *hi) = fold_min_max(*lo, *hi, v.to_f32());
+                    (*lo, *hi) = fold_min_max(*lo, *hi, widen(*v));
                 }
             } else {
-                let (mut lo, mut hi) = (part.min[c], part.max[c]);
-                for v in x {
-                    (lo, hi) = fold_min_max(lo, hi, v.to_f32());
+                // Independent accumulators per lane, so that the loop vectorizes (one running
+                // min/max would chain every element to the previous one).
+                let mut lo = [f32::INFINITY; ACCUMULATORS];
+                let mut hi = [f32::NEG_INFINITY; ACCUMULATORS];
+                let mut rows = x.chunks_exact(ACCUMULATORS);
+                for row in &mut rows {
+                    for (k, v) in row.iter().enumerate() {
+                        (lo[k], hi[k]) = fold_min_max(lo[k], hi[k], widen(*v));
+                    }
                 }
-                (part.min[c], part.max[c]) = (lo, hi);
+                for v in rows.remainder() {
+                    (lo[0], hi[0]) = fold_min_max(lo[0], hi[0], widen(*v));
+                }
+                for (l, h) in lo.into_iter().zip(hi) {
+                    part.min[c] = part.min[c].min(l);
+                    part.max[c] = part.max[c].max(h);
+                }
             }
         });
         part
@@ -43,14 +56,22 @@ pub fn channel_min_max<T: Element>(cpu: &Cpu, layout: &ChannelLayout, x: &[T]) -
     total
 }
 
+/// Running minima and maxima per task in [`channel_min_max`]: 16 f32 lanes, a 512-bit vector.
+const ACCUMULATORS: usize = 16;
+
 /// One finite value (zeros as `+0.0`) folded into a running min and max; non-finite skipped.
+/// Written as a select of the value (or of the infinity that changes nothing) followed by a
+/// strict compare-and-select, the shape of a vector `min`/`max` instruction (measured: 3x faster
+/// than folding the finiteness test into the compares).
 #[inline(always)]
 fn fold_min_max(lo: f32, hi: f32, v: f32) -> (f32, f32) {
-    let finite = v.is_finite();
+    let finite = v.abs() < f32::INFINITY;
     let v = v + 0.0;
+    let for_min = if finite { v } else { f32::INFINITY };
+    let for_max = if finite { v } else { f32::NEG_INFINITY };
     (
-        if finite && v < lo { v } else { lo },
-        if finite && v > hi { v } else { hi },
+        if for_min < lo { for_min } else { lo },
+        if for_max > hi { for_max } else { hi },
     )
 }
 
@@ -98,9 +119,14 @@ impl ChannelBlocks {
     /// The contiguous flat ranges `(start, len)` of block `k` of channel `c`, in rank order.
     pub fn pieces(&self, c: usize, k: usize, pieces: &mut Vec<(usize, usize)>) {
         pieces.clear();
-        let inner = self.layout.inner;
         let end = ((k + 1) * BLOCK).min(self.per_channel);
         let mut rank = k * BLOCK;
+        if self.layout.channels == 1 {
+            // One channel: ranks are flat indices.
+            pieces.push((rank, end - rank));
+            return;
+        }
+        let inner = self.layout.inner;
         while rank < end {
             let (o, j) = (rank / inner, rank % inner);
             let len = (inner - j).min(end - rank);

@@ -124,12 +124,21 @@ fn backends_from_env() -> Result<wgpu::Backends> {
             "gl" | "gles" | "opengl" => wgpu::Backends::GL,
             "metal" => wgpu::Backends::METAL,
             "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "cpu" => {
+                return Err(Error::InvalidEnvironment {
+                    name: "FAKEQUANT_BACKEND",
+                    value: value.clone(),
+                    reason: "cpu names the CPU backend, not a GPU adapter (use fakequant::Cpu, \
+                             or fakequant::BestBackend::select, which honours it)"
+                        .into(),
+                })
+            }
             other => {
                 return Err(Error::InvalidEnvironment {
                     name: "FAKEQUANT_BACKEND",
                     value: value.clone(),
                     reason: format!(
-                        "unknown backend {other:?} (use vulkan, gl, metal or dx12, separated by commas)"
+                        "unknown backend {other:?} (use vulkan, gl, metal or dx12, separated by commas, or cpu alone)"
                     ),
                 })
             }

@@ -8,7 +8,7 @@
 
 use std::process::Command;
 
-use fakequant::{Error, GpuContext};
+use fakequant::{BestBackend, Error, GpuContext};
 
 /// Set on the child process only; the checks refuse to run in a process without it.
 const CHILD_MARKER: &str = "FAKEQUANT_TEST_ADAPTER_SELECTION_CHILD";
@@ -94,5 +94,39 @@ fn environment_checks_in_a_child_process() {
             "substring match is case-insensitive"
         );
         assert!(!chosen.is_empty());
+    }
+
+    // The CPU backend: named alone, BestBackend picks it and GpuContext refuses it by name;
+    // combined with GPU backends it is an error.
+    std::env::remove_var("FAKEQUANT_ADAPTER");
+    std::env::set_var("FAKEQUANT_BACKEND", "cpu");
+    assert!(matches!(BestBackend::select(), Ok(BestBackend::Cpu(_))));
+    let err = GpuContext::new().unwrap_err();
+    assert!(err.to_string().contains("CPU backend"), "{err}");
+    std::env::set_var("FAKEQUANT_BACKEND", "cpu,vulkan");
+    assert!(
+        matches!(
+            BestBackend::select(),
+            Err(Error::InvalidEnvironment {
+                name: "FAKEQUANT_BACKEND",
+                ..
+            })
+        ),
+        "cpu combined with a GPU backend"
+    );
+    // Naming a GPU backend reaches the software GPUs; with nothing named, a machine without a
+    // hardware adapter gets the CPU backend.
+    std::env::set_var("FAKEQUANT_BACKEND", "vulkan,gl");
+    if !all.is_empty() {
+        assert!(matches!(BestBackend::select(), Ok(BestBackend::Gpu(_))));
+    }
+    std::env::remove_var("FAKEQUANT_BACKEND");
+    let hardware = GpuContext::adapters()
+        .unwrap()
+        .iter()
+        .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
+    match BestBackend::select().unwrap() {
+        BestBackend::Gpu(ctx) => assert!(hardware, "{} chosen", ctx.adapter_name()),
+        BestBackend::Cpu(_) => assert!(!hardware),
     }
 }

@@ -487,3 +487,47 @@ fn thread_counts_are_checked() {
     assert!(Cpu::with_threads(Cpu::MAX_THREADS + 1).is_err());
     assert!(Cpu::new().unwrap().threads() >= 1);
 }
+
+#[test]
+fn sixteen_bit_conversions_equal_half() {
+    use fakequant::cpu::convert;
+    for h in 0..=u16::MAX {
+        assert_eq!(
+            convert::f16_to_f32(h).to_bits(),
+            f16::from_bits(h).to_f32().to_bits(),
+            "f16 {h:#06x}"
+        );
+        assert_eq!(
+            convert::bf16_to_f32(h).to_bits(),
+            bf16::from_bits(h).to_f32().to_bits(),
+            "bf16 {h:#06x}"
+        );
+    }
+    // Every 1021st f32 pattern, and around every f16 rounding boundary: the midpoints between
+    // neighbouring f16 values (ties), +-2 ulp, over the whole f16 range, subnormals included.
+    let mut values: Vec<u32> = (0..=u32::MAX / 1021).map(|k| k * 1021).collect();
+    for h in 0..0x7c00u16 {
+        let lo = f16::from_bits(h).to_f32() as f64;
+        let hi = f16::from_bits(h + 1).to_f32() as f64;
+        let mid = ((lo + hi) / 2.0) as f32;
+        for d in -2i32..=2 {
+            let b = mid.to_bits().wrapping_add_signed(d);
+            values.extend([b, b | 0x8000_0000]);
+        }
+        let b = bf16::from_bits(h).to_f32().to_bits() | 0x8000;
+        values.extend([b, b - 1, b + 1, b | 0x8000_0000]);
+    }
+    for bits in values {
+        let v = f32::from_bits(bits);
+        assert_eq!(
+            convert::f32_to_f16(v),
+            f16::from_f32(v).to_bits(),
+            "f16 of {bits:#010x}"
+        );
+        assert_eq!(
+            convert::f32_to_bf16(v),
+            bf16::from_f32(v).to_bits(),
+            "bf16 of {bits:#010x}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! The end-to-end QAT example (`examples/qat_digits`) on a shortened schedule: the GPU run and the
-//! CPU-reference run must end with bit-identical weights and scales and identical tables, because
+//! The end-to-end QAT example (`examples/qat_digits`) on a shortened schedule: the GPU runs, the
+//! CPU backend's run and the CPU-reference run must end with bit-identical weights and scales and identical tables, because
 //! every library operation in it is bit-exact.
 
 use crate::common;
@@ -24,6 +24,8 @@ fn gpu_and_reference_training_runs_agree_bit_for_bit() {
         "{}",
         qat::table(&reference)
     );
+    let cpu = run(fakequant::Cpu::new().unwrap());
+    assert_eq!(cpu, reference, "reports differ on the CPU backend");
     for ctx in common::contexts() {
         let gpu = run(ctx.clone());
         assert_eq!(
