@@ -321,7 +321,11 @@ fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<(
                 "f32",
                 n,
                 with_mask,
-                || cpu_median_seconds(|| Ok(cpu.fake_quant_into(op, &x, &shape, &mut y, &mut words)?)),
+                || {
+                    cpu_median_seconds(|| {
+                        Ok(cpu.fake_quant_into(op, &x, &shape, &mut y, &mut words)?)
+                    })
+                },
                 || baseline(with_mask),
             )?;
         }

@@ -55,7 +55,7 @@ impl Cpu {
         let table = ChannelTable::new(op);
         self.for_each_task(y, mask, |start, y, words| {
             let x = &x[start..start + y.len()];
-            fake_quant_task(&table, &layout, op.rounding(), start, x, y, words)
+            fake_quant_task(self.isa, &table, &layout, op.rounding(), start, x, y, words)
         });
         Ok(())
     }
@@ -77,7 +77,9 @@ impl Cpu {
     ) -> Result<()> {
         check_len("dy vs mask", mask.len(), dy.len())?;
         check_len("dx vs dy", dy.len(), dx.len())?;
-        self.for_each_output(dx, |start, dx| ste_task(start, dy, mask.words(), dx));
+        self.for_each_output(dx, |start, dx| {
+            ste_task(self.isa, start, dy, mask.words(), dx)
+        });
         Ok(())
     }
 }
@@ -90,7 +92,7 @@ impl Backend for Cpu {
     type Histogram = HistogramObserver;
 
     fn name(&self) -> String {
-        format!("CPU backend ({} threads)", self.threads)
+        format!("CPU backend ({} threads, {:?})", self.threads, self.isa)
     }
 
     fn fake_quant<T: Element>(

@@ -165,35 +165,59 @@ pub fn lsq_element_grads(x: f32, dy: f32, c: ChannelConsts) -> (f32, f32, f32) {
     }
 }
 
-/// Consecutive runs of `[start, end)` over which the parameters are either one channel's or, for a
-/// channel axis that is the last one (`inner == 1`), the consecutive channels of a row. Calls
-/// `run(run_start, run_end, first_channel, consecutive)`.
-pub fn for_each_run(
-    layout: &ChannelLayout,
-    start: usize,
-    end: usize,
-    mut run: impl FnMut(usize, usize, usize, bool),
-) {
-    if layout.channels <= 1 {
-        if start < end {
-            run(start, end, 0, false);
-        }
-        return;
-    }
-    let (period, consecutive) = if layout.inner == 1 {
-        (layout.channels, true)
-    } else {
-        (layout.inner, false)
+/// One run of [`runs`]: the flat elements `start..end`, whose parameters are channel
+/// `channel`'s, or, when `consecutive`, those of channels `channel..` one per element (a row of
+/// channels: the channel axis is the last one, `inner == 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// First flat element.
+    pub start: usize,
+    /// One past the last.
+    pub end: usize,
+    /// The channel of `start`.
+    pub channel: usize,
+    /// One channel per element from `channel` on, instead of one for the whole run.
+    pub consecutive: bool,
+}
+
+/// The runs that cover `[start, end)` of a tensor of `layout`. An iterator rather than a
+/// callback, so that the loops over a run stay in the kernel's own body, which
+/// [`multiversion!`] compiles for each instruction set (a callback's closure is compiled on its
+/// own, for the baseline set only).
+#[inline(always)]
+pub fn runs(layout: &ChannelLayout, start: usize, end: usize) -> impl Iterator<Item = Run> + '_ {
+    let (period, consecutive) = match (layout.channels, layout.inner) {
+        (0 | 1, _) => (usize::MAX, false),
+        (channels, 1) => (channels, true),
+        (_, inner) => (inner, false),
     };
     let mut i = start;
-    while i < end {
-        let run_end = ((i / period + 1) * period).min(end);
-        run(i, run_end, layout.channel_of(i), consecutive);
+    std::iter::from_fn(move || {
+        if i >= end {
+            return None;
+        }
+        let run_end = if period == usize::MAX {
+            end
+        } else {
+            ((i / period + 1) * period).min(end)
+        };
+        let run = Run {
+            start: i,
+            end: run_end,
+            channel: if period == usize::MAX {
+                0
+            } else {
+                layout.channel_of(i)
+            },
+            consecutive,
+        };
         i = run_end;
-    }
+        Some(run)
+    })
 }
 
 /// Packs one flag per element into mask words (bit `k` of a word is element `k` of its 32).
+#[inline(always)]
 pub fn pack_flags(flags: &[bool], words: &mut [u32]) {
     for (word, flags) in words.iter_mut().zip(flags.chunks(32)) {
         *word = flags
@@ -203,6 +227,7 @@ pub fn pack_flags(flags: &[bool], words: &mut [u32]) {
     }
 }
 
+multiversion! {
 /// Fake-quantizes the elements `start..start + x.len()` of a tensor of `layout` (`start` a
 /// multiple of 32): `y` and the mask words of those elements.
 pub fn fake_quant_task<T: Element>(
@@ -219,7 +244,9 @@ pub fn fake_quant_task<T: Element>(
         Rounding::Quotient => fake_quant_chunks::<T, true>(table, layout, start, x, y, words),
     }
 }
+}
 
+#[inline(always)]
 fn fake_quant_chunks<T: Element, const QUOTIENT: bool>(
     table: &ChannelTable,
     layout: &ChannelLayout,
@@ -236,7 +263,13 @@ fn fake_quant_chunks<T: Element, const QUOTIENT: bool>(
         .enumerate()
     {
         let base = start + k * CHUNK;
-        for_each_run(layout, base, base + x.len(), |a, b, c, consecutive| {
+        for Run {
+            start: a,
+            end: b,
+            channel: c,
+            consecutive,
+        } in runs(layout, base, base + x.len())
+        {
             let part = a - base..b - base;
             let (x, y, flags) = (&x[part.clone()], &mut y[part.clone()], &mut flags[part]);
             if consecutive {
@@ -264,11 +297,12 @@ fn fake_quant_chunks<T: Element, const QUOTIENT: bool>(
                     *f = m;
                 }
             }
-        });
+        }
         pack_flags(&flags[..x.len()], words);
     }
 }
 
+multiversion! {
 /// The straight-through backward of the elements `start..start + dx.len()` (`start` a multiple
 /// of 32): `dx` from `dy` and the mask words of the whole tensor.
 pub fn ste_task<T: Element>(start: usize, dy: &[T], words: &[u32], dx: &mut [T]) {
@@ -280,7 +314,9 @@ pub fn ste_task<T: Element>(start: usize, dy: &[T], words: &[u32], dx: &mut [T])
         }
     }
 }
+}
 
+multiversion! {
 /// LSQ's `dx` (the straight-through gradient with the forward's mask) for the elements
 /// `start..start + dx.len()` of a tensor of `layout`, with the effective parameters' `table`.
 pub fn lsq_dx_task<T: Element>(
@@ -292,16 +328,24 @@ pub fn lsq_dx_task<T: Element>(
     dx: &mut [T],
 ) {
     let end = start + dx.len();
-    for_each_run(layout, start, end, |a, b, c, consecutive| {
+    for Run {
+        start: a,
+        end: b,
+        channel: c,
+        consecutive,
+    } in runs(layout, start, end)
+    {
         let (x, dy, dx) = (&x[a..b], &dy[a..b], &mut dx[a - start..b - start]);
         for (k, ((x, dy), dx)) in x.iter().zip(dy).zip(dx.iter_mut()).enumerate() {
             let consts = table.get(if consecutive { c + k } else { c });
             let (_, in_range) = fake_quant_value::<false>(widen(*x), consts);
             *dx = narrow::<T>(ste_grad_value(widen(*dy), in_range));
         }
-    });
+    }
+}
 }
 
+multiversion! {
 /// LSQ's per-element `(dscale, dzero_point)` terms of the flat elements `start..start + len`,
 /// all of one channel, appended to `out`.
 pub fn lsq_terms<T: Element>(
@@ -326,4 +370,5 @@ pub fn lsq_terms<T: Element>(
         let (_, scale_term, zero_point_term) = lsq_element_grads(widen(*x), widen(*dy), consts);
         (*ts, *tz) = (scale_term, zero_point_term);
     }
+}
 }

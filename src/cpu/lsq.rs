@@ -79,10 +79,10 @@ impl CpuLsq {
         let table = ChannelTable::new(&effective_op(config, self.scales(), self.zero_points())?);
         let mut dx = super::try_output::<T>("LSQ dx", x.len())?;
         self.cpu.for_each_output(&mut dx, |start, dx| {
-            lsq_dx_task(&table, &layout, start, x, dy, dx)
+            lsq_dx_task(self.cpu.isa, &table, &layout, start, x, dy, dx)
         });
         let sums = ChannelBlocks::new(&layout).tree_sums::<2>(&self.cpu, |c, start, len, out| {
-            lsq_terms(table.get(c), x, dy, start, len, out);
+            lsq_terms(self.cpu.isa, table.get(c), x, dy, start, len, out);
             0
         });
         let g = config.grad_factor(x.len());

@@ -16,34 +16,15 @@ use crate::reference::lsq::{add, tree_sum, BLOCK, GROUP, LANES};
 pub fn channel_min_max<T: Element>(cpu: &Cpu, layout: &ChannelLayout, x: &[T]) -> MinMax {
     let parts = cpu.map_ranges(x.len(), super::elementwise::CHUNK, |range| {
         let mut part = MinMax::empty(layout.channels);
-        super::elementwise::for_each_run(layout, range.start, range.end, |a, b, c, consecutive| {
-            let x = &x[a..b];
-            if consecutive {
-                let n = b - a;
-                let (min, max) = (&mut part.min[c..c + n], &mut part.max[c..c + n]);
-                for ((v, lo), hi) in x.iter().zip(min.iter_mut()).zip(max.iter_mut()) {
-                    (*lo, *hi) = fold_min_max(*lo, *hi, widen(*v));
-                }
+        for run in super::elementwise::runs(layout, range.start, range.end) {
+            let (x, c) = (&x[run.start..run.end], run.channel);
+            if run.consecutive {
+                let n = x.len();
+                min_max_row(cpu.isa, x, &mut part.min[c..c + n], &mut part.max[c..c + n]);
             } else {
-                // Independent accumulators per lane, so that the loop vectorizes (one running
-                // min/max would chain every element to the previous one).
-                let mut lo = [f32::INFINITY; ACCUMULATORS];
-                let mut hi = [f32::NEG_INFINITY; ACCUMULATORS];
-                let mut rows = x.chunks_exact(ACCUMULATORS);
-                for row in &mut rows {
-                    for (k, v) in row.iter().enumerate() {
-                        (lo[k], hi[k]) = fold_min_max(lo[k], hi[k], widen(*v));
-                    }
-                }
-                for v in rows.remainder() {
-                    (lo[0], hi[0]) = fold_min_max(lo[0], hi[0], widen(*v));
-                }
-                for (l, h) in lo.into_iter().zip(hi) {
-                    part.min[c] = part.min[c].min(l);
-                    part.max[c] = part.max[c].max(h);
-                }
+                (part.min[c], part.max[c]) = min_max_run(cpu.isa, x, part.min[c], part.max[c]);
             }
-        });
+        }
         part
     });
     let mut total = MinMax::empty(layout.channels);
@@ -54,6 +35,38 @@ pub fn channel_min_max<T: Element>(cpu: &Cpu, layout: &ChannelLayout, x: &[T]) -
         }
     }
     total
+}
+
+multiversion! {
+    /// `x`'s values folded into each element's own running min and max (a row of channels).
+    fn min_max_row<T: Element>(x: &[T], min: &mut [f32], max: &mut [f32]) {
+        for ((v, lo), hi) in x.iter().zip(min.iter_mut()).zip(max.iter_mut()) {
+            (*lo, *hi) = fold_min_max(*lo, *hi, widen(*v));
+        }
+    }
+}
+
+multiversion! {
+    /// `x`'s values (one channel) folded into the running `(lo, hi)`, with independent
+    /// accumulators per lane, so that the loop vectorizes (one running min/max would chain every
+    /// element to the previous one).
+    fn min_max_run<T: Element>(x: &[T], lo: f32, hi: f32) -> (f32, f32) {
+        let mut lanes_lo = [f32::INFINITY; ACCUMULATORS];
+        let mut lanes_hi = [f32::NEG_INFINITY; ACCUMULATORS];
+        let mut rows = x.chunks_exact(ACCUMULATORS);
+        for row in &mut rows {
+            for (k, v) in row.iter().enumerate() {
+                (lanes_lo[k], lanes_hi[k]) = fold_min_max(lanes_lo[k], lanes_hi[k], widen(*v));
+            }
+        }
+        for v in rows.remainder() {
+            (lanes_lo[0], lanes_hi[0]) = fold_min_max(lanes_lo[0], lanes_hi[0], widen(*v));
+        }
+        lanes_lo
+            .into_iter()
+            .zip(lanes_hi)
+            .fold((lo, hi), |(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
+    }
 }
 
 /// Running minima and maxima per task in [`channel_min_max`]: 16 f32 lanes, a 512-bit vector.
@@ -75,6 +88,7 @@ fn fold_min_max(lo: f32, hi: f32, v: f32) -> (f32, f32) {
     )
 }
 
+multiversion! {
 /// [`crate::reference::lsq::block_sum`], equal bit for bit and without its per-lane passes:
 /// lane `t` adds rows `t, t + 256, ..` of the block as a vector over the 256 lanes, in the same
 /// order from the same `+0`. Lanes, and groups of lanes, that hold no term are `+0` in the
@@ -94,6 +108,7 @@ pub fn block_sum(terms: &[f32]) -> f32 {
         .chunks(GROUP)
         .map(|group| group.iter().fold(0.0, |acc, &v| add(acc, v)))
         .fold(0.0, add)
+}
 }
 
 /// How the terms of each channel split into [`BLOCK`]s: channel `c`'s terms are its elements in
@@ -164,7 +179,7 @@ impl ChannelBlocks {
                     .iter()
                     .map(|&(start, len)| terms(c, start, len, out))
                     .sum::<u64>();
-                (std::array::from_fn(|t| block_sum(&out[t])), tally)
+                (std::array::from_fn(|t| block_sum(cpu.isa, &out[t])), tally)
             },
         );
         (0..self.layout.channels)

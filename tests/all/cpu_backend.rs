@@ -5,6 +5,7 @@
 //! twice (determinism).
 
 use fakequant::cpu::elementwise::{self, ChannelConsts};
+use fakequant::cpu::InstructionSet;
 use fakequant::{
     reference, Averaging, Backend, Cpu, Element, FakeQuant, GradScale, Granularity, LsqConfig,
     LsqOps, Mode, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange, Reference,
@@ -14,10 +15,17 @@ use half::{bf16, f16};
 
 use crate::common::{adversarial, random_data, ranges, scale_sweep, Rng};
 
-/// The pools the comparisons run on: one thread (everything inline), and three (more threads
-/// than this machine's cores, and a task split that is not a power of two).
+/// The backends the comparisons run on: one thread (everything inline) with the baseline
+/// instruction set, and three threads (more than this machine's cores, and a task split that is
+/// not a power of two) with the widest set the processor has (AVX2 on CI's x86-64).
 fn backends() -> Vec<Cpu> {
-    vec![Cpu::with_threads(1).unwrap(), Cpu::with_threads(3).unwrap()]
+    vec![
+        Cpu::with_threads(1)
+            .unwrap()
+            .with_instruction_set(InstructionSet::Baseline)
+            .unwrap(),
+        Cpu::with_threads(3).unwrap(),
+    ]
 }
 
 fn bits<T: Element>(v: &[T]) -> Vec<u32> {
@@ -152,17 +160,19 @@ fn block_sum_equals_the_reference_for_every_length() {
             if distribution == 4 {
                 terms.iter_mut().step_by(3).for_each(|t| *t = -0.0);
             }
-            assert_eq!(
-                fakequant::cpu::reduce::block_sum(&terms).to_bits(),
-                reference::lsq::block_sum(&terms).to_bits(),
-                "{len} terms, distribution {distribution}"
-            );
+            for isa in [InstructionSet::Baseline, InstructionSet::detect()] {
+                assert_eq!(
+                    fakequant::cpu::reduce::block_sum(isa, &terms).to_bits(),
+                    reference::lsq::block_sum(&terms).to_bits(),
+                    "{len} terms, distribution {distribution}, {isa:?}"
+                );
+            }
         }
     }
     for len in [1, 5, 17, 256, 257] {
         let terms = vec![-0.0f32; len];
         assert_eq!(
-            fakequant::cpu::reduce::block_sum(&terms).to_bits(),
+            fakequant::cpu::reduce::block_sum(InstructionSet::detect(), &terms).to_bits(),
             reference::lsq::block_sum(&terms).to_bits(),
             "{len} negative zeros"
         );
@@ -486,6 +496,13 @@ fn thread_counts_are_checked() {
     ));
     assert!(Cpu::with_threads(Cpu::MAX_THREADS + 1).is_err());
     assert!(Cpu::new().unwrap().threads() >= 1);
+    let cpu = Cpu::with_threads(2).unwrap();
+    assert_eq!(cpu.instruction_set(), InstructionSet::detect());
+    let baseline = cpu.with_instruction_set(InstructionSet::Baseline).unwrap();
+    assert_eq!(baseline.instruction_set(), InstructionSet::Baseline);
+    if InstructionSet::detect() != InstructionSet::Avx2 {
+        assert!(baseline.with_instruction_set(InstructionSet::Avx2).is_err());
+    }
 }
 
 #[test]
