@@ -181,9 +181,9 @@ pub struct Run {
 }
 
 /// The runs that cover `[start, end)` of a tensor of `layout`. An iterator rather than a
-/// callback, so that the loops over a run stay in the kernel's own body, which
-/// [`multiversion!`] compiles for each instruction set (a callback's closure is compiled on its
-/// own, for the baseline set only).
+/// callback, so that the loops over a run stay in the kernel's own body, which `multiversion!`
+/// (in `src/cpu/mod.rs`) compiles for each instruction set (a callback's closure is compiled on
+/// its own, for the baseline set only).
 #[inline(always)]
 pub fn runs(layout: &ChannelLayout, start: usize, end: usize) -> impl Iterator<Item = Run> + '_ {
     let (period, consecutive) = match (layout.channels, layout.inner) {

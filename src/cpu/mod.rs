@@ -77,7 +77,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 /// The vector instructions the CPU backend's kernels run with. Results are the same bits with
-/// every one (see [`multiversion!`]); only the speed differs.
+/// every one (the kernels are one source compiled per set: `multiversion!` in `src/cpu/mod.rs`);
+/// only the speed differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum InstructionSet {
