@@ -366,6 +366,41 @@ fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<(
             },
             || baseline(half_bytes),
         )?;
+        // Dynamic qparams (torchao's recipes), rows of 4096: the qparams pass reads x, the
+        // fake-quant reads it again.
+        for (op, config) in [
+            (
+                "dynamic_per_group_g32",
+                fakequant::DynamicConfig::int4_weight(32),
+            ),
+            (
+                "dynamic_per_group_g128",
+                fakequant::DynamicConfig::int4_weight(128),
+            ),
+            (
+                "dynamic_per_token",
+                fakequant::DynamicConfig::int8_per_token(),
+            ),
+        ] {
+            if n < 4096 || !report.wants(op) {
+                continue;
+            }
+            let shape = [n / 4096, 4096];
+            let dynamic = cpu.create_dynamic(&config, &shape)?;
+            report.measure(
+                op,
+                "f32",
+                n,
+                with_mask + 4.0,
+                || {
+                    cpu_median_seconds(|| {
+                        drop(dynamic.forward(&x, &shape)?);
+                        Ok(())
+                    })
+                },
+                || baseline(with_mask + 4.0),
+            )?;
+        }
         // Host-level calls that allocate their outputs, as PyTorch's ops do.
         report.measure(
             "fake_quant_forward_mask",

@@ -1,17 +1,16 @@
 //! The CPU backend as a [`Backend`]: the same calls as the reference and the GPU.
 
 use super::elementwise::{fake_quant_task, ste_task, ChannelTable};
-use super::{try_output, Cpu, CpuLsq, CpuObserver};
-use crate::backend::{Backend, LsqOps, ObserverOps};
+use super::{try_output, Cpu, CpuDynamic, CpuLsq, CpuObserver};
+use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
-use crate::dynamic::DynamicConfig;
+use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::{check_len, Result};
 use crate::float_quant::FloatQuantConfig;
 use crate::histogram::HistogramConfig;
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
-use crate::reference::dynamic::Dynamic;
 use crate::reference::float_quant::FloatQuant;
 use crate::reference::histogram::HistogramObserver;
 use crate::reference::FakeQuantOutput;
@@ -87,7 +86,7 @@ impl Cpu {
 impl Backend for Cpu {
     type Observer = CpuObserver;
     type Lsq = CpuLsq;
-    type Dynamic = Dynamic;
+    type Dynamic = CpuDynamic;
     type FloatQuant = FloatQuant;
     type Histogram = HistogramObserver;
 
@@ -129,8 +128,8 @@ impl Backend for Cpu {
         CpuLsq::from_observer(self, config, observer.state())
     }
 
-    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<Dynamic> {
-        Dynamic::new(config.clone(), shape)
+    fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<CpuDynamic> {
+        CpuDynamic::new(self, config, shape)
     }
 
     fn create_float_quant(&self, config: &FloatQuantConfig, shape: &[usize]) -> Result<FloatQuant> {
@@ -188,5 +187,11 @@ impl LsqOps for CpuLsq {
 
     fn load_params(&mut self, scales: &[f32], zero_points: &[f32]) -> Result<()> {
         CpuLsq::load_params(self, scales, zero_points)
+    }
+}
+
+impl DynamicOps for CpuDynamic {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
+        CpuDynamic::forward(self, x, shape)
     }
 }

@@ -21,8 +21,10 @@
 //!   in parallel, each in the reference's lane order, and the blocks' sums are combined by the
 //!   reference's own function.
 //!
-//! The dynamic (per-group, per-token), floating-point (FP8, MX, NVFP4) and histogram families run
-//! the reference's implementation itself on this backend for now (exact, single-threaded).
+//! Dynamic fake-quantization (per group, per token) computes the groups' qparams in parallel with
+//! the reference's own per-group functions, then runs the fast kernels. The floating-point (FP8,
+//! MX, NVFP4) and histogram families run the reference's implementation itself on this backend
+//! for now (exact, single-threaded).
 
 /// Compiles a kernel twice: for the baseline instruction set, and on x86-64 also with AVX2
 /// (256-bit vectors, twice SSE2's lanes); the generated function takes an [`InstructionSet`]
@@ -64,11 +66,13 @@ macro_rules! multiversion {
 
 mod backend;
 pub mod convert;
+mod dynamic;
 pub mod elementwise;
 mod lsq;
 mod observer;
 pub mod reduce;
 
+pub use dynamic::CpuDynamic;
 pub use lsq::CpuLsq;
 pub use observer::CpuObserver;
 

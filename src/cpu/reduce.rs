@@ -50,7 +50,7 @@ multiversion! {
     /// `x`'s values (one channel) folded into the running `(lo, hi)`, with independent
     /// accumulators per lane, so that the loop vectorizes (one running min/max would chain every
     /// element to the previous one).
-    fn min_max_run<T: Element>(x: &[T], lo: f32, hi: f32) -> (f32, f32) {
+    pub(crate) fn min_max_run<T: Element>(x: &[T], lo: f32, hi: f32) -> (f32, f32) {
         let mut lanes_lo = [f32::INFINITY; ACCUMULATORS];
         let mut lanes_hi = [f32::NEG_INFINITY; ACCUMULATORS];
         let mut rows = x.chunks_exact(ACCUMULATORS);

@@ -71,7 +71,12 @@ fn group_min_max(x: &[f32], layout: &ChannelLayout) -> Vec<(f32, f32)> {
 }
 
 /// The qparams of one group, for inputs of type `T`.
-fn group_qparams<T: Element>(config: &DynamicConfig, eps: f32, lo: f32, hi: f32) -> (f32, f32) {
+pub(crate) fn group_qparams<T: Element>(
+    config: &DynamicConfig,
+    eps: f32,
+    lo: f32,
+    hi: f32,
+) -> (f32, f32) {
     let (qmin, qmax) = (config.range().qmin(), config.range().qmax());
     let levels = (qmax - qmin) as f32;
     let cap = |s: f32| if s > MAX_SCALE { MAX_SCALE } else { s };
@@ -142,35 +147,16 @@ pub fn fake_quant_dynamic<T: Element>(
             zero_points,
         });
     }
-    let (qmin, qmax) = (config.range().qmin() as f32, config.range().qmax() as f32);
-    let mid = ((config.range().qmin() + config.range().qmax() + 1) / 2) as f32;
-    let qdtype = config.qparams_dtype();
-    // torchao's promotion: the arithmetic on x is bf16 only when x and the qparams are bf16.
-    let p = if T::DTYPE == DType::Bf16 && qdtype == DType::Bf16 {
-        DType::Bf16
-    } else {
-        DType::F32
-    };
+    let domain = FloatDomain::new::<T>(config);
     let mut in_range = Vec::with_capacity(x.len());
     let y = wide
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            if v.is_nan() {
-                // As the core op: the same NaN, quieted, and out of range.
-                in_range.push(false);
-                return T::from_f32(f32::from_bits(v.to_bits() | super::QUIET_BIT));
-            }
             let g = layout.channel_of(i);
-            let (s, zp) = (scales[g], zero_points[g]);
-            let mv = sat(qdtype, zp - sat(qdtype, s * mid));
-            let pre = rq(p, rq(p, v - mv) / s);
-            // +-inf (an infinite x, or x - mv overflowing) lands on its side.
-            let r = pre.round_ties_even();
-            in_range.push(qmin <= r && r <= qmax);
-            let q = r.clamp(qmin, qmax);
-            let t = rd::<T>(rq(p, (q - mid) * s));
-            T::from_f32(rq(p, t + zp))
+            let (y, m) = domain.fake_quant_value::<T>(v, scales[g], zero_points[g]);
+            in_range.push(m);
+            y
         })
         .collect();
     Ok(DynamicOutput {
@@ -179,6 +165,55 @@ pub fn fake_quant_dynamic<T: Element>(
         scales,
         zero_points,
     })
+}
+
+/// The float zero-point domain's per-element arithmetic (torchao's `ZeroPointDomain.FLOAT`): the
+/// constants of one configuration and input type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FloatDomain {
+    qmin: f32,
+    qmax: f32,
+    mid: f32,
+    qdtype: DType,
+    p: DType,
+}
+
+impl FloatDomain {
+    pub(crate) fn new<T: Element>(config: &DynamicConfig) -> Self {
+        let qdtype = config.qparams_dtype();
+        Self {
+            qmin: config.range().qmin() as f32,
+            qmax: config.range().qmax() as f32,
+            mid: ((config.range().qmin() + config.range().qmax() + 1) / 2) as f32,
+            qdtype,
+            // torchao's promotion: the arithmetic on x is bf16 only when x and the qparams are
+            // bf16.
+            p: if T::DTYPE == DType::Bf16 && qdtype == DType::Bf16 {
+                DType::Bf16
+            } else {
+                DType::F32
+            },
+        }
+    }
+
+    /// `y` and the in-range flag of one (widened) element with its group's scale and zero point.
+    pub(crate) fn fake_quant_value<T: Element>(&self, v: f32, s: f32, zp: f32) -> (T, bool) {
+        if v.is_nan() {
+            // As the core op: the same NaN, quieted, and out of range.
+            return (
+                T::from_f32(f32::from_bits(v.to_bits() | super::QUIET_BIT)),
+                false,
+            );
+        }
+        let (p, qdtype, mid) = (self.p, self.qdtype, self.mid);
+        let mv = sat(qdtype, zp - sat(qdtype, s * mid));
+        let pre = rq(p, rq(p, v - mv) / s);
+        // +-inf (an infinite x, or x - mv overflowing) lands on its side.
+        let r = pre.round_ties_even();
+        let q = r.clamp(self.qmin, self.qmax);
+        let t = rd::<T>(rq(p, (q - mid) * s));
+        (T::from_f32(rq(p, t + zp)), self.qmin <= r && r <= self.qmax)
+    }
 }
 
 /// A dynamic fake-quantization for tensors with the groups of one shape: the reference's

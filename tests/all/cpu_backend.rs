@@ -7,13 +7,13 @@
 use fakequant::cpu::elementwise::{self, ChannelConsts};
 use fakequant::cpu::InstructionSet;
 use fakequant::{
-    reference, Averaging, Backend, Cpu, Element, FakeQuant, GradScale, Granularity, LsqConfig,
-    LsqOps, Mode, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange, Reference,
-    Rounding,
+    reference, Averaging, Backend, Cpu, DynamicConfig, DynamicOps, DynamicScheme, Element,
+    FakeQuant, GradScale, Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps,
+    QScheme, QuantParams, QuantRange, Reference, Rounding,
 };
 use half::{bf16, f16};
 
-use crate::common::{adversarial, random_data, ranges, scale_sweep, Rng};
+use crate::common::{adversarial, assert_dynamic_eq, random_data, ranges, scale_sweep, Rng};
 
 /// The backends the comparisons run on: one thread (everything inline) with the baseline
 /// instruction set, and three threads (more than this machine's cores, and a task split that is
@@ -546,5 +546,84 @@ fn sixteen_bit_conversions_equal_half() {
             bf16::from_f32(v).to_bits(),
             "bf16 of {bits:#010x}"
         );
+    }
+}
+
+fn check_dynamic<T: Element>(cpu: &Cpu, config: &DynamicConfig, shape: &[usize], x: &[f32]) {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let label = format!(
+        "{} {:?} {:?} {shape:?} {:?}",
+        cpu.name(),
+        config.scheme(),
+        config.granularity(),
+        T::DTYPE
+    );
+    let want = reference::dynamic::fake_quant_dynamic(config, &x, shape).unwrap();
+    let mut dynamic = cpu.create_dynamic(config, shape).unwrap();
+    for _ in 0..2 {
+        let got = DynamicOps::forward(&mut dynamic, &x, shape).unwrap();
+        assert_dynamic_eq(&label, &want, &got);
+    }
+}
+
+#[test]
+fn dynamic_equals_the_reference() {
+    let mut rng = Rng::new(0xd1a);
+    let float_domain = |size| {
+        DynamicConfig::new(
+            QuantRange::UINT4,
+            DynamicScheme::AsymmetricFloat,
+            Granularity::per_group(1, size),
+        )
+        .unwrap()
+    };
+    for cpu in backends() {
+        for (rows, size) in [
+            (1usize, 1usize),
+            (7, 2),
+            (5, 3),
+            (33, 32),
+            (600, 128),
+            (3, 4096),
+            (40, 5000),
+        ] {
+            let shape = [rows, size];
+            let n = rows * size;
+            let op = op_for(Granularity::PerTensor, &[n], &mut rng, QuantRange::INT8);
+            let mut x = data(&mut rng, n, &op);
+            // An all-zero group with both zeros, a constant group and one huge outlier.
+            if rows > 3 {
+                x[..size].fill(0.0);
+                x[..size].iter_mut().step_by(2).for_each(|v| *v = -0.0);
+                x[size..2 * size].fill(-1.25);
+                x[2 * size] = 3.0e38;
+            }
+            let configs = [
+                DynamicConfig::int4_weight(size),
+                DynamicConfig::new(
+                    QuantRange::INT8,
+                    DynamicScheme::Asymmetric,
+                    Granularity::per_group(1, size),
+                )
+                .unwrap(),
+                DynamicConfig::new(
+                    QuantRange::INT8,
+                    DynamicScheme::Asymmetric,
+                    Granularity::PerToken,
+                )
+                .unwrap(),
+                float_domain(size),
+                float_domain(size)
+                    .with_qparams_dtype(fakequant::DType::Bf16)
+                    .unwrap(),
+            ];
+            for config in &configs {
+                check_dynamic::<f32>(&cpu, config, &shape, &x);
+                if n <= 20_000 {
+                    check_dynamic::<f16>(&cpu, config, &shape, &x);
+                    check_dynamic::<bf16>(&cpu, config, &shape, &x);
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,142 @@
+//! Dynamic fake-quantization (per group, per token) on the CPU backend: the groups' qparams in
+//! parallel (each group's min/max on the fast reduction, its qparams by the reference's own
+//! function), then the fake-quant on the fast kernels (integer zero points) or the reference's
+//! per-element arithmetic in parallel (the float zero-point domain).
+//!
+//! The reference's group min/max keeps the first zero it sees, either sign; the fast reduction
+//! gives `+0.0`. The qparams do not depend on that sign: a zero bound only meets `min(.., 0)`,
+//! `max(.., 0)`, a subtraction from or of a nonzero bound (whose result has no signed zero), a
+//! division whose `+-0` result is raised to `eps`, or an addition of a positive `s * mid`; so both
+//! give the same bits (and the tests' groups mix signed zeros to check it).
+
+use super::convert::widen;
+use super::reduce::min_max_run;
+use super::Cpu;
+use crate::dtype::Element;
+use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
+use crate::error::{Error, Result};
+use crate::quant::{FakeQuant, PackedMask, QuantParams, Rounding};
+use crate::reference::dynamic::{group_qparams, FloatDomain};
+
+/// A dynamic fake-quantization on the [`Cpu`] backend (the counterpart of
+/// [`crate::GpuDynamic`]).
+#[derive(Debug, Clone)]
+pub struct CpuDynamic {
+    cpu: Cpu,
+    config: DynamicConfig,
+    groups: usize,
+}
+
+/// Groups per task of the qparams pass: about four tasks per thread.
+fn groups_per_task(cpu: &Cpu, groups: usize) -> usize {
+    groups.div_ceil(cpu.threads() * 4).max(1)
+}
+
+impl CpuDynamic {
+    pub(super) fn new(cpu: &Cpu, config: &DynamicConfig, shape: &[usize]) -> Result<Self> {
+        Ok(Self {
+            cpu: cpu.clone(),
+            config: config.clone(),
+            groups: config.granularity().channels(shape)?,
+        })
+    }
+
+    /// Each group's qparams from `x` itself, then `y`, the mask and the qparams (see
+    /// [`crate::reference::dynamic::fake_quant_dynamic`]).
+    pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
+        let config = &self.config;
+        let layout = config.granularity().layout(shape, x.len())?;
+        if layout.channels != self.groups {
+            return Err(Error::LengthMismatch {
+                what: "groups of the shape",
+                expected: self.groups,
+                actual: layout.channels,
+            });
+        }
+        // Groups are consecutive runs of `inner` elements (the group layout is [1, groups,
+        // size]); a task takes whole groups.
+        let size = layout.inner;
+        let eps = config.eps_for(T::DTYPE);
+        let per_task = groups_per_task(&self.cpu, layout.channels);
+        let isa = self.cpu.instruction_set();
+        let tasks = layout.channels.div_ceil(per_task);
+        let (scales, zero_points): (Vec<f32>, Vec<f32>) = self
+            .cpu
+            .map_indices(
+                tasks,
+                x.len(),
+                || (),
+                |_, k| {
+                    let groups = k * per_task..((k + 1) * per_task).min(layout.channels);
+                    groups
+                        .map(|g| {
+                            let group = &x[g * size..(g + 1) * size];
+                            let (lo, hi) =
+                                min_max_run(isa, group, f32::INFINITY, f32::NEG_INFINITY);
+                            // A group without a finite value: (0, 0), as the reference.
+                            let (lo, hi) = if lo > hi { (0.0, 0.0) } else { (lo, hi) };
+                            group_qparams::<T>(config, eps, lo, hi)
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .into_iter()
+            .flatten()
+            .unzip();
+        if config.scheme() != DynamicScheme::AsymmetricFloat {
+            if layout.channels == 0 {
+                return Ok(DynamicOutput {
+                    y: Vec::new(),
+                    mask: PackedMask::from_bools(&[]),
+                    scales,
+                    zero_points,
+                });
+            }
+            // As the reference: integer zero points in range by construction, scales in
+            // [eps, 2^126], validated by the same constructor.
+            let params = QuantParams::new(
+                config.granularity(),
+                scales.clone(),
+                zero_points.iter().map(|&z| z as i32).collect(),
+            );
+            let op = FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal);
+            let out = self.cpu.fake_quant(&op, x, shape)?;
+            return Ok(DynamicOutput {
+                y: out.y,
+                mask: out.mask,
+                scales,
+                zero_points,
+            });
+        }
+        let domain = FloatDomain::new::<T>(config);
+        let mut y = super::try_output::<T>("dynamic output", x.len())?;
+        let mut words = super::try_output::<u32>("dynamic mask", PackedMask::words_for(x.len()))?;
+        self.cpu
+            .for_each_task(&mut y, &mut words, |start, y, words| {
+                let mut flags = [false; super::elementwise::CHUNK];
+                let x = &x[start..start + y.len()];
+                for (k, ((x, y), words)) in x
+                    .chunks(super::elementwise::CHUNK)
+                    .zip(y.chunks_mut(super::elementwise::CHUNK))
+                    .zip(words.chunks_mut(super::elementwise::CHUNK / 32))
+                    .enumerate()
+                {
+                    let base = start + k * super::elementwise::CHUNK;
+                    for (i, ((x, y), flag)) in
+                        x.iter().zip(y.iter_mut()).zip(&mut flags).enumerate()
+                    {
+                        let g = (base + i) / size;
+                        (*y, *flag) =
+                            domain.fake_quant_value::<T>(widen(*x), scales[g], zero_points[g]);
+                    }
+                    super::elementwise::pack_flags(&flags[..x.len()], words);
+                }
+            });
+        Ok(DynamicOutput {
+            y,
+            mask: PackedMask::from_words(words, x.len())?,
+            scales,
+            zero_points,
+        })
+    }
+}
