@@ -10,12 +10,12 @@
 //! give the same bits (and the tests' groups mix signed zeros to check it).
 
 use super::convert::widen;
-use super::reduce::min_max_run;
+use super::reduce::{self as min_max, min_max_run};
 use super::Cpu;
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 use crate::error::{Error, Result};
-use crate::quant::{FakeQuant, PackedMask, QuantParams, Rounding};
+use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, Rounding};
 use crate::reference::dynamic::{group_qparams, FloatDomain};
 
 /// A dynamic fake-quantization on the [`Cpu`] backend (the counterpart of
@@ -41,6 +41,39 @@ impl CpuDynamic {
         })
     }
 
+    /// The finite min and max of each group (`(+inf, -inf)` for none). Per group and per token
+    /// the groups are consecutive runs (the layout `[1, groups, size]`): tasks of whole groups,
+    /// one fast reduction per group. Other granularities (a dynamic per-tensor or per-channel
+    /// configuration) take the observers' per-channel reduction.
+    fn group_ranges<T: Element>(&self, layout: &ChannelLayout, x: &[T]) -> Vec<(f32, f32)> {
+        if layout.outer != 1 {
+            let m = min_max::channel_min_max(&self.cpu, layout, x);
+            return m.min.into_iter().zip(m.max).collect();
+        }
+        let size = layout.inner;
+        let isa = self.cpu.instruction_set();
+        let per_task = groups_per_task(&self.cpu, layout.channels);
+        let tasks = layout.channels.div_ceil(per_task);
+        self.cpu
+            .map_indices(
+                tasks,
+                x.len(),
+                || (),
+                |_, k| {
+                    let groups = k * per_task..((k + 1) * per_task).min(layout.channels);
+                    groups
+                        .map(|g| {
+                            let group = &x[g * size..(g + 1) * size];
+                            min_max_run(isa, group, f32::INFINITY, f32::NEG_INFINITY)
+                        })
+                        .collect::<Vec<_>>()
+                },
+            )
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Each group's qparams from `x` itself, then `y`, the mask and the qparams (see
     /// [`crate::reference::dynamic::fake_quant_dynamic`]).
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
@@ -53,35 +86,15 @@ impl CpuDynamic {
                 actual: layout.channels,
             });
         }
-        // Groups are consecutive runs of `inner` elements (the group layout is [1, groups,
-        // size]); a task takes whole groups.
-        let size = layout.inner;
         let eps = config.eps_for(T::DTYPE);
-        let per_task = groups_per_task(&self.cpu, layout.channels);
-        let isa = self.cpu.instruction_set();
-        let tasks = layout.channels.div_ceil(per_task);
         let (scales, zero_points): (Vec<f32>, Vec<f32>) = self
-            .cpu
-            .map_indices(
-                tasks,
-                x.len(),
-                || (),
-                |_, k| {
-                    let groups = k * per_task..((k + 1) * per_task).min(layout.channels);
-                    groups
-                        .map(|g| {
-                            let group = &x[g * size..(g + 1) * size];
-                            let (lo, hi) =
-                                min_max_run(isa, group, f32::INFINITY, f32::NEG_INFINITY);
-                            // A group without a finite value: (0, 0), as the reference.
-                            let (lo, hi) = if lo > hi { (0.0, 0.0) } else { (lo, hi) };
-                            group_qparams::<T>(config, eps, lo, hi)
-                        })
-                        .collect::<Vec<_>>()
-                },
-            )
+            .group_ranges(&layout, x)
             .into_iter()
-            .flatten()
+            .map(|(lo, hi)| {
+                // A group without a finite value: (0, 0), as the reference.
+                let (lo, hi) = if lo > hi { (0.0, 0.0) } else { (lo, hi) };
+                group_qparams::<T>(config, eps, lo, hi)
+            })
             .unzip();
         if config.scheme() != DynamicScheme::AsymmetricFloat {
             if layout.channels == 0 {
@@ -125,7 +138,7 @@ impl CpuDynamic {
                     for (i, ((x, y), flag)) in
                         x.iter().zip(y.iter_mut()).zip(&mut flags).enumerate()
                     {
-                        let g = (base + i) / size;
+                        let g = layout.channel_of(base + i);
                         (*y, *flag) =
                             domain.fake_quant_value::<T>(widen(*x), scales[g], zero_points[g]);
                     }

@@ -3408,3 +3408,247 @@ fn record_float<T: Element>(ctx: &GpuContext, rng: &mut Rng, case: &Case) {
         assert_eq!(gpu.read_scales().expect("read scales"), e.scales, "scales");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CPU backend: the same random (and invalid) inputs through the `Backend` calls, against the
+// reference: the same bits, or an error where the reference errs.
+
+const CPU_CASES: usize = 600;
+
+#[test]
+fn fuzz_cpu_backend() {
+    run_cases("fuzz_cpu_backend", CPU_CASES, CPU_CASES, |i, rng, case| {
+        let threads = 1 + i % 3;
+        let mut cpu = fakequant::Cpu::with_threads(threads).expect("a pool");
+        if i % 2 == 0 {
+            cpu = cpu
+                .with_instruction_set(fakequant::cpu::InstructionSet::Baseline)
+                .expect("the baseline");
+        }
+        let dtype = pick(rng, &DTYPES);
+        case.note(format!("{}, {dtype:?}", fakequant::Backend::name(&cpu)));
+        match rng.below(4) {
+            0 => with_dtype!(dtype, cpu_fake_quant(&cpu, rng, case)),
+            1 => with_dtype!(dtype, cpu_observer(&cpu, rng, case)),
+            2 => with_dtype!(dtype, cpu_dynamic(&cpu, rng, case)),
+            _ => with_dtype!(dtype, cpu_lsq(&cpu, rng, case)),
+        }
+    });
+}
+
+/// Both sides' results: the same error variant, or the same value by `same`.
+fn cpu_agrees<V, W>(
+    what: &str,
+    expected: fakequant::Result<V>,
+    got: fakequant::Result<W>,
+    same: impl FnOnce(V, W),
+) {
+    match (expected, got) {
+        (Ok(e), Ok(g)) => same(e, g),
+        (Err(e), Err(g)) => assert_eq!(variant(&e), variant(&g), "{what}: {e} vs {g}"),
+        (e, g) => panic!(
+            "{what}: the reference gave {:?}, the CPU backend {:?}",
+            e.map(|_| ()),
+            g.map(|_| ())
+        ),
+    }
+}
+
+fn cpu_fake_quant<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    let max = if rng.below(10) == 0 { 200_000 } else { 3000 };
+    let shape = draw_shape(rng, max);
+    let len = draw_len(rng, numel(&shape));
+    case.note(format!("fake_quant shape {shape:?}, len {len}"));
+    let Some((op, _)) = draw_op(rng, case, &shape) else {
+        return;
+    };
+    let x: Vec<T> = draw_data(rng, len, op.params().scales()[0] * 40.0);
+    let expected = reference::fake_quant(&op, &x, &shape);
+    let mask = expected.as_ref().ok().map(|e| e.mask.clone());
+    cpu_agrees(
+        "fake_quant",
+        expected,
+        cpu.fake_quant(&op, &x, &shape),
+        |e, g| {
+            assert_elems_eq("y", &e.y, &g.y);
+            assert_mask_eq("mask", &e.mask, &g.mask);
+        },
+    );
+    let mask = mask.unwrap_or_else(|| PackedMask::from_bools(&vec![true; len]));
+    let dy: Vec<T> = {
+        let l = draw_len(rng, mask.len());
+        draw_data(rng, l, 1.0)
+    };
+    case.note(format!("dy len {}", dy.len()));
+    cpu_agrees(
+        "ste_backward",
+        reference::ste_backward(&dy, &mask),
+        cpu.ste_backward(&dy, &mask),
+        |e, g| assert_elems_eq("dx", &e, &g),
+    );
+}
+
+fn cpu_observer<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    use fakequant::{Backend, ObserverOps};
+    let shape = draw_shape(rng, 3000);
+    let granularity = draw_granularity(rng, &shape);
+    case.note(format!("observer shape {shape:?}"));
+    let Some(config) = draw_observer_config(rng, case, granularity) else {
+        return;
+    };
+    let (mut want, mut got) = match (
+        Observer::new(config.clone(), &shape),
+        cpu.create_observer(&config, &shape),
+    ) {
+        (Ok(w), Ok(g)) => (w, g),
+        (w, g) => return cpu_agrees("create_observer", w, g, |_, _| {}),
+    };
+    for step in 0..1 + rng.below(4) {
+        let shape = if rng.below(6) == 0 {
+            draw_shape(rng, 3000)
+        } else {
+            shape.clone()
+        };
+        let len = draw_len(rng, numel(&shape));
+        let x: Vec<T> = draw_data_scaled(rng, len);
+        let what = rng.below(6);
+        case.note(format!(
+            "step {step}: op {what}, shape {shape:?}, len {len}"
+        ));
+        match what {
+            0 => cpu_agrees(
+                "observe",
+                want.observe(&x, &shape),
+                got.observe(&x, &shape),
+                |_, _| {},
+            ),
+            1 => {
+                let state = draw_state(rng, want.state());
+                let (e, g) = (want.load_state(state.clone()), got.load_state(&state));
+                cpu_agrees("load_state", e, g, |_, _| {});
+            }
+            _ => {
+                let mode = draw_mode(rng);
+                case.note(format!("{mode:?}"));
+                cpu_agrees(
+                    "step",
+                    want.step(&x, &shape, mode),
+                    got.step(&x, &shape, mode),
+                    |e, g| {
+                        assert_elems_eq("y", &e.y, &g.y);
+                        assert_mask_eq("mask", &e.mask, &g.mask);
+                    },
+                );
+            }
+        }
+        assert_state_eq(
+            "state",
+            want.state(),
+            &got.read_state().expect("read_state"),
+        );
+    }
+}
+
+fn cpu_lsq<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    use fakequant::{Backend, LsqOps};
+    let shape = draw_shape(rng, 3000);
+    let granularity = draw_granularity(rng, &shape);
+    case.note(format!("lsq shape {shape:?}"));
+    let Some(config) = draw_lsq_config(rng, case, granularity) else {
+        return;
+    };
+    let (scales, zero_points) = draw_lsq_params(rng, &config, &shape);
+    let (mut want, mut got) = match (
+        Lsq::new(config.clone(), &scales, &zero_points),
+        cpu.create_lsq(&config, &scales, &zero_points),
+    ) {
+        (Ok(w), Ok(g)) => (w, g),
+        (w, g) => return cpu_agrees("create_lsq", w, g, |_, _| {}),
+    };
+    for op in 0..1 + rng.below(3) {
+        let shape = if rng.below(6) == 0 {
+            draw_shape(rng, 3000)
+        } else {
+            shape.clone()
+        };
+        let len = draw_len(rng, numel(&shape));
+        let x: Vec<T> = draw_data_scaled(rng, len);
+        let what = rng.below(4);
+        case.note(format!("op {op}: {what}, shape {shape:?}, len {len}"));
+        match what {
+            0 => {
+                let dy: Vec<T> = {
+                    let l = draw_len(rng, len);
+                    draw_data(rng, l, 1.0)
+                };
+                cpu_agrees(
+                    "backward",
+                    want.backward(&x, &dy, &shape),
+                    got.backward(&x, &dy, &shape),
+                    |e, g| {
+                        assert_elems_eq("dx", &e.dx, &g.dx);
+                        assert_bits_eq("dscale", &[], &e.dscale, &g.dscale);
+                        assert_bits_eq("dzero_point", &[], &e.dzero_point, &g.dzero_point);
+                    },
+                );
+            }
+            1 => cpu_agrees(
+                "init_from_data",
+                want.init_from_data(&x, &shape),
+                got.init_from_data(&x, &shape),
+                |e, g| assert_bits_eq("initial scales", &[], &e, &g),
+            ),
+            2 => {
+                let count = draw_len(rng, want.scales().len());
+                let s: Vec<f32> = (0..count).map(|_| draw_any_scale(rng)).collect();
+                let z: Vec<f32> = (0..count)
+                    .map(|_| draw_any_zero_point(rng, config.range()))
+                    .collect();
+                cpu_agrees(
+                    "load_params",
+                    want.load_params(&s, &z),
+                    got.load_params(&s, &z),
+                    |_, _| {},
+                );
+            }
+            _ => cpu_agrees(
+                "forward",
+                want.forward(&x, &shape),
+                got.forward(&x, &shape),
+                |e, g| {
+                    assert_elems_eq("y", &e.y, &g.y);
+                    assert_mask_eq("mask", &e.mask, &g.mask);
+                },
+            ),
+        }
+        lsq_params_eq("parameters", &want, got.read_params().expect("read_params"));
+    }
+}
+
+fn cpu_dynamic<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    use fakequant::Backend;
+    let (config, shape) = draw_dynamic(rng, case);
+    let (want, got) = match (
+        Dynamic::new(config.clone(), &shape),
+        cpu.create_dynamic(&config, &shape),
+    ) {
+        (Ok(w), Ok(g)) => (w, g),
+        (w, g) => return cpu_agrees("create_dynamic", w, g, |_, _| {}),
+    };
+    for call in 0..1 + rng.below(3) {
+        let shape = if call == 0 {
+            shape.clone()
+        } else {
+            next_dynamic_shape(rng, &config, &shape)
+        };
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!("call {call}: shape {shape:?}, len {len}"));
+        let x: Vec<T> = draw_dynamic_data(rng, len, data_group(&config, &shape));
+        cpu_agrees(
+            "forward",
+            want.forward(&x, &shape),
+            got.forward(&x, &shape),
+            |e, g| assert_dynamic_eq("forward", &e, &g),
+        );
+    }
+}
