@@ -401,6 +401,43 @@ fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<(
                 || baseline(with_mask + 4.0),
             )?;
         }
+        // Floating-point formats on rows of 4096: y, the mask, a code byte per element.
+        for (op, config) in [
+            (
+                "mxfp4_forward",
+                fakequant::FloatQuantConfig::mx(
+                    fakequant::ElementFormat::Fp4E2M1,
+                    fakequant::MxScaleRule::Rceil,
+                )?,
+            ),
+            ("nvfp4_forward", fakequant::FloatQuantConfig::nvfp4(None)?),
+            (
+                "fp8_per_row_forward",
+                fakequant::FloatQuantConfig::fp8(
+                    fakequant::ElementFormat::Fp8E4M3,
+                    fakequant::Granularity::per_channel(0),
+                )?,
+            ),
+        ] {
+            if n < 4096 || !report.wants(op) {
+                continue;
+            }
+            let shape = [n / 4096, 4096];
+            let float = cpu.create_float_quant(&config, &shape)?;
+            report.measure(
+                op,
+                "f32",
+                n,
+                with_mask + 1.0,
+                || {
+                    cpu_median_seconds(|| {
+                        drop(float.forward(&x, &shape)?);
+                        Ok(())
+                    })
+                },
+                || baseline(with_mask + 1.0),
+            )?;
+        }
         // Host-level calls that allocate their outputs, as PyTorch's ops do.
         report.measure(
             "fake_quant_forward_mask",

@@ -1,17 +1,16 @@
 //! The CPU backend as a [`Backend`]: the same calls as the reference and the GPU.
 
 use super::elementwise::{fake_quant_task, ste_task, ChannelTable};
-use super::{try_output, Cpu, CpuDynamic, CpuLsq, CpuObserver};
-use crate::backend::{Backend, DynamicOps, LsqOps, ObserverOps};
+use super::{try_output, Cpu, CpuDynamic, CpuFloatQuant, CpuLsq, CpuObserver};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::{check_len, Result};
-use crate::float_quant::FloatQuantConfig;
+use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
 use crate::histogram::HistogramConfig;
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
-use crate::reference::float_quant::FloatQuant;
 use crate::reference::histogram::HistogramObserver;
 use crate::reference::FakeQuantOutput;
 
@@ -87,7 +86,7 @@ impl Backend for Cpu {
     type Observer = CpuObserver;
     type Lsq = CpuLsq;
     type Dynamic = CpuDynamic;
-    type FloatQuant = FloatQuant;
+    type FloatQuant = CpuFloatQuant;
     type Histogram = HistogramObserver;
 
     fn name(&self) -> String {
@@ -132,8 +131,12 @@ impl Backend for Cpu {
         CpuDynamic::new(self, config, shape)
     }
 
-    fn create_float_quant(&self, config: &FloatQuantConfig, shape: &[usize]) -> Result<FloatQuant> {
-        FloatQuant::new(config.clone(), shape)
+    fn create_float_quant(
+        &self,
+        config: &FloatQuantConfig,
+        shape: &[usize],
+    ) -> Result<CpuFloatQuant> {
+        CpuFloatQuant::new(self, config, shape)
     }
 
     fn create_histogram_observer(
@@ -193,5 +196,11 @@ impl LsqOps for CpuLsq {
 impl DynamicOps for CpuDynamic {
     fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
         CpuDynamic::forward(self, x, shape)
+    }
+}
+
+impl FloatQuantOps for CpuFloatQuant {
+    fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
+        CpuFloatQuant::forward(self, x, shape)
     }
 }

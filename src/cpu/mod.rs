@@ -22,9 +22,10 @@
 //!   reference's own function.
 //!
 //! Dynamic fake-quantization (per group, per token) computes the groups' qparams in parallel with
-//! the reference's own per-group functions, then runs the fast kernels. The floating-point (FP8,
-//! MX, NVFP4) and histogram families run the reference's implementation itself on this backend
-//! for now (exact, single-threaded).
+//! the reference's own per-group functions, then runs the fast kernels; the floating-point formats
+//! (FP8, MX, NVFP4) reduce each block's amax in parallel, then convert the elements in parallel
+//! with the reference's per-block and per-element functions. The histogram family runs the
+//! reference's implementation itself on this backend for now (exact, single-threaded).
 
 /// Compiles a kernel twice: for the baseline instruction set, and on x86-64 also with AVX2
 /// (256-bit vectors, twice SSE2's lanes); the generated function takes an [`InstructionSet`]
@@ -68,11 +69,13 @@ mod backend;
 pub mod convert;
 mod dynamic;
 pub mod elementwise;
+mod float_quant;
 mod lsq;
 mod observer;
 pub mod reduce;
 
 pub use dynamic::CpuDynamic;
+pub use float_quant::CpuFloatQuant;
 pub use lsq::CpuLsq;
 pub use observer::CpuObserver;
 
@@ -227,6 +230,29 @@ impl Cpu {
                 .zip(words.par_chunks_mut(task / 32))
                 .enumerate()
                 .for_each(|(k, (y, words))| work(k * task, y, words))
+        });
+    }
+
+    /// [`Cpu::for_each_task`] with a second per-element output (`codes`, as long as `y`).
+    pub(crate) fn for_each_task_with_codes<T: Send, U: Send>(
+        &self,
+        y: &mut [T],
+        codes: &mut [U],
+        words: &mut [u32],
+        work: impl Fn(usize, &mut [T], &mut [U], &mut [u32]) + Sync,
+    ) {
+        let task = self.task_len(y.len(), elementwise::CHUNK);
+        if !self.parallel(y.len()) {
+            work(0, y, codes, words);
+            return;
+        }
+        use rayon::prelude::*;
+        self.pool.install(|| {
+            y.par_chunks_mut(task)
+                .zip(codes.par_chunks_mut(task))
+                .zip(words.par_chunks_mut(task / 32))
+                .enumerate()
+                .for_each(|(k, ((y, codes), words))| work(k * task, y, codes, words))
         });
     }
 

@@ -195,3 +195,76 @@ impl ChannelBlocks {
             .collect()
     }
 }
+
+/// `max |x|` per channel ([`crate::reference::float_quant`]'s `channel_amax`): over the finite
+/// values when `finite_only` (0 without one), else over every value with a NaN making the channel
+/// NaN. Order-free (a maximum, and "any NaN"), so tasks merge their parts in any order.
+pub fn channel_amax<T: Element>(
+    cpu: &Cpu,
+    layout: &ChannelLayout,
+    x: &[T],
+    finite_only: bool,
+) -> Vec<f32> {
+    let merge = |a: f32, b: f32| {
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else {
+            a.max(b)
+        }
+    };
+    let parts = cpu.map_ranges(x.len(), super::elementwise::CHUNK, |range| {
+        let mut part = vec![0.0f32; layout.channels];
+        for run in super::elementwise::runs(layout, range.start, range.end) {
+            let x = &x[run.start..run.end];
+            if run.consecutive {
+                for (v, a) in x.iter().zip(&mut part[run.channel..]) {
+                    *a = merge(*a, amax_run(cpu.isa, std::slice::from_ref(v), finite_only));
+                }
+            } else {
+                let a = &mut part[run.channel];
+                *a = merge(*a, amax_run(cpu.isa, x, finite_only));
+            }
+        }
+        part
+    });
+    let mut total = vec![0.0f32; layout.channels];
+    for part in parts {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t = merge(*t, p);
+        }
+    }
+    total
+}
+
+multiversion! {
+    /// `max |x|` of one channel's values (from 0), NaN if `x` holds a NaN and not
+    /// `finite_only`; infinities skipped when `finite_only`.
+    fn amax_run<T: Element>(x: &[T], finite_only: bool) -> f32 {
+        let mut lanes = [0.0f32; ACCUMULATORS];
+        let mut nan = [false; ACCUMULATORS];
+        let mut fold = |k: usize, v: f32| {
+            let magnitude = v.abs();
+            let counted = if finite_only {
+                magnitude < f32::INFINITY
+            } else {
+                magnitude <= f32::INFINITY
+            };
+            let m = if counted { magnitude } else { 0.0 };
+            lanes[k] = if m > lanes[k] { m } else { lanes[k] };
+            nan[k] |= v.is_nan();
+        };
+        let mut rows = x.chunks_exact(ACCUMULATORS);
+        for row in &mut rows {
+            for (k, v) in row.iter().enumerate() {
+                fold(k, widen(*v));
+            }
+        }
+        for v in rows.remainder() {
+            fold(0, widen(*v));
+        }
+        if !finite_only && nan.iter().any(|&n| n) {
+            return f32::NAN;
+        }
+        lanes.into_iter().fold(0.0, f32::max)
+    }
+}

@@ -134,58 +134,96 @@ fn mx_element_factor(rule: MxScaleRule, byte: u32, amax: f32, max: f32) -> (f32,
     (f32::from_bits(byte << 23).max(f32::MIN_POSITIVE), true)
 }
 
-/// Floating-point fake-quantization of a row-major tensor of `shape` and element type `T` (see
-/// [`crate::float_quant`]).
-pub fn fake_quant_float<T: Element>(
-    config: &FloatQuantConfig,
-    x: &[T],
-    shape: &[usize],
-) -> Result<FloatQuantOutput<T>> {
-    let layout = config.granularity(shape).layout(shape, x.len())?;
-    let wide = widen(x);
-    let format = config.format();
-    let mut y = Vec::with_capacity(x.len());
-    let mut codes = Vec::with_capacity(x.len());
-    let mut in_range = Vec::with_capacity(x.len());
-    let mut push = |v: f32, code: u32, ok: bool| {
-        y.push(T::from_f32(v));
-        codes.push(code as u8);
-        in_range.push(ok);
-    };
-    let nan_of = |v: f32| f32::from_bits(v.to_bits() | QUIET_BIT);
-    let scales = match config.scaling() {
-        FloatScaling::Amax { lower, upper, .. } => {
-            let scales: Vec<f32> = channel_amax(&wide, &layout, true)
-                .into_iter()
-                .map(|a| {
-                    let a = upper.map_or(a, |u| a.min(u));
-                    let a = lower.map_or(a, |l| a.max(l));
-                    rd::<T>(sat::<T>(a) / format.max())
-                })
-                .collect();
-            for (i, &v) in wide.iter().enumerate() {
-                let s = scales[layout.channel_of(i)];
-                if v.is_nan() {
-                    push(nan_of(v), format.encode(v), false);
-                } else if s == 0.0 {
-                    // A block without a usable scale: zeros with x's sign (torchao: 0 / 0).
-                    push(0.0f32.copysign(v), format.encode(0.0f32.copysign(v)), true);
-                } else {
-                    let (code, value, ok) = convert(format, scale_element(v, s, true));
-                    push(rd::<T>(value * s), code, ok);
-                }
-            }
-            FloatScales::F32(scales)
+/// What each element of one channel (block) needs: its scale, derived from the channel's amax.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum BlockScale {
+    /// FP8 amax scaling: `s = amax / max_elem` (0: no usable scale).
+    Amax(f32),
+    /// MX: the rule, the E8M0 byte and the block's amax (RCEIL's factor is formed from both).
+    Mx {
+        rule: MxScaleRule,
+        byte: u32,
+        amax: f32,
+    },
+    /// NVFP4: the E4M3 code of the block scale.
+    Nvfp4(u32),
+}
+
+/// A floating-point fake-quantization split where it parallelizes: per channel, [`Self::block`]
+/// turns the channel's amax ([`Self::finite_amax`] says which) into its [`BlockScale`]; per
+/// element, [`Self::element`] gives `y`, the code and the in-range flag.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FloatPlan {
+    format: ElementFormat,
+    scaling: FloatScaling,
+}
+
+impl FloatPlan {
+    pub(crate) fn new(config: &FloatQuantConfig) -> Self {
+        Self {
+            format: config.format(),
+            scaling: config.scaling(),
         }
-        FloatScaling::Mx(rule) => {
-            let amaxes = channel_amax(&wide, &layout, false);
-            let bytes: Vec<u32> = amaxes
-                .iter()
-                .map(|&a| mx_scale_byte(format, rule, a))
-                .collect();
-            for (i, &v) in wide.iter().enumerate() {
-                let block = layout.channel_of(i);
-                let (byte, amax) = (bytes[block], amaxes[block]);
+    }
+
+    /// Whether the amax is over the finite values only (FP8's amax scaling) or over every value
+    /// with NaN propagating (MX and NVFP4 blocks, as torchao).
+    pub(crate) fn finite_amax(&self) -> bool {
+        matches!(self.scaling, FloatScaling::Amax { .. })
+    }
+
+    /// NVFP4's per-tensor scale and whether the conventions are Model Optimizer's.
+    fn nvfp4(&self) -> (Option<f32>, bool) {
+        match self.scaling {
+            FloatScaling::Nvfp4Modelopt(g) => (Some(g), true),
+            FloatScaling::Nvfp4(g) => (g, false),
+            _ => (None, false),
+        }
+    }
+
+    /// The scale of a channel whose amax is `a`, for inputs of type `T`.
+    pub(crate) fn block<T: Element>(&self, a: f32) -> BlockScale {
+        let format = self.format;
+        match self.scaling {
+            FloatScaling::Amax { lower, upper, .. } => {
+                let a = upper.map_or(a, |u| a.min(u));
+                let a = lower.map_or(a, |l| a.max(l));
+                BlockScale::Amax(rd::<T>(sat::<T>(a) / format.max()))
+            }
+            FloatScaling::Mx(rule) => BlockScale::Mx {
+                rule,
+                byte: mx_scale_byte(format, rule, a),
+                amax: a,
+            },
+            FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {
+                // torchao: bs = amax / 6 (then / g), clamped to [2^-6, 448]. Model Optimizer:
+                // bs = amax / (6 * g), a zero replaced by 1, clamped to [2^-9, 448].
+                let (tensor, modelopt) = self.nvfp4();
+                let floor = pow2(if modelopt { -9 } else { -6 });
+                let bs = match tensor {
+                    Some(g) if modelopt => match a / (6.0 * g) {
+                        0.0 => 1.0,
+                        bs => bs,
+                    },
+                    Some(g) => a / 6.0 / g,
+                    None => a / 6.0,
+                };
+                BlockScale::Nvfp4(ElementFormat::Fp8E4M3.encode(if bs.is_nan() {
+                    bs
+                } else {
+                    bs.clamp(floor, 448.0)
+                }))
+            }
+        }
+    }
+
+    /// One element `v` (widened) of a channel with scale `block`: `y` (as f32, exactly a `T`
+    /// value), the code, and whether it was in range.
+    pub(crate) fn element<T: Element>(&self, v: f32, block: BlockScale) -> (f32, u32, bool) {
+        let format = self.format;
+        let nan_of = |v: f32| f32::from_bits(v.to_bits() | QUIET_BIT);
+        match block {
+            BlockScale::Mx { rule, byte, amax } => {
                 let (factor, divide) = mx_element_factor(rule, byte, amax, format.max());
                 let (code, value, ok) = convert(format, scale_element(v, factor, divide));
                 let out = if v.is_nan() {
@@ -199,49 +237,21 @@ pub fn fake_quant_float<T: Element>(
                     // giving 0 * rd(2^126) = NaN.
                     rd::<T>(value * e8m0_value(byte))
                 };
-                push(out, code, ok && !v.is_nan());
+                (out, code, ok && !v.is_nan())
             }
-            FloatScales::E8M0(bytes.into_iter().map(|b| b as u8).collect())
-        }
-        FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => {
-            // torchao: bs = amax / 6 (then / g), clamped to [2^-6, 448]; elements times
-            // (1 / s8) or ((1 / g) / s8); values times s8 or (g * s8). Model Optimizer: bs =
-            // amax / (6 * g), a zero replaced by 1, clamped to [2^-9, 448]; elements divided by
-            // s8 * g, values times s8 * g; -0 coded as +0.
-            let (tensor, modelopt) = match config.scaling() {
-                FloatScaling::Nvfp4Modelopt(g) => (Some(g), true),
-                FloatScaling::Nvfp4(g) => (g, false),
-                _ => (None, false),
-            };
-            let e4m3 = ElementFormat::Fp8E4M3;
-            let floor = pow2(if modelopt { -9 } else { -6 });
-            let blocks: Vec<u32> = channel_amax(&wide, &layout, false)
-                .into_iter()
-                .map(|a| {
-                    let bs = match tensor {
-                        Some(g) if modelopt => match a / (6.0 * g) {
-                            0.0 => 1.0,
-                            bs => bs,
-                        },
-                        Some(g) => a / 6.0 / g,
-                        None => a / 6.0,
-                    };
-                    e4m3.encode(if bs.is_nan() {
-                        bs
-                    } else {
-                        bs.clamp(floor, 448.0)
-                    })
-                })
-                .collect();
-            let negative_zero = 1 << (format.bits() - 1);
-            for (i, &v) in wide.iter().enumerate() {
-                let s8 = e4m3.decode(blocks[layout.channel_of(i)]);
+            BlockScale::Nvfp4(block) => {
+                // Elements times (1 / s8) or ((1 / g) / s8), values times s8 or (g * s8)
+                // (torchao); divided by s8 * g, values times s8 * g, -0 coded as +0 (Model
+                // Optimizer).
+                let (tensor, modelopt) = self.nvfp4();
+                let s8 = ElementFormat::Fp8E4M3.decode(block);
                 let (factor, divide, dequant) = match tensor {
                     Some(g) if modelopt => (s8 * g, true, s8 * g),
                     Some(g) => ((1.0 / g) / s8, false, g * s8),
                     None => (1.0 / s8, false, s8),
                 };
                 let (code, _, ok) = convert(format, scale_element(v, factor, divide));
+                let negative_zero = 1 << (format.bits() - 1);
                 let code = if modelopt && code == negative_zero {
                     0
                 } else {
@@ -254,19 +264,77 @@ pub fn fake_quant_float<T: Element>(
                 } else {
                     rd::<T>(format.decode(code) * dequant)
                 };
-                push(out, code, ok && !v.is_nan());
+                (out, code, ok && !v.is_nan())
             }
-            FloatScales::E4M3 {
-                blocks: blocks.into_iter().map(|b| b as u8).collect(),
-                tensor,
+            BlockScale::Amax(s) => {
+                if v.is_nan() {
+                    (nan_of(v), format.encode(v), false)
+                } else if s == 0.0 {
+                    // A block without a usable scale: zeros with x's sign (torchao: 0 / 0).
+                    let zero = 0.0f32.copysign(v);
+                    (zero, format.encode(zero), true)
+                } else {
+                    let (code, value, ok) = convert(format, scale_element(v, s, true));
+                    (rd::<T>(value * s), code, ok)
+                }
             }
         }
-    };
+    }
+
+    /// The scales as the output reports them.
+    pub(crate) fn scales(&self, blocks: &[BlockScale]) -> FloatScales {
+        let (tensor, _) = self.nvfp4();
+        let byte = |b: &BlockScale| match *b {
+            BlockScale::Mx { byte, .. } | BlockScale::Nvfp4(byte) => byte as u8,
+            BlockScale::Amax(_) => 0,
+        };
+        match self.scaling {
+            FloatScaling::Amax { .. } => FloatScales::F32(
+                blocks
+                    .iter()
+                    .map(|b| match *b {
+                        BlockScale::Amax(s) => s,
+                        _ => 0.0,
+                    })
+                    .collect(),
+            ),
+            FloatScaling::Mx(_) => FloatScales::E8M0(blocks.iter().map(byte).collect()),
+            FloatScaling::Nvfp4(_) | FloatScaling::Nvfp4Modelopt(_) => FloatScales::E4M3 {
+                blocks: blocks.iter().map(byte).collect(),
+                tensor,
+            },
+        }
+    }
+}
+
+/// Floating-point fake-quantization of a row-major tensor of `shape` and element type `T` (see
+/// [`crate::float_quant`]): each channel's (block's) scale from its amax, then each element.
+pub fn fake_quant_float<T: Element>(
+    config: &FloatQuantConfig,
+    x: &[T],
+    shape: &[usize],
+) -> Result<FloatQuantOutput<T>> {
+    let layout = config.granularity(shape).layout(shape, x.len())?;
+    let wide = widen(x);
+    let plan = FloatPlan::new(config);
+    let blocks: Vec<BlockScale> = channel_amax(&wide, &layout, plan.finite_amax())
+        .into_iter()
+        .map(|a| plan.block::<T>(a))
+        .collect();
+    let mut y = Vec::with_capacity(x.len());
+    let mut codes = Vec::with_capacity(x.len());
+    let mut in_range = Vec::with_capacity(x.len());
+    for (i, &v) in wide.iter().enumerate() {
+        let (value, code, ok) = plan.element::<T>(v, blocks[layout.channel_of(i)]);
+        y.push(T::from_f32(value));
+        codes.push(code as u8);
+        in_range.push(ok);
+    }
     Ok(FloatQuantOutput {
         y,
         mask: PackedMask::from_bools(&in_range),
         codes,
-        scales,
+        scales: plan.scales(&blocks),
     })
 }
 
@@ -318,10 +386,15 @@ impl FloatQuant {
 
     /// [`fake_quant_float`], for a shape with this object's elements and blocks.
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
+        self.check_shape(shape)?;
+        fake_quant_float(&self.config, x, shape)
+    }
+
+    /// Checks that `shape` has this object's elements and blocks.
+    pub(crate) fn check_shape(&self, shape: &[usize]) -> Result<()> {
         let len = crate::quant::numel(shape)?;
         check_len("elements of the shape", self.len, len)?;
         let layout = self.config.granularity(shape).layout(shape, len)?;
-        check_len("blocks of the shape", self.blocks, layout.channels)?;
-        fake_quant_float(&self.config, x, shape)
+        check_len("blocks of the shape", self.blocks, layout.channels)
     }
 }

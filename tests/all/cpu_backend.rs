@@ -8,8 +8,9 @@ use fakequant::cpu::elementwise::{self, ChannelConsts};
 use fakequant::cpu::InstructionSet;
 use fakequant::{
     reference, Averaging, Backend, Cpu, DynamicConfig, DynamicOps, DynamicScheme, Element,
-    FakeQuant, GradScale, Granularity, LsqConfig, LsqOps, Mode, ObserverConfig, ObserverOps,
-    QScheme, QuantParams, QuantRange, Reference, Rounding,
+    ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale, Granularity, LsqConfig,
+    LsqOps, Mode, MxScaleRule, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange,
+    Reference, Rounding,
 };
 use half::{bf16, f16};
 
@@ -622,6 +623,70 @@ fn dynamic_equals_the_reference() {
                 if n <= 20_000 {
                     check_dynamic::<f16>(&cpu, config, &shape, &x);
                     check_dynamic::<bf16>(&cpu, config, &shape, &x);
+                }
+            }
+        }
+    }
+}
+
+fn check_float<T: Element>(cpu: &Cpu, config: &FloatQuantConfig, shape: &[usize], x: &[f32]) {
+    let x: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
+    let label = format!("{} {config:?} {shape:?} {:?}", cpu.name(), T::DTYPE);
+    let want = reference::float_quant::fake_quant_float(config, &x, shape).unwrap();
+    let mut float = cpu.create_float_quant(config, shape).unwrap();
+    for run in 0..2 {
+        let got = FloatQuantOps::forward(&mut float, &x, shape).unwrap();
+        assert_same(
+            &format!("{label} y (run {run})"),
+            &bits(&want.y),
+            &bits(&got.y),
+        );
+        assert_same(
+            &format!("{label} mask"),
+            want.mask.words(),
+            got.mask.words(),
+        );
+        assert_eq!(want.codes, got.codes, "{label} codes");
+        assert_eq!(want.scales, got.scales, "{label} scales");
+    }
+}
+
+#[test]
+fn floating_point_formats_equal_the_reference() {
+    let mut rng = Rng::new(0xf8);
+    let configs = [
+        FloatQuantConfig::mx(ElementFormat::Fp4E2M1, MxScaleRule::Rceil).unwrap(),
+        FloatQuantConfig::mx(ElementFormat::Fp8E4M3, MxScaleRule::Floor).unwrap(),
+        FloatQuantConfig::mx(ElementFormat::Fp6E3M2, MxScaleRule::Even).unwrap(),
+        FloatQuantConfig::mx(ElementFormat::Fp6E2M3, MxScaleRule::Ceil).unwrap(),
+        FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, Granularity::PerTensor).unwrap(),
+        FloatQuantConfig::fp8(ElementFormat::Fp8E5M2, Granularity::per_channel(1)).unwrap(),
+        FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, Granularity::per_channel(0)).unwrap(),
+        FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, Granularity::per_group(1, 32)).unwrap(),
+        FloatQuantConfig::nvfp4(None).unwrap(),
+        FloatQuantConfig::nvfp4(Some(0.75)).unwrap(),
+        FloatQuantConfig::nvfp4_modelopt(0.5).unwrap(),
+    ];
+    for cpu in backends() {
+        for rows in [1usize, 3, 70, 1100] {
+            let shape = [rows, 96];
+            let n = rows * 96;
+            let op = op_for(Granularity::PerTensor, &[n], &mut rng, QuantRange::INT8);
+            let mut x = data(&mut rng, n, &op);
+            if rows > 3 {
+                // A zero block, a block with a NaN, one with an infinity, one of subnormals.
+                x[..32].fill(0.0);
+                x[32] = f32::NAN;
+                x[64] = f32::INFINITY;
+                x[96..128]
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(0x0000_1234));
+            }
+            for config in &configs {
+                check_float::<f32>(&cpu, config, &shape, &x);
+                if n <= 7000 {
+                    check_float::<f16>(&cpu, config, &shape, &x);
+                    check_float::<bf16>(&cpu, config, &shape, &x);
                 }
             }
         }

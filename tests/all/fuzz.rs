@@ -3427,10 +3427,11 @@ fn fuzz_cpu_backend() {
         }
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{}, {dtype:?}", fakequant::Backend::name(&cpu)));
-        match rng.below(4) {
+        match rng.below(5) {
             0 => with_dtype!(dtype, cpu_fake_quant(&cpu, rng, case)),
             1 => with_dtype!(dtype, cpu_observer(&cpu, rng, case)),
             2 => with_dtype!(dtype, cpu_dynamic(&cpu, rng, case)),
+            3 => with_dtype!(dtype, cpu_float(&cpu, rng, case)),
             _ => with_dtype!(dtype, cpu_lsq(&cpu, rng, case)),
         }
     });
@@ -3649,6 +3650,50 @@ fn cpu_dynamic<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
             want.forward(&x, &shape),
             got.forward(&x, &shape),
             |e, g| assert_dynamic_eq("forward", &e, &g),
+        );
+    }
+}
+
+fn cpu_float<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    use fakequant::Backend;
+    let max = if rng.below(10) == 0 { 150_000 } else { 3000 };
+    let mut shape = draw_shape(rng, max);
+    if rng.below(2) == 0 {
+        // Often a last axis of whole blocks.
+        if let Some(last) = shape.last_mut() {
+            *last = 16 * (1 + rng.below(6));
+        }
+    }
+    let Some(config) = draw_float_config(rng, case, &shape) else {
+        return;
+    };
+    let (want, got) = match (
+        fakequant::reference::float_quant::FloatQuant::new(config.clone(), &shape),
+        cpu.create_float_quant(&config, &shape),
+    ) {
+        (Ok(w), Ok(g)) => (w, g),
+        (w, g) => return cpu_agrees("create_float_quant", w, g, |_, _| {}),
+    };
+    for call in 0..1 + rng.below(2) {
+        let shape = if call == 0 || rng.below(2) == 0 {
+            shape.clone()
+        } else {
+            draw_shape(rng, 3000)
+        };
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!("call {call}: shape {shape:?}, len {len}"));
+        let scale = data_scale(rng);
+        let x: Vec<T> = draw_data(rng, len, scale);
+        cpu_agrees(
+            "float forward",
+            want.forward(&x, &shape),
+            got.forward(&x, &shape),
+            |e, g| {
+                assert_elems_eq("float y", &e.y, &g.y);
+                assert_mask_eq("float mask", &e.mask, &g.mask);
+                assert_eq!(e.codes, g.codes, "float codes");
+                assert_eq!(e.scales, g.scales, "float scales");
+            },
         );
     }
 }
