@@ -438,6 +438,22 @@ fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<(
                 || baseline(with_mask + 1.0),
             )?;
         }
+        if report.wants("histogram_observe") {
+            let config = fakequant::HistogramConfig::new(
+                2048,
+                fakequant::HistogramDomain::Magnitude,
+                fakequant::Granularity::PerTensor,
+            )?;
+            let mut histogram = cpu.create_histogram_observer(&config, &[n])?;
+            report.measure(
+                "histogram_observe",
+                "f32",
+                n,
+                4.0,
+                || cpu_median_seconds(|| Ok(histogram.observe(&x, &[n])?)),
+                || baseline(4.0),
+            )?;
+        }
         // Host-level calls that allocate their outputs, as PyTorch's ops do.
         report.measure(
             "fake_quant_forward_mask",

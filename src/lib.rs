@@ -44,7 +44,7 @@ pub mod reference;
 pub mod select;
 
 pub use backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
-pub use cpu::{Cpu, CpuDynamic, CpuFloatQuant, CpuLsq, CpuObserver};
+pub use cpu::{Cpu, CpuDynamic, CpuFloatQuant, CpuHistogramObserver, CpuLsq, CpuObserver};
 pub use dtype::{DType, Element};
 pub use dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 pub use error::{Error, Result};

@@ -1,17 +1,18 @@
 //! The CPU backend as a [`Backend`]: the same calls as the reference and the GPU.
 
 use super::elementwise::{fake_quant_task, ste_task, ChannelTable};
-use super::{try_output, Cpu, CpuDynamic, CpuFloatQuant, CpuLsq, CpuObserver};
-use crate::backend::{Backend, DynamicOps, FloatQuantOps, LsqOps, ObserverOps};
+use super::{
+    try_output, Cpu, CpuDynamic, CpuFloatQuant, CpuHistogramObserver, CpuLsq, CpuObserver,
+};
+use crate::backend::{Backend, DynamicOps, FloatQuantOps, HistogramOps, LsqOps, ObserverOps};
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput};
 use crate::error::{check_len, Result};
 use crate::float_quant::{FloatQuantConfig, FloatQuantOutput};
-use crate::histogram::HistogramConfig;
+use crate::histogram::{CalibrationMethod, Histogram, HistogramConfig};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{Mode, ObserverConfig, ObserverState};
 use crate::quant::{FakeQuant, PackedMask};
-use crate::reference::histogram::HistogramObserver;
 use crate::reference::FakeQuantOutput;
 
 impl Cpu {
@@ -87,7 +88,7 @@ impl Backend for Cpu {
     type Lsq = CpuLsq;
     type Dynamic = CpuDynamic;
     type FloatQuant = CpuFloatQuant;
-    type Histogram = HistogramObserver;
+    type Histogram = CpuHistogramObserver;
 
     fn name(&self) -> String {
         format!("CPU backend ({} threads, {:?})", self.threads, self.isa)
@@ -143,8 +144,8 @@ impl Backend for Cpu {
         &self,
         config: &HistogramConfig,
         shape: &[usize],
-    ) -> Result<HistogramObserver> {
-        HistogramObserver::new(*config, shape)
+    ) -> Result<CpuHistogramObserver> {
+        CpuHistogramObserver::new(self, config, shape)
     }
 }
 
@@ -202,5 +203,23 @@ impl DynamicOps for CpuDynamic {
 impl FloatQuantOps for CpuFloatQuant {
     fn forward<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
         CpuFloatQuant::forward(self, x, shape)
+    }
+}
+
+impl HistogramOps for CpuHistogramObserver {
+    fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
+        CpuHistogramObserver::observe(self, x, shape)
+    }
+
+    fn read_histograms(&self) -> Result<Vec<Histogram>> {
+        Ok(self.histograms().to_vec())
+    }
+
+    fn calibrate(
+        &self,
+        method: &CalibrationMethod,
+        config: &ObserverConfig,
+    ) -> Result<ObserverState> {
+        CpuHistogramObserver::calibrate(self, method, config)
     }
 }

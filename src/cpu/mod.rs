@@ -24,8 +24,8 @@
 //! Dynamic fake-quantization (per group, per token) computes the groups' qparams in parallel with
 //! the reference's own per-group functions, then runs the fast kernels; the floating-point formats
 //! (FP8, MX, NVFP4) reduce each block's amax in parallel, then convert the elements in parallel
-//! with the reference's per-block and per-element functions. The histogram family runs the
-//! reference's implementation itself on this backend for now (exact, single-threaded).
+//! with the reference's per-block and per-element functions; histogram observers count in
+//! parallel into per-task histograms that are then added.
 
 /// Compiles a kernel twice: for the baseline instruction set, and on x86-64 also with AVX2
 /// (256-bit vectors, twice SSE2's lanes); the generated function takes an [`InstructionSet`]
@@ -70,12 +70,14 @@ pub mod convert;
 mod dynamic;
 pub mod elementwise;
 mod float_quant;
+mod histogram;
 mod lsq;
 mod observer;
 pub mod reduce;
 
 pub use dynamic::CpuDynamic;
 pub use float_quant::CpuFloatQuant;
+pub use histogram::CpuHistogramObserver;
 pub use lsq::CpuLsq;
 pub use observer::CpuObserver;
 

@@ -34,6 +34,11 @@ impl HistogramObserver {
         &self.histograms
     }
 
+    /// The histograms, to fill (the CPU backend counts in parallel into them).
+    pub(crate) fn histograms_mut(&mut self) -> &mut [Histogram] {
+        &mut self.histograms
+    }
+
     /// Counts a batch `x` of `shape` (any element type; NaN and infinities skipped).
     pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
         let layout = self.config.granularity().layout(shape, x.len())?;

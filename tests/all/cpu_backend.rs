@@ -7,10 +7,11 @@
 use fakequant::cpu::elementwise::{self, ChannelConsts};
 use fakequant::cpu::InstructionSet;
 use fakequant::{
-    reference, Averaging, Backend, Cpu, DynamicConfig, DynamicOps, DynamicScheme, Element,
-    ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale, Granularity, LsqConfig,
-    LsqOps, Mode, MxScaleRule, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange,
-    Reference, Rounding,
+    reference, Averaging, Backend, CalibrationMethod, Cpu, DynamicConfig, DynamicOps,
+    DynamicScheme, Element, ElementFormat, FakeQuant, FloatQuantConfig, FloatQuantOps, GradScale,
+    Granularity, HistogramConfig, HistogramDomain, HistogramOps, LsqConfig, LsqOps, Mode,
+    MxScaleRule, ObserverConfig, ObserverOps, QScheme, QuantParams, QuantRange, Reference,
+    Rounding,
 };
 use half::{bf16, f16};
 
@@ -689,6 +690,77 @@ fn floating_point_formats_equal_the_reference() {
                     check_float::<bf16>(&cpu, config, &shape, &x);
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn histograms_equal_the_reference() {
+    let mut rng = Rng::new(0x415);
+    for cpu in backends() {
+        for (bins, domain, granularity, shape) in [
+            (
+                2048,
+                HistogramDomain::Magnitude,
+                Granularity::PerTensor,
+                vec![300_007],
+            ),
+            (
+                128,
+                HistogramDomain::Signed,
+                Granularity::PerTensor,
+                vec![4099],
+            ),
+            (
+                4096,
+                HistogramDomain::Signed,
+                Granularity::per_channel(1),
+                vec![5000, 7],
+            ),
+            (
+                256,
+                HistogramDomain::Magnitude,
+                Granularity::per_channel(0),
+                vec![3, 70_000],
+            ),
+        ] {
+            let config = HistogramConfig::new(bins, domain, granularity).unwrap();
+            let mut want = Reference
+                .create_histogram_observer(&config, &shape)
+                .unwrap();
+            let mut got = cpu.create_histogram_observer(&config, &shape).unwrap();
+            let n: usize = shape.iter().product();
+            // Batches whose range grows (each one's values larger), with specials mixed in.
+            for (batch, scale) in [0.01f32, 1.0, 300.0].into_iter().enumerate() {
+                let op = op_for(Granularity::PerTensor, &[n], &mut rng, QuantRange::INT8);
+                let mut x = data(&mut rng, n, &op);
+                x.iter_mut().for_each(|v| *v *= scale);
+                let label = format!(
+                    "{} {bins} {domain:?} {granularity:?} batch {batch}",
+                    cpu.name()
+                );
+                HistogramOps::observe(&mut want, &x, &shape).unwrap();
+                HistogramOps::observe(&mut got, &x, &shape).unwrap();
+                assert_eq!(
+                    want.read_histograms().unwrap(),
+                    got.read_histograms().unwrap(),
+                    "{label}"
+                );
+                let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+                HistogramOps::observe(&mut want, &xb, &shape).unwrap();
+                HistogramOps::observe(&mut got, &xb, &shape).unwrap();
+                assert_eq!(
+                    want.read_histograms().unwrap(),
+                    got.read_histograms().unwrap(),
+                    "{label} bf16"
+                );
+            }
+            let observer = ObserverConfig::qat_activation_int8();
+            let method = CalibrationMethod::Percentile(99.99);
+            assert_eq!(
+                want.calibrate(&method, &observer).unwrap(),
+                got.calibrate(&method, &observer).unwrap()
+            );
         }
     }
 }

@@ -3427,7 +3427,8 @@ fn fuzz_cpu_backend() {
         }
         let dtype = pick(rng, &DTYPES);
         case.note(format!("{}, {dtype:?}", fakequant::Backend::name(&cpu)));
-        match rng.below(5) {
+        match rng.below(6) {
+            5 => with_dtype!(dtype, cpu_histogram(&cpu, rng, case)),
             0 => with_dtype!(dtype, cpu_fake_quant(&cpu, rng, case)),
             1 => with_dtype!(dtype, cpu_observer(&cpu, rng, case)),
             2 => with_dtype!(dtype, cpu_dynamic(&cpu, rng, case)),
@@ -3696,4 +3697,56 @@ fn cpu_float<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
             },
         );
     }
+}
+
+fn cpu_histogram<T: Element>(cpu: &fakequant::Cpu, rng: &mut Rng, case: &Case) {
+    use fakequant::Backend;
+    let max = if rng.below(10) == 0 { 150_000 } else { 3000 };
+    let shape = draw_shape(rng, max);
+    let bins = pick(rng, &[64, 128, 256, 300, 2048, 4096, 8192]);
+    let domain = pick(rng, &[HistogramDomain::Magnitude, HistogramDomain::Signed]);
+    let granularity = draw_granularity(rng, &shape);
+    case.note(format!(
+        "histogram {bins} {domain:?} {granularity:?}, shape {shape:?}"
+    ));
+    let Ok(config) = HistogramConfig::new(bins, domain, granularity) else {
+        return;
+    };
+    let (mut want, mut got) = match (
+        HistogramObserver::new(config, &shape),
+        cpu.create_histogram_observer(&config, &shape),
+    ) {
+        (Ok(w), Ok(g)) => (w, g),
+        (w, g) => return cpu_agrees("create_histogram_observer", w, g, |_, _| {}),
+    };
+    for batch in 0..1 + rng.below(3) {
+        let shape = if rng.below(5) == 0 {
+            draw_shape(rng, 3000)
+        } else {
+            shape.clone()
+        };
+        let len = draw_len(rng, numel(&shape));
+        case.note(format!("batch {batch}: shape {shape:?}, len {len}"));
+        let scale = data_scale(rng);
+        let x: Vec<T> = draw_data(rng, len, scale);
+        cpu_agrees(
+            "histogram observe",
+            want.observe(&x, &shape),
+            got.observe(&x, &shape),
+            |_, _| {},
+        );
+        assert_eq!(got.histograms(), want.histograms(), "histograms");
+    }
+    let method = if rng.below(2) == 0 {
+        CalibrationMethod::Mse
+    } else {
+        CalibrationMethod::Percentile(99.9)
+    };
+    let observer = ObserverConfig::qat_activation_int8();
+    cpu_agrees(
+        "calibrate",
+        want.calibrate(&method, &observer),
+        got.calibrate(&method, &observer),
+        |e, g| assert_state_eq("calibrated state", &e, &g),
+    );
 }
