@@ -216,7 +216,10 @@ pub fn runs(layout: &ChannelLayout, start: usize, end: usize) -> impl Iterator<I
     })
 }
 
-/// Packs one flag per element into mask words (bit `k` of a word is element `k` of its 32).
+/// Packs one flag per element into mask words (bit `k` of a word is element `k` of its 32). The
+/// shift-and-or per flag is what AVX2 vectorizes best here (its per-lane shifts): measured
+/// against gathering eight flags with one multiplication, which is faster alone and on SSE2 but
+/// made the AVX2 fake-quant 25% slower.
 #[inline(always)]
 pub fn pack_flags(flags: &[bool], words: &mut [u32]) {
     for (word, flags) in words.iter_mut().zip(flags.chunks(32)) {

@@ -764,3 +764,26 @@ fn histograms_equal_the_reference() {
         }
     }
 }
+
+#[test]
+fn mask_packing_equals_packed_mask() {
+    let mut rng = Rng::new(0x9ac);
+    for len in (0..=100).chain([4095, 4096, 4097]) {
+        for density in [0, 1, 2, 3] {
+            let flags: Vec<bool> = (0..len)
+                .map(|_| match density {
+                    0 => false,
+                    1 => true,
+                    _ => rng.below(density) == 0,
+                })
+                .collect();
+            let mut words = vec![0xdead_beef; fakequant::PackedMask::words_for(len)];
+            elementwise::pack_flags(&flags, &mut words);
+            assert_eq!(
+                words,
+                fakequant::PackedMask::from_bools(&flags).words(),
+                "{len}"
+            );
+        }
+    }
+}
