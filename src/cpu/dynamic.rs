@@ -15,8 +15,8 @@ use super::Cpu;
 use crate::dtype::Element;
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 use crate::error::{Error, Result};
-use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, Rounding};
-use crate::reference::dynamic::{group_qparams, FloatDomain};
+use crate::quant::{ChannelLayout, PackedMask};
+use crate::reference::dynamic::{group_qparams, integer_output, FloatDomain};
 
 /// A dynamic fake-quantization on the [`Cpu`] backend (the counterpart of
 /// [`crate::GpuDynamic`]).
@@ -97,28 +97,8 @@ impl CpuDynamic {
             })
             .unzip();
         if config.scheme() != DynamicScheme::AsymmetricFloat {
-            if layout.channels == 0 {
-                return Ok(DynamicOutput {
-                    y: Vec::new(),
-                    mask: PackedMask::from_bools(&[]),
-                    scales,
-                    zero_points,
-                });
-            }
-            // As the reference: integer zero points in range by construction, scales in
-            // [eps, 2^126], validated by the same constructor.
-            let params = QuantParams::new(
-                config.granularity(),
-                scales.clone(),
-                zero_points.iter().map(|&z| z as i32).collect(),
-            );
-            let op = FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal);
-            let out = self.cpu.fake_quant(&op, x, shape)?;
-            return Ok(DynamicOutput {
-                y: out.y,
-                mask: out.mask,
-                scales,
-                zero_points,
+            return integer_output(config, layout.channels, scales, zero_points, |op| {
+                self.cpu.fake_quant(op, x, shape)
             });
         }
         let domain = FloatDomain::new::<T>(config);

@@ -124,27 +124,8 @@ pub fn fake_quant_dynamic<T: Element>(
         .map(|(lo, hi)| group_qparams::<T>(config, eps, lo, hi))
         .unzip();
     if config.scheme() != DynamicScheme::AsymmetricFloat {
-        if layout.channels == 0 {
-            return Ok(DynamicOutput {
-                y: Vec::new(),
-                mask: PackedMask::from_bools(&[]),
-                scales,
-                zero_points,
-            });
-        }
-        // Integer zero points in range by construction; scales in [eps, 2^126].
-        let params = QuantParams::new(
-            config.granularity(),
-            scales.clone(),
-            zero_points.iter().map(|&z| z as i32).collect(),
-        );
-        let op = FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal);
-        let out = fake_quant(&op, x, shape)?;
-        return Ok(DynamicOutput {
-            y: out.y,
-            mask: out.mask,
-            scales,
-            zero_points,
+        return integer_output(config, layout.channels, scales, zero_points, |op| {
+            fake_quant(op, x, shape)
         });
     }
     let domain = FloatDomain::new::<T>(config);
@@ -162,6 +143,39 @@ pub fn fake_quant_dynamic<T: Element>(
     Ok(DynamicOutput {
         y,
         mask: PackedMask::from_bools(&in_range),
+        scales,
+        zero_points,
+    })
+}
+
+/// The integer schemes' output: the core fake-quant with the groups' qparams (`run` performs it,
+/// the reference's or a backend's), or an empty output for a tensor without groups.
+pub(crate) fn integer_output<T: Element>(
+    config: &DynamicConfig,
+    groups: usize,
+    scales: Vec<f32>,
+    zero_points: Vec<f32>,
+    run: impl FnOnce(&FakeQuant) -> Result<crate::reference::FakeQuantOutput<T>>,
+) -> Result<DynamicOutput<T>> {
+    if groups == 0 {
+        return Ok(DynamicOutput {
+            y: Vec::new(),
+            mask: PackedMask::from_bools(&[]),
+            scales,
+            zero_points,
+        });
+    }
+    // Integer zero points in range by construction; scales in [eps, 2^126].
+    let params = QuantParams::new(
+        config.granularity(),
+        scales.clone(),
+        zero_points.iter().map(|&z| z as i32).collect(),
+    );
+    let op = FakeQuant::new(config.range(), params)?.with_rounding(Rounding::Reciprocal);
+    let out = run(&op)?;
+    Ok(DynamicOutput {
+        y: out.y,
+        mask: out.mask,
         scales,
         zero_points,
     })
