@@ -375,3 +375,34 @@ pub fn lsq_terms<T: Element>(
     }
 }
 }
+
+multiversion! {
+    /// [`lsq_terms`] and LSQ's `dx` of the same elements in one pass: the terms of the flat
+    /// elements `start..start + len` (all of one channel) appended to `out`, their `dx` written
+    /// to `dx` (`len` elements).
+    pub fn lsq_terms_and_dx<T: Element>(
+        consts: ChannelConsts,
+        x: &[T],
+        dy: &[T],
+        start: usize,
+        out: &mut [Vec<f32>; 2],
+        dx: &mut [T],
+    ) {
+        let len = dx.len();
+        let [scale_terms, zero_point_terms] = out;
+        let base = scale_terms.len();
+        scale_terms.resize(base + len, 0.0);
+        zero_point_terms.resize(base + len, 0.0);
+        let range = start..start + len;
+        for ((((x, dy), ts), tz), dx) in x[range.clone()]
+            .iter()
+            .zip(&dy[range])
+            .zip(&mut scale_terms[base..])
+            .zip(&mut zero_point_terms[base..])
+            .zip(dx.iter_mut())
+        {
+            let (d, scale_term, zero_point_term) = lsq_element_grads(widen(*x), widen(*dy), consts);
+            (*ts, *tz, *dx) = (scale_term, zero_point_term, narrow::<T>(d));
+        }
+    }
+}

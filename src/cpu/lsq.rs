@@ -2,7 +2,7 @@
 //! fixed-order gradient sums on the fast kernels.
 
 use super::convert::widen;
-use super::elementwise::{lsq_dx_task, lsq_terms, ChannelTable};
+use super::elementwise::{lsq_dx_task, lsq_terms, lsq_terms_and_dx, ChannelTable};
 use super::reduce::ChannelBlocks;
 use super::Cpu;
 use crate::dtype::Element;
@@ -63,8 +63,7 @@ impl CpuLsq {
     }
 
     /// The backward with the current parameters (see [`crate::reference::lsq::backward`]): `dx`
-    /// element-wise, then each channel's gradient terms summed block by block in the reference's
-    /// order (the terms are recomputed from `x` and `dy`, not stored).
+    /// and each channel's gradient terms, summed block by block in the reference's order.
     pub fn backward<T: Element>(&self, x: &[T], dy: &[T], shape: &[usize]) -> Result<LsqGrads<T>> {
         let config = self.lsq.config();
         let layout = lsq_layout(config, shape, x.len())?;
@@ -78,13 +77,25 @@ impl CpuLsq {
         }
         let table = ChannelTable::new(&effective_op(config, self.scales(), self.zero_points())?);
         let mut dx = super::try_output::<T>("LSQ dx", x.len())?;
-        self.cpu.for_each_output(&mut dx, |start, dx| {
-            lsq_dx_task(self.cpu.isa, &table, &layout, start, x, dy, dx)
-        });
-        let sums = ChannelBlocks::new(&layout).tree_sums::<2>(&self.cpu, |c, start, len, out| {
-            lsq_terms(self.cpu.isa, table.get(c), x, dy, start, len, out);
-            0
-        });
+        let blocks = ChannelBlocks::new(&layout);
+        let isa = self.cpu.isa;
+        let sums = if blocks.contiguous() {
+            // One pass: each block's dx and terms together.
+            blocks.tree_sums_with_output::<2, T>(&self.cpu, &mut dx, |c, start, _, out, dx| {
+                lsq_terms_and_dx(isa, table.get(c), x, dy, start, out, dx);
+                0
+            })
+        } else {
+            // The channel's elements are strided: dx element-wise, then the terms gathered per
+            // block (recomputed from x and dy, not stored).
+            self.cpu.for_each_output(&mut dx, |start, dx| {
+                lsq_dx_task(isa, &table, &layout, start, x, dy, dx)
+            });
+            blocks.tree_sums::<2>(&self.cpu, |c, start, len, out| {
+                lsq_terms(isa, table.get(c), x, dy, start, len, out);
+                0
+            })
+        };
         let g = config.grad_factor(x.len());
         Ok(LsqGrads {
             dx,

@@ -297,6 +297,22 @@ impl Cpu {
             .install(|| (0..tasks).into_par_iter().map(|k| work(range(k))).collect())
     }
 
+    /// `work(task)` for each of `tasks`, the results in order: in the pool when the work covers
+    /// `elements` elements worth it, else on the caller's thread.
+    pub(crate) fn map_tasks<I: Send, R: Send>(
+        &self,
+        elements: usize,
+        tasks: Vec<I>,
+        work: impl Fn(I) -> R + Sync,
+    ) -> Vec<R> {
+        if !self.parallel(elements) {
+            return tasks.into_iter().map(work).collect();
+        }
+        use rayon::prelude::*;
+        self.pool
+            .install(|| tasks.into_par_iter().map(&work).collect())
+    }
+
     /// `work(scratch, k)` for `k` in `0..count`, the results in order: in the pool when the work
     /// covers `elements` elements worth it, else on the caller's thread. Each run of consecutive
     /// indices gets a `scratch` from `init`, reused across its indices.

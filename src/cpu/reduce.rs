@@ -150,6 +150,12 @@ impl ChannelBlocks {
         }
     }
 
+    /// Whether each channel's elements are one contiguous flat range (one channel, or nothing
+    /// before the channel axis), so that the blocks, in order, partition the tensor.
+    pub fn contiguous(&self) -> bool {
+        self.layout.channels <= 1 || self.layout.outer == 1
+    }
+
     /// For every channel, the [`tree_sum`]s of `K` kinds of terms over the channel's elements in
     /// flat order, and a tally. `terms(c, start, len, out)` pushes the terms of the flat elements
     /// `start..start + len` (all of channel `c`) onto `out` and returns their tally. Blocks run
@@ -182,6 +188,63 @@ impl ChannelBlocks {
                 (std::array::from_fn(|t| block_sum(cpu.isa, &out[t])), tally)
             },
         );
+        self.channel_sums(&blocks)
+    }
+
+    /// [`ChannelBlocks::tree_sums`] for a [`ChannelBlocks::contiguous`] layout, with a
+    /// per-element output written in the same pass: `terms(c, start, len, out, output)` also
+    /// fills `output`, the elements `start..start + len` of `output`. The blocks partition the
+    /// tensor in flat order, so each task owns the output of its blocks.
+    pub fn tree_sums_with_output<const K: usize, O: Send>(
+        &self,
+        cpu: &Cpu,
+        output: &mut [O],
+        terms: impl Fn(usize, usize, usize, &mut [Vec<f32>; K], &mut [O]) -> u64 + Sync,
+    ) -> Vec<([f32; K], u64)> {
+        debug_assert!(self.contiguous());
+        let per_channel = self.blocks_per_channel;
+        let count = self.layout.channels * per_channel;
+        let block_range = |b: usize| {
+            let (c, k) = (b / per_channel, b % per_channel);
+            let start = c * self.per_channel + k * BLOCK;
+            (c, start, BLOCK.min(self.per_channel - k * BLOCK))
+        };
+        // Tasks of consecutive blocks, each with the output of its blocks.
+        let per_task = count.div_ceil(cpu.threads() * 4).max(1);
+        let mut tasks = Vec::with_capacity(count.div_ceil(per_task));
+        let mut rest = output;
+        for first in (0..count).step_by(per_task) {
+            let blocks = first..(first + per_task).min(count);
+            let len: usize = blocks.clone().map(|b| block_range(b).2).sum();
+            let (mine, others) = rest.split_at_mut(len);
+            tasks.push((blocks, mine));
+            rest = others;
+        }
+        let run = |(blocks, output): (std::ops::Range<usize>, &mut [O])| {
+            let mut out: [Vec<f32>; K] = std::array::from_fn(|_| Vec::with_capacity(BLOCK));
+            let mut offset = 0;
+            blocks
+                .map(|b| {
+                    let (c, start, len) = block_range(b);
+                    out.iter_mut().for_each(Vec::clear);
+                    let tally = terms(c, start, len, &mut out, &mut output[offset..offset + len]);
+                    offset += len;
+                    (std::array::from_fn(|t| block_sum(cpu.isa, &out[t])), tally)
+                })
+                .collect::<Vec<([f32; K], u64)>>()
+        };
+        let blocks: Vec<([f32; K], u64)> = cpu
+            .map_tasks(self.layout.numel(), tasks, run)
+            .into_iter()
+            .flatten()
+            .collect();
+        self.channel_sums(&blocks)
+    }
+
+    /// Each channel's sums from its blocks' (in block order): one block is its own sum, more are
+    /// summed by the reference's `tree_sum` over the block sums.
+    fn channel_sums<const K: usize>(&self, blocks: &[([f32; K], u64)]) -> Vec<([f32; K], u64)> {
+        let per_channel = self.blocks_per_channel;
         (0..self.layout.channels)
             .map(|c| {
                 let partials = &blocks[c * per_channel..(c + 1) * per_channel];
