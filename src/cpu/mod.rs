@@ -128,8 +128,8 @@ impl std::fmt::Debug for Cpu {
 }
 
 impl Cpu {
-    /// Tensors with fewer elements than this run on the caller's thread: below it, waking the
-    /// pool costs more than the work (measured with `bench_report` on a 2-core machine).
+    /// Tensors with fewer elements than this run on the caller's thread, where waking the pool
+    /// would cost about as much as the work (a 64K-element fake-quant takes 0.02 ms here).
     pub const PARALLEL_MIN: usize = 1 << 16;
 
     /// The most threads [`Cpu::with_threads`] accepts.
@@ -221,17 +221,10 @@ impl Cpu {
         words: &mut [u32],
         work: impl Fn(usize, &mut [T], &mut [u32]) + Sync,
     ) {
-        let task = self.task_len(y.len(), elementwise::CHUNK);
-        if !self.parallel(y.len()) {
-            work(0, y, words);
-            return;
-        }
-        use rayon::prelude::*;
-        self.pool.install(|| {
-            y.par_chunks_mut(task)
-                .zip(words.par_chunks_mut(task / 32))
-                .enumerate()
-                .for_each(|(k, (y, words))| work(k * task, y, words))
+        // No second output: a slice of `()` (a zero-sized type, so nothing is allocated).
+        let mut none = vec![(); y.len()];
+        self.for_each_task_with_codes(y, &mut none, words, |start, y, _, words| {
+            work(start, y, words)
         });
     }
 
@@ -287,14 +280,10 @@ impl Cpu {
         work: impl Fn(std::ops::Range<usize>) -> R + Sync,
     ) -> Vec<R> {
         let task = self.task_len(len, unit);
-        let range = |k: usize| k * task..((k + 1) * task).min(len);
-        let tasks = len.div_ceil(task);
-        if !self.parallel(len) {
-            return (0..tasks).map(|k| work(range(k))).collect();
-        }
-        use rayon::prelude::*;
-        self.pool
-            .install(|| (0..tasks).into_par_iter().map(|k| work(range(k))).collect())
+        let ranges = (0..len.div_ceil(task))
+            .map(|k| k * task..((k + 1) * task).min(len))
+            .collect();
+        self.map_tasks(len, ranges, work)
     }
 
     /// `work(task)` for each of `tasks`, the results in order: in the pool when the work covers

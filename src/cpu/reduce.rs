@@ -280,9 +280,7 @@ pub fn channel_amax<T: Element>(
         for run in super::elementwise::runs(layout, range.start, range.end) {
             let x = &x[run.start..run.end];
             if run.consecutive {
-                for (v, a) in x.iter().zip(&mut part[run.channel..]) {
-                    *a = merge(*a, amax_run(cpu.isa, std::slice::from_ref(v), finite_only));
-                }
+                amax_row(cpu.isa, x, &mut part[run.channel..], finite_only);
             } else {
                 let a = &mut part[run.channel];
                 *a = merge(*a, amax_run(cpu.isa, x, finite_only));
@@ -297,6 +295,31 @@ pub fn channel_amax<T: Element>(
         }
     }
     total
+}
+
+/// One value folded into a running `max |x|` (see [`channel_amax`]): NaN sticks unless
+/// `finite_only`, where NaN and infinities are skipped.
+#[inline(always)]
+fn fold_amax(a: f32, v: f32, finite_only: bool) -> f32 {
+    let magnitude = v.abs();
+    if v.is_nan() {
+        return if finite_only { a } else { f32::NAN };
+    }
+    let counted = !finite_only || magnitude < f32::INFINITY;
+    if counted && magnitude > a {
+        magnitude
+    } else {
+        a
+    }
+}
+
+multiversion! {
+    /// `x`'s values folded into each element's own running amax (a row of channels).
+    fn amax_row<T: Element>(x: &[T], amax: &mut [f32], finite_only: bool) {
+        for (v, a) in x.iter().zip(amax.iter_mut()) {
+            *a = fold_amax(*a, widen(*v), finite_only);
+        }
+    }
 }
 
 multiversion! {
