@@ -759,6 +759,13 @@ fn main() -> Result<()> {
                 "float_fp8_e4m3_per_row",
                 fakequant::FloatQuantConfig::fp8_per_row(fakequant::ElementFormat::Fp8E4M3),
             ),
+            (
+                "float_fp8_e4m3_per_tensor",
+                fakequant::FloatQuantConfig::fp8(
+                    fakequant::ElementFormat::Fp8E4M3,
+                    fakequant::Granularity::PerTensor,
+                ),
+            ),
         ] {
             if n < 4096 || !report.wants(op) {
                 continue;

@@ -1,5 +1,5 @@
 // requires: quantize, elementwise_dispatch, fake_quant | fake_quant_half, dynamic_rules
-// provides: dynamic_groups, dynamic_groups_masked
+// provides: dynamic_groups, dynamic_groups_masked, dynamic_float_apply, dynamic_float_apply_masked
 // Dynamic fake-quant in one pass over x, for groups of a power-of-two size from 32 to 4096 (runs
 // of GROUP consecutive elements): each invocation reads its run of x, reduces the min and max of
 // its group (alone, or with the group's other runs in workgroup memory), derives the group's
@@ -204,5 +204,53 @@ fn dynamic_groups_masked(
             mask[(first / 32u) + w + dispatch.mask_shift] = word;
         }
         turn = turn + 1u;
+    }
+}
+
+// The float zero-point domain for groups the one-pass kernel does not take: the last pass of the
+// two-pass plan, after dynamic.wgsl's `dynamic_qparams` wrote each group's scale and zero point
+// (windows of the tables, indexed by dispatch_channel). 32 elements (one mask word) per
+// invocation; each element's arithmetic is the one-pass kernel's (`float_domain_bits`), with
+// `mv` derived from the group's qparams as run_params derives it.
+fn float_apply_word(first: u32, len: u32) -> u32 {
+    var word = 0u;
+    for (var k = 0u; k < len; k = k + 1u) {
+        let g = dispatch_channel(first + k);
+        let scale = scales[g];
+        let zero = zero_points[g];
+        let mv = sat_rq(sub_rn_bits(zero, sat_rq(mul_rn_bits(scale, rules.mid))));
+        let q = float_domain_bits(load_x(first + k), vec3<u32>(scale, zero, mv));
+        store_y(first + k, q.bits);
+        word = word | (u32(q.in_range) << k);
+    }
+    return word;
+}
+
+@compute @workgroup_size(256)
+fn dynamic_float_apply(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * 32u;
+        if (first < dispatch.len) {
+            _ = float_apply_word(first, min(32u, dispatch.len - first));
+        }
+    }
+}
+
+// The same, writing the mask words.
+@compute @workgroup_size(256)
+fn dynamic_float_apply_masked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * 32u;
+        if (first < dispatch.len) {
+            mask[first / 32u + dispatch.mask_shift] = float_apply_word(first, min(32u, dispatch.len - first));
+        }
     }
 }

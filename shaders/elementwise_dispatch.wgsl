@@ -22,7 +22,9 @@ struct Dispatch {
     x_shift: u32,
     y_shift: u32,
     mask_shift: u32,
-    _pad0: u32,
+    // The per-channel passes of a family (one invocation per channel): where the first entry of
+    // a second table sits in its window (fp8_scales: the maxima, which follow all the minima).
+    table_shift: u32,
     _pad1: u32,
 }
 

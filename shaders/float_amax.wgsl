@@ -26,8 +26,10 @@ struct Fp8Rules {
 // The channels' scales (f32 bits): written by fp8_scales, a window of them read by fp8_forward
 // (the dispatch's first channel at its channel_start).
 @group(0) @binding(5) var<storage, read_write> scales: array<u32>;
-// fp8_scales: the channels' minima, then their maxima (f32 bits; an empty channel +inf, -inf).
+// fp8_scales: the channels' minima, and their maxima from `dispatch.table_shift` (f32 bits; an
+// empty channel +inf, -inf). All three tables are bound a window per chunk of channels.
 @group(0) @binding(8) var<storage, read> stats: array<u32>;
+@group(0) @binding(9) var<storage, read> stats_hi: array<u32>;
 // fp8_forward: element codes, four to a word, from the dispatch's first element.
 @group(0) @binding(7) var<storage, read_write> codes: array<u32>;
 
@@ -51,7 +53,7 @@ fn fp8_scales(
 ) {
     for (var c = wg.x * 256u + lid; c < dispatch.channels; c = c + num_wg.x * 256u) {
         let lo = stats[c];
-        let hi = stats[dispatch.channels + c];
+        let hi = stats_hi[dispatch.table_shift + c];
         var amax = 0u;
         if (is_finite_bits(lo) && is_finite_bits(hi)) {
             amax = max(lo & ABS_MASK, hi & ABS_MASK);
@@ -79,6 +81,9 @@ fn quantize_run(first: u32, len: u32) -> u32 {
         let s = scales[dispatch_channel(first + k)];
         var data = 0u;
         var y = 0u;
+        // A flag, not a sentinel value of y: every 32-bit pattern is some input's output (the
+        // NaN 0xffffffff passes through as itself).
+        var from_code = false;
         if (is_nan_bits(x)) {
             data = x | QUIET_BIT;
             y = data;
@@ -88,10 +93,10 @@ fn quantize_run(first: u32, len: u32) -> u32 {
             y = data;
         } else {
             data = select(div_rn_bits(x, s), x, (x & ABS_MASK) == EXP_MASK);
-            y = 0xffffffffu; // set below, from the code
+            from_code = true;
         }
         let code = encode_element(data);
-        if (y == 0xffffffffu) {
+        if (from_code) {
             y = rd_input(mul_rn_bits(decode_element(code), s));
         }
         store_y(first + k, y);

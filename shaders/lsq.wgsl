@@ -45,7 +45,10 @@ struct LsqDispatch {
     // Where the window's first element sits in the dy and dx bindings (x: x_shift).
     dy_shift: u32,
     dx_shift: u32,
-    _pad0: u32,
+    // lsq_finish: where the first dzero_point sits in `grads_hi` (they follow all the dscales, so
+    // their window starts aligned down). Every per-channel table is bound a window per chunk of
+    // channels, from the chunk's first channel, so the tables need not fit one binding.
+    hi_shift: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -64,12 +67,14 @@ struct LsqDispatch {
 // The learnable parameters, f32 bits per channel.
 @group(0) @binding(6) var<storage, read_write> scale: array<u32>;
 @group(0) @binding(7) var<storage, read_write> zero_point: array<u32>;
-// Reduced gradients: `channels` dscale then `channels` dzero_point.
+// Reduced gradients: `channels` dscale (here), then `channels` dzero_point (`grads_hi`).
 @group(0) @binding(8) var<storage, read_write> grads: array<u32>;
 // The previous level of the tree of partial sums (lsq_sum, lsq_finish, lsq_init_finish).
 @group(0) @binding(9) var<storage, read> level: array<u32>;
 // An observer's state, 4 words per channel: min, max, scale, zero point (lsq_from_observer).
 @group(0) @binding(10) var<storage, read> observer_state: array<u32>;
+// The reduced dzero_points (the second half of the gradients), from `hi_shift`.
+@group(0) @binding(11) var<storage, read_write> grads_hi: array<u32>;
 
 // 0: f32 tensors, 1: f16, 2: bf16 (two per word; widened and rounded by half.wgsl, exactly).
 override DTYPE: u32 = 0u;
@@ -361,7 +366,7 @@ fn lsq_finish(
             sums = vec2<u32>(level[2u * c], level[2u * c + 1u]);
         }
         grads[c] = mul_ieee_bits(sums.x, d.grad_factor);
-        grads[d.channels + c] = mul_ieee_bits(sums.y, d.grad_factor);
+        grads_hi[d.hi_shift + c] = mul_ieee_bits(sums.y, d.grad_factor);
     }
 }
 

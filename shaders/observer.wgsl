@@ -48,8 +48,13 @@ struct ObserveDispatch {
     // (qmax - qmin) and (qmax - qmin) / 2 as f32 bits.
     range_bits: u32,
     half_range_bits: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Where channel 0's maximum sits in the `batch_hi` window (and in `src_hi` for merge_batch):
+    // the maxima follow all the minima in a statistics buffer, so their window starts aligned
+    // down. The per-channel tables are bound a window per chunk of channels (each window starts
+    // at the chunk's first channel; chunks start aligned), so an observer's tables need not fit
+    // one binding.
+    hi_shift: u32,
+    src_hi_shift: u32,
 }
 
 // One channel of an observer's state: f32 bits of the running range (empty: +inf, -inf), the
@@ -66,10 +71,14 @@ struct ObserverChannel {
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 // Pairs (min key, max key), `slots` consecutive pairs per channel.
 @group(0) @binding(2) var<storage, read_write> partials: array<u32>;
-// A batch's statistics as f32 bits: `channels` minima, then `channels` maxima.
+// A batch's statistics as f32 bits: `channels` minima, then `channels` maxima, bound as two
+// windows of the same buffer: the minima (`batch`) and the maxima (`batch_hi`, from `hi_shift`).
 @group(0) @binding(3) var<storage, read_write> batch: array<u32>;
 @group(0) @binding(4) var<storage, read_write> state: array<ObserverChannel>;
 @group(0) @binding(5) var<storage, read_write> params: array<ChannelParams>;
+@group(0) @binding(6) var<storage, read_write> batch_hi: array<u32>;
+// The other replica's maxima (merge_batch; its minima are `src`).
+@group(0) @binding(7) var<storage, read> src_hi: array<u32>;
 
 const WG_SIZE: u32 = 256u;
 // Elements one workgroup of minmax_rows reduces.
@@ -212,7 +221,7 @@ fn minmax_cols(
 
 fn store_batch(c: u32, keys: vec2<u32>) {
     batch[c] = from_key(keys.x);
-    batch[d.channels + c] = from_key(keys.y);
+    batch_hi[d.hi_shift + c] = from_key(keys.y);
 }
 
 // Partials -> batch statistics, one workgroup per channel (grid-stride over channels).
@@ -289,8 +298,8 @@ fn merge_batch(
     @builtin(local_invocation_index) lid: u32,
 ) {
     for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
-        let a = range_of(batch[c], batch[d.channels + c]);
-        let b = range_of(src[c], src[d.channels + c]);
+        let a = range_of(batch[c], batch_hi[d.hi_shift + c]);
+        let b = range_of(src[c], src_hi[d.src_hi_shift + c]);
         var lo = POS_INF;
         var hi = NEG_INF;
         if (a.ok && b.ok) {
@@ -304,7 +313,7 @@ fn merge_batch(
             hi = b.hi;
         }
         batch[c] = lo;
-        batch[d.channels + c] = hi;
+        batch_hi[d.hi_shift + c] = hi;
     }
 }
 
@@ -369,7 +378,7 @@ fn update(
     for (var c = wg.x * WG_SIZE + lid; c < d.channels; c = c + num_wg.x * WG_SIZE) {
         var s = state[c];
         let running = range_of(s.min, s.max);
-        let observed = range_of(batch[c], batch[d.channels + c]);
+        let observed = range_of(batch[c], batch_hi[d.hi_shift + c]);
         var next = running;
         if (observed.ok) {
             if (!running.ok) {

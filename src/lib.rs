@@ -60,7 +60,8 @@ pub use histogram::{CalibrationMethod, Histogram, HistogramConfig, HistogramDoma
 pub use lsq::{GradScale, LsqConfig, LsqGrads};
 pub use observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
 pub use quant::{
-    ChannelLayout, FakeQuant, Granularity, PackedMask, QuantParams, QuantRange, Rounding,
+    ChannelLayout, FakeQuant, Granularity, PackedMask, ParamLayout, QuantParams, QuantRange,
+    Rounding, StridedGroups,
 };
 pub use reference::{FakeQuantOutput, Reference};
 pub use select::BestBackend;

@@ -112,6 +112,13 @@ impl LsqConfig {
         self.range
     }
 
+    /// The same configuration per tensor or per channel along another axis (see
+    /// [`crate::ObserverConfig::with_granularity`]).
+    pub fn with_granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
     /// Per tensor or per channel along an axis.
     pub fn granularity(&self) -> Granularity {
         self.granularity

@@ -174,6 +174,14 @@ impl ObserverConfig {
         self.scheme
     }
 
+    /// The same configuration per tensor or per channel along another axis (a framework whose
+    /// weights keep their output channels on another axis than PyTorch's 0: burn's `Linear`
+    /// stores `[d_input, d_output]`). Checked against a tensor's shape when one is given.
+    pub fn with_granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
     /// Running min/max or moving average.
     pub fn averaging(&self) -> Averaging {
         self.averaging

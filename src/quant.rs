@@ -109,12 +109,13 @@ pub enum Granularity {
         axis: usize,
     },
     /// One per group of `size` consecutive elements along `axis` (torchao's per-group
-    /// granularity): with `shape = [outer..., len, inner...]`, the groups of flat index `i` number
-    /// `(i / inner) / size` along the axis. `size` divides `len`. The axis must be the last one
-    /// that is longer than 1 (the weights of a linear layer grouped along their input axis, the
-    /// common case); groups along an axis followed by longer ones are refused (`InvalidGroup`).
-    /// Parameters are ordered by flat index of the group's first element, so group `g` covers
-    /// the flat indices `g * size .. (g + 1) * size`.
+    /// granularity), any axis of any rank; `size` divides the axis length `len`. With
+    /// `shape = [outer..., len, inner...]` (`inner` the product after the axis), the group of
+    /// flat index `i` is `(i / (size * inner)) * inner + i % inner`: parameters are ordered by
+    /// the flat index of the group's first element, as a tensor of shape
+    /// `[outer..., len / size, inner...]`. Along the last axis longer than 1 (`inner == 1`, the
+    /// weights of a linear layer grouped along their input axis, the common case) group `g`
+    /// covers the flat indices `g * size .. (g + 1) * size` (see [`ParamLayout`]).
     PerGroup {
         /// The axis the groups run along.
         axis: usize,
@@ -147,8 +148,45 @@ impl Granularity {
         }
     }
 
-    /// The layout of a tensor of `shape` holding `len` values: checks the axis against the shape
-    /// and `len` against the shape's product; per tensor, one channel of `len` elements.
+    /// How the flat indices of a tensor of `shape` holding `len` values map to parameter sets,
+    /// for every granularity: checks the axis against the shape and `len` against the shape's
+    /// product.
+    pub fn param_layout(&self, shape: &[usize], len: usize) -> Result<ParamLayout> {
+        if let Granularity::PerGroup { axis, size } = *self {
+            let n = numel(shape)?;
+            if n != len {
+                return Err(Error::LengthMismatch {
+                    what: "data length vs product of shape",
+                    expected: n,
+                    actual: len,
+                });
+            }
+            return group_layout(shape, n, axis, size);
+        }
+        self.layout(shape, len).map(ParamLayout::Channels)
+    }
+
+    /// For groups along an axis followed by longer axes ([`StridedGroups`]): the groups, and a
+    /// shape whose tensor under this same granularity has the groups of their groups-last view
+    /// (all ones but the group axis, which holds every element), so that an op called on
+    /// `(groups.to_groups_last(x), shape)` computes the same groups from the same values in the
+    /// same order. `None` for every other granularity and shape.
+    pub fn groups_last(&self, shape: &[usize]) -> Result<Option<(StridedGroups, Vec<usize>)>> {
+        let Granularity::PerGroup { axis, .. } = *self else {
+            return Ok(None);
+        };
+        let n = numel(shape)?;
+        Ok(self.param_layout(shape, n)?.strided().map(|groups| {
+            let mut view = vec![1; shape.len()];
+            view[axis] = n;
+            (groups, view)
+        }))
+    }
+
+    /// The channel layout of a tensor of `shape` holding `len` values: checks the axis against
+    /// the shape and `len` against the shape's product; per tensor, one channel of `len`
+    /// elements. Groups along an axis followed by longer axes have none (`InvalidGroup`): their
+    /// layout is [`Granularity::param_layout`]'s [`ParamLayout::StridedGroups`].
     pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
         let n = numel(shape)?;
         if n != len {
@@ -165,14 +203,23 @@ impl Granularity {
                 inner: 1,
             }),
             Granularity::PerChannel { axis } => ChannelLayout::new(shape, axis),
-            Granularity::PerGroup { axis, size } => group_layout(shape, n, axis, size),
+            Granularity::PerGroup { axis, size } => match group_layout(shape, n, axis, size)? {
+                ParamLayout::Channels(layout) => Ok(layout),
+                ParamLayout::StridedGroups(_) => Err(Error::InvalidGroup {
+                    axis,
+                    size,
+                    shape: shape.to_vec(),
+                    reason: "groups along an axis followed by longer axes have no channel \
+                             layout (see Granularity::param_layout)",
+                }),
+            },
             Granularity::PerToken => match shape.last() {
                 None => Ok(ChannelLayout {
                     outer: 1,
                     channels: 1,
                     inner: 1,
                 }),
-                Some(&row) => group_layout(shape, n, shape.len() - 1, row),
+                Some(&row) => group_layout(shape, n, shape.len() - 1, row)?.channel_layout(),
             },
         }
     }
@@ -188,16 +235,17 @@ impl Granularity {
                 })
             }
             Granularity::PerGroup { .. } | Granularity::PerToken => {
-                Ok(self.layout(shape, numel(shape)?)?.channels)
+                Ok(self.param_layout(shape, numel(shape)?)?.channels())
             }
         }
     }
 }
 
-/// Groups of `size` along `axis` as a channel layout: with nothing longer than 1 after the axis,
-/// the groups are consecutive runs of `size` flat elements, so group `g` is "channel" `g` of
-/// `[1, n / size, size]` and every per-channel path (reference and kernels) serves groups as is.
-fn group_layout(shape: &[usize], n: usize, axis: usize, size: usize) -> Result<ChannelLayout> {
+/// Groups of `size` along `axis`: with nothing longer than 1 after the axis, the groups are
+/// consecutive runs of `size` flat elements, so group `g` is "channel" `g` of `[1, n / size, size]`
+/// and every per-channel path (reference and kernels) serves groups as is; otherwise the groups
+/// are strided ([`StridedGroups`]).
+fn group_layout(shape: &[usize], n: usize, axis: usize, size: usize) -> Result<ParamLayout> {
     let Some(&len) = shape.get(axis) else {
         return Err(Error::AxisOutOfRange {
             axis,
@@ -218,17 +266,165 @@ fn group_layout(shape: &[usize], n: usize, axis: usize, size: usize) -> Result<C
     if len % size != 0 {
         return refuse("the group size must divide the axis length");
     }
-    if shape[axis + 1..].iter().any(|&d| d > 1) {
-        return refuse(
-            "groups run along the last axis longer than 1 (move the group axis last, or use \
-             per-channel along the other axes)",
-        );
+    // Every factor divides `n`, which did not overflow.
+    let inner: usize = shape[axis + 1..].iter().product();
+    if inner <= 1 || n == 0 {
+        return Ok(ParamLayout::Channels(ChannelLayout {
+            outer: 1,
+            channels: n / size,
+            inner: size,
+        }));
     }
-    Ok(ChannelLayout {
-        outer: 1,
-        channels: n / size,
-        inner: size,
-    })
+    Ok(ParamLayout::StridedGroups(StridedGroups {
+        blocks: n / (size * inner),
+        size,
+        inner,
+    }))
+}
+
+/// How a tensor's flat indices map to parameter sets ([`Granularity::param_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamLayout {
+    /// Per tensor, per channel, per token, and groups of consecutive elements.
+    Channels(ChannelLayout),
+    /// Groups along an axis followed by longer axes.
+    StridedGroups(StridedGroups),
+}
+
+impl ParamLayout {
+    /// The number of parameter sets.
+    pub fn channels(&self) -> usize {
+        match self {
+            ParamLayout::Channels(layout) => layout.channels,
+            ParamLayout::StridedGroups(groups) => groups.groups(),
+        }
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        match self {
+            ParamLayout::Channels(layout) => layout.numel(),
+            ParamLayout::StridedGroups(groups) => groups.numel(),
+        }
+    }
+
+    /// The parameter set of flat index `i`.
+    pub fn channel_of(&self, i: usize) -> usize {
+        match self {
+            ParamLayout::Channels(layout) => layout.channel_of(i),
+            ParamLayout::StridedGroups(groups) => groups.group_of(i),
+        }
+    }
+
+    /// The channel layout the kernels run on: this one, or for strided groups that of their
+    /// groups-last view ([`StridedGroups::groups_last_layout`]), whose parameter sets are the
+    /// same in the same order.
+    pub fn kernel_layout(&self) -> ChannelLayout {
+        match self {
+            ParamLayout::Channels(layout) => *layout,
+            ParamLayout::StridedGroups(groups) => groups.groups_last_layout(),
+        }
+    }
+
+    /// The strided groups, if these are.
+    pub fn strided(&self) -> Option<StridedGroups> {
+        match self {
+            ParamLayout::Channels(_) => None,
+            ParamLayout::StridedGroups(groups) => Some(*groups),
+        }
+    }
+
+    /// The channel layout the kernels take. Strided groups have none (`InvalidGroup`, describing
+    /// the tensor as `[blocks, size, inner]`): every path moves them to their groups-last view
+    /// before it asks, so a path that forgot would refuse them rather than misread them.
+    pub(crate) fn channel_layout(self) -> Result<ChannelLayout> {
+        match self {
+            ParamLayout::Channels(layout) => Ok(layout),
+            ParamLayout::StridedGroups(groups) => Err(Error::InvalidGroup {
+                axis: 0,
+                size: groups.size,
+                shape: vec![groups.blocks, groups.size, groups.inner],
+                reason: "groups along an axis followed by longer axes have no channel layout",
+            }),
+        }
+    }
+}
+
+/// Groups of `size` along an axis followed by `inner > 1` elements: the tensor seen as
+/// `[blocks, size, inner]` (`blocks` = the product before the axis times `len / size`), group
+/// `(p, b)` is the `size` elements `(p, t, b)`, `t = 0 .. size`, in flat order, and its parameter
+/// set is number `p * inner + b`.
+///
+/// The fast paths serve them through the groups-last view `[blocks, inner, size]` (the last two
+/// axes swapped): there group `p * inner + b` is the run of `size` consecutive elements
+/// `(p, b, t)`, in the same order as in the tensor, so per-group reductions (min/max, LSQ's
+/// `tree_sum`, the dynamic qparams) see the same values in the same order, and the results are
+/// the same bits. The permutation moves values without arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StridedGroups {
+    /// Blocks of `size * inner` elements.
+    pub blocks: usize,
+    /// Elements per group.
+    pub size: usize,
+    /// Elements after the group axis (the stride of a group's elements), more than 1.
+    pub inner: usize,
+}
+
+impl StridedGroups {
+    /// The number of groups.
+    pub fn groups(&self) -> usize {
+        self.blocks * self.inner
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.blocks * self.size * self.inner
+    }
+
+    /// The group of flat index `i`.
+    pub fn group_of(&self, i: usize) -> usize {
+        (i / (self.size * self.inner)) * self.inner + i % self.inner
+    }
+
+    /// The flat index in the tensor of element `j` of the groups-last view.
+    pub fn source_of(&self, j: usize) -> usize {
+        let block = self.size * self.inner;
+        let (p, r) = (j / block, j % block);
+        p * block + (r % self.size) * self.inner + r / self.size
+    }
+
+    /// The channel layout of the groups-last view: a group per run of `size`.
+    pub fn groups_last_layout(&self) -> ChannelLayout {
+        ChannelLayout {
+            outer: 1,
+            channels: self.groups(),
+            inner: self.size,
+        }
+    }
+
+    /// The groups-last view of `x` (its `numel()` values).
+    pub fn to_groups_last<T: Copy>(&self, x: &[T]) -> Vec<T> {
+        (0..x.len()).map(|j| x[self.source_of(j)]).collect()
+    }
+
+    /// The tensor whose groups-last view is `v`.
+    pub fn from_groups_last<T: Copy>(&self, v: &[T]) -> Vec<T> {
+        let mut out = v.to_vec();
+        self.from_groups_last_into(v, &mut out);
+        out
+    }
+
+    /// Writes the tensor whose groups-last view is `v` into `out` (as long as `v`).
+    pub fn from_groups_last_into<T: Copy>(&self, v: &[T], out: &mut [T]) {
+        for (j, &value) in v.iter().enumerate() {
+            out[self.source_of(j)] = value;
+        }
+    }
+
+    /// The mask of the tensor whose groups-last view has mask `m`.
+    pub fn mask_from_groups_last(&self, m: &PackedMask) -> PackedMask {
+        PackedMask::from_bools(&self.from_groups_last(&m.to_bools()))
+    }
 }
 
 /// Per-tensor or per-channel scales and integer zero points.
@@ -379,12 +575,12 @@ impl FakeQuant {
 
     /// Checks `shape` against the parameters and `len` against the shape, and returns how flat
     /// indices map to channels.
-    pub fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-        let layout = self.params.granularity.layout(shape, len)?;
-        if layout.channels != self.params.scales.len() {
+    pub fn layout(&self, shape: &[usize], len: usize) -> Result<ParamLayout> {
+        let layout = self.params.granularity.param_layout(shape, len)?;
+        if layout.channels() != self.params.scales.len() {
             return Err(Error::ChannelCountMismatch {
                 axis: self.params.granularity.axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.params.scales.len(),
             });
         }

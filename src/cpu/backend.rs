@@ -51,6 +51,16 @@ impl Cpu {
             PackedMask::words_for(x.len()),
             mask.len(),
         )?;
+        if let Some((groups, view_shape)) = op.params().granularity().groups_last(shape)? {
+            // Strided groups: the kernels run on the groups-last view, where each group is a
+            // run (same groups, same parameters, elementwise: the same bits), moved back after.
+            let view = groups.to_groups_last(x);
+            let out = self.fake_quant(op, &view, &view_shape)?;
+            groups.from_groups_last_into(&out.y, y);
+            mask.copy_from_slice(groups.mask_from_groups_last(&out.mask).words());
+            return Ok(());
+        }
+        let layout = layout.kernel_layout();
         let table = ChannelTable::new(op);
         self.for_each_task(y, mask, |start, y, words| {
             let x = &x[start..start + y.len()];

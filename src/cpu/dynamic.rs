@@ -78,14 +78,25 @@ impl CpuDynamic {
     /// [`crate::reference::dynamic::fake_quant_dynamic`]).
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
         let config = &self.config;
-        let layout = config.granularity().layout(shape, x.len())?;
-        if layout.channels != self.groups {
+        let layout = config.granularity().param_layout(shape, x.len())?;
+        if layout.channels() != self.groups {
             return Err(Error::LengthMismatch {
                 what: "groups of the shape",
                 expected: self.groups,
-                actual: layout.channels,
+                actual: layout.channels(),
             });
         }
+        if let Some((groups, view_shape)) = config.granularity().groups_last(shape)? {
+            // Strided groups on their groups-last view: each group's values (its qparams) and
+            // each element's output are the same; y and the mask moved back.
+            let out = self.forward(&groups.to_groups_last(x), &view_shape)?;
+            return Ok(DynamicOutput {
+                y: groups.from_groups_last(&out.y),
+                mask: groups.mask_from_groups_last(&out.mask),
+                ..out
+            });
+        }
+        let layout = layout.kernel_layout();
         let eps = config.eps_for(T::DTYPE);
         let (scales, zero_points): (Vec<f32>, Vec<f32>) = self
             .group_ranges(&layout, x)

@@ -32,7 +32,20 @@ impl CpuFloatQuant {
     /// [`crate::reference::float_quant::fake_quant_float`]).
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<FloatQuantOutput<T>> {
         self.checks.check_shape(shape)?;
-        let layout = self.config.granularity(shape).layout(shape, x.len())?;
+        let granularity = self.config.granularity(shape);
+        let layout = granularity.param_layout(shape, x.len())?;
+        if let Some((groups, view_shape)) = granularity.groups_last(shape)? {
+            // Strided blocks on their groups-last view: each block's amax and each element's
+            // conversion are the same; y, the codes and the mask moved back.
+            let out = self.forward(&groups.to_groups_last(x), &view_shape)?;
+            return Ok(FloatQuantOutput {
+                y: groups.from_groups_last(&out.y),
+                codes: groups.from_groups_last(&out.codes),
+                mask: groups.mask_from_groups_last(&out.mask),
+                ..out
+            });
+        }
+        let layout = layout.kernel_layout();
         let plan = FloatPlan::new(&self.config);
         let blocks: Vec<BlockScale> =
             reduce::channel_amax(&self.cpu, &layout, x, plan.finite_amax())

@@ -75,6 +75,20 @@ impl CpuLsq {
                 actual: dy.len(),
             });
         }
+        if let Some((groups, view_shape)) = config.granularity().groups_last(shape)? {
+            // Strided groups on their groups-last view: each group's terms in the same order,
+            // so the same tree sums; dx moved back.
+            let grads = self.backward(
+                &groups.to_groups_last(x),
+                &groups.to_groups_last(dy),
+                &view_shape,
+            )?;
+            return Ok(LsqGrads {
+                dx: groups.from_groups_last(&grads.dx),
+                ..grads
+            });
+        }
+        let layout = layout.kernel_layout();
         let table = ChannelTable::new(&effective_op(config, self.scales(), self.zero_points())?);
         let mut dx = super::try_output::<T>("LSQ dx", x.len())?;
         let blocks = ChannelBlocks::new(&layout);
@@ -109,6 +123,11 @@ impl CpuLsq {
     pub fn init_from_data<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
         let config = self.lsq.config();
         let layout = lsq_layout(config, shape, x.len())?;
+        if let Some((groups, view_shape)) = config.granularity().groups_last(shape)? {
+            // Strided groups on their groups-last view: the same terms in the same order.
+            return self.init_from_data(&groups.to_groups_last(x), &view_shape);
+        }
+        let layout = layout.kernel_layout();
         let sums = ChannelBlocks::new(&layout).tree_sums::<1>(&self.cpu, |_, start, len, out| {
             let mut finite = 0u64;
             out[0].extend(x[start..start + len].iter().map(|v| {

@@ -4,8 +4,8 @@
 use super::{reduce, Cpu};
 use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::observer::{Mode, ObserverConfig, ObserverState};
-use crate::quant::{ChannelLayout, PackedMask};
+use crate::observer::{MinMax, Mode, ObserverConfig, ObserverState};
+use crate::quant::{PackedMask, ParamLayout};
 use crate::reference::observer::{observer_layout, Observer};
 use crate::reference::FakeQuantOutput;
 
@@ -35,22 +35,35 @@ impl CpuObserver {
     }
 
     /// The layout of `x`, checked against the observer's channels as the reference checks it.
-    fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
+    fn layout(&self, shape: &[usize], len: usize) -> Result<ParamLayout> {
         let layout = observer_layout(self.observer.config(), shape, len)?;
-        if layout.channels != self.observer.state().channels() {
+        if layout.channels() != self.observer.state().channels() {
             return Err(Error::ChannelCountMismatch {
                 axis: self.observer.config().granularity().axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.observer.state().channels(),
             });
         }
         Ok(layout)
     }
 
+    /// `x`'s statistics. Strided groups are reduced on their groups-last view (the same values
+    /// per group; min and max do not depend on the order anyway).
+    fn batch<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<MinMax> {
+        let layout = self.layout(shape, x.len())?;
+        Ok(match layout.strided() {
+            Some(groups) => reduce::channel_min_max(
+                &self.cpu,
+                &groups.groups_last_layout(),
+                &groups.to_groups_last(x),
+            ),
+            None => reduce::channel_min_max(&self.cpu, &layout.kernel_layout(), x),
+        })
+    }
+
     /// Folds `x`'s statistics into the state (see [`crate::reference::Observer::observe`]).
     pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
-        let layout = self.layout(shape, x.len())?;
-        let batch = reduce::channel_min_max(&self.cpu, &layout, x);
+        let batch = self.batch(x, shape)?;
         self.observer.apply_batch(&batch)
     }
 
@@ -61,9 +74,10 @@ impl CpuObserver {
         shape: &[usize],
         mode: Mode,
     ) -> Result<FakeQuantOutput<T>> {
-        let layout = self.layout(shape, x.len())?;
-        if mode != Mode::Frozen {
-            let batch = reduce::channel_min_max(&self.cpu, &layout, x);
+        if mode == Mode::Frozen {
+            self.layout(shape, x.len())?;
+        } else {
+            let batch = self.batch(x, shape)?;
             self.observer.apply_batch(&batch)?;
         }
         if mode == Mode::Calibrate {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::errors;
 use super::kernel::cache::Kernels;
-use super::kernel::planning::CHUNK_GRANULE_ELEMS;
+use super::kernel::planning::{channel_chunks, ChannelChunk, CHUNK_GRANULE_ELEMS};
 use crate::error::{Error, Result};
 
 /// How large one dispatch may be. By default the device's own limits; tests lower them to drive
@@ -49,16 +49,22 @@ impl DeviceId {
 /// another device. Enumerated once: each enumeration of the GL backend wraps the instance's one
 /// EGL context in a new lock, and two devices behind different locks make it current on two
 /// threads at once (EGL_BAD_ACCESS, a panic in wgpu); devices of one adapter share its lock.
-fn all_adapters() -> &'static [wgpu::Adapter] {
-    static ADAPTERS: std::sync::OnceLock<Vec<wgpu::Adapter>> = std::sync::OnceLock::new();
+fn instance_and_adapters() -> &'static (wgpu::Instance, Vec<wgpu::Adapter>) {
+    static ADAPTERS: std::sync::OnceLock<(wgpu::Instance, Vec<wgpu::Adapter>)> =
+        std::sync::OnceLock::new();
     ADAPTERS.get_or_init(|| {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::all(),
             flags: wgpu::InstanceFlags::from_env_or_default(),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        (instance, adapters)
     })
+}
+
+fn all_adapters() -> &'static [wgpu::Adapter] {
+    &instance_and_adapters().1
 }
 
 /// The errors wgpu reported outside this library's error scopes: the first one kept, the rest
@@ -193,16 +199,27 @@ impl GpuContext {
         Ok(adapters)
     }
 
-    /// A context on the best adapter that [`GpuContext::adapters`] finds.
-    pub fn new() -> Result<Self> {
-        let adapter = Self::adapters()?.into_iter().next().ok_or_else(|| {
+    /// The one wgpu instance that [`GpuContext::adapters`] come from, for a framework that shares
+    /// a device with this library and needs the instance beside the adapter (burn's `WgpuSetup`).
+    pub fn instance() -> &'static wgpu::Instance {
+        &instance_and_adapters().0
+    }
+
+    /// The best adapter that [`GpuContext::adapters`] finds, or [`Error::NoAdapter`] naming the
+    /// selection variables.
+    pub fn best_adapter() -> Result<wgpu::Adapter> {
+        Self::adapters()?.into_iter().next().ok_or_else(|| {
             Error::NoAdapter(format!(
                 "no compute-capable adapter found (FAKEQUANT_BACKEND={:?}, FAKEQUANT_ADAPTER={:?})",
                 std::env::var("FAKEQUANT_BACKEND").ok(),
                 std::env::var("FAKEQUANT_ADAPTER").ok()
             ))
-        })?;
-        Self::from_adapter(&adapter)
+        })
+    }
+
+    /// A context on the best adapter that [`GpuContext::adapters`] finds.
+    pub fn new() -> Result<Self> {
+        Self::from_adapter(&Self::best_adapter()?)
     }
 
     /// A context on `adapter`, with a new device that has the adapter's own limits (wgpu's defaults
@@ -251,6 +268,17 @@ impl GpuContext {
     /// device, so clone the context to share it.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         Self::build(device, queue, None, Arc::default())
+    }
+
+    /// As [`GpuContext::from_device`], for a device the caller requested from `adapter` (a
+    /// framework sharing its device): the adapter's kind tunes the kernels as
+    /// [`GpuContext::from_adapter`] does (CPU adapters get fewer, longer workgroups).
+    pub fn from_adapter_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Self> {
+        Self::build(device, queue, Some(adapter.get_info()), Arc::default())
     }
 
     fn build(
@@ -411,6 +439,28 @@ impl GpuContext {
     /// The dispatch limits in force.
     pub fn dispatch_limits(&self) -> DispatchLimits {
         self.limits
+    }
+
+    /// `channels` in chunks whose windows of a per-channel table of `record` bytes a channel fit
+    /// one binding under the limits in force (see [`channel_chunks`]).
+    pub(crate) fn channel_chunks(&self, channels: usize, record: u64) -> Vec<ChannelChunk> {
+        channel_chunks(
+            channels,
+            record,
+            self.limits.max_binding_bytes,
+            self.limits.max_workgroups,
+            self.device_limits().min_storage_buffer_offset_alignment as u64,
+        )
+    }
+
+    /// Channels `first .. first + count` as a [`ChannelChunk`] under the limits in force.
+    pub(crate) fn channel_chunk(&self, first: usize, count: usize) -> ChannelChunk {
+        ChannelChunk::new(
+            first,
+            count,
+            self.device_limits().min_storage_buffer_offset_alignment as u64,
+            self.limits.max_workgroups,
+        )
     }
 
     /// The kernel cache of the device.

@@ -8,7 +8,7 @@
 
 use super::context::GpuContext;
 use super::fake_quant::{plan_dispatch, ChannelParams, DispatchUniform, ElementwiseBindings, Walk};
-use super::kernel::planning::{chunk_elems, per_channel_groups};
+use super::kernel::planning::{chunk_elems, table_chunk};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{
     Shader, DYNAMIC, DYNAMIC_GROUPS_F32, DYNAMIC_GROUPS_HALF, DYNAMIC_GROUPS_SHADERS,
@@ -19,11 +19,12 @@ use super::kernel::{
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
+use super::permute::GroupsLastScratch;
 use crate::dtype::{DType, Element};
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
-use crate::quant::{numel, ChannelLayout, Rounding};
+use crate::quant::{numel, ChannelLayout, ParamLayout, Rounding};
 
 uniform! {
     /// The rule set of `shaders/dynamic_rules.wgsl` (a storage binding, so that one pipeline
@@ -125,6 +126,33 @@ impl Kernel for GroupsKernel {
     }
 }
 
+/// The float zero-point domain's last pass of the two-pass plan (`dynamic_float_apply` in
+/// `shaders/dynamic_groups.wgsl`), for inputs of `dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FloatApplyKernel {
+    dtype: DType,
+    masked: bool,
+}
+
+impl Kernel for FloatApplyKernel {
+    fn shader(&self) -> &'static Shader {
+        DYNAMIC_GROUPS_SHADERS.for_dtype(self.dtype)
+    }
+
+    fn entry_point(&self) -> &'static str {
+        if self.masked {
+            "dynamic_float_apply_masked"
+        } else {
+            "dynamic_float_apply"
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        let constants = rules_constants(DynamicScheme::AsymmetricFloat, self.dtype);
+        ElementShaders::constants(self.dtype, constants)
+    }
+}
+
 /// Groups of these sizes take the one-pass kernel: a power of two, whole mask words (an
 /// invocation's run of at least 32 elements).
 const ONE_PASS_GROUPS: std::ops::RangeInclusive<usize> = 32..=4096;
@@ -145,16 +173,6 @@ fn one_pass_run(context_run: u32, group: u32, chunk: u64) -> u32 {
     run
 }
 
-/// Why the float zero-point domain refuses `layout` on the device.
-fn float_domain_unsupported(layout: ChannelLayout) -> Error {
-    Error::Unsupported(format!(
-        "the float zero-point domain (DynamicScheme::AsymmetricFloat) runs on the device for \
-         contiguous groups of a power-of-two size from 32 to 4096 (the one-pass kernel), not for \
-         groups of {} in {} runs; the reference takes any",
-        layout.inner, layout.outer
-    ))
-}
-
 /// Whether the groups of `layout` take the one-pass kernel: contiguous, of a size it takes.
 fn one_pass(layout: ChannelLayout) -> bool {
     layout.outer == 1 && layout.inner.is_power_of_two() && ONE_PASS_GROUPS.contains(&layout.inner)
@@ -167,6 +185,7 @@ bindings! {
         params: ReadWrite @ 2,
         scales: ReadWrite @ 3,
         zero_points: ReadWrite @ 4,
+        stats_hi: Read @ 5,
         rules: Read @ 6,
     }
 }
@@ -179,6 +198,29 @@ bindings! {
         scales: ReadWrite @ 5,
         rules: Read @ 6,
         zero_points: ReadWrite @ 7,
+    }
+}
+
+bindings! {
+    /// `dynamic_float_apply`: x's and y's windows, the windows of the qparams in.
+    FloatApplyBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        scales: Input @ 5,
+        rules: Read @ 6,
+        zero_points: Input @ 7,
+    }
+}
+
+bindings! {
+    /// `dynamic_float_apply_masked`: the same, and the mask's window.
+    FloatApplyMaskedBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+        scales: Input @ 5,
+        rules: Read @ 6,
+        zero_points: Input @ 7,
     }
 }
 
@@ -198,7 +240,7 @@ uniform! {
     /// The uniform of `dynamic_qparams`.
     struct DynamicDispatch as "DynamicDispatch" {
         groups: u32,
-        _pad0: u32,
+        hi_shift: u32,
         _pad1: u32,
         _pad2: u32,
     }
@@ -234,14 +276,12 @@ struct TwoPass {
 
 impl GpuContext {
     /// A dynamic fake-quantization for tensors of `shape` (only the groups matter: any shape with
-    /// the same number of groups fits). The float zero-point domain is refused here
-    /// ([`Error::Unsupported`]); the reference implements it.
+    /// the same number of groups fits). Every scheme, either zero-point domain, every
+    /// granularity: groups of a power-of-two size from 32 to 4096 in one pass over `x`, others in
+    /// two (the exact min/max reduction, then the qparams and the elementwise pass).
     pub fn create_dynamic(&self, config: &DynamicConfig, shape: &[usize]) -> Result<GpuDynamic> {
         let groups = config.granularity().channels(shape)?;
-        let layout = config.granularity().layout(shape, numel(shape)?)?;
-        if config.scheme() == DynamicScheme::AsymmetricFloat && !one_pass(layout) {
-            return Err(float_domain_unsupported(layout));
-        }
+        config.granularity().param_layout(shape, numel(shape)?)?;
         let table = |label| self.storage_buffer_zeroed(label, (groups as u64).saturating_mul(4));
         let (scales, zero_points) = (
             table("fakequant dynamic scales")?,
@@ -274,6 +314,11 @@ impl GpuDynamic {
     /// The configuration.
     pub fn config(&self) -> &DynamicConfig {
         &self.config
+    }
+
+    /// The context it was made on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
     }
 
     /// Number of groups.
@@ -321,10 +366,17 @@ impl GpuDynamic {
         Ok(self.two_pass.get_or_init(|| state))
     }
 
-    fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-        let layout = self.config.granularity().layout(shape, len)?;
-        check_len("groups of the shape", self.groups, layout.channels)?;
+    /// `shape` checked against the object's groups.
+    fn check_shape(&self, shape: &[usize], len: usize) -> Result<ParamLayout> {
+        let layout = self.config.granularity().param_layout(shape, len)?;
+        check_len("groups of the shape", self.groups, layout.channels())?;
         Ok(layout)
+    }
+
+    /// The kernels' layout of `shape`. Strided groups have none: they reach the kernels as
+    /// their groups-last view ([`GroupsLastScratch`]).
+    fn layout(&self, shape: &[usize], len: usize) -> Result<ChannelLayout> {
+        self.check_shape(shape, len)?.channel_layout()
     }
 
     /// Recording level: the groups' qparams from `x` (of `shape`), then `y` (and the mask) with
@@ -337,6 +389,16 @@ impl GpuDynamic {
         y: TensorBinding<'_>,
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups on their groups-last view: each group's values (its qparams, in
+            // the same table order) and each element's output are the same; y and the mask
+            // moved back.
+            let n = self.check_shape(shape, numel(shape)?)?.numel();
+            self.ctx.check_forward(&x, &y, mask.as_ref(), n)?;
+            return view.record_forward(&self.ctx, recorder, (x, y, mask), |r, x, shape, y, m| {
+                self.record_forward(r, x, shape, y, m)
+            });
+        }
         let layout = self.layout(shape, numel(shape)?)?;
         // Everything the later passes bind is checked before the first is recorded.
         self.ctx
@@ -349,42 +411,139 @@ impl GpuDynamic {
         if one_pass(layout) {
             return self.record_one_pass(recorder, rules, layout, x, y, mask);
         }
-        if self.config.scheme() == DynamicScheme::AsymmetricFloat {
-            // A shape with this object's group count whose groups the one-pass kernel does not take.
-            return Err(float_domain_unsupported(layout));
-        }
         let TwoPass { reducer, params } = self.two_pass(shape)?;
         let Some(reducer) = reducer else {
             return Ok(()); // no group, no element
         };
         let stats = reducer.batch_stats();
         reducer.record_batch_min_max(recorder, x, shape, stats)?;
-        let bindings = QparamsBindings {
-            stats: stats.buffer().as_entire_buffer_binding(),
-            params: params.as_entire_buffer_binding(),
-            scales: self.scales.as_entire_buffer_binding(),
-            zero_points: self.zero_points.as_entire_buffer_binding(),
-            rules: rules.as_entire_buffer_binding(),
+        // A window of every table per chunk of groups (the parameters, 32 bytes a group, are the
+        // largest), so the tables need not fit one binding.
+        let dispatches: Vec<_> = self
+            .ctx
+            .channel_chunks(self.groups, ChannelParams::BYTES)
+            .into_iter()
+            .map(|chunk| {
+                let (lo, hi) = chunk.two_part(self.groups);
+                Dispatch {
+                    uniform: DynamicDispatch {
+                        groups: chunk.count as u32,
+                        hi_shift: hi.shift as u32,
+                        ..Default::default()
+                    },
+                    bindings: QparamsBindings {
+                        stats: lo.bind(stats.buffer()),
+                        params: chunk.table(ChannelParams::BYTES).bind(params),
+                        scales: chunk.table(4).bind(&self.scales),
+                        zero_points: chunk.table(4).bind(&self.zero_points),
+                        stats_hi: hi.bind(stats.buffer()),
+                        rules: rules.as_entire_buffer_binding(),
+                    },
+                    grid: [chunk.groups, 1],
+                }
+            })
+            .collect();
+        let kernel = QparamsKernel {
+            scheme: self.config.scheme(),
+            dtype: x.dtype,
         };
-        let grid = per_channel_groups(self.groups, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            QparamsKernel {
-                scheme: self.config.scheme(),
-                dtype: x.dtype,
-            },
-            &[Dispatch {
-                uniform: DynamicDispatch {
-                    groups: self.groups as u32,
-                    ..Default::default()
-                },
-                bindings,
-                grid: [grid, 1],
-            }],
-        )?;
+        self.ctx.record_pass(recorder, kernel, &dispatches)?;
+        if self.config.scheme() == DynamicScheme::AsymmetricFloat {
+            return self.record_float_apply(recorder, rules, layout, (x, y, mask));
+        }
         // torchao multiplies by the reciprocal of the scale.
         self.ctx
             .record_forward_with(recorder, params, Rounding::Reciprocal, layout, (x, y, mask))
+    }
+
+    /// The float zero-point domain's last pass of the two-pass plan: each element with its
+    /// group's scale and zero point, per binding-sized chunk the windows of its groups.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "chunk bounds within the tensor the binding checks accepted"
+    )]
+    fn record_float_apply(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        rules: &wgpu::Buffer,
+        layout: ChannelLayout,
+        (x, y, mask): (
+            TensorBinding<'_>,
+            TensorBinding<'_>,
+            Option<TensorBinding<'_>>,
+        ),
+    ) -> Result<()> {
+        let len = layout.numel() as u64;
+        let limits = self.ctx.dispatch_limits();
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let slack = if x.dtype == DType::F32 { 0 } else { align };
+        // A multiple of the 2^16 granule: whole tiles of 32-element words in every chunk; short
+        // enough that its windows of the qparams tables fit a binding too.
+        let chunk = table_chunk(
+            chunk_elems(limits.max_binding_bytes, slack, x.dtype),
+            layout.outer,
+            layout.inner,
+            4,
+            limits.max_binding_bytes,
+            align,
+        );
+        let walk = Walk {
+            group: 1,
+            tile: 256 * 32,
+            record: 4, // f32 scales and zero points
+        };
+        let b = ElementwiseBindings {
+            x,
+            y,
+            mask,
+            params: None,
+        };
+        let plans: Vec<_> = (0..len.div_ceil(chunk))
+            .map(|c| {
+                let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
+                let plan = plan_dispatch(&b, layout, start, end, walk, align, &limits);
+                let window = plan.channels.of(4, align);
+                (plan, window)
+            })
+            .collect();
+        let kernel = FloatApplyKernel {
+            dtype: x.dtype,
+            masked: mask.is_some(),
+        };
+        let rules = rules.as_entire_buffer_binding();
+        match &mask {
+            Some(m) => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, w)| {
+                        p.dispatch(FloatApplyMaskedBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            mask: p.mask.bind(m.buffer),
+                            scales: w.bind(&self.scales),
+                            rules: rules.clone(),
+                            zero_points: w.bind(&self.zero_points),
+                        })
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+            None => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, w)| {
+                        p.dispatch(FloatApplyBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            scales: w.bind(&self.scales),
+                            rules: rules.clone(),
+                            zero_points: w.bind(&self.zero_points),
+                        })
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+        }
     }
 
     /// The one-pass plan: per binding-sized chunk (whole tiles of whole groups), one dispatch.
@@ -526,6 +685,16 @@ pub(crate) fn declarations() -> FamilyDecl {
             EntryPointDecl::of::<GroupsMaskedBindings>(
                 &DYNAMIC_GROUPS_HALF,
                 "dynamic_groups_masked",
+            ),
+            EntryPointDecl::of::<FloatApplyBindings>(&DYNAMIC_GROUPS_F32, "dynamic_float_apply"),
+            EntryPointDecl::of::<FloatApplyMaskedBindings>(
+                &DYNAMIC_GROUPS_F32,
+                "dynamic_float_apply_masked",
+            ),
+            EntryPointDecl::of::<FloatApplyBindings>(&DYNAMIC_GROUPS_HALF, "dynamic_float_apply"),
+            EntryPointDecl::of::<FloatApplyMaskedBindings>(
+                &DYNAMIC_GROUPS_HALF,
+                "dynamic_float_apply_masked",
             ),
         ],
         structs: vec![

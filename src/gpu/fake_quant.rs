@@ -2,13 +2,16 @@
 //! an optional bit-packed mask, and the straight-through backward, at three levels of API.
 
 use super::context::{DispatchLimits, GpuContext};
-use super::kernel::planning::{chunk_elems, element_window, mask_window, table_window, Window};
+use super::kernel::planning::{
+    chunk_elems, element_window, mask_window, table_chunk, table_window, Window,
+};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, ELEMENTWISE_F32, ELEMENTWISE_HALF, ELEMENTWISE_VEC4};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
+use super::permute::GroupsLastScratch;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantRange, Rounding};
@@ -134,7 +137,7 @@ uniform! {
         x_shift: u32,
         y_shift: u32,
         mask_shift: u32,
-        _pad0: u32,
+        table_shift: u32,
         _pad1: u32,
     }
 }
@@ -159,6 +162,15 @@ impl DispatchUniform {
     pub(crate) fn for_channels(channels: u32) -> Self {
         Self {
             channels,
+            ..Default::default()
+        }
+    }
+
+    /// [`Self::for_channels`] with the position of a second table's first entry in its window.
+    pub(crate) fn for_channels_with(channels: u32, table_shift: u32) -> Self {
+        Self {
+            channels,
+            table_shift,
             ..Default::default()
         }
     }
@@ -377,7 +389,14 @@ impl GpuContext {
         // f32 tensors sit at aligned offsets; a 16-bit tensor's window may start up to `align`
         // bytes before its first element, which the chunk leaves room for.
         let slack = if dtype == DType::F32 { 0 } else { align };
-        let chunk = chunk_elems(limits.max_binding_bytes, slack, dtype);
+        let chunk = table_chunk(
+            chunk_elems(limits.max_binding_bytes, slack, dtype),
+            layout.outer,
+            layout.inner,
+            ChannelParams::BYTES,
+            limits.max_binding_bytes,
+            align,
+        );
         // The wide kernels load and store whole vec4s: x and y must start 16 bytes into their
         // windows (always for f32; 16-bit tensors at 16-byte offsets). Chunk starts are multiples
         // of the granule, so every chunk shares the first one's shifts.
@@ -674,11 +693,19 @@ impl GpuFakeQuant {
     ) -> Result<()> {
         let numel = crate::quant::numel(shape)?;
         let layout = self.op.layout(shape, numel)?;
+        if let Some(view) = GroupsLastScratch::of(self.op.params().granularity(), shape)? {
+            // Strided groups: the forward on their groups-last view, y and the mask moved back.
+            let ctx = &self.ctx;
+            ctx.check_elementwise(["x", "y"], &x, &y, mask.as_ref().map(|m| (m, true)), numel)?;
+            return view.record_forward(ctx, recorder, (x, y, mask), |r, x, shape, y, mask| {
+                self.record_forward(r, x, shape, y, mask)
+            });
+        }
         self.ctx.record_forward_with(
             recorder,
             &self.params,
             self.op.rounding(),
-            layout,
+            layout.kernel_layout(),
             (x, y, mask),
         )
     }

@@ -8,7 +8,7 @@ use super::context::GpuContext;
 use super::fake_quant::{
     plan_dispatch, DispatchUniform, ElementwiseBindings, PlannedDispatch, Walk,
 };
-use super::kernel::planning::{chunk_elems, per_channel_groups, table_window, Window};
+use super::kernel::planning::{chunk_elems, table_chunk, table_window, Window};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{
     Shader, FLOAT_AMAX_F32, FLOAT_AMAX_HALF, FLOAT_AMAX_SHADERS, FLOAT_BLOCKS_F32,
@@ -20,12 +20,13 @@ use super::kernel::{
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
+use super::permute::GroupsLastScratch;
 use crate::dtype::{DType, Element};
 use crate::error::Result;
 use crate::float_quant::{
     ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
-use crate::quant::{numel, ChannelLayout};
+use crate::quant::{numel, ChannelLayout, ParamLayout};
 
 uniform! {
     /// The rules of `shaders/float_blocks.wgsl` that are values, not pipeline constants.
@@ -137,6 +138,7 @@ bindings! {
         scales: ReadWrite @ 5,
         rules: Read @ 6,
         stats: Read @ 8,
+        stats_hi: Read @ 9,
     }
 }
 
@@ -214,7 +216,8 @@ impl GpuContext {
     ) -> Result<GpuFloatQuant> {
         let len = numel(shape)?;
         let granularity = config.granularity(shape);
-        let layout = granularity.layout(shape, len)?;
+        // Strided blocks run on their groups-last view: the kernels see its layout.
+        let layout = granularity.param_layout(shape, len)?.kernel_layout();
         let (rules, reducer) = match config.scaling() {
             FloatScaling::Amax { lower, upper, .. } => {
                 let rules = Fp8Rules {
@@ -265,6 +268,11 @@ impl GpuFloatQuant {
         &self.config
     }
 
+    /// The context it was made on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
     /// The element codes of the last call: one byte per element (its low bits the code), in a
     /// buffer of whole words.
     pub fn codes_buffer(&self) -> &wgpu::Buffer {
@@ -310,12 +318,19 @@ impl GpuFloatQuant {
         })
     }
 
-    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+    /// `shape` checked against the object's elements and blocks.
+    fn check_shape(&self, shape: &[usize]) -> Result<ParamLayout> {
         let len = numel(shape)?;
         check_len("elements of the shape", self.len, len)?;
-        let layout = self.config.granularity(shape).layout(shape, len)?;
-        check_len("blocks of the shape", self.blocks, layout.channels)?;
+        let layout = self.config.granularity(shape).param_layout(shape, len)?;
+        check_len("blocks of the shape", self.blocks, layout.channels())?;
         Ok(layout)
+    }
+
+    /// The kernels' layout of `shape`. Strided blocks have none: they reach the kernels as
+    /// their groups-last view ([`GroupsLastScratch`]).
+    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+        self.check_shape(shape)?.channel_layout()
     }
 
     /// Recording level: `y` (and the mask) from `x` of `shape`; the codes and scales stay in
@@ -332,6 +347,17 @@ impl GpuFloatQuant {
         y: TensorBinding<'_>,
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(shape), shape)? {
+            // Strided blocks on their groups-last view: each block's amax and scale (in the same
+            // table order) and each element's conversion are the same; y, the mask and the
+            // codes moved back.
+            let n = self.check_shape(shape)?.numel();
+            self.ctx.check_forward(&x, &y, mask.as_ref(), n)?;
+            view.record_forward(&self.ctx, recorder, (x, y, mask), |r, x, shape, y, m| {
+                self.record_forward(r, x, shape, y, m)
+            })?;
+            return view.record_bytes_from_groups_last(&self.ctx, recorder, &self.codes);
+        }
         let layout = self.layout(shape)?;
         self.ctx
             .check_forward(&x, &y, mask.as_ref(), layout.numel())?;
@@ -343,8 +369,16 @@ impl GpuFloatQuant {
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         let slack = if x.dtype == DType::F32 { 0 } else { align };
         // A multiple of the 2^16 granule: every chunk holds whole runs of 32 (whole blocks), and
-        // its codes start on an aligned word.
-        let chunk = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
+        // its codes start on an aligned word; short enough that its window of the scales fits a
+        // binding too.
+        let chunk = table_chunk(
+            chunk_elems(limits.max_binding_bytes, slack, x.dtype),
+            layout.outer,
+            layout.inner,
+            4,
+            limits.max_binding_bytes,
+            align,
+        );
         let walk = Walk {
             group: 1,
             tile: 256 * 32,
@@ -436,20 +470,30 @@ impl GpuFloatQuant {
             scales,
             masked,
         };
-        let grid = per_channel_groups(self.blocks, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            kernel(true, false),
-            &[Dispatch {
-                uniform: DispatchUniform::for_channels(self.blocks as u32),
-                bindings: Fp8ScalesBindings {
-                    scales: self.scales.as_entire_buffer_binding(),
-                    rules: self.rules.as_entire_buffer_binding(),
-                    stats: stats.buffer().as_entire_buffer_binding(),
-                },
-                grid: [grid, 1],
-            }],
-        )?;
+        // A window of every table per chunk of blocks, so the tables need not fit one binding.
+        let scale_passes: Vec<_> = self
+            .ctx
+            .channel_chunks(self.blocks, 4)
+            .into_iter()
+            .map(|chunk| {
+                let (lo, hi) = chunk.two_part(self.blocks);
+                Dispatch {
+                    uniform: DispatchUniform::for_channels_with(
+                        chunk.count as u32,
+                        hi.shift as u32,
+                    ),
+                    bindings: Fp8ScalesBindings {
+                        scales: lo.bind(&self.scales),
+                        rules: self.rules.as_entire_buffer_binding(),
+                        stats: lo.bind(stats.buffer()),
+                        stats_hi: hi.bind(stats.buffer()),
+                    },
+                    grid: [chunk.groups, 1],
+                }
+            })
+            .collect();
+        self.ctx
+            .record_pass(recorder, kernel(true, false), &scale_passes)?;
         match &mask {
             Some(m) => {
                 let dispatches: Vec<_> = plans

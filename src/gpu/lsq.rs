@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::context::{DeviceId, GpuContext};
 use super::fake_quant::ChannelParams;
-use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups};
+use super::kernel::planning::{contiguous_runs, element_window, ChannelChunk};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, LSQ_KERNELS};
 use super::kernel::{
@@ -17,10 +17,11 @@ use super::memory::{
     check_disjoint, check_forward_lengths, check_len, Footprint, GpuMask, GpuTensor, TensorBinding,
 };
 use super::observer::GpuObserver;
+use super::permute::{Direction, GroupsLastScratch};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
-use crate::quant::{numel, ChannelLayout, Granularity, Rounding};
+use crate::quant::{numel, ChannelLayout, Granularity, ParamLayout, Rounding};
 use crate::reference::lsq::{lsq_layout, BLOCK};
 use crate::reference::FakeQuantOutput;
 
@@ -127,6 +128,7 @@ bindings! {
     FinishBindings {
         grads: ReadWrite @ 8,
         level: Read @ 9,
+        grads_hi: ReadWrite @ 11,
     }
 }
 
@@ -167,7 +169,7 @@ uniform! {
         sqrt_qmax: u32,
         dy_shift: u32,
         dx_shift: u32,
-        _pad0: u32,
+        hi_shift: u32,
         _pad1: u32,
         _pad2: u32,
     }
@@ -230,13 +232,14 @@ impl GpuContext {
                 zero_points: zero_points.len(),
             });
         }
-        let param_bytes =
-            (channels as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
-        if param_bytes > self.dispatch_limits().max_binding_bytes {
+        // The tables are bound a window per chunk of channels; each must fit one buffer.
+        let param_bytes = (channels as u64).saturating_mul(ChannelParams::BYTES);
+        let max_buffer = self.device_limits().max_buffer_size;
+        if param_bytes > max_buffer {
             return Err(Error::TooLarge {
-                what: "LSQ channels (32 bytes of fake-quant parameters per channel)",
+                what: "LSQ channels (32 bytes of fake-quant parameters per channel, in one buffer)",
                 requested: param_bytes,
-                limit: self.dispatch_limits().max_binding_bytes,
+                limit: max_buffer,
             });
         }
         let params = vec![ChannelParams::new(1.0, 0, config.range()); channels];
@@ -291,6 +294,11 @@ struct BlockPlan {
 }
 
 impl GpuLsq {
+    /// The context it was created on.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LsqConfig {
         &self.config
@@ -347,13 +355,14 @@ impl GpuLsq {
         })
     }
 
-    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+    /// `shape` checked against the quantizer's channels and the kernels' element limit.
+    fn check_shape(&self, shape: &[usize]) -> Result<ParamLayout> {
         let n = numel(shape)?;
         let layout = lsq_layout(&self.config, shape, n)?;
-        if layout.channels != self.channels {
+        if layout.channels() != self.channels {
             return Err(Error::ChannelCountMismatch {
                 axis: self.config.granularity().axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.channels,
             });
         }
@@ -364,6 +373,14 @@ impl GpuLsq {
                 limit: MAX_ELEMS,
             });
         }
+        Ok(layout)
+    }
+
+    /// The kernels' layout of `shape`. Strided groups have none: they reach the kernels as
+    /// their groups-last view ([`GroupsLastScratch`]).
+    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+        let n = numel(shape)?;
+        let layout = self.check_shape(shape)?.channel_layout()?;
         // Per-tensor: one channel of contiguous elements.
         Ok(match self.config.granularity() {
             Granularity::PerTensor => ChannelLayout {
@@ -397,26 +414,71 @@ impl GpuLsq {
     /// Records `lsq_params`: the fake-quant parameters of the current learnable ones.
     fn record_params(&self, recorder: &mut (impl Recorder + ?Sized)) -> Result<()> {
         let uniform = LsqDispatch {
-            channels: self.channels as u32,
             qmin: self.config.range().qmin(),
             qmax: self.config.range().qmax(),
             eps: self.config.eps().to_bits(),
             ..Default::default()
         };
-        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            LsqEntry::Params.f32(),
-            &[Dispatch {
-                uniform,
-                bindings: ParamsBindings {
-                    params: self.params.as_entire_buffer_binding(),
-                    scale: self.scale.as_entire_buffer_binding(),
-                    zero_point: self.zero_point.as_entire_buffer_binding(),
+        // A window of every table per chunk of channels (the parameters, 32 bytes a channel, are
+        // the largest), so the tables need not fit one binding.
+        let dispatches: Vec<_> = self
+            .ctx
+            .channel_chunks(self.channels, ChannelParams::BYTES)
+            .into_iter()
+            .map(|chunk| Dispatch {
+                uniform: LsqDispatch {
+                    channels: chunk.count as u32,
+                    ..uniform
                 },
-                grid: [groups, 1],
-            }],
-        )
+                bindings: ParamsBindings {
+                    params: chunk.table(ChannelParams::BYTES).bind(&self.params),
+                    scale: chunk.table(4).bind(&self.scale),
+                    zero_point: chunk.table(4).bind(&self.zero_point),
+                },
+                grid: [chunk.groups, 1],
+            })
+            .collect();
+        self.ctx
+            .record_pass(recorder, LsqEntry::Params.f32(), &dispatches)
+    }
+
+    /// The channel ranges reduced one after the other, with their layouts: the whole tensor when
+    /// its partial sums and parameters fit one binding; otherwise, for channels that are runs of
+    /// the tensor (`outer == 1`: per group, per token, per channel on a leading axis), chunks of
+    /// channels (sub-tensors) whose partial sums and parameters fit.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "blocks per channel are at most 2^31 / 4096; the binding at least 256 KiB"
+    )]
+    fn reduce_chunks(&self, layout: ChannelLayout) -> Result<Vec<(ChannelChunk, ChannelLayout)>> {
+        let limits = self.ctx.dispatch_limits();
+        let blocks = (layout.outer * layout.inner).div_ceil(BLOCK) as u64;
+        let per_channel = (blocks * 8).max(ChannelParams::BYTES);
+        if layout.channels as u64 * per_channel <= limits.max_binding_bytes {
+            return Ok(vec![(self.ctx.channel_chunk(0, layout.channels), layout)]);
+        }
+        if layout.outer != 1 || per_channel * 64 > limits.max_binding_bytes {
+            return Err(Error::TooLarge {
+                what: "LSQ partial sums (8 bytes per block of 4096 elements) and parameters of \
+                       channels that are not runs of the tensor (per channel on a non-leading \
+                       axis)",
+                requested: (layout.channels as u64).saturating_mul(per_channel),
+                limit: limits.max_binding_bytes,
+            });
+        }
+        Ok(self
+            .ctx
+            .channel_chunks(layout.channels, per_channel)
+            .into_iter()
+            .map(|chunk| {
+                let sub = ChannelLayout {
+                    outer: 1,
+                    channels: chunk.count,
+                    inner: layout.inner,
+                };
+                (chunk, sub)
+            })
+            .collect())
     }
 
     /// Recording level: the LSQ forward (fake-quant with the effective parameters of the current
@@ -429,6 +491,15 @@ impl GpuLsq {
         y: TensorBinding<'_>,
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups: on their groups-last view, y and the mask moved back.
+            self.check_shape(shape)?;
+            self.ctx
+                .check_forward(&x, &y, mask.as_ref(), view.groups.numel())?;
+            return view.record_forward(&self.ctx, recorder, (x, y, mask), |r, x, shape, y, m| {
+                self.record_forward(r, x, shape, y, m)
+            });
+        }
         let layout = self.layout(shape)?;
         // Checked before the parameters are recorded, so that a failed call records nothing.
         self.ctx
@@ -561,17 +632,18 @@ impl GpuLsq {
     fn record_reduction<'a>(
         &self,
         recorder: &mut (impl Recorder + ?Sized),
-        layout: ChannelLayout,
+        (chunk, layout): (ChannelChunk, ChannelLayout),
         x: TensorBinding<'a>,
         grads: Option<(TensorBinding<'a>, TensorBinding<'a>)>,
     ) -> Result<(wgpu::Buffer, bool)> {
         let init = grads.is_none();
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         let plan = self.block_plan(layout, align, x.dtype)?;
-        let [mut src, mut dst] = self.partial_buffers(self.channels as u64 * plan.blocks * 8)?;
+        let [mut src, mut dst] = self.partial_buffers(chunk.count as u64 * plan.blocks * 8)?;
         if plan.blocks == 0 {
             return Ok((src, false));
         }
+        let params = chunk.table(ChannelParams::BYTES);
         let window_of = |first: u64, start: u64, end: u64| {
             let xw = element_window(x.offset, x.dtype, start, end, align);
             let mut uniform = plan.uniform;
@@ -597,7 +669,7 @@ impl GpuLsq {
                                 x: xb,
                                 dy: dyw.bind(dy.buffer),
                                 dx: dxw.bind(dx.buffer),
-                                params: self.params.as_entire_buffer_binding(),
+                                params: params.bind(&self.params),
                                 partials: src.as_entire_buffer_binding(),
                             },
                             grid,
@@ -638,13 +710,13 @@ impl GpuLsq {
         while level > 1 {
             let next = level.div_ceil(BLOCK as u64);
             let uniform = LsqDispatch {
-                channels: self.channels as u32,
+                channels: chunk.count as u32,
                 blocks: next as u32,
                 src_blocks: level as u32,
                 ..Default::default()
             };
             let units =
-                (self.channels as u64 * next).min(self.ctx.dispatch_limits().max_workgroups as u64);
+                (chunk.count as u64 * next).min(self.ctx.dispatch_limits().max_workgroups as u64);
             std::mem::swap(&mut src, &mut dst);
             self.ctx.record_pass(
                 recorder,
@@ -675,39 +747,66 @@ impl GpuLsq {
         dx: TensorBinding<'_>,
         grads: &GpuLsqGrads,
     ) -> Result<()> {
-        let layout = self.layout(shape)?;
+        let n = self.check_shape(shape)?.numel();
         self.ctx.check_owner("grads", grads.owner)?;
         check_len("channels of the gradients", self.channels, grads.channels)?;
         x.dtype.check_same("dy", dy.dtype)?;
         x.dtype.check_same("dx", dx.dtype)?;
-        self.ctx.check_tensor("x", &x, layout.numel())?;
-        self.ctx.check_tensor("dy", &dy, layout.numel())?;
-        self.ctx.check_tensor("dx", &dx, layout.numel())?;
-        let n = layout.numel();
+        self.ctx.check_tensor("x", &x, n)?;
+        self.ctx.check_tensor("dy", &dy, n)?;
+        self.ctx.check_tensor("dx", &dx, n)?;
         check_disjoint(&[
             Footprint::tensor("x", &x, n, false),
             Footprint::tensor("dy", &dy, n, false),
             Footprint::tensor("dx", &dx, n, true),
         ])?;
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups on their groups-last view: each group's terms in the same order
+            // (the same sums); dx moved back.
+            let ctx = &self.ctx;
+            let xs = view.record_input(ctx, recorder, x)?;
+            let dys = view.record_input(ctx, recorder, dy)?;
+            let dxs = view.tensor(ctx, x.dtype)?;
+            self.record_backward(
+                recorder,
+                xs.binding(),
+                dys.binding(),
+                &view.shape,
+                dxs.binding(),
+                grads,
+            )?;
+            return view.record_tensor(ctx, recorder, Direction::FromGroupsLast, dxs.binding(), dx);
+        }
+        let layout = self.layout(shape)?;
+        let chunks = self.reduce_chunks(layout)?;
         self.record_params(recorder)?;
-        let (last, has_level) = self.record_reduction(recorder, layout, x, Some((dy, dx)))?;
-        let mut uniform = self.base_uniform(layout);
-        uniform.grad_factor = self.config.grad_factor(layout.numel()).to_bits();
-        uniform.src_blocks = has_level as u32;
-        let level = last.as_entire_buffer_binding();
-        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            LsqEntry::Finish.f32(),
-            &[Dispatch {
-                uniform,
-                bindings: FinishBindings {
-                    grads: grads.buffer.as_entire_buffer_binding(),
-                    level,
-                },
-                grid: [groups, 1],
-            }],
-        )
+        let grad_factor = self.config.grad_factor(layout.numel()).to_bits();
+        for (chunk, sub) in chunks {
+            // Channels that are runs: the chunk's sub-tensor (the whole tensor for one chunk).
+            let skip = (chunk.first as u64).saturating_mul(sub.inner as u64);
+            let (x, dy, dx) = (x.advanced(skip), dy.advanced(skip), dx.advanced(skip));
+            let (last, has_level) =
+                self.record_reduction(recorder, (chunk, sub), x, Some((dy, dx)))?;
+            let (lo, hi) = chunk.two_part(self.channels);
+            let mut uniform = self.base_uniform(sub);
+            uniform.grad_factor = grad_factor;
+            uniform.src_blocks = has_level as u32;
+            uniform.hi_shift = hi.shift as u32;
+            self.ctx.record_pass(
+                recorder,
+                LsqEntry::Finish.f32(),
+                &[Dispatch {
+                    uniform,
+                    bindings: FinishBindings {
+                        grads: lo.bind(&grads.buffer),
+                        level: level_binding(&last, chunk.count, has_level),
+                        grads_hi: hi.bind(&grads.buffer),
+                    },
+                    grid: [chunk.groups, 1],
+                }],
+            )?;
+        }
+        Ok(())
     }
 
     /// Recording level: LSQ's initialization from data, `s = 2 * mean(|x|) / sqrt(qmax)` per
@@ -718,25 +817,34 @@ impl GpuLsq {
         x: TensorBinding<'_>,
         shape: &[usize],
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups on their groups-last view: the same terms in the same order.
+            self.check_shape(shape)?;
+            let xs = view.record_input(&self.ctx, recorder, x)?;
+            return self.record_init_from_data(recorder, xs.binding(), &view.shape);
+        }
         let layout = self.layout(shape)?;
         self.ctx.check_tensor("x", &x, layout.numel())?;
-        let (last, has_level) = self.record_reduction(recorder, layout, x, None)?;
-        let mut uniform = self.base_uniform(layout);
-        uniform.src_blocks = has_level as u32;
-        let level = last.as_entire_buffer_binding();
-        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            LsqEntry::InitFinish.f32(),
-            &[Dispatch {
-                uniform,
-                bindings: InitFinishBindings {
-                    scale: self.scale.as_entire_buffer_binding(),
-                    level,
-                },
-                grid: [groups, 1],
-            }],
-        )
+        for (chunk, sub) in self.reduce_chunks(layout)? {
+            // Channels that are runs: the chunk's sub-tensor (the whole tensor for one chunk).
+            let x = x.advanced((chunk.first as u64).saturating_mul(sub.inner as u64));
+            let (last, has_level) = self.record_reduction(recorder, (chunk, sub), x, None)?;
+            let mut uniform = self.base_uniform(sub);
+            uniform.src_blocks = has_level as u32;
+            self.ctx.record_pass(
+                recorder,
+                LsqEntry::InitFinish.f32(),
+                &[Dispatch {
+                    uniform,
+                    bindings: InitFinishBindings {
+                        scale: chunk.table(4).bind(&self.scale),
+                        level: level_binding(&last, chunk.count, has_level),
+                    },
+                    grid: [chunk.groups, 1],
+                }],
+            )?;
+        }
+        Ok(())
     }
 
     /// Recording level: the learnable parameters from an observer's calibrated qparams (the
@@ -749,24 +857,27 @@ impl GpuLsq {
         self.ctx
             .check_owner("observer", observer.context().device_id())?;
         check_len("observer channels", self.channels, observer.channels())?;
-        let uniform = LsqDispatch {
-            channels: self.channels as u32,
-            ..Default::default()
-        };
-        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            LsqEntry::FromObserver.f32(),
-            &[Dispatch {
-                uniform,
-                bindings: FromObserverBindings {
-                    scale: self.scale.as_entire_buffer_binding(),
-                    zero_point: self.zero_point.as_entire_buffer_binding(),
-                    observer_state: observer.state_buffer().as_entire_buffer_binding(),
+        // A window of every table per chunk of channels (the observer's state, 16 bytes a
+        // channel, is the largest).
+        let dispatches: Vec<_> = self
+            .ctx
+            .channel_chunks(self.channels, 16)
+            .into_iter()
+            .map(|chunk| Dispatch {
+                uniform: LsqDispatch {
+                    channels: chunk.count as u32,
+                    ..Default::default()
                 },
-                grid: [groups, 1],
-            }],
-        )
+                bindings: FromObserverBindings {
+                    scale: chunk.table(4).bind(&self.scale),
+                    zero_point: chunk.table(4).bind(&self.zero_point),
+                    observer_state: chunk.table(16).bind(observer.state_buffer()),
+                },
+                grid: [chunk.groups, 1],
+            })
+            .collect();
+        self.ctx
+            .record_pass(recorder, LsqEntry::FromObserver.f32(), &dispatches)
     }
 
     /// Device level: the forward on device tensors, submitted at once.
@@ -856,6 +967,25 @@ impl GpuLsq {
             self.record_init_from_data(encoder, x_dev.binding(), shape)
         })?;
         Ok(self.read_params()?.0)
+    }
+}
+
+/// The last level of a chunk's partial sums (a pair per channel), bound to its size: the cached
+/// buffer may be larger than a binding.
+fn level_binding(
+    buffer: &wgpu::Buffer,
+    channels: usize,
+    has_level: bool,
+) -> wgpu::BufferBinding<'_> {
+    let bytes = if has_level {
+        (channels as u64).saturating_mul(8)
+    } else {
+        0
+    };
+    wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: wgpu::BufferSize::new(bytes.max(8)),
     }
 }
 

@@ -612,6 +612,14 @@ impl<'a> TensorBinding<'a> {
         self.dtype = dtype;
         self
     }
+
+    /// The tensor from its element `elements` on (a part of the tensor the caller checked).
+    pub(crate) fn advanced(mut self, elements: u64) -> Self {
+        self.offset = self
+            .offset
+            .saturating_add(elements.saturating_mul(self.dtype.size()));
+        self
+    }
 }
 
 impl<'a> From<&'a wgpu::Buffer> for TensorBinding<'a> {

@@ -20,6 +20,7 @@ pub(crate) mod kernel;
 mod lsq;
 mod memory;
 mod observer;
+mod permute;
 
 /// The kernel families: one line each (with their shader modules in `kernel/shaders.rs`).
 #[cfg_attr(not(test), allow(dead_code))]
@@ -30,6 +31,7 @@ pub(crate) const FAMILIES: &[fn() -> kernel::FamilyDecl] = &[
     dynamic::declarations,
     float_quant::declarations,
     histogram::declarations,
+    permute::declarations,
 ];
 
 pub use context::{DispatchLimits, GpuContext};

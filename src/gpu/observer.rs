@@ -6,17 +6,20 @@ use std::sync::Mutex;
 
 use super::context::{DeviceId, GpuContext};
 use super::fake_quant::{ChannelParams, ElementwiseBindings, ElementwiseOp};
-use super::kernel::planning::{contiguous_runs, element_window, per_channel_groups, Run};
+use super::kernel::planning::{
+    contiguous_runs, element_window, per_channel_groups, Run, CHUNK_CHANNELS_GRANULE,
+};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, OBSERVERS};
 use super::kernel::{
     bindings, dtype_constant, uniform, EntryPointDecl, FamilyDecl, Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
+use super::permute::GroupsLastScratch;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::observer::{Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme};
-use crate::quant::ChannelLayout;
+use crate::quant::{ChannelLayout, ParamLayout};
 use crate::reference::observer::{check_channels, observer_layout};
 use crate::reference::FakeQuantOutput;
 
@@ -92,6 +95,7 @@ bindings! {
     FinalizeBindings {
         partials: Input @ 2,
         batch: ReadWrite @ 3,
+        batch_hi: ReadWrite @ 6,
     }
 }
 
@@ -100,6 +104,8 @@ bindings! {
     MergeBindings {
         src: Read @ 1,
         batch: ReadWrite @ 3,
+        batch_hi: ReadWrite @ 6,
+        src_hi: Read @ 7,
     }
 }
 
@@ -109,6 +115,7 @@ bindings! {
         batch: Input @ 3,
         state: ReadWrite @ 4,
         params: ReadWrite @ 5,
+        batch_hi: Input @ 6,
     }
 }
 
@@ -137,8 +144,8 @@ uniform! {
         symmetric_zero_point: i32,
         range_bits: u32,
         half_range_bits: u32,
-        _pad0: u32,
-        _pad1: u32,
+        hi_shift: u32,
+        src_hi_shift: u32,
     }
 }
 
@@ -171,6 +178,24 @@ impl GpuBatchStats {
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.channels
+    }
+}
+
+/// Channels `first ..` reduced on their own: their sub-tensor's layout and its plan (none when
+/// empty).
+struct ReduceChunk {
+    first: usize,
+    layout: ChannelLayout,
+    plan: Option<ReducePlan>,
+}
+
+impl ReduceChunk {
+    /// Bytes of the chunk's partial results (8 a partial).
+    fn partial_bytes(&self) -> u64 {
+        let slots = self.plan.as_ref().map_or(0, |p| p.slots);
+        (self.layout.channels as u64)
+            .saturating_mul(slots)
+            .saturating_mul(8)
     }
 }
 
@@ -314,13 +339,16 @@ impl GpuContext {
     pub fn create_observer(&self, config: &ObserverConfig, shape: &[usize]) -> Result<GpuObserver> {
         let channels = config.channels_for(shape)?;
         check_channels(config, channels)?;
-        let state_bytes =
-            (channels as u64).saturating_mul(std::mem::size_of::<ChannelParams>() as u64);
-        if state_bytes > self.dispatch_limits().max_binding_bytes {
+        // The tables are bound a window per chunk of channels; each must fit one buffer, checked
+        // before anything is allocated on the host.
+        let params_bytes = (channels as u64).saturating_mul(ChannelParams::BYTES);
+        let max_buffer = self.device_limits().max_buffer_size;
+        if params_bytes > max_buffer {
             return Err(Error::TooLarge {
-                what: "observer channels (32 bytes of fake-quant parameters per channel)",
-                requested: state_bytes,
-                limit: self.dispatch_limits().max_binding_bytes,
+                what: "observer channels (32 bytes of fake-quant parameters per channel, in one \
+                       buffer)",
+                requested: params_bytes,
+                limit: max_buffer,
             });
         }
         let initial = ObserverState::initial(channels);
@@ -392,24 +420,29 @@ impl GpuContext {
                 reason: "merging statistics into themselves".into(),
             });
         }
-        let uniform = ObserveDispatch {
-            channels: into.channels as u32,
-            ..Default::default()
-        };
-        let bindings = MergeBindings {
-            src: from.buffer.as_entire_buffer_binding(),
-            batch: into.buffer.as_entire_buffer_binding(),
-        };
-        let groups = per_channel_groups(into.channels, self.dispatch_limits().max_workgroups);
-        self.record_pass(
-            recorder,
-            ObserverEntry::MergeBatch.f32(),
-            &[Dispatch {
-                uniform,
-                bindings,
-                grid: [groups, 1],
-            }],
-        )
+        let dispatches: Vec<_> = self
+            .channel_chunks(into.channels, 4)
+            .into_iter()
+            .map(|chunk| {
+                let (lo, hi) = chunk.two_part(into.channels);
+                Dispatch {
+                    uniform: ObserveDispatch {
+                        channels: chunk.count as u32,
+                        hi_shift: hi.shift as u32,
+                        src_hi_shift: hi.shift as u32,
+                        ..Default::default()
+                    },
+                    bindings: MergeBindings {
+                        src: lo.bind(&from.buffer),
+                        batch: lo.bind(&into.buffer),
+                        batch_hi: hi.bind(&into.buffer),
+                        src_hi: hi.bind(&from.buffer),
+                    },
+                    grid: [chunk.groups, 1],
+                }
+            })
+            .collect();
+        self.record_pass(recorder, ObserverEntry::MergeBatch.f32(), &dispatches)
     }
 }
 
@@ -502,17 +535,24 @@ impl GpuObserver {
         self.load_state(&ObserverState::initial(self.channels))
     }
 
-    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+    /// `shape` checked against the observer's channels.
+    fn check_shape(&self, shape: &[usize]) -> Result<ParamLayout> {
         let n = crate::quant::numel(shape)?;
         let layout = observer_layout(&self.config, shape, n)?;
-        if layout.channels != self.channels {
+        if layout.channels() != self.channels {
             return Err(Error::ChannelCountMismatch {
                 axis: self.config.granularity().axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.channels,
             });
         }
         Ok(layout)
+    }
+
+    /// The kernels' layout of `shape`. Strided groups have none: they reach the kernels as
+    /// their groups-last view ([`GroupsLastScratch`]).
+    fn layout(&self, shape: &[usize]) -> Result<ChannelLayout> {
+        self.check_shape(shape)?.channel_layout()
     }
 
     /// Recording level: reduces `x` (of `shape`) to per-channel statistics in `stats`, without
@@ -528,6 +568,11 @@ impl GpuObserver {
         shape: &[usize],
         stats: &GpuBatchStats,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups: reduced on their groups-last view (the same values per group).
+            let xs = view.record_input(&self.ctx, recorder, x)?;
+            return self.record_batch_min_max(recorder, xs.binding(), &view.shape, stats);
+        }
         let layout = self.layout(shape)?;
         self.ctx.check_owner("stats", stats.owner)?;
         check_len("channels of the statistics", self.channels, stats.channels)?;
@@ -540,30 +585,100 @@ impl GpuObserver {
             });
         }
         self.ctx.check_tensor("x", &x, layout.numel())?;
+        for chunk in self.reduce_chunks(layout, x.dtype)? {
+            let sub_x = x.advanced((chunk.first * chunk.layout.inner) as u64);
+            self.record_reduce_chunk(recorder, sub_x, &chunk, stats)?;
+        }
+        Ok(())
+    }
+
+    /// The channel ranges reduced one after the other, with their sub-tensors' layouts and plans:
+    /// the whole tensor when its partial results fit one binding; otherwise, for channels that
+    /// are runs of the tensor (`outer == 1`: per group, per token, per channel on a leading axis),
+    /// chunks of channels (sub-tensors) each of whose own plan's partials fit. A chunk's plan
+    /// may differ from its neighbours' (a short last chunk fits one window, where the column plan
+    /// keeps a partial per column), so each is checked, and shrunk until it fits.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
+    fn reduce_chunks(&self, layout: ChannelLayout, dtype: DType) -> Result<Vec<ReduceChunk>> {
         let limits = self.ctx.dispatch_limits();
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         // Elements a window may cover once its start is aligned down.
-        let max_elems = (limits.max_binding_bytes - align) / x.dtype.size();
-        let plan = if n == 0 {
-            None
-        } else {
-            Some(ReducePlan::new(
-                layout,
-                max_elems,
-                limits.max_workgroups as u64,
-            ))
+        let max_elems = (limits.max_binding_bytes - align) / dtype.size();
+        let chunk = |first: usize, layout: ChannelLayout| ReduceChunk {
+            first,
+            layout,
+            plan: (layout.numel() != 0)
+                .then(|| ReducePlan::new(layout, max_elems, limits.max_workgroups as u64)),
         };
-        let slots = plan.as_ref().map_or(0, |p| p.slots);
-        let partial_bytes = self.channels as u64 * slots * 8;
-        if partial_bytes > limits.max_binding_bytes {
-            return Err(Error::TooLarge {
-                what: "min/max partial results (8 bytes per partial)",
-                requested: partial_bytes,
-                limit: limits.max_binding_bytes,
-            });
+        let whole = chunk(0, layout);
+        if whole.partial_bytes() <= limits.max_binding_bytes {
+            return Ok(vec![whole]);
         }
-        let partials = self.partials_buffer(partial_bytes)?;
-        if let Some(plan) = &plan {
+        let too_large = |bytes: u64| Error::TooLarge {
+            what: "min/max partial results (8 bytes per partial) of channels that are not runs \
+                   of the tensor (per channel on a non-leading axis)",
+            requested: bytes,
+            limit: limits.max_binding_bytes,
+        };
+        if layout.outer != 1 {
+            return Err(too_large(whole.partial_bytes()));
+        }
+        let sub = |channels| ChannelLayout {
+            outer: 1,
+            channels,
+            inner: layout.inner,
+        };
+        let mut chunks = Vec::new();
+        let (mut first, mut count) = (0, layout.channels);
+        while first < layout.channels {
+            count = count.min(layout.channels - first);
+            let candidate = chunk(first, sub(count));
+            let bytes = candidate.partial_bytes();
+            if bytes <= limits.max_binding_bytes {
+                first += count;
+                chunks.push(candidate);
+                continue;
+            }
+            // Fewer channels, as many as this plan's partials per channel allow (at least one
+            // granule less: every chunk but the last starts and ends on a granule).
+            let per_channel = (bytes / count as u64).max(8);
+            let fitting = (limits.max_binding_bytes / per_channel) as usize;
+            count = fitting.min(count - 1) / CHUNK_CHANNELS_GRANULE * CHUNK_CHANNELS_GRANULE;
+            if count == 0 {
+                return Err(too_large(bytes));
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Reduces one chunk of channels, `x` its sub-tensor, into the chunk's windows of `stats`.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sizes, offsets and counts here are bounded by checks made before: tensors and windows lie within buffers the binding checks accepted (at most the device's max_buffer_size), channel counts within one binding, so no product or sum approaches u64::MAX"
+    )]
+    fn record_reduce_chunk(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        x: TensorBinding<'_>,
+        chunk: &ReduceChunk,
+        stats: &GpuBatchStats,
+    ) -> Result<()> {
+        let (first, count, plan) = (chunk.first, chunk.layout.channels, &chunk.plan);
+        let limits = self.ctx.dispatch_limits();
+        let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
+        let slots = plan.as_ref().map_or(0, |p| p.slots);
+        // At most one binding: reduce_chunks chose the chunk so.
+        let partial_bytes = chunk.partial_bytes().max(8);
+        let partials_buffer = self.partials_buffer(partial_bytes)?;
+        let partials = wgpu::BufferBinding {
+            buffer: &partials_buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(partial_bytes),
+        };
+        if let Some(plan) = plan {
             let mut uniform = plan.uniform;
             uniform.slots = slots as u32;
             let dispatches: Vec<_> = plan
@@ -583,7 +698,7 @@ impl GpuObserver {
                         uniform: u,
                         bindings: ReduceBindings {
                             src: window.bind(x.buffer),
-                            partials: partials.as_entire_buffer_binding(),
+                            partials: partials.clone(),
                         },
                         grid,
                     }
@@ -595,25 +710,28 @@ impl GpuObserver {
             };
             self.ctx.record_pass(recorder, kernel, &dispatches)?;
         }
+        let (lo, hi) = self.ctx.channel_chunk(first, count).two_part(self.channels);
         let finalize = ObserveDispatch {
-            channels: self.channels as u32,
+            channels: count as u32,
             slots: slots as u32,
+            hi_shift: hi.shift as u32,
             ..Default::default()
         };
         let (entry, groups) = if slots <= NARROW_SLOTS {
             (
                 ObserverEntry::FinalizeBatchNarrow,
-                per_channel_groups(self.channels, limits.max_workgroups),
+                per_channel_groups(count, limits.max_workgroups),
             )
         } else {
             (
                 ObserverEntry::FinalizeBatch,
-                (self.channels as u32).min(limits.max_workgroups),
+                (count as u32).clamp(1, limits.max_workgroups),
             )
         };
         let bindings = FinalizeBindings {
-            partials: partials.as_entire_buffer_binding(),
-            batch: stats.buffer.as_entire_buffer_binding(),
+            partials,
+            batch: lo.bind(&stats.buffer),
+            batch_hi: hi.bind(&stats.buffer),
         };
         self.ctx.record_pass(
             recorder,
@@ -684,21 +802,33 @@ impl GpuObserver {
             half_range_bits: ((qmax - qmin) as f32 / 2.0).to_bits(),
             ..Default::default()
         };
-        let bindings = UpdateBindings {
-            batch: stats.buffer.as_entire_buffer_binding(),
-            state: self.state.as_entire_buffer_binding(),
-            params: self.params.as_entire_buffer_binding(),
-        };
-        let groups = per_channel_groups(self.channels, self.ctx.dispatch_limits().max_workgroups);
-        self.ctx.record_pass(
-            recorder,
-            ObserverEntry::Update.f32(),
-            &[Dispatch {
-                uniform,
-                bindings,
-                grid: [groups, 1],
-            }],
-        )
+        // A window of every table per chunk of channels (the parameters, 32 bytes a channel,
+        // are the largest), so the tables need not fit one binding.
+        let record = ChannelParams::BYTES;
+        let dispatches: Vec<_> = self
+            .ctx
+            .channel_chunks(self.channels, record)
+            .into_iter()
+            .map(|chunk| {
+                let (lo, hi) = chunk.two_part(self.channels);
+                Dispatch {
+                    uniform: ObserveDispatch {
+                        channels: chunk.count as u32,
+                        hi_shift: hi.shift as u32,
+                        ..uniform
+                    },
+                    bindings: UpdateBindings {
+                        batch: lo.bind(&stats.buffer),
+                        state: chunk.table(16).bind(&self.state),
+                        params: chunk.table(record).bind(&self.params),
+                        batch_hi: hi.bind(&stats.buffer),
+                    },
+                    grid: [chunk.groups, 1],
+                }
+            })
+            .collect();
+        self.ctx
+            .record_pass(recorder, ObserverEntry::Update.f32(), &dispatches)
     }
 
     /// Recording level: fake-quantizes `x` into `y` (and the mask) with the qparams in force,
@@ -711,6 +841,14 @@ impl GpuObserver {
         y: TensorBinding<'_>,
         mask: Option<TensorBinding<'_>>,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups: on their groups-last view, y and the mask moved back.
+            self.ctx
+                .check_forward(&x, &y, mask.as_ref(), view.groups.numel())?;
+            return view.record_forward(&self.ctx, recorder, (x, y, mask), |r, x, shape, y, m| {
+                self.record_fake_quant(r, x, shape, y, m)
+            });
+        }
         let layout = self.layout(shape)?;
         self.ctx.record_forward_with(
             recorder,
@@ -747,7 +885,7 @@ impl GpuObserver {
 
     /// Host level: observes host data of any element type.
     pub fn observe<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<()> {
-        self.layout(shape)?;
+        self.check_shape(shape)?;
         check_len(
             "data length vs product of shape",
             crate::quant::numel(shape)?,
@@ -768,6 +906,15 @@ impl GpuObserver {
         mask: Option<TensorBinding<'_>>,
         mode: Mode,
     ) -> Result<()> {
+        if let Some(view) = GroupsLastScratch::of(self.config.granularity(), shape)? {
+            // Strided groups: the whole step on their groups-last view (x moved once), y and the
+            // mask moved back.
+            self.ctx
+                .check_forward(&x, &y, mask.as_ref(), view.groups.numel())?;
+            return view.record_forward(&self.ctx, recorder, (x, y, mask), |r, x, shape, y, m| {
+                self.record_step(r, x, shape, y, m, mode)
+            });
+        }
         let layout = self.layout(shape)?;
         // Everything is checked before anything is recorded, so a failed call leaves the encoder
         // (and the state it would update) untouched.
@@ -825,7 +972,7 @@ impl GpuObserver {
         shape: &[usize],
         mode: Mode,
     ) -> Result<FakeQuantOutput<T>> {
-        self.layout(shape)?;
+        self.check_shape(shape)?;
         self.ctx.forward_on_host(x, shape, |x, y, mask| {
             self.step_device(x, shape, y, Some(mask), mode)
         })

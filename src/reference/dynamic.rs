@@ -6,7 +6,7 @@ use super::{fake_quant, widen};
 use crate::dtype::{DType, Element};
 use crate::dynamic::{DynamicConfig, DynamicOutput, DynamicScheme};
 use crate::error::Result;
-use crate::quant::{ChannelLayout, FakeQuant, PackedMask, QuantParams, Rounding};
+use crate::quant::{FakeQuant, PackedMask, ParamLayout, QuantParams, Rounding};
 
 /// The largest scale with a normal f32 reciprocal.
 const MAX_SCALE: f32 = 8.507_059e37; // 2^126
@@ -51,8 +51,8 @@ fn rq(dtype: DType, v: f32) -> f32 {
 
 /// Min and max of the finite values of each group, in flat order of the groups (`(0, 0)` for a
 /// group without one). Comparisons treat `-0.0` and `+0.0` alike; the first one seen stays.
-fn group_min_max(x: &[f32], layout: &ChannelLayout) -> Vec<(f32, f32)> {
-    let mut out = vec![(f32::INFINITY, f32::NEG_INFINITY); layout.channels];
+fn group_min_max(x: &[f32], layout: &ParamLayout) -> Vec<(f32, f32)> {
+    let mut out = vec![(f32::INFINITY, f32::NEG_INFINITY); layout.channels()];
     for (i, &v) in x.iter().enumerate() {
         if !v.is_finite() {
             continue;
@@ -116,7 +116,7 @@ pub fn fake_quant_dynamic<T: Element>(
     x: &[T],
     shape: &[usize],
 ) -> Result<DynamicOutput<T>> {
-    let layout = config.granularity().layout(shape, x.len())?;
+    let layout = config.granularity().param_layout(shape, x.len())?;
     let wide = widen(x);
     let eps = config.eps_for(T::DTYPE);
     let (scales, zero_points): (Vec<f32>, Vec<f32>) = group_min_max(&wide, &layout)
@@ -124,7 +124,7 @@ pub fn fake_quant_dynamic<T: Element>(
         .map(|(lo, hi)| group_qparams::<T>(config, eps, lo, hi))
         .unzip();
     if config.scheme() != DynamicScheme::AsymmetricFloat {
-        return integer_output(config, layout.channels, scales, zero_points, |op| {
+        return integer_output(config, layout.channels(), scales, zero_points, |op| {
             fake_quant(op, x, shape)
         });
     }
@@ -252,12 +252,12 @@ impl Dynamic {
 
     /// [`fake_quant_dynamic`], for a shape with this object's number of groups.
     pub fn forward<T: Element>(&self, x: &[T], shape: &[usize]) -> Result<DynamicOutput<T>> {
-        let layout = self.config.granularity().layout(shape, x.len())?;
-        if layout.channels != self.groups {
+        let layout = self.config.granularity().param_layout(shape, x.len())?;
+        if layout.channels() != self.groups {
             return Err(crate::Error::LengthMismatch {
                 what: "groups of the shape",
                 expected: self.groups,
-                actual: layout.channels,
+                actual: layout.channels(),
             });
         }
         fake_quant_dynamic(&self.config, x, shape)

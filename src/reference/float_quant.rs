@@ -6,7 +6,7 @@ use crate::error::{check_len, Result};
 use crate::float_quant::{
     pow2, ElementFormat, FloatQuantConfig, FloatQuantOutput, FloatScales, FloatScaling, MxScaleRule,
 };
-use crate::quant::{ChannelLayout, PackedMask};
+use crate::quant::{PackedMask, ParamLayout};
 
 /// Rounds an f32 result to the element type `T` and back.
 fn rd<T: Element>(v: f32) -> f32 {
@@ -314,7 +314,7 @@ pub fn fake_quant_float<T: Element>(
     x: &[T],
     shape: &[usize],
 ) -> Result<FloatQuantOutput<T>> {
-    let layout = config.granularity(shape).layout(shape, x.len())?;
+    let layout = config.granularity(shape).param_layout(shape, x.len())?;
     let wide = widen(x);
     let plan = FloatPlan::new(config);
     let blocks: Vec<BlockScale> = channel_amax(&wide, &layout, plan.finite_amax())
@@ -341,8 +341,8 @@ pub fn fake_quant_float<T: Element>(
 /// `max |x|` per channel of `layout`: over the finite values (a channel without one has 0) when
 /// `finite_only`, else over every value with NaN propagating (torchao's block amax: a NaN makes
 /// the block's scale NaN, an infinity makes it infinite).
-fn channel_amax(x: &[f32], layout: &ChannelLayout, finite_only: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; layout.channels];
+fn channel_amax(x: &[f32], layout: &ParamLayout, finite_only: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; layout.channels()];
     for (i, &v) in x.iter().enumerate() {
         let a = &mut out[layout.channel_of(i)];
         if v.is_nan() {
@@ -371,7 +371,10 @@ impl FloatQuant {
     /// For tensors of `shape`.
     pub fn new(config: FloatQuantConfig, shape: &[usize]) -> Result<Self> {
         let len = crate::quant::numel(shape)?;
-        let blocks = config.granularity(shape).layout(shape, len)?.channels;
+        let blocks = config
+            .granularity(shape)
+            .param_layout(shape, len)?
+            .channels();
         Ok(Self {
             config,
             len,
@@ -394,7 +397,7 @@ impl FloatQuant {
     pub(crate) fn check_shape(&self, shape: &[usize]) -> Result<()> {
         let len = crate::quant::numel(shape)?;
         check_len("elements of the shape", self.len, len)?;
-        let layout = self.config.granularity(shape).layout(shape, len)?;
-        check_len("blocks of the shape", self.blocks, layout.channels)
+        let layout = self.config.granularity(shape).param_layout(shape, len)?;
+        check_len("blocks of the shape", self.blocks, layout.channels())
     }
 }

@@ -41,14 +41,14 @@ impl HistogramObserver {
 
     /// Counts a batch `x` of `shape` (any element type; NaN and infinities skipped).
     pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
-        let layout = self.config.granularity().layout(shape, x.len())?;
+        let layout = self.config.granularity().param_layout(shape, x.len())?;
         check_len(
             "channels of the shape vs the observer's",
             self.histograms.len(),
-            layout.channels,
+            layout.channels(),
         )?;
         let wide = widen(x);
-        let mut top = vec![None::<i32>; layout.channels];
+        let mut top = vec![None::<i32>; layout.channels()];
         for (i, &v) in wide.iter().enumerate() {
             if v.is_finite() {
                 let t = &mut top[layout.channel_of(i)];

@@ -5,7 +5,7 @@ use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::lsq::{LsqConfig, LsqGrads};
 use crate::observer::{ObserverState, MAX_OBSERVED_SCALE};
-use crate::quant::{ChannelLayout, FakeQuant, QuantParams, QuantRange, Rounding};
+use crate::quant::{FakeQuant, ParamLayout, QuantParams, QuantRange, Rounding};
 use crate::reference::{fake_quant, fake_quant_value, ste_grad_value, FakeQuantOutput};
 use crate::reference::{narrow, widen};
 
@@ -92,20 +92,20 @@ pub fn effective_zero_point(config: &LsqConfig, z: f32) -> i32 {
 }
 
 /// How flat indices of a tensor of `shape` map to the quantizer's channels.
-pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<ChannelLayout> {
-    config.granularity().layout(shape, len)
+pub fn lsq_layout(config: &LsqConfig, shape: &[usize], len: usize) -> Result<ParamLayout> {
+    config.granularity().param_layout(shape, len)
 }
 
 pub(crate) fn check_params(
-    layout: &ChannelLayout,
+    layout: &ParamLayout,
     scales: &[f32],
     zero_points: &[f32],
 ) -> Result<()> {
     // No channel at all (an axis of length 0) is refused as `effective_op` refuses it, so that
     // the forward and the backward agree.
-    if layout.channels == 0
-        || scales.len() != layout.channels
-        || zero_points.len() != layout.channels
+    if layout.channels() == 0
+        || scales.len() != layout.channels()
+        || zero_points.len() != layout.channels()
     {
         return Err(Error::ParamLengthMismatch {
             scales: scales.len(),
@@ -215,8 +215,8 @@ fn backward_f32(
         .map(|&v| effective_zero_point(config, v))
         .collect();
     let mut dx = Vec::with_capacity(x.len());
-    let mut scale_terms = vec![Vec::new(); layout.channels];
-    let mut zero_point_terms = vec![Vec::new(); layout.channels];
+    let mut scale_terms = vec![Vec::new(); layout.channels()];
+    let mut zero_point_terms = vec![Vec::new(); layout.channels()];
     for (i, (&xi, &gi)) in x.iter().zip(dy).enumerate() {
         let c = layout.channel_of(i);
         let (d, ts, tz) = element_grads(xi, gi, s[c], z[c], config.range());
@@ -240,8 +240,8 @@ fn backward_f32(
 /// type (widening is exact).
 pub fn init_scales<T: Element>(config: &LsqConfig, x: &[T], shape: &[usize]) -> Result<Vec<f32>> {
     let layout = lsq_layout(config, shape, x.len())?;
-    let mut terms = vec![Vec::new(); layout.channels];
-    let mut counts = vec![0u64; layout.channels];
+    let mut terms = vec![Vec::new(); layout.channels()];
+    let mut counts = vec![0u64; layout.channels()];
     for (i, v) in x.iter().enumerate() {
         let v = v.to_f32();
         let c = layout.channel_of(i);

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::observer::{
     Averaging, MinMax, Mode, ObserverConfig, ObserverState, QScheme, MAX_OBSERVED_SCALE,
 };
-use crate::quant::{ChannelLayout, Granularity, PackedMask};
+use crate::quant::{Granularity, PackedMask, ParamLayout};
 use crate::reference::{fake_quant, FakeQuantOutput};
 
 /// How flat indices of a tensor of `shape` map to the observer's channels.
@@ -16,8 +16,8 @@ pub fn observer_layout(
     config: &ObserverConfig,
     shape: &[usize],
     len: usize,
-) -> Result<ChannelLayout> {
-    config.granularity().layout(shape, len)
+) -> Result<ParamLayout> {
+    config.granularity().param_layout(shape, len)
 }
 
 /// Min and max of the finite values of each channel; both zeros count as `+0.0`; a channel with no
@@ -29,7 +29,7 @@ pub fn batch_min_max<T: Element>(
     shape: &[usize],
 ) -> Result<MinMax> {
     let layout = observer_layout(config, shape, x.len())?;
-    let mut batch = MinMax::empty(layout.channels);
+    let mut batch = MinMax::empty(layout.channels());
     for (i, v) in x.iter().enumerate() {
         let v = v.to_f32();
         if !v.is_finite() {
@@ -251,10 +251,10 @@ impl Observer {
     /// with no output (calibration without a copy).
     pub fn observe<T: Element>(&mut self, x: &[T], shape: &[usize]) -> Result<()> {
         let layout = observer_layout(&self.config, shape, x.len())?;
-        if layout.channels != self.state.channels() {
+        if layout.channels() != self.state.channels() {
             return Err(Error::ChannelCountMismatch {
                 axis: self.config.granularity().axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.state.channels(),
             });
         }
@@ -265,10 +265,10 @@ impl Observer {
     /// The fused step on an f32 tensor of `shape`: see [`Mode`].
     fn step_f32(&mut self, x: &[f32], shape: &[usize], mode: Mode) -> Result<FakeQuantOutput> {
         let layout = observer_layout(&self.config, shape, x.len())?;
-        if layout.channels != self.state.channels() {
+        if layout.channels() != self.state.channels() {
             return Err(Error::ChannelCountMismatch {
                 axis: self.config.granularity().axis().unwrap_or(0),
-                channels: layout.channels,
+                channels: layout.channels(),
                 params: self.state.channels(),
             });
         }

@@ -503,3 +503,54 @@ fn nvfp4_modelopt_conventions() {
         check_float_on_gpu::<f32>(ctx, &config, &x, &[48], "modelopt");
     }
 }
+
+/// A regression: the device's FP8 element loop marked "y still to come from the code" with the
+/// value 0xffffffff, which is also the output of the NaN input 0xffffffff (passed through as
+/// itself), so that NaN came out as the code's value (-inf). Every NaN passes through, quieted,
+/// with its payload and sign, in every block position.
+#[test]
+fn fp8_passes_every_nan_through_on_the_device() {
+    let nans = [
+        0xffff_ffffu32,
+        0x7fff_ffff,
+        0xff80_0001,
+        0x7f80_0001,
+        0xffc0_0000,
+        0x7fc0_0000,
+        0xffbf_ffff,
+    ];
+    let n = 64;
+    let mut x: Vec<f32> = (0..n).map(|i| (i as f32 - 31.5) * 0.37).collect();
+    for (k, &bits) in nans.iter().enumerate() {
+        x[k * 9] = f32::from_bits(bits);
+    }
+    for config in [
+        FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, fakequant::Granularity::PerTensor).unwrap(),
+        FloatQuantConfig::fp8(
+            ElementFormat::Fp8E5M2,
+            fakequant::Granularity::per_group(0, 16),
+        )
+        .unwrap(),
+    ] {
+        let expected = fake_quant_float(&config, &x, &[n]).unwrap();
+        for (k, &bits) in nans.iter().enumerate() {
+            assert_eq!(expected.y[k * 9].to_bits(), bits | 0x0040_0000);
+        }
+        for ctx in crate::common::contexts() {
+            let got = ctx
+                .create_float_quant(&config, &[n])
+                .unwrap()
+                .forward(&x, &[n])
+                .unwrap();
+            let y: Vec<u32> = got.y.iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = expected.y.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(y, want, "{config:?} on {}", ctx.adapter_name());
+            assert_eq!(
+                got.codes,
+                expected.codes,
+                "{config:?} on {}",
+                ctx.adapter_name()
+            );
+        }
+    }
+}

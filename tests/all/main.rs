@@ -29,6 +29,7 @@ mod pytorch_observers;
 mod pytorch_vectors;
 mod qat_digits;
 mod reference_semantics;
+mod strided_groups;
 mod torchao_float_formats;
 mod torchao_per_group;
 mod torchao_range_learning;

@@ -45,7 +45,7 @@ fn group_layouts_are_checked() {
     let bad = [
         (vec![8, 256], 1, 0, "at least 1"),
         (vec![8, 256], 1, 48, "divide"),
-        (vec![8, 256], 0, 4, "last axis"),
+        (vec![8, 256], 0, 4, "no channel layout"),
         (vec![8, 256], 2, 4, ""),
     ];
     for (shape, axis, size, reason) in bad {
@@ -326,14 +326,6 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
                         .unwrap()
                         .with_qparams_dtype(qparams)
                         .unwrap();
-                    if scheme == DynamicScheme::AsymmetricFloat && !one_pass {
-                        // The float domain runs on the device in the one-pass kernel only, and says so.
-                        assert!(matches!(
-                            ctx.create_dynamic(&config, shape),
-                            Err(Error::Unsupported(_))
-                        ));
-                        continue;
-                    }
                     let label =
                         format!("{shape:?} {granularity:?} {range:?} {scheme:?} {qparams:?}");
                     let label = format!("{label} run {}", ctx.dynamic_run());
@@ -345,7 +337,8 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
         }
         let ctx = &base;
         // A float-domain object made for one-pass groups, called on a shape with as many groups
-        // that the one-pass kernel does not take: refused, never the integer path's output.
+        // that the one-pass kernel does not take: the two-pass plan in the float domain, never
+        // the integer path's output.
         let float = DynamicConfig::new(
             QuantRange::UINT4,
             DynamicScheme::AsymmetricFloat,
@@ -353,10 +346,10 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
         )
         .unwrap();
         let dynamic = ctx.create_dynamic(&float, &[4, 64]).unwrap();
-        assert!(matches!(
-            dynamic.forward(&[1.0f32; 4 * 48], &[4, 48]),
-            Err(Error::Unsupported(_))
-        ));
+        let x48 = dynamic_data(&mut rng, 4 * 48, 48);
+        let expected = fake_quant_dynamic(&float, &x48, &[4, 48]).unwrap();
+        let got = dynamic.forward(&x48, &[4, 48]).unwrap();
+        assert_dynamic_eq("float domain, same groups, other shape", &expected, &got);
         // Over several bindings and with few workgroups: the chunked reduction and forward.
         let small = ctx
             .with_dispatch_limits(fakequant::DispatchLimits {
@@ -398,8 +391,7 @@ fn dynamic_fake_quant_on_the_device_matches_the_reference() {
 /// of groups; here the binding is lowered to 256 KiB): the static parameters (32 bytes a group)
 /// and the dynamic scales and zero points (4 bytes each a group) are bound a window per chunk, and
 /// the results stay the reference's. Every binding a plan makes is checked against the limits in
-/// force, so a table bound whole would be refused here. The two-pass plan's tables must fit one
-/// binding, and a call beyond that is refused with `TooLarge`.
+/// force, so a table bound whole would be refused here.
 #[test]
 fn per_group_tables_larger_than_a_binding() {
     let mut rng = Rng::new(0x7ab1e);
@@ -447,20 +439,236 @@ fn per_group_tables_larger_than_a_binding() {
                 check_dynamic::<f32>(&ctx, &config, &x, &shape, &label);
             }
         }
-        // Groups of 2 take the two-pass plan, whose per-group statistics and parameters
-        // (1.5 Mi groups) must fit one binding: refused, naming the limit.
-        let config = DynamicConfig::new(
-            QuantRange::INT8,
-            DynamicScheme::Symmetric,
-            Granularity::per_group(1, 2),
+    }
+    // Groups of 3 take the two-pass plan: at 4 MiB bindings, 196608 groups whose parameters
+    // (6 MiB; chunks of x shortened so that their windows of it fit) and qparams tables are bound
+    // a window per chunk, in both zero-point domains. (A chunk holds at least 2^16 elements: at
+    // the 256 KiB floor, a chunk of groups of 3 would need 700 KiB of parameters.)
+    let limits = fakequant::DispatchLimits {
+        max_binding_bytes: 4 << 20,
+        max_workgroups: 65535,
+    };
+    let two_pass_shape = [192, 3072];
+    let x = dynamic_data(&mut rng, 192 * 3072, 3);
+    for base in contexts() {
+        let ctx = base.with_dispatch_limits(limits).unwrap();
+        for scheme in [DynamicScheme::Symmetric, DynamicScheme::AsymmetricFloat] {
+            let range = match scheme {
+                DynamicScheme::Symmetric => QuantRange::INT8,
+                _ => QuantRange::UINT4,
+            };
+            let config = DynamicConfig::new(range, scheme, Granularity::per_group(1, 3)).unwrap();
+            let label = format!("two-pass {scheme:?}, tables over a binding");
+            check_dynamic::<f32>(&ctx, &config, &x, &two_pass_shape, &label);
+        }
+    }
+}
+
+/// An observer's per-group tables over one binding: 65536 groups of 32 at 256 KiB bindings
+/// (2 MiB of fake-quant parameters, 512 KiB of minima and maxima, 512 KiB of partial results).
+/// The update, the merge of replicas' statistics and the reduction (sub-tensors of whole groups)
+/// are recorded a window of every table per chunk of groups; every binding is checked against the
+/// limits in force, so a table bound whole would be refused. The results stay the reference's.
+#[test]
+fn observer_tables_larger_than_a_binding() {
+    let mut rng = Rng::new(0x0b7ab);
+    let limits = fakequant::DispatchLimits {
+        max_binding_bytes: 256 << 10,
+        max_workgroups: 65535,
+    };
+    let shape = [2048, 1024];
+    let n = 2048 * 1024;
+    let granularity = Granularity::per_group(1, 32);
+    let config = ObserverConfig::new(
+        QuantRange::INT4,
+        fakequant::QScheme::Affine,
+        fakequant::Averaging::MovingAverage(0.125),
+        granularity,
+    )
+    .unwrap();
+    let batches: Vec<Vec<f32>> = (0..3)
+        .map(|b| {
+            dynamic_data(&mut rng, n, 32)
+                .iter()
+                .map(|v| v * (b + 1) as f32)
+                .collect()
+        })
+        .collect();
+    for base in contexts() {
+        let ctx = base.with_dispatch_limits(limits).unwrap();
+        let mut cpu = reference::Observer::new(config.clone(), &shape).unwrap();
+        let gpu = ctx.create_observer(&config, &shape).unwrap();
+        for (b, x) in batches.iter().enumerate() {
+            let mode = [Mode::Calibrate, Mode::Qat, Mode::Frozen][b];
+            let expected = cpu.step(x, &shape, mode).unwrap();
+            let got = gpu.step(x, &shape, mode).unwrap();
+            assert_bits_eq("observer step over bindings", x, &expected.y, &got.y);
+            assert_mask_eq(
+                "observer step mask over bindings",
+                &expected.mask,
+                &got.mask,
+            );
+        }
+        assert_eq!(
+            gpu.read_state().unwrap(),
+            *cpu.state(),
+            "{}",
+            ctx.adapter_name()
+        );
+        // Two replicas' statistics merged on the device, as the reference merges them.
+        let a = reference::observer::batch_min_max(&config, &batches[0], &shape).unwrap();
+        let b = reference::observer::batch_min_max(&config, &batches[2], &shape).unwrap();
+        let (into, from) = (
+            ctx.upload_batch_stats(&a).unwrap(),
+            ctx.upload_batch_stats(&b).unwrap(),
+        );
+        let mut encoder = ctx.create_encoder("merge over bindings");
+        ctx.record_merge_batch_stats(&mut encoder, &into, &from)
+            .unwrap();
+        ctx.submit_and_wait(encoder).unwrap();
+        assert_eq!(
+            ctx.read_batch_stats(&into).unwrap(),
+            reference::observer::merge(&a, &b).unwrap()
+        );
+        // A channel count that is no multiple of the alignment: the maxima's windows start
+        // before their first record (a shift), and the chunks leave room for it.
+        let odd = |seed: u64| {
+            let mut rng = Rng::new(seed);
+            let min: Vec<f32> = (0..70001).map(|_| -(rng.unit() as f32)).collect();
+            let max: Vec<f32> = (0..70001).map(|_| rng.unit() as f32).collect();
+            fakequant::MinMax { min, max }
+        };
+        let (a, b) = (odd(1), odd(2));
+        let (into, from) = (
+            ctx.upload_batch_stats(&a).unwrap(),
+            ctx.upload_batch_stats(&b).unwrap(),
+        );
+        let mut encoder = ctx.create_encoder("merge of 70001 channels");
+        ctx.record_merge_batch_stats(&mut encoder, &into, &from)
+            .unwrap();
+        ctx.submit_and_wait(encoder).unwrap();
+        assert_eq!(
+            ctx.read_batch_stats(&into).unwrap(),
+            reference::observer::merge(&a, &b).unwrap()
+        );
+        assert_eq!(
+            gpu.batch_min_max(&batches[1], &shape).unwrap(),
+            reference::observer::batch_min_max(&config, &batches[1], &shape).unwrap()
+        );
+        // 104112 groups of 8: after three chunks of 32704, the last 6000 groups (48000
+        // elements) fit one window, where the column plan leaves 8 partials a group (384 KB):
+        // that chunk is split again so that its partials fit too.
+        let ragged = [104112, 8];
+        let x = &batches[0][..104112 * 8];
+        let config = ObserverConfig::new(
+            QuantRange::INT4,
+            fakequant::QScheme::Affine,
+            fakequant::Averaging::MovingAverage(0.125),
+            Granularity::per_group(1, 8),
         )
         .unwrap();
-        let got = ctx
-            .create_dynamic(&config, &shape)
-            .and_then(|d| d.forward(&x, &shape));
-        assert!(
-            matches!(got, Err(Error::TooLarge { limit, .. }) if limit == 256 << 10),
-            "{got:?}"
+        let mut cpu = reference::Observer::new(config.clone(), &ragged).unwrap();
+        let gpu = ctx.create_observer(&config, &ragged).unwrap();
+        let expected = cpu.step(x, &ragged, Mode::Qat).unwrap();
+        let got = gpu.step(x, &ragged, Mode::Qat).unwrap();
+        assert_bits_eq("observer step, ragged chunks", x, &expected.y, &got.y);
+        assert_eq!(
+            gpu.read_state().unwrap(),
+            *cpu.state(),
+            "{}",
+            ctx.adapter_name()
         );
+        // FP8 with a scale per block of 32 reduces through such an observer, then derives the
+        // 65536 scales a window per chunk.
+        let fp8 = fakequant::FloatQuantConfig::fp8(fakequant::ElementFormat::Fp8E4M3, granularity)
+            .unwrap();
+        let expected =
+            fakequant::reference::float_quant::fake_quant_float(&fp8, &batches[0], &shape).unwrap();
+        let got = ctx
+            .create_float_quant(&fp8, &shape)
+            .unwrap()
+            .forward(&batches[0], &shape)
+            .unwrap();
+        assert_bits_eq(
+            "FP8 per block over bindings",
+            &batches[0],
+            &expected.y,
+            &got.y,
+        );
+        assert_eq!(got.codes, expected.codes, "{}", ctx.adapter_name());
+        assert_eq!(got.scales, expected.scales, "{}", ctx.adapter_name());
+    }
+}
+
+/// LSQ's per-group tables over one binding (torchao's range learning of a large weight): 65536
+/// groups of 32 at 256 KiB bindings (2 MiB of parameters, 512 KiB of gradients). The parameters
+/// pass, the initializations and the backward's sums take a window of every table per chunk of
+/// groups (sub-tensors of whole groups, each group's terms in the reference's order); the
+/// results stay the reference's.
+#[test]
+fn lsq_tables_larger_than_a_binding() {
+    let mut rng = Rng::new(0x15c);
+    let limits = fakequant::DispatchLimits {
+        max_binding_bytes: 256 << 10,
+        max_workgroups: 65535,
+    };
+    let shape = [2048, 1024];
+    let n = 2048 * 1024;
+    let groups = n / 32;
+    let granularity = Granularity::per_group(1, 32);
+    let config = LsqConfig::new(QuantRange::INT4, granularity)
+        .unwrap()
+        .with_grad_scale(fakequant::GradScale::Off)
+        .unwrap();
+    let x = dynamic_data(&mut rng, n, 32);
+    let dy: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    let scales: Vec<f32> = (0..groups)
+        .map(|_| 0.02 + rng.unit() as f32 * 0.2)
+        .collect();
+    let zero_points: Vec<f32> = (0..groups).map(|_| rng.uniform(-3.0, 3.0)).collect();
+    let observer_config = ObserverConfig::new(
+        QuantRange::INT4,
+        fakequant::QScheme::Affine,
+        fakequant::Averaging::MinMax,
+        granularity,
+    )
+    .unwrap();
+    let mut observed = reference::Observer::new(observer_config.clone(), &shape).unwrap();
+    observed.observe(&x, &shape).unwrap();
+    for base in contexts() {
+        let ctx = base.with_dispatch_limits(limits).unwrap();
+        let name = ctx.adapter_name();
+        let mut cpu = reference::Lsq::new(config.clone(), &scales, &zero_points).unwrap();
+        let gpu = ctx.create_lsq(&config, &scales, &zero_points).unwrap();
+        let expected = cpu.forward(&x, &shape).unwrap();
+        let got = gpu.forward(&x, &shape).unwrap();
+        assert_bits_eq("LSQ forward over bindings", &x, &expected.y, &got.y);
+        assert_mask_eq("LSQ mask over bindings", &expected.mask, &got.mask);
+        let expected = cpu.backward(&x, &dy, &shape).unwrap();
+        let got = gpu.backward(&x, &dy, &shape).unwrap();
+        assert_bits_eq("LSQ dx over bindings", &x, &expected.dx, &got.dx);
+        assert_bits_eq(
+            "LSQ dscale over bindings",
+            &scales,
+            &expected.dscale,
+            &got.dscale,
+        );
+        assert_bits_eq(
+            "LSQ dzero_point over bindings",
+            &zero_points,
+            &expected.dzero_point,
+            &got.dzero_point,
+        );
+        let expected = cpu.init_from_data(&x, &shape).unwrap();
+        let got = gpu.init_from_data(&x, &shape).unwrap();
+        assert_bits_eq("LSQ init from data over bindings", &scales, &expected, &got);
+        // From a calibrated observer, on the device.
+        let observer = ctx.create_observer(&observer_config, &shape).unwrap();
+        observer.observe(&x, &shape).unwrap();
+        let from_observer = ctx.create_lsq_from_observer(&config, &observer).unwrap();
+        let expected = reference::Lsq::from_observer(config.clone(), observed.state()).unwrap();
+        let (s, z) = from_observer.read_params().unwrap();
+        assert_eq!(s, expected.scales(), "{name}");
+        assert_eq!(z, expected.zero_points(), "{name}");
     }
 }

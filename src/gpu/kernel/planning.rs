@@ -140,6 +140,113 @@ pub(crate) fn chunk_elems(max_binding_bytes: u64, slack: u64, dtype: DType) -> u
         .clamp(CHUNK_GRANULE_ELEMS, 1 << 30)
 }
 
+/// `chunk` (from [`chunk_elems`]) shortened, still a multiple of the granule, so that a chunk's
+/// window of a per-channel table of `record` bytes a channel fits one binding too: channels of
+/// `inner` elements that are runs of the tensor (`outer == 1`) and shorter than `record / size`
+/// bytes would otherwise need more table than tensor per chunk (groups of 1 to 7 elements with
+/// 32-byte parameters). A chunk may start and end inside a channel: two more. Layouts whose
+/// chunks wrap around the channels bind the whole table anyway.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "record >= 4 and the binding >= 256 KiB: no underflow; products at most the chunk"
+)]
+pub(crate) fn table_chunk(
+    chunk: u64,
+    outer: usize,
+    inner: usize,
+    record: u64,
+    max_binding_bytes: u64,
+    align: u64,
+) -> u64 {
+    if outer != 1 {
+        return chunk;
+    }
+    let channels = (max_binding_bytes.saturating_sub(align) / record).saturating_sub(2);
+    let elems = channels.saturating_mul(inner as u64);
+    chunk
+        .min(elems / CHUNK_GRANULE_ELEMS * CHUNK_GRANULE_ELEMS)
+        .max(CHUNK_GRANULE_ELEMS)
+}
+
+/// Channels per chunk start on multiples of this, so that the window of every per-channel table
+/// (4 to 32 bytes a channel) starts on a multiple of 256 bytes, the largest storage offset
+/// alignment WebGPU allows.
+pub(crate) const CHUNK_CHANNELS_GRANULE: usize = 64;
+
+/// A range of channels of a pass with one invocation per channel, and its windows of the
+/// per-channel tables: each starts at the chunk's first channel, a multiple of
+/// [`CHUNK_CHANNELS_GRANULE`], so aligned in every table. Tables larger than one binding are
+/// bound a window per chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChannelChunk {
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    align: u64,
+    /// Workgroups of a pass over the chunk's channels.
+    pub(crate) groups: u32,
+}
+
+impl ChannelChunk {
+    /// Channels `first .. first + count`.
+    pub(crate) fn new(first: usize, count: usize, align: u64, max_workgroups: u32) -> Self {
+        Self {
+            first,
+            count,
+            align,
+            groups: per_channel_groups(count, max_workgroups),
+        }
+    }
+
+    /// The chunk's window of a table of `record` bytes per channel.
+    pub(crate) fn table(&self, record: u64) -> Window {
+        table_window(record, 0, self.first as u64, self.count as u64, self.align)
+    }
+
+    /// The chunk's windows of a two-part table of `channels` f32 values then `channels` more
+    /// (batch statistics: minima then maxima; LSQ's gradients: dscale then dzero_point): the
+    /// first part's (aligned) and the second's (starting aligned down, its shift in the window).
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "channel indices within a buffer the caller allocated"
+    )]
+    pub(crate) fn two_part(&self, channels: usize) -> (Window, Window) {
+        let second = table_window(
+            4,
+            0,
+            (channels + self.first) as u64,
+            self.count as u64,
+            self.align,
+        );
+        (self.table(4), second)
+    }
+}
+
+/// `channels` in chunks whose windows of a table of `record` bytes a channel fit one binding of
+/// `max_binding_bytes` (one chunk when the whole table fits). A window may start up to 256 bytes
+/// (the largest offset alignment) before its first record (the second part of a two-part table,
+/// whose start is not aligned): room is left for that.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "record >= 4 and max_binding_bytes >= 256 KiB (the limits' floor): the chunk is at least the granule; counts stay below channels"
+)]
+pub(crate) fn channel_chunks(
+    channels: usize,
+    record: u64,
+    max_binding_bytes: u64,
+    max_workgroups: u32,
+    align: u64,
+) -> Vec<ChannelChunk> {
+    let room = max_binding_bytes.saturating_sub(256);
+    let most = (room / record) as usize / CHUNK_CHANNELS_GRANULE * CHUNK_CHANNELS_GRANULE;
+    let most = most.max(CHUNK_CHANNELS_GRANULE);
+    (0..channels.div_ceil(most))
+        .map(|k| {
+            let first = k * most;
+            ChannelChunk::new(first, most.min(channels - first), align, max_workgroups)
+        })
+        .collect()
+}
+
 /// Workgroups for a kernel with one invocation per channel (it loops over the rest).
 pub(crate) fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
     (channels as u64)
@@ -150,6 +257,31 @@ pub(crate) fn per_channel_groups(channels: usize, max_workgroups: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_chunks_tile_the_channels_in_windows_that_fit() {
+        for (channels, record, binding) in [
+            (1, 32, 256 << 10),
+            (70001, 4, 256 << 10),
+            (65536, 32, 256 << 10),
+            (8190, 32, 256 << 10),
+            (5, 16, 1 << 30),
+        ] {
+            let chunks = channel_chunks(channels, record, binding, 65535, 256);
+            let mut next = 0;
+            for c in &chunks {
+                assert_eq!(c.first, next, "{channels} channels: contiguous");
+                assert_eq!(c.first % CHUNK_CHANNELS_GRANULE, 0);
+                assert_eq!(c.table(record).shift, 0, "aligned windows");
+                assert!(c.table(record).size <= binding);
+                let (first, second) = c.two_part(channels);
+                assert_eq!(first.shift, 0);
+                assert!(second.size <= binding, "{channels}: {second:?}");
+                next += c.count;
+            }
+            assert_eq!(next, channels);
+        }
+    }
 
     #[test]
     fn element_windows_align_down_and_cover_whole_words() {

@@ -60,6 +60,7 @@ shader_files! {
     FLOAT_BLOCKS = "float_blocks";
     FLOAT_AMAX = "float_amax";
     HISTOGRAM = "histogram";
+    PERMUTE_FILE = "permute";
 }
 
 /// Scalar elementwise kernels on f32 tensors.
@@ -225,6 +226,12 @@ pub(crate) static HISTOGRAM_HALF: Shader = Shader {
     ],
 };
 
+/// Moving tensors and masks into and out of the groups-last view of strided groups.
+pub(crate) static PERMUTE: Shader = Shader {
+    name: "permute",
+    files: &[&PERMUTE_FILE],
+};
+
 /// The element-type families' module pairs.
 pub(crate) static DYNAMIC_GROUPS_SHADERS: super::ElementShaders = super::ElementShaders {
     f32: &DYNAMIC_GROUPS_F32,
@@ -259,6 +266,7 @@ pub(crate) static SHADERS: &[&Shader] = &[
     &FLOAT_AMAX_HALF,
     &HISTOGRAM_F32,
     &HISTOGRAM_HALF,
+    &PERMUTE,
 ];
 
 /// Every kernel source the library compiles, by name: the files of `shaders/`, as composed.
