@@ -5,7 +5,8 @@
 //! `cargo run --release --example bench_report` prints a table; `-- --json` prints one JSON object
 //! per measurement (keys `adapter`, `backend`, `op`, `dtype`, `elements`, `bytes_per_element`,
 //! `seconds`, `gbps`, `ratio_to_copy`). `-- --max-elements N` stops at N elements (default 64M);
-//! `-- --only NAME` times only the ops whose name contains NAME; `-- --help` lists the options.
+//! `-- --only NAMES` times only the ops whose name contains one of the comma-separated NAMES;
+//! `-- --help` lists the options.
 //!
 //! Timing: GPU time between two timestamps written into the encoder around the recorded op, where
 //! the adapter has `TIMESTAMP_QUERY_INSIDE_ENCODERS` (lavapipe and real GPUs); otherwise (GL)
@@ -150,13 +151,16 @@ struct Report {
     adapter: String,
     backend: String,
     json: bool,
-    /// Only ops whose name contains this (`--only`); the rest are not run.
+    /// Only ops whose name contains one of these, comma-separated (`--only`); the rest are not
+    /// run.
     only: Option<String>,
 }
 
 impl Report {
     fn wants(&self, op: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| op.contains(o.as_str()))
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.split(',').any(|name| op.contains(name)))
     }
 
     /// Times `op` with `time` and prints its row, unless `--only` leaves it out.
@@ -531,8 +535,8 @@ Usage: cargo run --release --example bench_report [-- OPTIONS]
 Options:
   --json            one JSON object per measurement instead of the tables
   --max-elements N  stop at N elements (default 67108864, i.e. 64M)
-  --only NAME       time only the ops whose name contains NAME (the copy baselines and the
-                    small-tensor section always run)
+  --only NAMES      time only the ops whose name contains one of the comma-separated NAMES
+                    (the copy baselines and the small-tensor section always run)
   -h, --help        print this help and exit
 
 {}",

@@ -95,9 +95,10 @@ fn quantize_run(first: u32, len: u32) -> u32 {
             data = select(div_rn_bits(x, s), x, (x & ABS_MASK) == EXP_MASK);
             from_code = true;
         }
-        let code = encode_element(data);
+        let element = round_to_element(data);
+        let code = element.y;
         if (from_code) {
-            y = rd_input(mul_rn_bits(decode_element(code), s));
+            y = rd_input(mul_rn_bits(element.x, s));
         }
         store_y(first + k, y);
         word = word | (u32((data & ABS_MASK) <= max_bits) << k);

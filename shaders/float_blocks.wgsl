@@ -12,8 +12,8 @@
 // order like the values; a NaN's bits exceed every other); the scale exponents come from the bits
 // (float_formats.wgsl's ceil_log2_bits, never a device log2); the power-of-two scalings, the
 // divisions and products are exact_f32.wgsl's correctly rounded routines (subnormal results
-// included); the conversions are float_formats.wgsl's integer ones, and the rounding to a 16-bit
-// input type half.wgsl's.
+// included); the conversions are float_formats.wgsl's integer ones (round_to_element: the
+// element's value and code in one step), and the rounding to a 16-bit input type half.wgsl's.
 
 // 0 MX, 1 NVFP4 (torchao), 2 NVFP4 (Model Optimizer's conventions).
 override SCALING: u32 = 0u;
@@ -255,9 +255,13 @@ fn quantize_block(first: u32) -> u32 {
     for (var k = 0u; k < len; k = k + 1u) {
         let x = load_x(first + k);
         let data = scale_element(x, s);
-        var code = encode_element(data);
+        let element = round_to_element(data);
+        var code = element.y;
+        var value = element.x;
         if (SCALING == 2u && code == 0x8u) {
-            code = 0u; // Model Optimizer codes -0 as +0
+            // Model Optimizer codes -0 as +0 (and its value is +0).
+            code = 0u;
+            value = 0u;
         }
         var y = 0u;
         if (is_nan_bits(x)) {
@@ -266,9 +270,9 @@ fn quantize_block(first: u32) -> u32 {
             y = DEFAULT_NAN;
         } else if (SCALING == 0u) {
             // Exact: a 4-bit significand times 2^-127 or more.
-            y = rd_input(scale_pow2_bits(decode_element(code), s.dequant_k));
+            y = rd_input(scale_pow2_bits(value, s.dequant_k));
         } else {
-            y = rd_input(mul_rn_bits(decode_element(code), s.dequant));
+            y = rd_input(mul_rn_bits(value, s.dequant));
         }
         store_y(first + k, y);
         // NaN's magnitude exceeds every finite one's: out of range.

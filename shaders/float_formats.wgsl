@@ -1,5 +1,5 @@
 // requires: exact_f32
-// provides: mantissa_bits, element_bias, max_code, max_value_bits, encode_element, decode_element, encode_format, decode_format, pow2_bits, ceil_log2_bits
+// provides: mantissa_bits, element_bias, max_code, max_value_bits, encode_format, decode_format, pow2_bits, ceil_log2_bits, round_to_element
 // The element formats of src/float_quant.rs (FP8 E4M3 and E5M2, FP6 E2M3 and E3M2, FP4 E2M1),
 // converted to and from f32 bit patterns with integer arithmetic only: exact on every device, with
 // no float-to-float cast, `log2`, `exp2` or `ldexp` (inexact on subnormals on some devices, or
@@ -67,14 +67,6 @@ fn max_code() -> u32 {
 // The largest finite element's f32 bits: 448, 57344, 7.5, 28, 6.
 fn max_value_bits() -> u32 {
     return decode_format(max_code(), FORMAT);
-}
-
-fn encode_element(bits: u32) -> u32 {
-    return encode_format(bits, FORMAT);
-}
-
-fn decode_element(code: u32) -> u32 {
-    return decode_format(code, FORMAT);
 }
 
 // f32 bits of 2^k for k in [-149, 127] (subnormal powers included).
@@ -164,4 +156,38 @@ fn ceil_log2_bits(d: u32) -> i32 {
         return floor + select(1, 0, (d & (d - 1u)) == 0u);
     }
     return field - 127 + select(0, 1, (d & 0x007fffffu) != 0u);
+}
+
+// The element nearest to f32 `bits` (infinities saturate), ties to even, as its value's f32 bits
+// with the sign (x) and its code (y): decode_format(encode_format(bits, FORMAT), FORMAT) and
+// encode_format(bits, FORMAT) in one step, without branches; a NaN gives the NaN code (and no
+// value). The significand is rounded on the f32 bits at the element's quantum (the rounding carry
+// moves into the exponent field by itself), which is below the implicit bit for every value but
+// those under half the smallest element's binade: a quantum one binade up (shift 24) leaves 0 or
+// the next power of two, a coarser one 0. The code is the rounded value's exponent and kept bits
+// rebased to the element's bias, or for an element subnormal its count of quanta.
+fn round_to_element(bits: u32) -> vec2<u32> {
+    let sign = bits & SIGN_BIT;
+    let magnitude = bits & ABS_MASK;
+    let mbits = mantissa_bits();
+    let emin = 1 - element_bias();
+    let field = i32(magnitude >> 23u);
+    // f32 subnormals count as exponent -127: they lie far below every element's quantum.
+    let shift = u32(clamp(emin - (field - 127), 0, 9)) + 23u - mbits;
+    let low = (1u << min(shift, 23u)) - 1u;
+    // The kept part's lowest bit, for ties to even; at shift 23 only the implicit bit is kept (1,
+    // odd), and the bit above the fraction is the exponent field's.
+    let odd = select((magnitude >> min(shift, 23u)) & 1u, 1u, shift == 23u);
+    let rounded = (magnitude + (low >> 1u) + odd) & ~low;
+    let up_one_binade = select(0u, u32(field + 1) << 23u, magnitude > (u32(field) << 23u));
+    var r = select(select(0u, up_one_binade, shift == 24u), rounded, shift <= 23u);
+    r = min(r, max_value_bits());
+    let field_r = i32(r >> 23u);
+    let normal_code = (r >> (23u - mbits)) - (u32(127 - element_bias()) << mbits);
+    let subnormal_shift = u32(clamp(23 + emin - i32(mbits) - (field_r - 127), 0, 31));
+    let subnormal_code = select(0u, ((r & 0x007fffffu) | 0x00800000u) >> subnormal_shift, r != 0u);
+    let code = select(subnormal_code, normal_code, field_r - 127 >= emin);
+    let width = 1u + format_exponent_bits(FORMAT) + mbits;
+    let magnitude_code = select(code, format_nan_code(FORMAT), magnitude > EXP_MASK);
+    return vec2<u32>(sign | r, (sign >> (32u - width)) | magnitude_code);
 }

@@ -554,3 +554,114 @@ fn fp8_passes_every_nan_through_on_the_device() {
         }
     }
 }
+
+/// `x` at every decision point of the conversion of `x / s`, for a row whose scale is `s`: the
+/// scaled grid values and midpoints (`rn(v * s)`) and their +-1 and +-2 f32 ulp neighbours, both
+/// signs, so that the quotient lands on, just beside and between the midpoints and the largest
+/// element (the mask's edge), where a quotient off by one unit, or rounded twice, changes the code.
+fn quotient_decision_points(format: ElementFormat, s: f32) -> Vec<f32> {
+    let grid = grid(format);
+    let mut out = Vec::new();
+    for pair in grid.windows(2) {
+        for v in [pair[1].0, (pair[0].0 + pair[1].0) / 2.0] {
+            let x = (v as f32) * s;
+            let (mut u, mut d) = (x, x);
+            out.push(x);
+            for _ in 0..2 {
+                u = u.next_up();
+                d = d.next_down();
+                out.extend([u, d]);
+            }
+        }
+    }
+    let negated: Vec<f32> = out.iter().map(|v| -v).collect();
+    out.extend(negated);
+    out
+}
+
+/// FP8 amax scaling and Model Optimizer's NVFP4 divide every element by its scale (a correctly
+/// rounded quotient, then the conversion). Rows whose scales are 1, 3, a power of two and
+/// arbitrary values, each holding its amax first (so that the scale is what the row's data were
+/// built for) and then every decision point, bit for bit against the reference.
+#[test]
+fn quotients_at_every_decision_point_on_the_device() {
+    use fakequant::{FloatScaling, Granularity};
+    for format in [ElementFormat::Fp8E4M3, ElementFormat::Fp8E5M2] {
+        let max = format.max();
+        let factors = [1.0f32, 3.0, 2f32.powi(-20), 0.7131, 1234.567, 3e-30];
+        let rows: Vec<Vec<f32>> = factors
+            .iter()
+            .map(|&t| {
+                let amax = max * t;
+                // The reference's scale for this amax, as the device will derive it.
+                let probe = FloatQuantConfig::fp8(format, Granularity::PerTensor).unwrap();
+                let out = fake_quant_float(&probe, &[amax], &[1]).unwrap();
+                let FloatScales::F32(s) = &out.scales else {
+                    panic!("f32 scales");
+                };
+                let mut row = vec![amax];
+                row.extend(quotient_decision_points(format, s[0]));
+                row
+            })
+            .collect();
+        let len = rows.iter().map(Vec::len).max().unwrap();
+        let mut x = Vec::new();
+        for row in &rows {
+            x.extend(row.iter().copied().chain(std::iter::repeat(0.0)).take(len));
+        }
+        let shape = [rows.len(), len];
+        let config = FloatQuantConfig::new(
+            format,
+            FloatScaling::Amax {
+                granularity: Granularity::per_channel(0),
+                lower: None,
+                upper: None,
+            },
+        )
+        .unwrap();
+        for ctx in crate::common::contexts() {
+            check_float_on_gpu::<f32>(ctx, &config, &x, &shape, "fp8 decision points");
+        }
+    }
+    // Model Optimizer's NVFP4: blocks of 16 holding their amax (6 * s8 * g) first, then decision
+    // points of x / (s8 * g) for E2M1.
+    let g = 1.0 / 2688.0;
+    let config = FloatQuantConfig::nvfp4_modelopt(g).unwrap();
+    let mut x = Vec::new();
+    for s8 in [1.0f32, 0.375, 448.0, 2f32.powi(-9) * 3.0] {
+        let factor = s8 * g;
+        let points = quotient_decision_points(ElementFormat::Fp4E2M1, factor);
+        for chunk in points.chunks(15) {
+            x.push(6.0 * factor);
+            x.extend(chunk.iter().copied().chain(std::iter::repeat(0.0)).take(15));
+        }
+    }
+    for ctx in crate::common::contexts() {
+        check_float_on_gpu::<f32>(ctx, &config, &x, &[x.len()], "modelopt decision points");
+    }
+}
+
+/// Every element format's decision points through the device's MX kernel, unscaled: blocks of 32
+/// holding the format's largest element first (so that the FLOOR scale is 2^0, the largest
+/// neighbour of the largest element staying below the next power of two, and the elements are
+/// converted as they are) and then every grid value, midpoint and +-1, +-2 f32
+/// ulp neighbour of one, both signs; against the reference on y, codes and mask.
+#[test]
+fn every_element_decision_point_through_the_device() {
+    for format in FORMATS {
+        let config = FloatQuantConfig::mx(format, MxScaleRule::Floor).unwrap();
+        let mut x = Vec::new();
+        for chunk in quotient_decision_points(format, 1.0).chunks(31) {
+            x.push(format.max());
+            x.extend(chunk.iter().copied().chain(std::iter::repeat(0.0)).take(31));
+        }
+        let out = fake_quant_float(&config, &x, &[x.len()]).unwrap();
+        let FloatScales::E8M0(bytes) = &out.scales else {
+            panic!("E8M0 scales");
+        };
+        assert!(bytes.iter().all(|&b| b == 127), "{format:?}: scales 2^0");
+        for ctx in crate::common::contexts() {
+            check_float_on_gpu::<f32>(ctx, &config, &x, &[x.len()], "element decision points");
+        }
+    }
+}
