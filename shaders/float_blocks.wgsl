@@ -194,15 +194,29 @@ fn nvfp4_scale(amax: u32) -> BlockScale {
     return s;
 }
 
-// bits * 2^k for finite bits and k in [-149, 127], correctly rounded: a normal value whose result
-// stays normal only moves its exponent field (exact); anything else (zeros, subnormals in or out,
-// overflow) takes the one correctly rounded product with 2^k.
+// bits * 2^k for finite bits and k in [-149, 127], correctly rounded, without branches (llvmpipe
+// runs both sides of a branch its lanes disagree on, so a rare fallback costs every element):
+// the significand is normalized (subnormal inputs by their leading zeros) and the exponent moved;
+// a normal result is the moved exponent over the same fraction (exact), an overflow infinity, a
+// subnormal result the significand shifted right by the distance below the normals, rounded to
+// nearest even (a carry into the smallest normal encodes itself), at least 26 places nothing.
 fn scale_pow2_bits(bits: u32, k: i32) -> u32 {
-    let field = i32((bits >> 23u) & 0xffu);
-    if (field != 0 && field + k >= 1 && field + k <= 254) {
-        return u32(i32(bits) + k * 0x00800000);
-    }
-    return mul_rn_bits(bits, pow2_bits(k));
+    let sign = bits & SIGN_BIT;
+    let magnitude = bits & ABS_MASK;
+    let field = i32(magnitude >> 23u);
+    var m = (magnitude & 0x007fffffu) | select(0u, 0x00800000u, field != 0);
+    let normalize = countLeadingZeros(max(m, 1u)) - 8u;
+    m = m << normalize;
+    let e = max(field, 1) - i32(normalize) + k;
+    let normal = (u32(clamp(e, 1, 254)) << 23u) | (m & 0x007fffffu);
+    let drop = u32(clamp(1 - e, 1, 31));
+    let kept = m >> drop;
+    let rest = m & ((1u << drop) - 1u);
+    let half = 1u << (drop - 1u);
+    let subnormal = kept + select(0u, 1u, rest > half || (rest == half && (kept & 1u) == 1u));
+    var r = select(subnormal, normal, e >= 1);
+    r = select(r, EXP_MASK, e > 254);
+    return sign | select(r, 0u, magnitude == 0u);
 }
 
 // x scaled by the block's factor, every special case explicit as the reference's scale_element:
