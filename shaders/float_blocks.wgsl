@@ -199,7 +199,7 @@ fn nvfp4_scale(amax: u32) -> BlockScale {
 // the significand is normalized (subnormal inputs by their leading zeros) and the exponent moved;
 // a normal result is the moved exponent over the same fraction (exact), an overflow infinity, a
 // subnormal result the significand shifted right by the distance below the normals, rounded to
-// nearest even (a carry into the smallest normal encodes itself), at least 26 places nothing.
+// nearest even (a carry into the smallest normal encodes itself), 25 places or more nothing.
 fn scale_pow2_bits(bits: u32, k: i32) -> u32 {
     let sign = bits & SIGN_BIT;
     let magnitude = bits & ABS_MASK;
