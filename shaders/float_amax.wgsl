@@ -1,5 +1,5 @@
 // requires: exact_f32, half, elementwise_dispatch, fake_quant | fake_quant_half, float_formats
-// provides: fp8_scales, fp8_forward, fp8_forward_masked
+// provides: fp8_scales, fp8_forward, fp8_forward_masked, fp8_groups, fp8_groups_masked
 // FP8 with an f32 scale per tensor, channel or group (src/float_quant.rs's amax scaling;
 // reference: src/reference/float_quant.rs), after the observers' exact min/max reduction:
 // `fp8_scales` derives each channel's scale from its statistics, `fp8_forward` converts the
@@ -43,8 +43,21 @@ fn rd_input(bits: u32) -> u32 {
     return bits;
 }
 
-// One invocation per channel (dispatch.channels of them): s = rd(rd(clamp(amax, lower, upper)) /
+// A block's scale from its amax (f32 bits, non-negative): s = rd(rd(clamp(amax, lower, upper)) /
 // max).
+fn scale_of_amax(block_amax: u32) -> u32 {
+    // Non-negative bits order like the values.
+    let amax = max(min(block_amax, rules.upper), rules.lower);
+    // Rounded to the input's type saturating (a bound beyond the type, or f32::MAX rounding up in
+    // bf16), so that the scale stays finite.
+    var a = rd_input(amax);
+    if (!is_finite_bits(a)) {
+        a = select(select(0x7f7fffffu, 0x477fe000u, INPUT_DTYPE == 1u), 0x7f7f0000u, INPUT_DTYPE == 2u);
+    }
+    return rd_input(div_rn_bits(a, max_value_bits()));
+}
+
+// One invocation per channel (dispatch.channels of them), from the reduced statistics.
 @compute @workgroup_size(256)
 fn fp8_scales(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -58,15 +71,7 @@ fn fp8_scales(
         if (is_finite_bits(lo) && is_finite_bits(hi)) {
             amax = max(lo & ABS_MASK, hi & ABS_MASK);
         }
-        // Non-negative bits order like the values.
-        amax = max(min(amax, rules.upper), rules.lower);
-        // Rounded to the input's type saturating (a bound beyond the type, or f32::MAX rounding
-        // up in bf16), so that the scale stays finite.
-        var a = rd_input(amax);
-        if (!is_finite_bits(a)) {
-            a = select(select(0x7f7fffffu, 0x477fe000u, INPUT_DTYPE == 1u), 0x7f7f0000u, INPUT_DTYPE == 2u);
-        }
-        scales[c] = rd_input(div_rn_bits(a, max_value_bits()));
+        scales[c] = scale_of_amax(amax);
     }
 }
 
@@ -136,6 +141,61 @@ fn fp8_forward_masked(
         let first = (tile * 256u + lid) * 32u;
         if (first < dispatch.len) {
             mask[first / 32u + dispatch.mask_shift] = quantize_run(first, min(32u, dispatch.len - first));
+        }
+    }
+}
+
+// The one-pass entry points: each invocation owns one block of GROUP consecutive elements (a
+// power of two from 32 to 4096, set for them; a channel or group whose elements are one run of
+// the tensor), reduces its amax, writes its scale and converts it 32 elements at a time (a second
+// read, from cache; the scale read back from where this invocation wrote it). No min/max pass and
+// no scales pass: chosen where an invocation takes a whole group (`GpuContext::dynamic_run`: CPU
+// adapters, and groups of 32 everywhere), as the dynamic one-pass kernel is.
+override GROUP: u32 = 32u;
+
+// The block from `first`: its scale, written at its channel. Its amax is the largest finite
+// magnitude (0 for none), which is the larger magnitude of the observers' finite min and max that
+// fp8_scales reads.
+fn write_block_scale(first: u32) {
+    var amax = 0u;
+    for (var k = 0u; k < GROUP; k = k + 1u) {
+        let v = load_x(first + k);
+        amax = max(amax, select(0u, v & ABS_MASK, is_finite_bits(v)));
+    }
+    scales[dispatch_channel(first)] = scale_of_amax(amax);
+}
+
+@compute @workgroup_size(256)
+fn fp8_groups(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * GROUP;
+        if (first < dispatch.len) {
+            write_block_scale(first);
+            for (var r = 0u; r < GROUP; r = r + 32u) {
+                _ = quantize_run(first + r, 32u);
+            }
+        }
+    }
+}
+
+// The same, writing the mask words.
+@compute @workgroup_size(256)
+fn fp8_groups_masked(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    for (var tile = wg.x; tile < dispatch.num_tiles; tile = tile + num_wg.x) {
+        let first = (tile * 256u + lid) * GROUP;
+        if (first < dispatch.len) {
+            write_block_scale(first);
+            for (var r = 0u; r < GROUP; r = r + 32u) {
+                mask[(first + r) / 32u + dispatch.mask_shift] = quantize_run(first + r, 32u);
+            }
         }
     }
 }

@@ -108,6 +108,8 @@ pub(crate) struct AmaxKernel {
     /// `fp8_scales`, else the forward.
     scales: bool,
     masked: bool,
+    /// The one-pass forward's block length (`fp8_groups`), or 0 for the three-pass kernels.
+    group: u32,
 }
 
 impl Kernel for AmaxKernel {
@@ -116,10 +118,12 @@ impl Kernel for AmaxKernel {
     }
 
     fn entry_point(&self) -> &'static str {
-        match (self.scales, self.masked) {
-            (true, _) => "fp8_scales",
-            (false, true) => "fp8_forward_masked",
-            (false, false) => "fp8_forward",
+        match (self.scales, self.group != 0, self.masked) {
+            (true, _, _) => "fp8_scales",
+            (false, true, true) => "fp8_groups_masked",
+            (false, true, false) => "fp8_groups",
+            (false, false, true) => "fp8_forward_masked",
+            (false, false, false) => "fp8_forward",
         }
     }
 
@@ -127,9 +131,22 @@ impl Kernel for AmaxKernel {
         let constants = vec![
             ("FORMAT", format_constant(self.format)),
             ("INPUT_DTYPE", dtype_constant(self.dtype)),
+            ("GROUP", f64::from(self.group.max(32))),
         ];
         ElementShaders::constants(self.dtype, constants)
     }
+}
+
+/// The block length of FP8 amax scaling's one-pass kernel for `layout`, if it takes it: blocks
+/// (channels or groups) that are single runs of the tensor, of a power of two from 32 elements
+/// (whole mask and code words) to the context's dynamic run (`GpuContext::dynamic_run`: 4096 on
+/// CPU adapters, where one invocation per block beats a separate min/max pass; 32 on GPUs, where
+/// longer blocks would leave too few invocations). A chunk of x, a multiple of 2^16 elements,
+/// then holds whole blocks.
+fn fp8_one_pass_group(layout: ChannelLayout, dynamic_run: u32) -> Option<u32> {
+    let group = u32::try_from(layout.inner).ok()?;
+    (layout.outer == 1 && group.is_power_of_two() && (32..=dynamic_run.min(4096)).contains(&group))
+        .then_some(group)
 }
 
 bindings! {
@@ -159,6 +176,29 @@ bindings! {
         y: ReadWrite @ 3,
         mask: ReadWrite @ 4,
         scales: Input @ 5,
+        codes: ReadWrite @ 7,
+    }
+}
+
+bindings! {
+    /// `fp8_groups`: x's and y's windows, the windows of the scales and codes out.
+    Fp8GroupsBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        scales: ReadWrite @ 5,
+        rules: Read @ 6,
+        codes: ReadWrite @ 7,
+    }
+}
+
+bindings! {
+    /// `fp8_groups_masked`: the same, and the mask's window.
+    Fp8GroupsMaskedBindings {
+        x: Input @ 2,
+        y: ReadWrite @ 3,
+        mask: ReadWrite @ 4,
+        scales: ReadWrite @ 5,
+        rules: Read @ 6,
         codes: ReadWrite @ 7,
     }
 }
@@ -379,9 +419,15 @@ impl GpuFloatQuant {
             limits.max_binding_bytes,
             align,
         );
+        // FP8 amax scaling in one pass where an invocation takes a whole block (see
+        // `fp8_one_pass_group`): a tile is then 256 blocks.
+        let one_pass_group = self
+            .reducer
+            .as_ref()
+            .and_then(|_| fp8_one_pass_group(layout, self.ctx.dynamic_run()));
         let walk = Walk {
             group: 1,
-            tile: 256 * 32,
+            tile: 256 * u64::from(one_pass_group.unwrap_or(32)),
             record: 4, // a scale word per block
         };
         let b = ElementwiseBindings {
@@ -400,6 +446,9 @@ impl GpuFloatQuant {
                 (plan, scales, codes)
             })
             .collect();
+        if let Some(group) = one_pass_group {
+            return self.record_amax_one_pass(recorder, group, (x, y), mask, &plans);
+        }
         if let Some(reducer) = &self.reducer {
             return self.record_amax(recorder, reducer, (x, shape, y), mask, &plans);
         }
@@ -453,6 +502,59 @@ impl GpuFloatQuant {
         }
     }
 
+    /// FP8 amax scaling in one pass: each invocation a block of `group` elements (its amax, its
+    /// scale, its elements).
+    fn record_amax_one_pass(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        group: u32,
+        (x, y): (TensorBinding<'_>, TensorBinding<'_>),
+        mask: Option<TensorBinding<'_>>,
+        plans: &[(PlannedDispatch, Window, Window)],
+    ) -> Result<()> {
+        let kernel = AmaxKernel {
+            format: self.config.format(),
+            dtype: x.dtype,
+            scales: false,
+            masked: mask.is_some(),
+            group,
+        };
+        let rules = self.rules.as_entire_buffer_binding();
+        match &mask {
+            Some(m) => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(Fp8GroupsMaskedBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            mask: p.mask.bind(m.buffer),
+                            scales: scales.bind(&self.scales),
+                            rules: rules.clone(),
+                            codes: codes.bind(&self.codes),
+                        })
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+            None => {
+                let dispatches: Vec<_> = plans
+                    .iter()
+                    .map(|(p, scales, codes)| {
+                        p.dispatch(Fp8GroupsBindings {
+                            x: p.x.bind(x.buffer),
+                            y: p.y.bind(y.buffer),
+                            scales: scales.bind(&self.scales),
+                            rules: rules.clone(),
+                            codes: codes.bind(&self.codes),
+                        })
+                    })
+                    .collect();
+                self.ctx.record_pass(recorder, kernel, &dispatches)
+            }
+        }
+    }
+
     /// FP8 amax scaling: the blocks' min and max, their scales, then the elements.
     fn record_amax(
         &self,
@@ -469,6 +571,7 @@ impl GpuFloatQuant {
             dtype: x.dtype,
             scales,
             masked,
+            group: 0,
         };
         // A window of every table per chunk of blocks, so the tables need not fit one binding.
         let scale_passes: Vec<_> = self
@@ -578,6 +681,10 @@ pub(crate) fn declarations() -> FamilyDecl {
             EntryPointDecl::of::<Fp8ScalesBindings>(&FLOAT_AMAX_HALF, "fp8_scales"),
             EntryPointDecl::of::<Fp8ForwardBindings>(&FLOAT_AMAX_HALF, "fp8_forward"),
             EntryPointDecl::of::<Fp8ForwardMaskedBindings>(&FLOAT_AMAX_HALF, "fp8_forward_masked"),
+            EntryPointDecl::of::<Fp8GroupsBindings>(&FLOAT_AMAX_F32, "fp8_groups"),
+            EntryPointDecl::of::<Fp8GroupsMaskedBindings>(&FLOAT_AMAX_F32, "fp8_groups_masked"),
+            EntryPointDecl::of::<Fp8GroupsBindings>(&FLOAT_AMAX_HALF, "fp8_groups"),
+            EntryPointDecl::of::<Fp8GroupsMaskedBindings>(&FLOAT_AMAX_HALF, "fp8_groups_masked"),
         ],
         structs: vec![
             StructDecl::of::<FloatRules>(&FLOAT_BLOCKS_F32),

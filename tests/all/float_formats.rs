@@ -346,6 +346,18 @@ fn check_float_on_gpu<T: Element>(
     if got.mask != expected.mask {
         panic!("{label}: masks differ");
     }
+    // The entry point without the mask: the same y and codes.
+    let gpu = ctx.create_float_quant(config, shape).unwrap();
+    let x_dev = ctx.upload(&x).unwrap();
+    let y_dev = ctx.create_tensor(x.len(), T::DTYPE).unwrap();
+    gpu.forward_device(&x_dev, shape, &y_dev, None).unwrap();
+    let unmasked: Vec<T> = ctx.read_tensor(&y_dev).unwrap();
+    if let Some(i) = (0..e.len()).find(|&i| unmasked[i].to_bits_u32() != e[i]) {
+        panic!("{label}: without the mask, y[{i}] differs");
+    }
+    if let Some(i) = first_diff(&gpu.read_codes().unwrap(), &expected.codes) {
+        panic!("{label}: without the mask, codes[{i}] differ");
+    }
 }
 
 #[test]
@@ -428,9 +440,13 @@ fn fp8_amax_scaling_on_the_device_matches_the_reference() {
         Granularity::per_channel(1),
         Granularity::per_channel(2),
         Granularity::per_group(2, 32),
+        Granularity::per_group(2, 64),
         Granularity::per_group(2, 16),
     ];
-    for ctx in crate::common::contexts() {
+    // Both plans wherever blocks are runs of 32 to 4096 elements: one pass where an invocation
+    // takes a whole block (the default on CPU adapters), three passes with runs of 32.
+    for ctx in one_and_three_pass_contexts() {
+        let ctx = &ctx;
         for format in [ElementFormat::Fp8E4M3, ElementFormat::Fp8E5M2] {
             for granularity in granularities {
                 for (lower, upper) in [(None, None), (Some(1e-12), None), (None, Some(0.5))] {
@@ -461,6 +477,12 @@ fn fp8_amax_scaling_on_the_device_matches_the_reference() {
             let config = FloatQuantConfig::fp8(ElementFormat::Fp8E4M3, granularity).unwrap();
             check_float_on_gpu::<f32>(&small, &config, &big, &[3 * 2048 + 3, 32], "fp8 lowered");
         }
+        // Rows of 128 over several bindings (the one-pass plan's chunks of whole rows).
+        let rows = block_data(&mut rng, 1601 * 128);
+        let config =
+            FloatQuantConfig::fp8(ElementFormat::Fp8E5M2, Granularity::per_channel(0)).unwrap();
+        check_float_on_gpu::<f32>(&small, &config, &rows, &[1601, 128], "fp8 lowered rows");
+        check_float_on_gpu::<bf16>(&small, &config, &rows, &[1601, 128], "fp8 lowered rows");
     }
 }
 
@@ -502,6 +524,16 @@ fn nvfp4_modelopt_conventions() {
     for ctx in crate::common::contexts() {
         check_float_on_gpu::<f32>(ctx, &config, &x, &[48], "modelopt");
     }
+}
+
+/// Every adapter's context twice: as it comes, and with the dynamic run 32, so that FP8 amax
+/// scaling takes its three-pass plan for blocks longer than 32 (and its one-pass plan on CPU
+/// adapters, whose default run is 4096).
+fn one_and_three_pass_contexts() -> Vec<fakequant::GpuContext> {
+    crate::common::contexts()
+        .iter()
+        .flat_map(|ctx| [ctx.clone(), ctx.with_dynamic_run(32).unwrap()])
+        .collect()
 }
 
 /// A regression: the device's FP8 element loop marked "y still to come from the code" with the
@@ -604,7 +636,9 @@ fn quotients_at_every_decision_point_on_the_device() {
                 row
             })
             .collect();
-        let len = rows.iter().map(Vec::len).max().unwrap();
+        // Rows of 4096: FP8's one-pass plan takes them where an invocation takes a whole row.
+        let len = 4096;
+        assert!(rows.iter().all(|r| r.len() <= len));
         let mut x = Vec::new();
         for row in &rows {
             x.extend(row.iter().copied().chain(std::iter::repeat(0.0)).take(len));
@@ -619,8 +653,8 @@ fn quotients_at_every_decision_point_on_the_device() {
             },
         )
         .unwrap();
-        for ctx in crate::common::contexts() {
-            check_float_on_gpu::<f32>(ctx, &config, &x, &shape, "fp8 decision points");
+        for ctx in one_and_three_pass_contexts() {
+            check_float_on_gpu::<f32>(&ctx, &config, &x, &shape, "fp8 decision points");
         }
     }
     // Model Optimizer's NVFP4: blocks of 16 holding their amax (6 * s8 * g) first, then decision
