@@ -423,7 +423,9 @@ impl GpuContext {
     /// consecutive elements of one group: a power of two from 32 to 4096. A tuning knob: the
     /// results are the same bits for every value. Shorter runs than a group meet in workgroup
     /// memory (a barrier a tile); a run of a whole group needs none. The default is 32 on GPUs and
-    /// 4096 (whole groups) on CPU adapters such as llvmpipe.
+    /// 4096 (whole groups) on CPU adapters such as llvmpipe. FP8 amax scaling
+    /// ([`crate::GpuFloatQuant::record_forward`]) takes its one-pass plan for blocks of at most
+    /// this many elements, its three-pass plan for longer ones.
     pub fn with_dynamic_run(&self, elements: u32) -> Result<Self> {
         if !elements.is_power_of_two() || !(32..=MAX_DYNAMIC_RUN).contains(&elements) {
             return Err(Error::InvalidSetting(format!(
