@@ -739,7 +739,8 @@ fn main() -> Result<()> {
 
         // Floating-point formats (issue 15): MX and NVFP4 in one pass over x writing y, the
         // element codes (a byte each) and a scale word per block: 9 bytes per element and a
-        // little; FP8 per row reads x once more for the rows' amax (13 bytes).
+        // little; FP8 per row too where an invocation takes a whole row (CPU adapters), else it
+        // and FP8 per tensor read x once more for the amax (13 bytes).
         for (op, config) in [
             (
                 "float_mxfp8_e4m3_rceil",
