@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::errors;
 use super::kernel::cache::Kernels;
 use super::kernel::planning::{channel_chunks, ChannelChunk, CHUNK_GRANULE_ELEMS};
+use super::kernel::recording::Prerecording;
 use crate::error::{Error, Result};
 
 /// How large one dispatch may be. By default the device's own limits; tests lower them to drive
@@ -539,10 +540,20 @@ impl GpuContext {
 
     /// Submits `encoder` and waits until the device has finished it.
     pub fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.submit(encoder)?;
+        self.wait_for_submitted()
+    }
+
+    /// Submits `encoder` without waiting.
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.capture("submitting work", || {
             self.shared.queue.submit([encoder.finish()]);
             Ok(())
-        })?;
+        })
+    }
+
+    /// Waits until the device has finished everything submitted.
+    pub(crate) fn wait_for_submitted(&self) -> Result<()> {
         self.shared
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -550,15 +561,32 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records with `record` into a new encoder, submits it and waits: a device-level call.
+    /// Whether device-level calls submit each dispatch on its own, as they do on the GL backend.
+    ///
+    /// wgpu's GL backend holds its one context lock for a whole submission, and llvmpipe runs
+    /// every dispatch to completion inside it; any other thread that touches the device in that
+    /// time (creating or dropping a buffer, polling) waits for the lock and panics in wgpu-hal
+    /// after 6 s ("Could not lock adapter context. This is most-likely a deadlock."). One
+    /// submission of all the chunked passes over a large tensor took longer than that on a
+    /// 2-core CI machine, with the test suite's other threads on the same context. A dispatch
+    /// covers at most one binding's window, so a submission per dispatch holds the lock for a
+    /// bounded time; the other backends take one submission per call.
+    pub(crate) fn submits_each_dispatch(&self) -> bool {
+        self.shared
+            .adapter_info
+            .as_ref()
+            .is_some_and(|info| info.backend == wgpu::Backend::Gl)
+    }
+
+    /// Records with `record`, then submits the work and waits: a device-level call. Everything
+    /// the work binds is created before anything is submitted, so a call that fails records
+    /// nothing and runs nothing.
     pub(crate) fn run_recorded(
         &self,
         label: &str,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+        record: impl FnOnce(&mut Prerecording) -> Result<()>,
     ) -> Result<()> {
-        let mut encoder = self.create_encoder(label);
-        record(&mut encoder)?;
-        self.submit_and_wait(encoder)
+        self.prerecord(record)?.run_labelled(label)
     }
 
     /// A new command encoder on this device.

@@ -406,3 +406,47 @@ fn errors_in_the_callers_own_submissions_are_returned() {
         assert_eq!(ctx.read_tensor::<f32>(&x).unwrap(), vec![1.0]);
     }
 }
+
+/// Threads sharing one context (on GL also the adapter's one EGL context, behind wgpu's lock that
+/// panics after 6 s) run device-level calls of many dispatches each, over lowered limits, while
+/// another thread creates and drops buffers on the same device: every result is the reference's.
+/// On GL each dispatch is its own submission, so no thread waits for a whole call of another.
+#[test]
+fn threads_sharing_a_context_get_the_reference_results() {
+    for ctx in contexts() {
+        let small = ctx
+            .with_dispatch_limits(fakequant::DispatchLimits {
+                max_binding_bytes: 1 << 18,
+                max_workgroups: 4,
+            })
+            .unwrap();
+        std::thread::scope(|scope| {
+            for thread in 0..3u64 {
+                let ctx = small.clone();
+                scope.spawn(move || {
+                    let mut rng = Rng::new(900 + thread);
+                    for round in 0..3usize {
+                        let shape = [40usize, 5000];
+                        let x = crate::common::random_data(&mut rng, 200_000, round, 0.01);
+                        let scales: Vec<f32> = (0..40).map(|c| 0.005 + c as f32 * 1e-3).collect();
+                        let op = FakeQuant::new(
+                            QuantRange::INT8,
+                            QuantParams::per_channel(0, scales, vec![3; 40]),
+                        )
+                        .unwrap();
+                        let expected = reference::fake_quant(&op, &x, &shape).unwrap();
+                        let got = ctx.fake_quant(&op, &x, &shape).unwrap();
+                        let what = format!("thread {thread} round {round}");
+                        assert_bits_eq(&what, &x, &expected.y, &got.y);
+                        assert_mask_eq(&what, &expected.mask, &got.mask);
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for _ in 0..40 {
+                    drop(pool(&small, 1 << 20));
+                }
+            });
+        });
+    }
+}

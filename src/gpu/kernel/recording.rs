@@ -38,6 +38,15 @@ impl PreparedPass {
             pass.dispatch_workgroups(grid[0], grid[1], 1);
         }
     }
+
+    /// Sets the pipeline and issues dispatch `index` alone into `pass`.
+    fn encode_dispatch(&self, pass: &mut wgpu::ComputePass<'_>, index: usize) {
+        if let Some((group, grid)) = self.dispatches.get(index) {
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(grid[0], grid[1], 1);
+        }
+    }
 }
 
 /// Where a `record_*` call puts its work: a `wgpu::CommandEncoder` (encoded at once; the caller
@@ -253,11 +262,35 @@ impl Prerecorded {
         })
     }
 
-    /// Records the kept work into a new encoder and submits it, waiting for completion.
+    /// Submits the kept work and waits for its completion: recorded into one new encoder, or, on
+    /// the GL backend, one submission per dispatch (wgpu's GL backend holds its one context lock
+    /// for a whole submission, and another thread touching the device waits at most 6 s for it).
     pub fn run(&self) -> Result<()> {
-        let mut encoder = self.ctx.create_encoder("fakequant prerecorded");
-        self.record(&mut encoder)?;
-        self.ctx.submit_and_wait(encoder)
+        self.run_labelled("fakequant prerecorded")
+    }
+
+    /// [`Prerecorded::run`], its encoders labelled `label`.
+    pub(crate) fn run_labelled(&self, label: &str) -> Result<()> {
+        if !self.ctx.submits_each_dispatch() {
+            let mut encoder = self.ctx.create_encoder(label);
+            self.record(&mut encoder)?;
+            return self.ctx.submit_and_wait(encoder);
+        }
+        for pass in &self.passes {
+            for index in 0..pass.dispatches.len() {
+                let mut encoder = self.ctx.create_encoder(label);
+                self.ctx.capture("recording a dispatch", || {
+                    let mut compute = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(label),
+                        timestamp_writes: None,
+                    });
+                    pass.encode_dispatch(&mut compute, index);
+                    Ok(())
+                })?;
+                self.ctx.submit(encoder)?;
+            }
+        }
+        self.ctx.wait_for_submitted()
     }
 
     /// The number of compute passes kept (each a pipeline and its dispatches).
