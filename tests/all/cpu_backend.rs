@@ -536,7 +536,7 @@ fn sixteen_bit_conversions_equal_half() {
         let b = bf16::from_bits(h).to_f32().to_bits() | 0x8000;
         values.extend([b, b - 1, b + 1, b | 0x8000_0000]);
     }
-    for bits in values {
+    for &bits in &values {
         let v = f32::from_bits(bits);
         assert_eq!(
             convert::f32_to_f16(v),
@@ -548,6 +548,52 @@ fn sixteen_bit_conversions_equal_half() {
             bf16::from_f32(v).to_bits(),
             "bf16 of {bits:#010x}"
         );
+    }
+    // The slice conversions (F16C's instructions with AVX2, loops otherwise), every pattern and
+    // value above, over lengths that leave every tail of the 8-wide blocks.
+    let halves: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let brains: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let floats: Vec<f32> = values.iter().map(|&b| f32::from_bits(b)).collect();
+    for isa in [InstructionSet::Baseline, InstructionSet::detect()] {
+        for len in [halves.len(), halves.len() - 1, halves.len() - 7] {
+            let mut wide = vec![0f32; len];
+            convert::widen_slice(isa, &halves[..len], &mut wide);
+            for (h, w) in halves.iter().zip(&wide) {
+                assert_eq!(w.to_bits(), h.to_f32().to_bits(), "{isa:?} widen f16 {h:?}");
+            }
+            convert::widen_slice(isa, &brains[..len], &mut wide);
+            for (h, w) in brains.iter().zip(&wide) {
+                assert_eq!(
+                    w.to_bits(),
+                    h.to_f32().to_bits(),
+                    "{isa:?} widen bf16 {h:?}"
+                );
+            }
+        }
+        for len in [floats.len(), floats.len() - 3] {
+            let mut narrow = vec![f16::ZERO; len];
+            convert::narrow_slice(isa, &floats[..len], &mut narrow);
+            for (v, h) in floats.iter().zip(&narrow) {
+                let want = f16::from_f32(*v).to_bits();
+                assert_eq!(
+                    h.to_bits(),
+                    want,
+                    "{isa:?} narrow f16 of {:#010x}",
+                    v.to_bits()
+                );
+            }
+            let mut narrow = vec![bf16::ZERO; len];
+            convert::narrow_slice(isa, &floats[..len], &mut narrow);
+            for (v, h) in floats.iter().zip(&narrow) {
+                let want = bf16::from_f32(*v).to_bits();
+                assert_eq!(
+                    h.to_bits(),
+                    want,
+                    "{isa:?} narrow bf16 of {:#010x}",
+                    v.to_bits()
+                );
+            }
+        }
     }
 }
 
