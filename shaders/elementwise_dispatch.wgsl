@@ -23,9 +23,16 @@ struct Dispatch {
     y_shift: u32,
     mask_shift: u32,
     // The per-channel passes of a family (one invocation per channel): where the first entry of
-    // a second table sits in its window (fp8_scales: the maxima, which follow all the minima).
+    // a second table sits in its window (fp8_scales and histogram_grow: the maxima, which follow
+    // all the minima). histogram_count: the first channel of the dispatch's window, its index in
+    // the whole table of exponents.
     table_shift: u32,
+    // histogram_count: the channels whose counts are bound (a window of the table: channels
+    // count_first .. count_first + count_channels of the tensor).
+    count_first: u32,
+    count_channels: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 // The channel of dispatch-local element `i` (the binding `dispatch` is declared by each family).

@@ -22,11 +22,14 @@ override LOG2_BINS: u32 = 11u;
 
 const INITIAL_EXPONENT: i32 = -126;
 
-// Per channel: the exponent of R.
+// Per channel: the exponent of R (the whole table).
 @group(0) @binding(5) var<storage, read_write> exponents: array<i32>;
-// Per channel and bin (channel-major): the count's low and high words.
+// Per channel and bin (channel-major): the count's low and high words, a window of the table:
+// channels dispatch.count_first .. + count_channels, so that the counts need not fit one binding
+// (a channel's counts are 1 to 32 KiB, so every window starts aligned).
 @group(0) @binding(6) var<storage, read_write> counts: array<atomic<u32>>;
-// histogram_grow: the batch's min and max per channel (f32 bits; an empty channel +inf, -inf).
+// histogram_grow: the batch's minima per channel, then the maxima from `dispatch.table_shift`
+// (f32 bits; an empty channel +inf, -inf).
 @group(0) @binding(8) var<storage, read> stats: array<u32>;
 
 fn bins() -> u32 {
@@ -95,16 +98,17 @@ fn clear_bin(index: u32) {
     atomicStore(&counts[2u * index + 1u], 0u);
 }
 
-// One invocation per channel (dispatch.channels of them).
+// One invocation per channel of the window (dispatch.count_channels of them).
 @compute @workgroup_size(256)
 fn histogram_grow(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    for (var c = wg.x * 256u + lid; c < dispatch.channels; c = c + num_wg.x * 256u) {
+    for (var k = wg.x * 256u + lid; k < dispatch.count_channels; k = k + num_wg.x * 256u) {
+        let c = dispatch.count_first + k;
         let lo = stats[c];
-        let hi = stats[dispatch.channels + c];
+        let hi = stats[dispatch.table_shift + c];
         if (!is_finite_bits(lo) || !is_finite_bits(hi)) {
             continue; // nothing finite in this batch's channel
         }
@@ -116,7 +120,7 @@ fn histogram_grow(
         // After LOG2_BINS + 1 merges the bins are at their fixed point: more change nothing.
         let merges = min(u32(top - old), LOG2_BINS + 1u);
         for (var m = 0u; m < merges; m = m + 1u) {
-            merge_once(c * bins());
+            merge_once(k * bins());
         }
         exponents[c] = top;
     }
@@ -168,9 +172,12 @@ fn histogram_count(
                 break;
             }
             let v = load_x(i);
-            if (is_finite_bits(v)) {
-                let c = dispatch_channel(i);
-                add_count(c * bins() + bin_of(v, exponents[c]), 1u, 0u);
+            // The channel's index in the table of exponents, and in the window of counts (a
+            // channel outside the window wraps to a large index and is left to another pass).
+            let c = dispatch.table_shift + dispatch_channel(i);
+            let k = c - dispatch.count_first;
+            if (is_finite_bits(v) && k < dispatch.count_channels) {
+                add_count(k * bins() + bin_of(v, exponents[c]), 1u, 0u);
             }
         }
     }

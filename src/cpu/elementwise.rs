@@ -105,10 +105,10 @@ const ROUNDING_SHIFT: f32 = 12_582_912.0;
 /// [`Rounding::Quotient`]. Equal to the reference because:
 /// - the quotient is the same single IEEE operation; it is NaN exactly when `x` is (`x * (1/s)`
 ///   and `x / s` of a non-NaN `x` are never NaN, the scale and its reciprocal being normal);
-/// - bounded to `+-2^22` (infinities too), it rounds half to even by the shift's addition and
-///   subtraction (see [`ROUNDING_SHIFT`]); the rounded `q` is the reference's `round(x / s)`
-///   wherever that is in range, and out of range wherever the reference's is; a zero comes out
-///   `+0.0`, the reference's integer zero;
+/// - bounded to `+-2^22` (infinities too), it rounds half to even by the addition and
+///   subtraction of 1.5 * 2^23 (see that constant's comment); the rounded `q` is the
+///   reference's `round(x / s)` wherever that is in range, and out of range wherever the
+///   reference's is; a zero comes out `+0.0`, the reference's integer zero;
 /// - the clamped value `clamp(q, lo, hi)` is the reference's `clamp(q + zp, qmin, qmax) - zp`
 ///   integer, exact in f32, and `qmin <= q + zp <= qmax` is `clamp(q, lo, hi) == q`; the product
 ///   with `s` is the same single rounding;

@@ -138,7 +138,10 @@ uniform! {
         y_shift: u32,
         mask_shift: u32,
         table_shift: u32,
+        count_first: u32,
+        count_channels: u32,
         _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -158,20 +161,34 @@ uniform! {
 }
 
 impl DispatchUniform {
-    /// The uniform of a kernel with one invocation per channel, which reads only the count.
-    pub(crate) fn for_channels(channels: u32) -> Self {
-        Self {
-            channels,
-            ..Default::default()
-        }
-    }
-
-    /// [`Self::for_channels`] with the position of a second table's first entry in its window.
+    /// The uniform of a kernel with one invocation per channel, which reads the count and the
+    /// position of a second table's first entry in its window.
     pub(crate) fn for_channels_with(channels: u32, table_shift: u32) -> Self {
         Self {
             channels,
             table_shift,
             ..Default::default()
+        }
+    }
+}
+
+impl DispatchUniform {
+    /// This uniform with `table_shift` set: for `histogram_count`, the first channel of the
+    /// planned window (the index in the whole table of the dispatch's channel 0).
+    pub(crate) fn with_table_shift(self, table_shift: u32) -> Self {
+        Self {
+            table_shift,
+            ..self
+        }
+    }
+
+    /// This uniform for a histogram pass whose counts bound are those of channels
+    /// `count_first .. count_first + count_channels`.
+    pub(crate) fn with_counts_window(self, count_first: u32, count_channels: u32) -> Self {
+        Self {
+            count_first,
+            count_channels,
+            ..self
         }
     }
 }

@@ -57,7 +57,8 @@ impl Kernel for HistogramKernel {
 }
 
 bindings! {
-    /// `histogram_grow`: the batch's statistics in, the exponents and counts updated.
+    /// `histogram_grow`: the batch's statistics in, the exponents and a window of the counts
+    /// updated.
     GrowBindings {
         exponents: ReadWrite @ 5,
         counts: ReadWrite @ 6,
@@ -159,22 +160,28 @@ impl GpuHistogramObserver {
         // tiles (fewer merges into the global counts).
         let private = self.channels == 1;
         let limits = self.ctx.dispatch_limits();
-        self.ctx.record_pass(
-            recorder,
-            kernel(true, false),
-            &[Dispatch {
-                uniform: DispatchUniform::for_channels(self.channels as u32),
+        let record = self.config.bins() as u64 * 8;
+        let windows = count_windows(self.channels, record, limits.max_binding_bytes);
+        let grow: Vec<_> = windows
+            .iter()
+            .map(|w| Dispatch {
+                uniform: DispatchUniform::for_channels_with(
+                    self.channels as u32,
+                    self.channels as u32,
+                )
+                .with_counts_window(w.first as u32, w.count as u32),
                 bindings: GrowBindings {
                     exponents: self.exponents.as_entire_buffer_binding(),
-                    counts: self.counts.as_entire_buffer_binding(),
+                    counts: w.bind(record, &self.counts),
                     stats: stats.buffer().as_entire_buffer_binding(),
                 },
-                grid: [per_channel_groups(self.channels, limits.max_workgroups), 1],
-            }],
-        )?;
+                grid: [per_channel_groups(w.count, limits.max_workgroups), 1],
+            })
+            .collect();
+        self.ctx.record_pass(recorder, kernel(true, false), &grow)?;
         let align = self.ctx.device_limits().min_storage_buffer_offset_alignment as u64;
         let slack = if x.dtype == DType::F32 { 0 } else { align };
-        let chunk = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
+        let chunk_len = chunk_elems(limits.max_binding_bytes, slack, x.dtype);
         // Only x is bound; the forward planner's y window is computed and not used.
         let b = ElementwiseBindings {
             x,
@@ -185,28 +192,47 @@ impl GpuHistogramObserver {
         let walk = Walk {
             group: 1,
             tile: 256 * 32,
-            record: 4,
+            record,
         };
-        let dispatches: Vec<_> = (0..len.div_ceil(chunk))
-            .map(|c| {
-                let (start, end) = (c * chunk, (c * chunk + chunk).min(len));
+        // Where the channels are runs of the tensor (a leading channel axis), a chunk's elements
+        // are counted by dispatches over its runs alone; elsewhere every chunk's pass reads the
+        // whole tensor and counts the elements of its channels (one pass when the counts fit one
+        // binding, as they do up to 16384 channels of 2048 bins on the default limits).
+        let runs = layout.outer == 1 && windows.len() > 1 && windows[0].count.is_multiple_of(32);
+        let mut dispatches = Vec::new();
+        for chunk in &windows {
+            let inner = layout.inner as u64;
+            let (first, last) = if runs {
+                let first = chunk.first as u64 * inner;
+                (first, (first + chunk.count as u64 * inner).min(len))
+            } else {
+                (0, len)
+            };
+            let counts = chunk.bind(record, &self.counts);
+            let mut start = first;
+            while start < last {
+                let end = (start + chunk_len).min(last);
                 let p = plan_dispatch(&b, layout, start, end, walk, align, &limits);
                 let workgroups = if private {
                     p.grid[0].min(PRIVATE_WORKGROUPS)
                 } else {
                     p.grid[0]
                 };
-                Dispatch {
-                    uniform: p.uniform,
+                dispatches.push(Dispatch {
+                    uniform: p
+                        .uniform
+                        .with_table_shift(p.channels.first as u32)
+                        .with_counts_window(chunk.first as u32, chunk.count as u32),
                     bindings: CountBindings {
                         x: p.x.bind(x.buffer),
                         exponents: self.exponents.as_entire_buffer_binding(),
-                        counts: self.counts.as_entire_buffer_binding(),
+                        counts: counts.clone(),
                     },
                     grid: [workgroups, 1],
-                }
-            })
-            .collect();
+                });
+                start = end;
+            }
+        }
         self.ctx
             .record_pass(recorder, kernel(false, private), &dispatches)
     }
@@ -269,6 +295,47 @@ impl GpuHistogramObserver {
     ) -> Result<ObserverState> {
         crate::reference::histogram::calibrate(&self.read_histograms()?, method, observer)
     }
+}
+
+/// Channels `first .. first + count`, whose counts one binding holds.
+#[derive(Debug, Clone, Copy)]
+struct CountWindow {
+    first: usize,
+    count: usize,
+}
+
+impl CountWindow {
+    /// The window's counts in the table of `record` bytes a channel. `record` (a power of two
+    /// from 1 KiB) is a multiple of every offset alignment, so each window starts aligned.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "channel indices within the table the observer allocated"
+    )]
+    fn bind<'a>(&self, record: u64, counts: &'a wgpu::Buffer) -> wgpu::BufferBinding<'a> {
+        wgpu::BufferBinding {
+            buffer: counts,
+            offset: self.first as u64 * record,
+            size: wgpu::BufferSize::new(self.count as u64 * record),
+        }
+    }
+}
+
+/// `channels` in windows of at most as many channels as one binding of `max_binding_bytes` holds
+/// the counts of (at least 8 channels of the largest record, 32 KiB), a multiple of 32 where
+/// 32 fit, so that a window's runs of a leading channel axis start on a mask word.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "record >= 1 KiB and max_binding_bytes >= 256 KiB: at least 8 channels a window"
+)]
+fn count_windows(channels: usize, record: u64, max_binding_bytes: u64) -> Vec<CountWindow> {
+    let fit = ((max_binding_bytes / record) as usize).max(1);
+    let most = if fit >= 32 { fit / 32 * 32 } else { fit };
+    (0..channels.div_ceil(most))
+        .map(|k| CountWindow {
+            first: k * most,
+            count: most.min(channels - k * most),
+        })
+        .collect()
 }
 
 /// What the layout tests check for this family.
