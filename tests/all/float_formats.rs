@@ -445,6 +445,7 @@ fn fp8_amax_scaling_on_the_device_matches_the_reference() {
     ];
     // Both plans wherever blocks are runs of 32 to 4096 elements: one pass where an invocation
     // takes a whole block (the default on CPU adapters), three passes with runs of 32.
+    let _turn = crate::common::gpu_turn();
     for ctx in one_and_three_pass_contexts() {
         let ctx = &ctx;
         for format in [ElementFormat::Fp8E4M3, ElementFormat::Fp8E5M2] {
@@ -653,6 +654,7 @@ fn quotients_at_every_decision_point_on_the_device() {
             },
         )
         .unwrap();
+        let _turn = crate::common::gpu_turn();
         for ctx in one_and_three_pass_contexts() {
             check_float_on_gpu::<f32>(&ctx, &config, &x, &shape, "fp8 decision points");
         }

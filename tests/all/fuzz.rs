@@ -199,7 +199,8 @@ fn run_gpu_cases(name: &'static str, cases: usize, body: fn(&GpuContext, &mut Rn
         return;
     }
     run_cases(name, cases, adapters * cases, move |i, rng, case| {
-        let base = &contexts()[i / cases];
+        let all = contexts();
+        let base = &all[i / cases];
         case.note(base.adapter_name());
         let ctx = tuned(base, rng, case);
         body(&ctx, rng, case);

@@ -11,9 +11,119 @@ use std::sync::OnceLock;
 
 use fakequant::{reference, FakeQuant, GpuContext, MinMax, ObserverState, PackedMask, QuantRange};
 
-/// One context per adapter present (honouring FAKEQUANT_BACKEND / FAKEQUANT_ADAPTER). With
+/// One context per adapter present (honouring FAKEQUANT_BACKEND / FAKEQUANT_ADAPTER), with the GL
+/// turn (see [`GlTurn`]) held until the returned value (or its iterator) is dropped. With
 /// FAKEQUANT_REQUIRE_GPU=1 a missing adapter fails the test instead of skipping the GPU part.
-pub fn contexts() -> &'static [GpuContext] {
+pub fn contexts() -> Contexts {
+    let all = all_contexts();
+    Contexts {
+        _turn: gl_turn(all),
+        all,
+    }
+}
+
+/// The contexts of [`contexts`] and the GL turn: a slice while held, iterated by value.
+pub struct Contexts {
+    _turn: Option<GlTurn>,
+    all: &'static [GpuContext],
+}
+
+impl std::ops::Deref for Contexts {
+    type Target = [GpuContext];
+    fn deref(&self) -> &[GpuContext] {
+        self.all
+    }
+}
+
+impl IntoIterator for Contexts {
+    type Item = &'static GpuContext;
+    type IntoIter = ContextsIter;
+    fn into_iter(self) -> ContextsIter {
+        ContextsIter {
+            _turn: self._turn,
+            iter: self.all.iter(),
+        }
+    }
+}
+
+/// Iterates the contexts, holding the GL turn until dropped (the end of the `for` loop).
+pub struct ContextsIter {
+    _turn: Option<GlTurn>,
+    iter: std::slice::Iter<'static, GpuContext>,
+}
+
+impl Iterator for ContextsIter {
+    type Item = &'static GpuContext;
+    fn next(&mut self) -> Option<&'static GpuContext> {
+        self.iter.next()
+    }
+}
+
+/// The GL turn, for a test that makes contexts of its own from [`contexts`]'s (held until
+/// dropped; `None` where no context is on GL).
+pub fn gpu_turn() -> Option<GlTurn> {
+    gl_turn(all_contexts())
+}
+
+fn gl_turn(all: &[GpuContext]) -> Option<GlTurn> {
+    let on_gl = all.iter().any(|c| {
+        c.adapter_info()
+            .is_some_and(|i| i.backend == wgpu::Backend::Gl)
+    });
+    on_gl.then(GlTurn::take)
+}
+
+/// One test thread at a time on the GL adapter (re-entrant within a thread). wgpu's GL backend
+/// runs every device of the adapter behind one lock, and a thread that waits more than 6 s for
+/// it panics inside wgpu-hal ("Could not lock adapter context. This is most-likely a
+/// deadlock."). The library keeps its own submissions short on GL (a dispatch each), but
+/// llvmpipe compiles a kernel's machine code at its first dispatch, inside the submission: on a
+/// loaded 2-core CI machine a large kernel's compilation in one test thread, or a test's own
+/// encoder of many passes, can outlast 6 s while another test thread creates a buffer (a CI run
+/// failed so). Concurrent use of one context is tested on purpose by
+/// `isolation::threads_sharing_a_context_get_the_reference_results`, inside one turn.
+pub struct GlTurn(());
+
+static TURN: std::sync::Mutex<(Option<std::thread::ThreadId>, usize)> =
+    std::sync::Mutex::new((None, 0));
+static TURN_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl GlTurn {
+    fn take() -> Self {
+        let me = std::thread::current().id();
+        let mut holder = TURN.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match holder.0 {
+                None => {
+                    *holder = (Some(me), 1);
+                    break;
+                }
+                Some(owner) if owner == me => {
+                    holder.1 += 1;
+                    break;
+                }
+                Some(_) => {
+                    holder = TURN_FREED.wait(holder).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        GlTurn(())
+    }
+}
+
+impl Drop for GlTurn {
+    fn drop(&mut self) {
+        let mut holder = TURN.lock().unwrap_or_else(|p| p.into_inner());
+        holder.1 -= 1;
+        if holder.1 == 0 {
+            holder.0 = None;
+            TURN_FREED.notify_all();
+        }
+    }
+}
+
+/// The contexts without the GL turn (the lists' sizes and names).
+fn all_contexts() -> &'static [GpuContext] {
     static CONTEXTS: OnceLock<Vec<GpuContext>> = OnceLock::new();
     CONTEXTS.get_or_init(|| {
         let adapters = GpuContext::adapters().expect("adapter enumeration failed");
