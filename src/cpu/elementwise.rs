@@ -268,10 +268,10 @@ pub fn pack_flags(flags: &[bool], words: &mut [u32]) {
 /// Fake-quantizes the elements `start..start + x.len()` of a tensor of `layout` (`start` a
 /// multiple of 32): `y` and the mask words of those elements.
 ///
-/// A chunk at a time: the element loop writes each element's flag as a 32-bit lane (0 or all
-/// ones, what a vector comparison gives), and [`pack_lanes`] turns 32 lanes into a word with the
-/// processor's sign-bit gather (`movmskps`), about ten times faster than shifting 32 flags into
-/// a word. A 16-bit tensor is widened into an f32 buffer first and narrowed from one after, so
+/// A block of 1024 elements at a time: the element loop writes each element's flag as a 32-bit
+/// lane (0 or all ones, what a vector comparison gives), and [`pack_lanes`] turns 32 lanes into
+/// a word with the processor's sign-bit gather (`movmskps`), about ten times faster than
+/// shifting 32 flags into a word. A 16-bit tensor is widened into an f32 buffer first and narrowed from one after, so
 /// that each loop vectorizes on its own and f16 converts with F16C's instructions; the bits are
 /// those of converting each element in the loop, as the reference does.
 #[allow(clippy::too_many_arguments)]
@@ -313,7 +313,7 @@ pub fn fake_quant_task<T: Element>(
 }
 
 multiversion! {
-/// The elements `start..start + x.len()` (one chunk at most) of a tensor of `layout`: `y`, and
+/// The elements `start..start + x.len()` (one block) of a tensor of `layout`: `y`, and
 /// each element's flag as a lane for [`pack_lanes`].
 fn fake_quant_chunk<T: Element>(
     table: &ChannelTable,
