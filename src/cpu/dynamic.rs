@@ -113,11 +113,12 @@ impl CpuDynamic {
             });
         }
         let domain = FloatDomain::new::<T>(config);
+        let isa = self.cpu.instruction_set();
         let mut y = super::try_output::<T>("dynamic output", x.len())?;
         let mut words = super::try_output::<u32>("dynamic mask", PackedMask::words_for(x.len()))?;
         self.cpu
             .for_each_task(&mut y, &mut words, |start, y, words| {
-                let mut flags = [false; super::elementwise::CHUNK];
+                let mut lanes = [0i32; super::elementwise::CHUNK];
                 let x = &x[start..start + y.len()];
                 for (k, ((x, y), words)) in x
                     .chunks(super::elementwise::CHUNK)
@@ -126,14 +127,16 @@ impl CpuDynamic {
                     .enumerate()
                 {
                     let base = start + k * super::elementwise::CHUNK;
-                    for (i, ((x, y), flag)) in
-                        x.iter().zip(y.iter_mut()).zip(&mut flags).enumerate()
+                    for (i, ((x, y), lane)) in
+                        x.iter().zip(y.iter_mut()).zip(&mut lanes).enumerate()
                     {
                         let g = layout.channel_of(base + i);
-                        (*y, *flag) =
+                        let in_range;
+                        (*y, in_range) =
                             domain.fake_quant_value::<T>(widen(*x), scales[g], zero_points[g]);
+                        *lane = -i32::from(in_range);
                     }
-                    super::elementwise::pack_flags(&flags[..x.len()], words);
+                    super::elementwise::pack_lanes(isa, &lanes[..x.len()], words);
                 }
             });
         Ok(DynamicOutput {

@@ -248,35 +248,18 @@ pub fn runs(layout: &ChannelLayout, start: usize, end: usize) -> impl Iterator<I
     })
 }
 
-/// Packs one flag per element into mask words (bit `k` of a word is element `k` of its 32), for
-/// the kernels whose element functions branch (dynamic qparams, the float formats). The
-/// shift-and-or per flag is what AVX2 vectorizes best of the portable forms (its per-lane
-/// shifts): gathering eight flags with one multiplication was faster alone and on SSE2 but made
-/// the AVX2 fake-quant 25% slower. The fake-quant itself now writes lanes for [`pack_lanes`],
-/// whose `movmskps` packed 4096 flags 13 times faster than this in a probe (0.04 against
-/// 0.56 ns per flag with AVX2).
-#[inline(always)]
-pub fn pack_flags(flags: &[bool], words: &mut [u32]) {
-    for (word, flags) in words.iter_mut().zip(flags.chunks(32)) {
-        *word = flags
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (k, &f)| acc | (u32::from(f) << k));
-    }
-}
-
 /// Fake-quantizes the elements `start..start + x.len()` of a tensor of `layout` (`start` a
 /// multiple of 32): `y` and the mask words of those elements.
 ///
 /// A block of 1024 elements at a time: the element loop writes each element's flag as a 32-bit
 /// lane (0 or all ones, what a vector comparison gives), and [`pack_lanes`] turns 32 lanes into
-/// a word with the processor's sign-bit gather (`movmskps`), about ten times faster than
-/// shifting 32 flags into a word.
+/// a word with the processor's sign-bit gather (`movmskps`): 0.04 ns a flag with AVX2 in a probe,
+/// against 0.56 for shifting 32 `bool` flags into a word as the kernels did before.
 ///
 /// An f16 tensor is widened into an f32 buffer first and narrowed from one after, with F16C's
 /// conversion instructions where the processor has them: the bits are those of converting each
-/// element in the loop, as the reference does, and the loop with f16's conversions in it
-/// vectorized poorly (12 ms at 16M against 7 to 9 staged). A bf16 tensor converts in the loop:
+/// element in the loop, as the reference does, and the loop with f16's conversions in it was
+/// slower (at 16M in one sitting: 11.5 and 15.8 ms in the loop, 8.4 to 9.7 ms staged). A bf16 tensor converts in the loop:
 /// its conversions are a few integer operations that vectorize there, and staged it measured
 /// slower (medians of 15 calls at 16M over five alternating runs: 10.1 to 13.8 ms staged, 8.7 to
 /// 11.1 ms in the loop).

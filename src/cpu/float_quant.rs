@@ -47,6 +47,7 @@ impl CpuFloatQuant {
         }
         let layout = layout.kernel_layout();
         let plan = FloatPlan::new(&self.config);
+        let isa = self.cpu.instruction_set();
         let blocks: Vec<BlockScale> =
             reduce::channel_amax(&self.cpu, &layout, x, plan.finite_amax())
                 .into_iter()
@@ -60,7 +61,7 @@ impl CpuFloatQuant {
             &mut codes,
             &mut words,
             |start, y, codes, words| {
-                let mut flags = [false; super::elementwise::CHUNK];
+                let mut lanes = [0i32; super::elementwise::CHUNK];
                 let chunks = y
                     .chunks_mut(super::elementwise::CHUNK)
                     .zip(codes.chunks_mut(super::elementwise::CHUNK))
@@ -73,14 +74,14 @@ impl CpuFloatQuant {
                         let outputs = y[part.clone()]
                             .iter_mut()
                             .zip(&mut codes[part.clone()])
-                            .zip(&mut flags[part]);
-                        for (i, ((y, code), flag)) in outputs.enumerate() {
+                            .zip(&mut lanes[part]);
+                        for (i, ((y, code), lane)) in outputs.enumerate() {
                             let block = blocks[run.channel + if run.consecutive { i } else { 0 }];
                             let (value, c, ok) = plan.element::<T>(widen(x[i]), block);
-                            (*y, *code, *flag) = (narrow::<T>(value), c as u8, ok);
+                            (*y, *code, *lane) = (narrow::<T>(value), c as u8, -i32::from(ok));
                         }
                     }
-                    super::elementwise::pack_flags(&flags[..y.len()], words);
+                    super::elementwise::pack_lanes(isa, &lanes[..y.len()], words);
                 }
             },
         );

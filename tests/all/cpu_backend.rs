@@ -823,13 +823,16 @@ fn mask_packing_equals_packed_mask() {
                     _ => rng.below(density) == 0,
                 })
                 .collect();
-            let mut words = vec![0xdead_beef; fakequant::PackedMask::words_for(len)];
-            elementwise::pack_flags(&flags, &mut words);
-            assert_eq!(
-                words,
-                fakequant::PackedMask::from_bools(&flags).words(),
-                "{len}"
-            );
+            let lanes: Vec<i32> = flags.iter().map(|&f| -i32::from(f)).collect();
+            for isa in [InstructionSet::Baseline, InstructionSet::detect()] {
+                let mut words = vec![0xdead_beef; fakequant::PackedMask::words_for(len)];
+                elementwise::pack_lanes(isa, &lanes, &mut words);
+                assert_eq!(
+                    words,
+                    fakequant::PackedMask::from_bools(&flags).words(),
+                    "{len} {isa:?}"
+                );
+            }
         }
     }
 }
