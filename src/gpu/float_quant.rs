@@ -15,8 +15,8 @@ use super::kernel::shaders::{
     FLOAT_BLOCKS_HALF, FLOAT_BLOCKS_SHADERS,
 };
 use super::kernel::{
-    bindings, dtype_constant, uniform, ElementShaders, EntryPointDecl, FamilyDecl, Kernel,
-    Recorder, StructDecl,
+    bindings, dtype_constant, uniform, Bindings, ElementShaders, EntryPointDecl, FamilyDecl,
+    Kernel, Recorder, StructDecl,
 };
 use super::memory::{check_forward_lengths, check_len, GpuMask, GpuTensor, TensorBinding};
 use super::observer::GpuObserver;
@@ -468,38 +468,42 @@ impl GpuFloatQuant {
         };
         let rules = self.rules.as_entire_buffer_binding();
         match &mask {
-            Some(m) => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(BlocksMaskedBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            mask: p.mask.bind(m.buffer),
-                            codes: codes.bind(&self.codes),
-                            rules: rules.clone(),
-                            scales: scales.bind(&self.scales),
-                        })
-                    })
-                    .collect();
-                self.ctx.record_pass(recorder, kernel, &dispatches)
-            }
-            None => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(BlocksBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            codes: codes.bind(&self.codes),
-                            rules: rules.clone(),
-                            scales: scales.bind(&self.scales),
-                        })
-                    })
-                    .collect();
-                self.ctx.record_pass(recorder, kernel, &dispatches)
-            }
+            Some(m) => self.record_plans(recorder, kernel, &plans, |p, scales, codes| {
+                BlocksMaskedBindings {
+                    x: p.x.bind(x.buffer),
+                    y: p.y.bind(y.buffer),
+                    mask: p.mask.bind(m.buffer),
+                    codes: codes.bind(&self.codes),
+                    rules: rules.clone(),
+                    scales: scales.bind(&self.scales),
+                }
+            }),
+            None => self.record_plans(recorder, kernel, &plans, |p, scales, codes| {
+                BlocksBindings {
+                    x: p.x.bind(x.buffer),
+                    y: p.y.bind(y.buffer),
+                    codes: codes.bind(&self.codes),
+                    rules: rules.clone(),
+                    scales: scales.bind(&self.scales),
+                }
+            }),
         }
+    }
+
+    /// Records `kernel`'s pass with a dispatch per plan, its bindings from `bind` (given the plan
+    /// and its windows of the scales and the codes).
+    fn record_plans<'a, B: Bindings<'a>>(
+        &self,
+        recorder: &mut (impl Recorder + ?Sized),
+        kernel: impl Kernel,
+        plans: &[(PlannedDispatch, Window, Window)],
+        bind: impl Fn(&PlannedDispatch, &Window, &Window) -> B,
+    ) -> Result<()> {
+        let dispatches: Vec<_> = plans
+            .iter()
+            .map(|(p, scales, codes)| p.dispatch(bind(p, scales, codes)))
+            .collect();
+        self.ctx.record_pass(recorder, kernel, &dispatches)
     }
 
     /// FP8 amax scaling in one pass: each invocation a block of `group` elements (its amax, its
@@ -521,37 +525,25 @@ impl GpuFloatQuant {
         };
         let rules = self.rules.as_entire_buffer_binding();
         match &mask {
-            Some(m) => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(Fp8GroupsMaskedBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            mask: p.mask.bind(m.buffer),
-                            scales: scales.bind(&self.scales),
-                            rules: rules.clone(),
-                            codes: codes.bind(&self.codes),
-                        })
-                    })
-                    .collect();
-                self.ctx.record_pass(recorder, kernel, &dispatches)
-            }
-            None => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(Fp8GroupsBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            scales: scales.bind(&self.scales),
-                            rules: rules.clone(),
-                            codes: codes.bind(&self.codes),
-                        })
-                    })
-                    .collect();
-                self.ctx.record_pass(recorder, kernel, &dispatches)
-            }
+            Some(m) => self.record_plans(recorder, kernel, plans, |p, scales, codes| {
+                Fp8GroupsMaskedBindings {
+                    x: p.x.bind(x.buffer),
+                    y: p.y.bind(y.buffer),
+                    mask: p.mask.bind(m.buffer),
+                    scales: scales.bind(&self.scales),
+                    rules: rules.clone(),
+                    codes: codes.bind(&self.codes),
+                }
+            }),
+            None => self.record_plans(recorder, kernel, plans, |p, scales, codes| {
+                Fp8GroupsBindings {
+                    x: p.x.bind(x.buffer),
+                    y: p.y.bind(y.buffer),
+                    scales: scales.bind(&self.scales),
+                    rules: rules.clone(),
+                    codes: codes.bind(&self.codes),
+                }
+            }),
         }
     }
 
@@ -599,36 +591,24 @@ impl GpuFloatQuant {
             .record_pass(recorder, kernel(true, false), &scale_passes)?;
         match &mask {
             Some(m) => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(Fp8ForwardMaskedBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            mask: p.mask.bind(m.buffer),
-                            scales: scales.bind(&self.scales),
-                            codes: codes.bind(&self.codes),
-                        })
-                    })
-                    .collect();
-                self.ctx
-                    .record_pass(recorder, kernel(false, true), &dispatches)
+                self.record_plans(recorder, kernel(false, true), plans, |p, scales, codes| {
+                    Fp8ForwardMaskedBindings {
+                        x: p.x.bind(x.buffer),
+                        y: p.y.bind(y.buffer),
+                        mask: p.mask.bind(m.buffer),
+                        scales: scales.bind(&self.scales),
+                        codes: codes.bind(&self.codes),
+                    }
+                })
             }
-            None => {
-                let dispatches: Vec<_> = plans
-                    .iter()
-                    .map(|(p, scales, codes)| {
-                        p.dispatch(Fp8ForwardBindings {
-                            x: p.x.bind(x.buffer),
-                            y: p.y.bind(y.buffer),
-                            scales: scales.bind(&self.scales),
-                            codes: codes.bind(&self.codes),
-                        })
-                    })
-                    .collect();
-                self.ctx
-                    .record_pass(recorder, kernel(false, false), &dispatches)
-            }
+            None => self.record_plans(recorder, kernel(false, false), plans, |p, scales, codes| {
+                Fp8ForwardBindings {
+                    x: p.x.bind(x.buffer),
+                    y: p.y.bind(y.buffer),
+                    scales: scales.bind(&self.scales),
+                    codes: codes.bind(&self.codes),
+                }
+            }),
         }
     }
 
