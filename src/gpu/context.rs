@@ -566,9 +566,9 @@ impl GpuContext {
     /// wgpu's GL backend holds its one context lock for a whole submission, and llvmpipe runs
     /// every dispatch to completion inside it; any other thread that touches the device in that
     /// time (creating or dropping a buffer, polling) waits for the lock and panics in wgpu-hal
-    /// after 6 s ("Could not lock adapter context. This is most-likely a deadlock."). One
-    /// submission of all the chunked passes over a large tensor took longer than that on a
-    /// 2-core CI machine, with the test suite's other threads on the same context. A dispatch
+    /// after 6 s ("Could not lock adapter context. This is most-likely a deadlock."), as a test
+    /// thread did on a 2-core CI machine while the suite's other threads submitted large
+    /// multi-pass work (which thread held the lock was not recorded). A dispatch
     /// covers at most one binding's window, so a submission per dispatch holds the lock for a
     /// bounded time; the other backends take one submission per call.
     pub(crate) fn submits_each_dispatch(&self) -> bool {

@@ -197,7 +197,7 @@ impl GpuHistogramObserver {
         // Where the channels are runs of the tensor (a leading channel axis), a chunk's elements
         // are counted by dispatches over its runs alone; elsewhere every chunk's pass reads the
         // whole tensor and counts the elements of its channels (one pass when the counts fit one
-        // binding, as they do up to 16384 channels of 2048 bins on the default limits).
+        // binding, as they do up to 8192 channels of 2048 bins on a 128 MiB binding).
         let runs = layout.outer == 1 && windows.len() > 1 && windows[0].count.is_multiple_of(32);
         let mut dispatches = Vec::new();
         for chunk in &windows {
