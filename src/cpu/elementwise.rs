@@ -276,11 +276,7 @@ pub fn fake_quant_task<T: Element>(
 ) {
     let mut lanes = [0i32; BLOCK];
     let staged = T::DTYPE == DType::F16;
-    let (mut wide_x, mut wide_y) = if staged {
-        (vec![0f32; BLOCK], vec![0f32; BLOCK])
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (mut wide_x, mut wide_y) = ([0f32; BLOCK], [0f32; BLOCK]);
     for (k, ((x, y), words)) in x
         .chunks(BLOCK)
         .zip(y.chunks_mut(BLOCK))

@@ -5,7 +5,7 @@
 
 use super::context::GpuContext;
 use super::fake_quant::{plan_dispatch, DispatchUniform, ElementwiseBindings, Walk};
-use super::kernel::planning::{chunk_elems, per_channel_groups};
+use super::kernel::planning::{chunk_elems, per_channel_groups, table_window, Window};
 use super::kernel::recording::Dispatch;
 use super::kernel::shaders::{Shader, HISTOGRAM_F32, HISTOGRAM_HALF, HISTOGRAM_SHADERS};
 use super::kernel::{bindings, ElementShaders, EntryPointDecl, FamilyDecl, Kernel, Recorder};
@@ -172,7 +172,7 @@ impl GpuHistogramObserver {
                 .with_counts_window(w.first as u32, w.count as u32),
                 bindings: GrowBindings {
                     exponents: self.exponents.as_entire_buffer_binding(),
-                    counts: w.bind(record, &self.counts),
+                    counts: w.counts.bind(&self.counts),
                     stats: stats.buffer().as_entire_buffer_binding(),
                 },
                 grid: [per_channel_groups(w.count, limits.max_workgroups), 1],
@@ -208,7 +208,7 @@ impl GpuHistogramObserver {
             } else {
                 (0, len)
             };
-            let counts = chunk.bind(record, &self.counts);
+            let counts = chunk.counts.bind(&self.counts);
             let mut start = first;
             while start < last {
                 let end = (start + chunk_len).min(last);
@@ -302,27 +302,15 @@ impl GpuHistogramObserver {
 struct CountWindow {
     first: usize,
     count: usize,
-}
-
-impl CountWindow {
-    /// The window's counts in the table of `record` bytes a channel. `record` (a power of two
-    /// from 1 KiB) is a multiple of every offset alignment, so each window starts aligned.
-    #[allow(
-        clippy::arithmetic_side_effects,
-        reason = "channel indices within the table the observer allocated"
-    )]
-    fn bind<'a>(&self, record: u64, counts: &'a wgpu::Buffer) -> wgpu::BufferBinding<'a> {
-        wgpu::BufferBinding {
-            buffer: counts,
-            offset: self.first as u64 * record,
-            size: wgpu::BufferSize::new(self.count as u64 * record),
-        }
-    }
+    /// Their counts in the table. A channel's record (a power of two from 1 KiB) is a multiple of
+    /// every offset alignment, so the window starts at the first channel's counts.
+    counts: Window,
 }
 
 /// `channels` in windows of at most as many channels as one binding of `max_binding_bytes` holds
-/// the counts of (at least 8 channels of the largest record, 32 KiB), a multiple of 32 where
-/// 32 fit, so that a window's runs of a leading channel axis start on a mask word.
+/// the counts of (`record` bytes a channel: at least 8 channels of the largest record, 32 KiB), a
+/// multiple of 32 where 32 fit, so that a window's runs of a leading channel axis start on a mask
+/// word.
 #[allow(
     clippy::arithmetic_side_effects,
     reason = "record >= 1 KiB and max_binding_bytes >= 256 KiB: at least 8 channels a window"
@@ -331,9 +319,13 @@ fn count_windows(channels: usize, record: u64, max_binding_bytes: u64) -> Vec<Co
     let fit = ((max_binding_bytes / record) as usize).max(1);
     let most = if fit >= 32 { fit / 32 * 32 } else { fit };
     (0..channels.div_ceil(most))
-        .map(|k| CountWindow {
-            first: k * most,
-            count: most.min(channels - k * most),
+        .map(|k| {
+            let (first, count) = (k * most, most.min(channels - k * most));
+            CountWindow {
+                first,
+                count,
+                counts: table_window(record, 0, first as u64, count as u64, record),
+            }
         })
         .collect()
 }

@@ -17,14 +17,14 @@ use fakequant::{reference, FakeQuant, GpuContext, MinMax, ObserverState, PackedM
 pub fn contexts() -> Contexts {
     let all = all_contexts();
     Contexts {
-        _turn: gl_turn(all),
+        turn: gl_turn(all),
         all,
     }
 }
 
 /// The contexts of [`contexts`] and the GL turn: a slice while held, iterated by value.
 pub struct Contexts {
-    _turn: Option<GlTurn>,
+    turn: Option<GlTurn>,
     all: &'static [GpuContext],
 }
 
@@ -40,7 +40,7 @@ impl IntoIterator for Contexts {
     type IntoIter = ContextsIter;
     fn into_iter(self) -> ContextsIter {
         ContextsIter {
-            _turn: self._turn,
+            turn: self.turn,
             iter: self.all.iter(),
         }
     }
@@ -48,7 +48,7 @@ impl IntoIterator for Contexts {
 
 /// Iterates the contexts, holding the GL turn until dropped (the end of the `for` loop).
 pub struct ContextsIter {
-    _turn: Option<GlTurn>,
+    turn: Option<GlTurn>,
     iter: std::slice::Iter<'static, GpuContext>,
 }
 
