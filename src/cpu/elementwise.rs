@@ -251,18 +251,22 @@ pub fn runs(layout: &ChannelLayout, start: usize, end: usize) -> impl Iterator<I
 /// Fake-quantizes the elements `start..start + x.len()` of a tensor of `layout` (`start` a
 /// multiple of 32): `y` and the mask words of those elements.
 ///
-/// A block of 1024 elements at a time: the element loop writes each element's flag as a 32-bit
-/// lane (0 or all ones, what a vector comparison gives), and [`pack_lanes`] turns 32 lanes into
-/// a word with the processor's sign-bit gather (`movmskps`): 0.04 ns a flag with AVX2 in a probe,
-/// against 0.56 for shifting 32 `bool` flags into a word as the kernels did before.
+/// A block of 1024 elements at a time. A block whose elements share one channel (every block of
+/// a per-tensor op) goes, on a processor with AVX2 and F16C, through the fused kernel of
+/// `src/cpu/avx2.rs`: conversion, fake-quant and mask bits in registers, 32 elements a word. At
+/// 16M elements it took f16 from 8.8-9.9 ms to 3.3-4.9 ms and bf16 from 7.1-8.7 to 3.7-4.9 ms
+/// (`bench_report`, two threads).
 ///
-/// An f16 tensor is widened into an f32 buffer first and narrowed from one after, with F16C's
-/// conversion instructions where the processor has them: the bits are those of converting each
-/// element in the loop, as the reference does, and the loop with f16's conversions in it was
-/// slower (at 16M in one sitting: 11.5 and 15.8 ms in the loop, 8.4 to 9.7 ms staged). A bf16 tensor converts in the loop:
-/// its conversions are a few integer operations that vectorize there, and staged it measured
-/// slower (medians of 15 calls at 16M over five alternating runs: 10.1 to 13.8 ms staged, 8.7 to
-/// 11.1 ms in the loop).
+/// Any other block (channels shorter than a block, a channel per element on the last axis, or no
+/// AVX2) runs the portable loop: it writes each element's flag as a 32-bit lane (0 or all ones,
+/// what a vector comparison gives), and [`pack_lanes`] turns 32 lanes into a word with the
+/// processor's sign-bit gather (`movmskps`): 0.04 ns a flag with AVX2 in a probe, against 0.56
+/// for shifting 32 `bool` flags into a word. There an f16 tensor is widened into an f32 buffer
+/// first and narrowed from one after, with F16C's conversion instructions where the processor
+/// has them (the loop with f16's conversions in it was slower: at 16M in one sitting 11.5 and
+/// 15.8 ms in the loop, 8.4 to 9.7 ms staged); a bf16 tensor converts in the loop (staged it
+/// measured slower: medians of 15 calls at 16M over five alternating runs, 10.1 to 13.8 ms
+/// staged, 8.7 to 11.1 ms in the loop).
 #[allow(clippy::too_many_arguments)]
 pub fn fake_quant_task<T: Element>(
     isa: InstructionSet,
@@ -275,6 +279,8 @@ pub fn fake_quant_task<T: Element>(
     words: &mut [u32],
 ) {
     let mut lanes = [0i32; BLOCK];
+    #[cfg(target_arch = "x86_64")]
+    let fused = isa == InstructionSet::Avx2 && super::avx2::available();
     let staged = T::DTYPE == DType::F16;
     let (mut wide_x, mut wide_y) = ([0f32; BLOCK], [0f32; BLOCK]);
     for (k, ((x, y), words)) in x
@@ -284,6 +290,39 @@ pub fn fake_quant_task<T: Element>(
         .enumerate()
     {
         let base = start + k * BLOCK;
+        // A block of one channel: the fused kernel does its whole mask words, the loops below
+        // whatever remains (the tail of a tensor, shorter than a word).
+        #[cfg(target_arch = "x86_64")]
+        let (x, y, words, base) = {
+            let mut block = runs(layout, base, base + x.len());
+            let one_channel = match (block.next(), block.next()) {
+                (Some(run), None) if !run.consecutive => Some(table.get(run.channel)),
+                _ => None,
+            };
+            let done = match one_channel {
+                // SAFETY: `fused` says the processor has what the kernel needs.
+                Some(c) if fused => unsafe {
+                    match rounding {
+                        Rounding::Reciprocal => {
+                            super::avx2::fake_quant_words::<T, false>(c, x, y, words)
+                        }
+                        Rounding::Quotient => {
+                            super::avx2::fake_quant_words::<T, true>(c, x, y, words)
+                        }
+                    }
+                },
+                _ => 0,
+            };
+            if done == x.len() {
+                continue;
+            }
+            (
+                &x[done..],
+                &mut y[done..],
+                &mut words[done / 32..],
+                base + done,
+            )
+        };
         let lanes = &mut lanes[..x.len()];
         if staged {
             let (wide_x, wide_y) = (&mut wide_x[..x.len()], &mut wide_y[..x.len()]);

@@ -65,6 +65,8 @@ macro_rules! multiversion {
     };
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod backend;
 pub mod convert;
 mod dynamic;

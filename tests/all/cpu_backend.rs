@@ -152,6 +152,99 @@ fn element_functions_equal_the_reference_on_the_adversarial_corpus() {
     }
 }
 
+/// Fake-quantizes `x` per tensor on `cpu` and on the reference; asserts `y` and the mask equal.
+fn check_per_tensor<T: Element>(cpu: &Cpu, op: &FakeQuant, x: &[T], context: &dyn Fn() -> String) {
+    let want = reference::fake_quant(op, x, &[x.len()]).unwrap();
+    let got = cpu.fake_quant(op, x, &[x.len()]).unwrap();
+    let context = format!("{} {:?} {}", cpu.name(), T::DTYPE, context());
+    assert_same(&format!("{context} y"), &bits(&want.y), &bits(&got.y));
+    assert_same(
+        &format!("{context} mask"),
+        want.mask.words(),
+        got.mask.words(),
+    );
+}
+
+/// The fused per-channel-block kernel (`src/cpu/avx2.rs`, which every whole mask word of a
+/// per-tensor op goes through on a processor with AVX2 and F16C) on whole tensors of the
+/// adversarial corpus, padded to whole words, for every range, scale, zero point and rounding;
+/// and on every f16 and every bf16 pattern for a spread of them. The baseline build (the
+/// portable loops) is checked the same way.
+#[test]
+fn per_tensor_kernels_equal_the_reference_on_every_corpus() {
+    let cpus = [
+        Cpu::with_threads(1).unwrap(),
+        Cpu::with_threads(1)
+            .unwrap()
+            .with_instruction_set(InstructionSet::Baseline)
+            .unwrap(),
+    ];
+    let mut rng = Rng::new(0xf05e);
+    for range in ranges() {
+        for scale in scale_sweep() {
+            for zp in [
+                range.qmin(),
+                0.clamp(range.qmin(), range.qmax()),
+                range.qmax(),
+            ] {
+                let mut x = adversarial(scale, zp, range);
+                x.extend((0..64).map(|_| rng.any_bits()));
+                let whole = x.len().next_multiple_of(32);
+                x.extend_from_within(..whole - x.len());
+                for rounding in [Rounding::Reciprocal, Rounding::Quotient] {
+                    let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
+                        .unwrap()
+                        .with_rounding(rounding);
+                    for cpu in &cpus {
+                        check_per_tensor(cpu, &op, &x, &|| {
+                            format!("s={scale:e} zp={zp} {range:?} {rounding:?}")
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let halves: Vec<u16> = (0..=u16::MAX).collect();
+    let f16s: Vec<f16> = halves.iter().map(|&h| f16::from_bits(h)).collect();
+    let bf16s: Vec<bf16> = halves.iter().map(|&h| bf16::from_bits(h)).collect();
+    for range in [
+        QuantRange::INT8,
+        QuantRange::UINT4,
+        QuantRange::INT16,
+        QuantRange::signed(2).unwrap(),
+        QuantRange::new(-5, 300).unwrap(),
+    ] {
+        // The last two put `y = k * s` on ties of bf16 and of f16 (1 + 2^-8 + 2^-9 and
+        // 1 + 2^-10 + 2^-11: the dropped bits exactly half an ulp, the kept ones odd).
+        for scale in [
+            2f32.powi(-20),
+            2f32.powi(-10),
+            0.1,
+            1.0 / 3.0,
+            123.456,
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x3f80_3000),
+        ] {
+            for zp in [
+                range.qmin(),
+                0.clamp(range.qmin(), range.qmax()),
+                range.qmax(),
+            ] {
+                for rounding in [Rounding::Reciprocal, Rounding::Quotient] {
+                    let op = FakeQuant::new(range, QuantParams::per_tensor(scale, zp))
+                        .unwrap()
+                        .with_rounding(rounding);
+                    let context = || format!("s={scale:e} zp={zp} {range:?} {rounding:?}");
+                    for cpu in &cpus {
+                        check_per_tensor(cpu, &op, &f16s, &context);
+                        check_per_tensor(cpu, &op, &bf16s, &context);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn block_sum_equals_the_reference_for_every_length() {
     let mut rng = Rng::new(77);
