@@ -370,6 +370,24 @@ fn cpu_report(json: bool, max_elements: usize, only: Option<String>) -> Result<(
             },
             || baseline(half_bytes),
         )?;
+        let (dy16, mut dx16) = (half_data::<half::f16>(&dy), vec![half::f16::ZERO; n]);
+        let (dyb16, mut dxb16) = (half_data::<half::bf16>(&dy), vec![half::bf16::ZERO; n]);
+        report.measure(
+            "ste_backward_into",
+            "f16",
+            n,
+            half_bytes,
+            || cpu_median_seconds(|| Ok(cpu.ste_backward_into(&dy16, &mask, &mut dx16)?)),
+            || baseline(half_bytes),
+        )?;
+        report.measure(
+            "ste_backward_into",
+            "bf16",
+            n,
+            half_bytes,
+            || cpu_median_seconds(|| Ok(cpu.ste_backward_into(&dyb16, &mask, &mut dxb16)?)),
+            || baseline(half_bytes),
+        )?;
         // Dynamic qparams (torchao's recipes), rows of 4096: the qparams pass reads x, the
         // fake-quant reads it again.
         for (op, config) in [

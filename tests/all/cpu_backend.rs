@@ -207,6 +207,28 @@ fn per_tensor_kernels_equal_the_reference_on_every_corpus() {
     let halves: Vec<u16> = (0..=u16::MAX).collect();
     let f16s: Vec<f16> = halves.iter().map(|&h| f16::from_bits(h)).collect();
     let bf16s: Vec<bf16> = halves.iter().map(|&h| bf16::from_bits(h)).collect();
+    // The straight-through backward of every pattern, in range and out of range (the 16-bit
+    // types' kernel works on the bits).
+    for flags in [
+        |_: usize| true,
+        |_: usize| false,
+        |i: usize| (i / 3).is_multiple_of(2),
+    ] {
+        let mask =
+            fakequant::PackedMask::from_bools(&(0..halves.len()).map(flags).collect::<Vec<_>>());
+        for cpu in &cpus {
+            assert_same(
+                &format!("{} f16 ste", cpu.name()),
+                &bits(&reference::ste_backward(&f16s, &mask).unwrap()),
+                &bits(&cpu.ste_backward(&f16s, &mask).unwrap()),
+            );
+            assert_same(
+                &format!("{} bf16 ste", cpu.name()),
+                &bits(&reference::ste_backward(&bf16s, &mask).unwrap()),
+                &bits(&cpu.ste_backward(&bf16s, &mask).unwrap()),
+            );
+        }
+    }
     for range in [
         QuantRange::INT8,
         QuantRange::UINT4,
